@@ -1,0 +1,220 @@
+"""The key hierarchy: passphrase / key file → master key → per-backup data key.
+
+* The **master key** (32 random bytes, made by ``drbackup init``) never leaves memory in
+  clear.  The repository header stores it wrapped once per *access slot*: a passphrase
+  (scrypt, memory-hard) or a key file (HKDF over 32 random bytes).  Adding or removing an
+  access slot rotates the passphrase without re-encrypting data.
+* In **symmetric** mode the master key wraps each backup's random **data key** (slot
+  type 1).  In **public-key** mode the master key *is* an X25519 private key; writers hold
+  only its public key and wrap data keys to it by ECIES (slot type 2), so they can back up
+  but never read.
+
+Every wrap is AES-256-GCM with the repository id in the associated data, so keys from one
+repository cannot be spliced into another.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from drbackup.errors import ConfigError, EncryptionKeyError, IntegrityError
+
+SLOT_SYMMETRIC = 1
+SLOT_X25519 = 2
+KEY_SIZE = 32
+NONCE_SIZE = 12
+# scrypt cost: N=2^16, r=8 → 64 MiB of memory per derivation (~0.2-0.4 s).
+DEFAULT_SCRYPT = {"n": 1 << 16, "r": 8, "p": 1}
+_DK_AAD = b"drbackup/v1/data-key\x00"
+_MK_AAD = b"drbackup/v1/master-key\x00"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what} is not valid base64") from None
+
+
+# --- access slots: wrapping the master key ---------------------------------------------
+
+
+def derive_passphrase_kek(passphrase: str, kdf: dict) -> bytes:
+    """Key-encryption key from a passphrase with the scrypt parameters stored in ``kdf``."""
+    salt = unb64(kdf["salt"], "kdf salt")
+    scrypt = Scrypt(salt=salt, length=KEY_SIZE, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"]))
+    return scrypt.derive(passphrase.encode("utf-8"))
+
+
+def derive_keyfile_kek(key_material: bytes, kdf: dict) -> bytes:
+    """Key-encryption key from a key file's 32 random bytes (HKDF; no stretching needed)."""
+    salt = unb64(kdf["salt"], "kdf salt")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=b"drbackup/v1/keyfile")
+    return hkdf.derive(key_material)
+
+
+def new_access_slot(
+    master_key: bytes, repo_id: bytes, *, passphrase: str | None = None, key_file: bytes | None = None,
+    scrypt_params: dict | None = None,
+) -> dict:
+    """An access slot (JSON-able) that opens ``master_key`` with a passphrase or key file."""
+    salt = b64(os.urandom(16))
+    if passphrase is not None:
+        kdf = {"name": "scrypt", "salt": salt, **(scrypt_params or DEFAULT_SCRYPT)}
+        kek, kind = derive_passphrase_kek(passphrase, kdf), "passphrase"
+    elif key_file is not None:
+        kdf = {"name": "hkdf-sha256", "salt": salt}
+        kek, kind = derive_keyfile_kek(key_file, kdf), "key_file"
+    else:
+        raise ValueError("an access slot needs a passphrase or a key file")
+    nonce = os.urandom(NONCE_SIZE)
+    wrapped = nonce + AESGCM(kek).encrypt(nonce, master_key, _MK_AAD + repo_id)
+    return {"id": b64(os.urandom(6)), "kind": kind, "kdf": kdf, "wrapped_key": b64(wrapped)}
+
+
+def open_master_key(
+    slots: list[dict], repo_id: bytes, *, passphrase: str | None, key_file: bytes | None
+) -> bytes:
+    """Try every slot of the matching kind; return the master key.
+
+    Raises :class:`EncryptionKeyError` when no slot opens with what was given.
+    """
+    kind = "passphrase" if passphrase is not None else "key_file"
+    candidates = [s for s in slots if s.get("kind") == kind]
+    if not candidates:
+        raise EncryptionKeyError(
+            f"the repository has no {kind.replace('_', ' ')} access slot",
+            hint="use the passphrase or key file the repository was initialised with",
+        )
+    for slot in candidates:
+        if kind == "passphrase":
+            kek = derive_passphrase_kek(passphrase, slot["kdf"])
+        else:
+            kek = derive_keyfile_kek(key_file, slot["kdf"])
+        wrapped = unb64(slot["wrapped_key"], "wrapped key")
+        try:
+            return AESGCM(kek).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _MK_AAD + repo_id)
+        except InvalidTag:
+            continue
+    what = "passphrase" if kind == "passphrase" else "key file"
+    raise EncryptionKeyError(
+        f"wrong {what}: it opens none of the repository's access slots",
+        hint="check repository.encryption in the config (or DRBACKUP_PASSPHRASE)",
+    )
+
+
+# --- data keys: one per backup ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A backup's random data key and the slot (type, bytes) that stores it wrapped."""
+
+    key: bytes
+    slot_type: int
+    slot: bytes
+
+
+def wrap_data_key_symmetric(master_key: bytes, repo_id: bytes) -> DataKey:
+    key = os.urandom(KEY_SIZE)
+    nonce = os.urandom(NONCE_SIZE)
+    slot = nonce + AESGCM(master_key).encrypt(nonce, key, _DK_AAD + repo_id)
+    return DataKey(key, SLOT_SYMMETRIC, slot)
+
+
+def _x25519_wrap_key(shared: bytes, eph_pub: bytes, repo_pub: bytes) -> bytes:
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=KEY_SIZE, salt=eph_pub + repo_pub,
+        info=b"drbackup/v1/x25519-wrap",
+    )
+    return hkdf.derive(shared)
+
+
+def wrap_data_key_public(public_key: bytes, repo_id: bytes) -> DataKey:
+    """ECIES: an ephemeral X25519 key agrees a wrapping key with the repository public key."""
+    key = os.urandom(KEY_SIZE)
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(public_key))
+    wrap = _x25519_wrap_key(shared, eph_pub, public_key)
+    nonce = os.urandom(NONCE_SIZE)
+    slot = eph_pub + nonce + AESGCM(wrap).encrypt(nonce, key, _DK_AAD + repo_id)
+    return DataKey(key, SLOT_X25519, slot)
+
+
+def unwrap_data_key(
+    slot_type: int, slot: bytes, repo_id: bytes, *, master_key: bytes | None,
+    private_key: bytes | None, object_key: str,
+) -> bytes:
+    """Recover a data key from an object's slot.
+
+    Raises :class:`EncryptionKeyError` if the needed secret is not held (a writer with only
+    the public key trying to read), :class:`IntegrityError` if the slot fails to open.
+    """
+    try:
+        if slot_type == SLOT_SYMMETRIC:
+            if master_key is None:
+                raise EncryptionKeyError("this repository key cannot read symmetric-mode objects")
+            return AESGCM(master_key).decrypt(slot[:NONCE_SIZE], slot[NONCE_SIZE:], _DK_AAD + repo_id)
+        if slot_type == SLOT_X25519:
+            if private_key is None:
+                raise EncryptionKeyError(
+                    "cannot read: this configuration holds only the repository public key",
+                    hint="reading needs the private key: set the passphrase or "
+                    "repository.encryption.private_key_file",
+                )
+            priv = X25519PrivateKey.from_private_bytes(private_key)
+            pub = priv.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            eph_pub, nonce, ct = slot[:32], slot[32:44], slot[44:]
+            wrap = _x25519_wrap_key(priv.exchange(X25519PublicKey.from_public_bytes(eph_pub)), eph_pub, pub)
+            return AESGCM(wrap).decrypt(nonce, ct, _DK_AAD + repo_id)
+    except (InvalidTag, ValueError):
+        raise IntegrityError(
+            f"{object_key}: its data key does not open with this repository's key "
+            "(tampered, or copied from another repository)"
+        ) from None
+    raise IntegrityError(f"{object_key}: unknown key slot type {slot_type}")
+
+
+# --- X25519 key pairs -------------------------------------------------------------------
+
+
+def generate_x25519() -> tuple[bytes, bytes]:
+    """A new (private, public) X25519 key pair as raw 32-byte strings."""
+    priv = X25519PrivateKey.generate()
+    raw = priv.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return raw, public_from_private(raw)
+
+
+def public_from_private(private_key: bytes) -> bytes:
+    pub = X25519PrivateKey.from_private_bytes(private_key).public_key()
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def read_key_file(path: str | os.PathLike, what: str = "key file") -> bytes:
+    """A key file holds 32 bytes, base64-encoded on one line (as `drbackup key generate` writes)."""
+    try:
+        text = open(path, encoding="ascii").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    key = unb64(text, f"{what} {path}")
+    if len(key) != KEY_SIZE:
+        raise ConfigError(f"{what} {path} must hold 32 bytes (base64), found {len(key)}")
+    return key

@@ -1,0 +1,314 @@
+"""Streaming stages: plaintext → zstd → AES-256-GCM chunks → storage, and back.
+
+Memory is bounded by a few chunks plus zstd's window; nothing is written to temporary
+files.  ``encode_to_storage`` returns an :class:`ObjectRecord` with the plaintext and stored
+sizes and SHA-256 digests that go into a manifest; ``open_decoded`` yields a reader that
+authenticates every chunk, decompresses, and checks the plaintext digest at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from drbackup.codec.aead import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkSealer,
+    ObjectHeader,
+    new_header,
+    open_chunks,
+    read_header,
+)
+from drbackup.errors import IntegrityError
+
+BLOCK_SIZE = 1 << 20
+QUEUE_DEPTH = 8
+
+
+@dataclass
+class ObjectRecord:
+    """What a manifest records about one stored object."""
+
+    key: str
+    size: int  # plaintext bytes
+    sha256: str  # of the plaintext
+    stored_size: int
+    stored_sha256: str  # of the bytes in storage
+    chunks: int
+    compressed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ObjectRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    level: int = 3
+    threads: int = 0  # 0: as many as cores (zstd "-T0"); 1: single-threaded
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    compress: bool = True
+
+
+def iter_blocks(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Blocks of ``source`` read in the calling thread."""
+    while block := source.read(block_size):
+        yield block
+
+
+def iter_blocks_threaded(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Blocks of ``source`` read by a background thread through a bounded queue.
+
+    Reading a pipe (pg_dump's stdout) in its own thread lets the producer run while this
+    thread compresses and encrypts.  An exception in the reader is re-raised here.
+    """
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                block = source.read(block_size)
+                q.put(block)
+                if not block:
+                    return
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=pump, name="drbackup-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a pump waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+class EncodingReader:
+    """A file-like ``read(n)`` over the encoded object, pulled by ``Storage.put``."""
+
+    def __init__(
+        self, blocks: Iterator[bytes], header: ObjectHeader, data_key: bytes, object_key: str,
+        settings: CodecSettings, progress: Callable[[int], None] | None = None,
+    ):
+        self._blocks = blocks
+        self._sealer = ChunkSealer(data_key, object_key, header)
+        self._cctx = (
+            zstandard.ZstdCompressor(level=settings.level, threads=_threads(settings.threads)).compressobj()
+            if settings.compress
+            else None
+        )
+        self._out: deque[bytes] = deque([self._sealer.header_bytes])
+        self._out_len = len(self._sealer.header_bytes)
+        self._done = False
+        self._progress = progress
+        self.plain_sha = hashlib.sha256()
+        self.stored_sha = hashlib.sha256()
+        self.plain_size = 0
+        self.stored_size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._done and (n < 0 or self._out_len < n):
+            self._advance()
+        if n < 0 or n >= self._out_len:
+            data = b"".join(self._out)
+            self._out.clear()
+        else:
+            data = self._take(n)
+        self._out_len -= len(data)
+        self.stored_sha.update(data)
+        self.stored_size += len(data)
+        return data
+
+    def _take(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            part = self._out.popleft()
+            if got + len(part) > n:
+                cut = n - got
+                self._out.appendleft(part[cut:])
+                part = part[:cut]
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def _advance(self) -> None:
+        block = next(self._blocks, None)
+        if block is None:
+            tail = self._cctx.flush() if self._cctx else b""
+            chunks = self._sealer.update(tail) if tail else []
+            chunks.append(self._sealer.finish())
+            self._done = True
+        else:
+            self.plain_sha.update(block)
+            self.plain_size += len(block)
+            if self._progress:
+                self._progress(len(block))
+            data = self._cctx.compress(block) if self._cctx else block
+            chunks = self._sealer.update(data) if data else []
+        for chunk in chunks:
+            self._out.append(chunk)
+            self._out_len += len(chunk)
+
+    def record(self, key: str) -> ObjectRecord:
+        """The manifest record; valid once the reader has been read to the end."""
+        if not self._done or self._out_len:
+            raise RuntimeError("record() before the stream was fully read")
+        return ObjectRecord(
+            key=key, size=self.plain_size, sha256=self.plain_sha.hexdigest(),
+            stored_size=self.stored_size, stored_sha256=self.stored_sha.hexdigest(),
+            chunks=self._sealer.chunks, compressed=self._cctx is not None,
+        )
+
+
+def _threads(threads: int) -> int:
+    # zstandard: -1 means "as many as cores"; 0/1 single-threaded.
+    return -1 if threads == 0 else (0 if threads == 1 else threads)
+
+
+def encode_to_storage(
+    storage, object_key: str, blocks: Iterator[bytes], *, slot_type: int, slot: bytes,
+    data_key: bytes, settings: CodecSettings, progress: Callable[[int], None] | None = None,
+) -> ObjectRecord:
+    """Compress, encrypt and store ``blocks`` under ``object_key``; return its record.
+
+    Raises whatever the storage raises; an interrupted put leaves no object (storage
+    contract), and the object is referenced by nothing until a manifest names it.
+    """
+    header = new_header(slot_type, slot, compressed=settings.compress, chunk_size=settings.chunk_size)
+    reader = EncodingReader(blocks, header, data_key, object_key, settings, progress)
+    storage.put(object_key, reader)
+    return reader.record(object_key)
+
+
+class _ChunkReader:
+    """File-like view of authenticated chunk plaintexts (for zstd's stream_reader)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._buf:
+            self._buf = next(self._chunks, b"")
+        if n < 0 or n >= len(self._buf):
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+class DecodedReader:
+    """Plaintext reader over a stored object; checks size and SHA-256 against ``expected``.
+
+    ``read`` raises :class:`IntegrityError` as soon as a chunk fails authentication, and at
+    the end of the stream if the plaintext differs from the manifest's record.
+    """
+
+    def __init__(self, raw: BinaryIO, header: ObjectHeader, header_bytes: bytes, data_key: bytes,
+                 object_key: str, expected: ObjectRecord | None):
+        self._raw = raw
+        self._key = object_key
+        self._expected = expected
+        self._stored_sha = hashlib.sha256(header_bytes)
+        chunks = open_chunks(_HashingReader(raw, self._stored_sha), data_key, object_key, header, header_bytes)
+        source = _ChunkReader(chunks)
+        if header.compressed:
+            dctx = zstandard.ZstdDecompressor()
+            self._stream = dctx.stream_reader(source, read_size=BLOCK_SIZE, read_across_frames=True)
+        else:
+            self._stream = source
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self._finished = False
+
+    def read(self, n: int = BLOCK_SIZE) -> bytes:
+        if self._finished:
+            return b""
+        try:
+            data = self._stream.read(n if n > 0 else BLOCK_SIZE)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{self._key}: decompression failed after authentication: {exc}") from None
+        if data:
+            self._sha.update(data)
+            self.size += len(data)
+            return data
+        self._finished = True
+        self._check_end()
+        return b""
+
+    def _check_end(self) -> None:
+        exp = self._expected
+        if exp is None:
+            return
+        if self.size != exp.size or self._sha.hexdigest() != exp.sha256:
+            raise IntegrityError(
+                f"{self._key}: plaintext does not match the manifest "
+                f"({self.size} bytes, expected {exp.size}; sha256 mismatch)"
+            )
+        if self._stored_sha.hexdigest() != exp.stored_sha256:
+            raise IntegrityError(f"{self._key}: stored bytes do not match the manifest's sha256")
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read(BLOCK_SIZE):
+            yield data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> DecodedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _HashingReader:
+    def __init__(self, raw: BinaryIO, sha):
+        self._raw, self._sha = raw, sha
+
+    def read(self, n: int) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._sha.update(data)
+        return data
+
+
+def open_decoded(storage, object_key: str, resolve_key: Callable[[ObjectHeader], bytes],
+                 expected: ObjectRecord | None = None) -> DecodedReader:
+    """Open ``object_key`` for reading plaintext; ``resolve_key`` maps its header to a data key.
+
+    Raises :class:`ObjectNotFoundError` if missing, :class:`IntegrityError` if its header is
+    damaged (further damage surfaces on ``read``).
+    """
+    raw = storage.open(object_key)
+    try:
+        header, header_bytes = read_header(raw, object_key)
+        data_key = resolve_key(header)
+        return DecodedReader(raw, header, header_bytes, data_key, object_key, expected)
+    except BaseException:
+        raw.close()
+        raise

@@ -1,0 +1,385 @@
+"""The repository: a header, immutable encrypted data objects, and manifests written last.
+
+The repository is the source of truth: everything here works with only a storage backend
+and the key.  A backup exists once its manifest exists; data objects without a manifest are
+leftovers of an interrupted run and are never listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from drbackup import __version__
+from drbackup.codec import keys
+from drbackup.codec.aead import DEFAULT_CHUNK_SIZE
+from drbackup.codec.pipeline import CodecSettings, ObjectRecord, encode_to_storage, open_decoded
+from drbackup.errors import (
+    IntegrityError,
+    ObjectNotFoundError,
+    RepositoryError,
+    StorageError,
+    UsageError,
+)
+from drbackup.repository import header as hdr
+from drbackup.repository.keyring import KeyRing, Secrets
+from drbackup.repository.manifest import (
+    MANIFEST_PREFIX,
+    BackupRef,
+    Item,
+    Manifest,
+    data_key,
+    data_prefix,
+    new_backup_id,
+)
+
+DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
+
+
+class Repository:
+    """An opened repository.  Create with :meth:`init` or :meth:`open`."""
+
+    def __init__(self, storage, header: dict, keyring: KeyRing, codec: CodecSettings | None = None):
+        self.storage = storage
+        self.header = header
+        self.keyring = keyring
+        self.id = header["repository_id"]
+        self.codec = codec or CodecSettings(chunk_size=header.get("chunk_size", DEFAULT_CHUNK_SIZE))
+        self.segment_size = DEFAULT_SEGMENT_SIZE
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    # --- creating and opening ---------------------------------------------------------
+
+    @classmethod
+    def init(cls, storage, secrets: Secrets, *, public_key_mode: bool = False,
+             scrypt_params: dict | None = None) -> Repository:
+        """Create a repository in ``storage``; refuse if one (or anything) is already there.
+
+        Raises :class:`RepositoryError` if the location is not empty.
+        """
+        storage.check()
+        if storage.exists(hdr.HEADER_KEY):
+            raise RepositoryError(f"{storage.url}: a repository already exists here")
+        if next(iter(storage.list("")), None) is not None:
+            raise RepositoryError(
+                f"{storage.url}: location is not empty", hint="initialise an empty directory or prefix"
+            )
+        if secrets.passphrase is None and secrets.key_file is None:
+            raise UsageError(
+                "init needs a passphrase or key file to protect the repository key",
+                hint="set DRBACKUP_PASSPHRASE or repository.encryption.passphrase_file/key_file",
+            )
+        if public_key_mode:
+            master, public = keys.generate_x25519()
+        else:
+            master, public = keys.generate_x25519()[0], None  # 32 random bytes
+        repo_hdr = hdr.new_header("public-key" if public_key_mode else "symmetric", [], None, DEFAULT_CHUNK_SIZE)
+        repo_id = bytes.fromhex(repo_hdr["repository_id"])
+        repo_hdr["encryption"]["access_slots"].append(
+            keys.new_access_slot(master, repo_id, passphrase=secrets.passphrase,
+                                 key_file=secrets.key_file if secrets.passphrase is None else None,
+                                 scrypt_params=scrypt_params)
+        )
+        if public:
+            repo_hdr["encryption"]["public_key"] = keys.b64(public)
+        storage.put(hdr.HEADER_KEY, _BytesReader(hdr.encode_header(repo_hdr)))
+        return cls(storage, repo_hdr, KeyRing(repo_hdr, secrets))
+
+    @classmethod
+    def open(cls, storage, secrets: Secrets) -> Repository:
+        """Open an existing repository.
+
+        Raises :class:`StorageUnreachableError` if storage is unreachable,
+        :class:`RepositoryError` if there is no repository or its format is too new,
+        :class:`EncryptionKeyError` for a wrong passphrase or key.
+        """
+        storage.check()
+        try:
+            raw = storage.get(hdr.HEADER_KEY)
+        except ObjectNotFoundError:
+            raise RepositoryError(
+                f"no repository at {storage.url}", hint="run 'drbackup init' first, or check repository.url"
+            ) from None
+        header = hdr.parse_header(raw, storage.url)
+        return cls(storage, header, KeyRing(header, secrets))
+
+    def add_access_slot(self, *, passphrase: str | None = None, key_file: bytes | None = None) -> dict:
+        """Add a passphrase or key file that opens the master key (key rotation)."""
+        self.keyring.require(read=True)
+        master = self.keyring.master_key
+        slot = keys.new_access_slot(master, bytes.fromhex(self.id), passphrase=passphrase, key_file=key_file)
+        self.header["encryption"]["access_slots"].append(slot)
+        self._write_header()
+        return slot
+
+    def remove_access_slot(self, slot_id: str) -> None:
+        slots = self.header["encryption"]["access_slots"]
+        remaining = [s for s in slots if s["id"] != slot_id]
+        if len(remaining) == len(slots):
+            raise UsageError(f"no access slot with id {slot_id}")
+        if not remaining:
+            raise UsageError("refusing to remove the last access slot: the repository would be unreadable")
+        self.header["encryption"]["access_slots"] = remaining
+        self._write_header()
+
+    def _write_header(self) -> None:
+        self.storage.put(hdr.HEADER_KEY, _BytesReader(hdr.encode_header(self.header)))
+
+    # --- writing ------------------------------------------------------------------------
+
+    def new_backup(self, target: str, kind: str) -> BackupWriter:
+        """Start a backup; data goes under keys nothing references until :meth:`commit`."""
+        return BackupWriter(self, target, kind)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_refs(self, target: str | None = None) -> list[BackupRef]:
+        """Every committed backup (those with a manifest), oldest first, without decrypting."""
+        prefix = f"{MANIFEST_PREFIX}{target}/" if target else MANIFEST_PREFIX
+        refs = (BackupRef.from_key(info.key) for info in self.storage.list(prefix))
+        return sorted((r for r in refs if r is not None), key=lambda r: (r.backup_id, r.target))
+
+    def resolve(self, text: str, target: str | None = None) -> BackupRef:
+        """A backup by id or unique id prefix (optionally ``target/id``).
+
+        Raises :class:`UsageError` naming the problem when none or several match.
+        """
+        if "/" in text:
+            target, text = text.split("/", 1)
+        refs = [r for r in self.list_refs(target) if r.backup_id.startswith(text)]
+        if not refs:
+            raise UsageError(f"unknown backup id: {text}", hint="'drbackup list' shows the backups")
+        if len({r.backup_id for r in refs}) > 1 or len(refs) > 1:
+            names = ", ".join(f"{r.target}/{r.backup_id}" for r in refs[:5])
+            raise UsageError(f"backup id {text} is ambiguous: {names}", hint="give more characters")
+        return refs[0]
+
+    def load_manifest(self, ref: BackupRef) -> Manifest:
+        """Decrypt, authenticate and parse a manifest; check it is the one its key names."""
+        self.keyring.require(read=True)
+        try:
+            with self._open(ref.manifest_key) as reader:
+                data = b"".join(reader)
+        except ObjectNotFoundError:
+            raise UsageError(f"unknown backup id: {ref.backup_id}") from None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise IntegrityError(f"{ref.manifest_key}: manifest is not valid json") from None
+        return Manifest.from_dict(doc, expected=ref, repository_id=self.id)
+
+    def iter_manifests(self, target: str | None = None) -> Iterator[Manifest]:
+        for ref in self.list_refs(target):
+            yield self.load_manifest(ref)
+
+    def _open(self, key: str, expected: ObjectRecord | None = None):
+        return open_decoded(self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected)
+
+    def open_item(self, item: Item) -> ItemReader:
+        """A plaintext reader over an item's segments; checks every digest on the way."""
+        self.keyring.require(read=True)
+        return ItemReader(self, item)
+
+    def verify(self, manifest: Manifest, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Re-read every object: stored checksum, authentication, plaintext checksum.
+
+        Returns the list of problems (empty when the backup is intact); never stops at the
+        first, so one run names every damaged or missing object.
+        """
+        problems = []
+        for item in manifest.items:
+            try:
+                with self.open_item(item) as reader:
+                    for block in reader:
+                        if progress:
+                            progress(len(block))
+            except (IntegrityError, ObjectNotFoundError, StorageError) as exc:
+                problems.append(f"{item.name}: {exc.message}")
+        return problems
+
+    # --- deleting -----------------------------------------------------------------------
+
+    def delete_backup(self, ref: BackupRef) -> None:
+        """Manifest first (the backup stops existing), data after: crash-safe in that order."""
+        self.storage.delete(ref.manifest_key)
+        for info in list(self.storage.list(data_prefix(ref.target, ref.backup_id))):
+            self.storage.delete(info.key)
+
+
+class ItemReader:
+    """Chains an item's segment objects; checks each object and the whole stream's digest."""
+
+    def __init__(self, repo: Repository, item: Item):
+        self._repo, self._item = repo, item
+        self._records = iter(item.objects)
+        self._current = None
+        self._sha = hashlib.sha256()
+        self._size = 0
+
+    def read(self, n: int = 1 << 20) -> bytes:
+        while True:
+            if self._current is None:
+                record = next(self._records, None)
+                if record is None:
+                    self._check_end()
+                    return b""
+                self._current = self._repo._open(record.key, record)
+            data = self._current.read(n)
+            if data:
+                self._sha.update(data)
+                self._size += len(data)
+                return data
+            self._current.close()
+            self._current = None
+
+    def _check_end(self) -> None:
+        if self._size != self._item.size or self._sha.hexdigest() != self._item.sha256:
+            raise IntegrityError(
+                f"item {self._item.name}: reassembled stream does not match the manifest "
+                "(segments missing, reordered or swapped)"
+            )
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read():
+            yield data
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def __enter__(self) -> ItemReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class _Segmenter:
+    """Splits a block stream into segments of at most ``limit`` plaintext bytes."""
+
+    blocks: Iterator[bytes]
+    limit: int
+    pending: bytes | None = None
+    exhausted: bool = False
+
+    def has_more(self) -> bool:
+        if self.pending is None and not self.exhausted:
+            self.pending = next(self.blocks, None)
+            self.exhausted = self.pending is None
+        return self.pending is not None
+
+    def segment(self) -> Iterator[bytes]:
+        used = 0
+        while used < self.limit and self.has_more():
+            block, self.pending = self.pending, None
+            room = self.limit - used
+            if len(block) > room:
+                block, self.pending = block[:room], block[room:]
+            used += len(block)
+            yield block
+
+
+class BackupWriter:
+    """Writes one backup: data objects first, then :meth:`commit` writes the manifest.
+
+    Used as a context manager: leaving the block without a commit (an error, Ctrl-C)
+    deletes the data objects written so far (best effort; a crash leaves them as invisible
+    leftovers that ``prune`` removes).
+    """
+
+    def __init__(self, repo: Repository, target: str, kind: str):
+        self.repo, self.target, self.kind = repo, target, kind
+        self.started = datetime.now(UTC)
+        self.backup_id = new_backup_id(self.started)
+        self.data_key = repo.keyring.new_data_key()
+        self.items: list[Item] = []
+        self.meta: dict = {}
+        self.recovery_point: datetime | None = None
+        self.committed: Manifest | None = None
+
+    def add_stream(self, name: str, type_: str, blocks: Iterator[bytes], meta: dict | None = None,
+                   progress: Callable[[int], None] | None = None) -> Item:
+        """Store a stream as one item (split into segments); return its record."""
+        index = len(self.items)
+        seg = _Segmenter(iter(blocks), self.repo.segment_size)
+        whole = hashlib.sha256()
+
+        def tap(stream: Iterator[bytes]) -> Iterator[bytes]:
+            for block in stream:
+                whole.update(block)
+                yield block
+
+        records: list[ObjectRecord] = []
+        while not records or seg.has_more():
+            key = data_key(self.target, self.backup_id, index, len(records))
+            records.append(self._store(key, tap(seg.segment()), progress))
+        item = Item(name=name, type=type_, size=sum(r.size for r in records),
+                    sha256=whole.hexdigest(), objects=records, meta=meta or {})
+        self.items.append(item)
+        return item
+
+    def _store(self, key: str, blocks: Iterator[bytes], progress) -> ObjectRecord:
+        dk = self.data_key
+        record = encode_to_storage(
+            self.repo.storage, key, blocks, slot_type=dk.slot_type, slot=dk.slot,
+            data_key=dk.key, settings=self.repo.codec, progress=progress,
+        )
+        stored = self.repo.storage.stat(key)
+        if stored.size != record.stored_size:
+            raise IntegrityError(
+                f"{key}: storage reports {stored.size} bytes after upload, {record.stored_size} were sent"
+            )
+        return record
+
+    def commit(self) -> Manifest:
+        """Write the manifest: from this moment the backup exists."""
+        finished = datetime.now(UTC)
+        manifest = Manifest(
+            backup_id=self.backup_id, target=self.target, kind=self.kind,
+            repository_id=self.repo.id, started_at=_iso(self.started), finished_at=_iso(finished),
+            recovery_point=_iso(self.recovery_point) if self.recovery_point else None,
+            tool_version=__version__, items=self.items, meta=self.meta,
+        )
+        body = json.dumps(manifest.to_dict(), sort_keys=True).encode()
+        self._store(manifest.ref.manifest_key, iter([body]), None)
+        self.committed = manifest
+        return manifest
+
+    def abort(self) -> None:
+        """Remove the data objects of an uncommitted backup (best effort)."""
+        prefix = data_prefix(self.target, self.backup_id)
+        try:
+            for info in list(self.repo.storage.list(prefix)):
+                self.repo.storage.delete(info.key)
+        except StorageError:
+            pass
+
+    def __enter__(self) -> BackupWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.committed is None:
+            self.abort()
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else self._pos + n
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return chunk

@@ -1,0 +1,164 @@
+"""Local directory storage: atomic writes by temp file, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from drbackup.errors import ObjectNotFoundError, StorageError, StorageUnreachableError
+from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
+
+_TMP_PREFIX = ".tmp-"
+_COPY_BUFSIZE = 1 << 20
+
+
+class LocalStorage:
+    """A directory as a flat key space; ``/`` in keys become subdirectories."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+        self.capabilities = Capabilities()
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageUnreachableError(
+                f"repository directory does not exist: {self.root}",
+                hint="create it, or run 'drbackup init' with the right repository url",
+            )
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageUnreachableError(f"repository directory is not writable: {self.root}")
+
+    def put(self, key: str, reader: BinaryIO) -> int:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := reader.read(_COPY_BUFSIZE):
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            with _suppress_oserror():
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+            raise
+        return size
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - caller closes
+        except FileNotFoundError:
+            raise ObjectNotFoundError(key) from None
+        except IsADirectoryError:
+            raise ObjectNotFoundError(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFoundError(key) from None
+        if not _is_file(st):
+            raise ObjectNotFoundError(key)
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the deepest directory the prefix names; filter the rest by string prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        if not start.is_dir():
+            return
+        yield from self._walk(start, prefix)
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        # Sort so that "a/b" (dir a) interleaves correctly with "a-b" (file): compare keys.
+        items = []
+        for entry in entries:
+            if entry.name.startswith(_TMP_PREFIX):
+                continue
+            rel = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
+            items.append((rel + "/" if entry.is_dir() else rel, entry))
+        items.sort(key=lambda t: t[0])
+        for rel, entry in items:
+            if entry.is_dir():
+                if rel.startswith(prefix) or prefix.startswith(rel):
+                    yield from self._walk(Path(entry.path), prefix)
+            elif rel.startswith(prefix):
+                st = entry.stat()
+                yield ObjectInfo(key=rel, size=st.st_size, mtime=st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc.strerror or exc}") from exc
+        # Remove now-empty parent directories up to the root (best effort).
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def destroy(self) -> None:
+        """Remove the whole directory (tests and scratch use only)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _is_file(st: os.stat_result) -> bool:
+    import stat as _stat
+
+    return _stat.S_ISREG(st.st_mode)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, OSError)
