@@ -1,0 +1,47 @@
+"""``export``: a backup's items as standard files, decrypted, so users are never locked in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from drbackup.errors import UsageError
+
+
+def export_backup(app, backup_id: str, output: str, *, database: str | None = None) -> list[Path]:
+    """Write the pg_dump archive (``output``) and the globals SQL (``output.globals.sql``).
+
+    The archive is written to ``output.partial`` and renamed once its digest checked out,
+    so a damaged backup never leaves a file that looks complete.
+    """
+    from drbackup.actions.restore_postgres import pick_item
+
+    repo = app.repository()
+    manifest = repo.load_manifest(repo.resolve(backup_id))
+    out = Path(output)
+    if out.exists():
+        raise UsageError(f"{out} exists; refusing to overwrite")
+    written = []
+    if manifest.kind == "postgres":
+        item = pick_item(manifest, database)
+        written.append(_write(repo, item, out))
+        globals_items = [i for i in manifest.items if i.name == "globals"]
+        if globals_items:
+            written.append(_write(repo, globals_items[0], out.with_name(out.name + ".globals.sql")))
+    else:
+        raise UsageError(f"export of {manifest.kind} backups is not supported")
+    return written
+
+
+def _write(repo, item, path: Path) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with repo.open_item(item) as reader, open(partial, "wb") as f:
+            for block in reader:
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

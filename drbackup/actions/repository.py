@@ -1,0 +1,110 @@
+"""Repository-level actions: init, list, show, verify, catalog rebuild, access slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from drbackup.errors import CheckFailedError
+from drbackup.repository.manifest import BackupRef, Manifest
+from drbackup.repository.repo import Repository
+
+
+def init_repository(app, *, public_key_mode: bool = False, scrypt_params: dict | None = None) -> Repository:
+    """Create the configured repository.  Raises RepositoryError if one exists there."""
+    repo = Repository.init(app.storage, app.secrets, public_key_mode=public_key_mode,
+                           scrypt_params=scrypt_params)
+    _try_catalog(app, lambda cat: cat.rebuild_from(repo))
+    return repo
+
+
+def _try_catalog(app, fn):
+    """Keep the catalog in step; it is only an index, so its failures never fail the action."""
+    try:
+        return fn(app.catalog)
+    except Exception:  # noqa: BLE001 - the repository already holds the truth
+        return None
+
+
+def backup_summary(m: Manifest) -> dict:
+    """The listing record of a backup: JSON-able, what `list --json` and `show --json` print."""
+    return {
+        "backup_id": m.backup_id,
+        "target": m.target,
+        "kind": m.kind,
+        "started_at": m.started_at,
+        "finished_at": m.finished_at,
+        "recovery_point": m.recovery_point,
+        "size": m.size,
+        "stored_size": m.stored_size,
+        "items": [
+            {"name": i.name, "type": i.type, "size": i.size, "stored_size": i.stored_size,
+             "sha256": i.sha256, "objects": len(i.objects), "meta": _public_meta(i.meta)}
+            for i in m.items
+        ],
+        "meta": _public_meta(m.meta),
+    }
+
+
+def _public_meta(meta: dict) -> dict:
+    # The fingerprint is large: summarise it for listings, `show --full` prints it whole.
+    out = dict(meta)
+    fp = out.pop("fingerprint", None)
+    if isinstance(fp, dict):
+        tables = fp.get("tables") or {}
+        out["fingerprint"] = {"level": fp.get("level"), "tables": len(tables),
+                              "rows": sum((t.get("rows") or 0) for t in tables.values())}
+    return out
+
+
+def list_backups(app, target: str | None = None) -> list[Manifest]:
+    """Every backup in the repository (decrypting manifests), oldest first."""
+    repo = app.repository()
+    manifests = list(repo.iter_manifests(target))
+    _try_catalog(app, lambda cat: [cat.record_backup(repo.id, repo.url, m) for m in manifests])
+    return manifests
+
+
+def show_backup(app, backup_id: str) -> Manifest:
+    repo = app.repository()
+    return repo.load_manifest(repo.resolve(backup_id))
+
+
+@dataclass
+class VerifyResult:
+    manifest: Manifest
+    problems: list[str]
+    bytes_read: int
+    seconds: float
+
+
+def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
+    """Re-read every object of a backup.  Raises CheckFailedError listing every problem."""
+    repo = app.repository()
+    ref: BackupRef = repo.resolve(backup_id)
+    manifest = repo.load_manifest(ref)
+    total = [0]
+
+    def tick(n: int) -> None:
+        total[0] += n
+        if progress:
+            progress(n)
+
+    start = datetime.now(UTC)
+    problems = repo.verify(manifest, tick)
+    seconds = (datetime.now(UTC) - start).total_seconds()
+    _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, problems))
+    result = VerifyResult(manifest, problems, total[0], seconds)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise CheckFailedError(
+            f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)\n{lines}",
+            hint="restore from another backup; 'drbackup list' shows them",
+        )
+    return result
+
+
+def rebuild_catalog(app):
+    """Recreate the catalog's backup index from the repository alone."""
+    repo = app.repository()
+    return app.catalog.rebuild_from(repo)

@@ -1,0 +1,171 @@
+"""``restore postgres``: pick a backup, guard the target, stream into pg_restore.
+
+Works with only the repository and the key: the backup is chosen from manifests, never
+from the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg import sql
+
+from drbackup.errors import RestoreError, UsageError
+from drbackup.repository.manifest import Item, Manifest
+from drbackup.sources.postgres import commands
+from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
+from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
+from drbackup.sources.postgres.restore import RestoreRun, run_pg_restore
+
+_NON_EMPTY_SQL = """
+SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%')
+     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+     + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+"""
+
+
+@dataclass
+class Selection:
+    manifest: Manifest
+    note: str  # how it was chosen, said to the user
+
+
+@dataclass
+class RestoreResult:
+    selection: Selection
+    database: str
+    into: str  # masked dsn
+    run: RestoreRun
+    globals: GlobalsResult | None
+    created: bool
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 (``2026-11-23T02:00:00Z``, ``2026-11-23 02:00``); naive means UTC."""
+    try:
+        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"invalid time: {text!r}", hint="use ISO 8601, e.g. 2026-11-23T02:00:00Z") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def select_backup(repo, target: str, *, backup_id: str | None = None, point_in_time: datetime | None = None) -> Selection:
+    """The backup to restore: by id, newest with recovery point ≤ time, or the latest."""
+    if backup_id and point_in_time:
+        raise UsageError("give either --backup or --point-in-time, not both")
+    if backup_id:
+        m = repo.load_manifest(repo.resolve(backup_id, target))
+        if m.target != target:
+            raise UsageError(f"backup {backup_id} belongs to target {m.target}, not {target}")
+        return Selection(m, f"backup {m.backup_id} (by id)")
+    refs = repo.list_refs(target)
+    if not refs:
+        raise UsageError(f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists")
+    if point_in_time is None:
+        m = repo.load_manifest(refs[-1])
+        return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
+    return _select_at(repo, target, refs, point_in_time)
+
+
+def _select_at(repo, target, refs, when: datetime) -> Selection:
+    # A backup id starts with its start time, and its recovery point is after the start:
+    # only backups started before `when` can qualify; look at the newest ones first.
+    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for ref in reversed([r for r in refs if r.backup_id[:16] <= stamp]):
+        m = repo.load_manifest(ref)
+        point = parse_time(m.recovery_point)
+        if point <= when:
+            gap = when - point
+            return Selection(m, f"backup {m.backup_id}: recovery point {m.recovery_point}, "
+                                f"{_human_delta(gap)} before the requested {when.isoformat()}")
+    oldest = repo.load_manifest(refs[0])
+    raise UsageError(
+        f"no backup of {target} has a recovery point at or before {when.isoformat()}",
+        hint=f"the oldest restore point is {oldest.recovery_point} (backup {oldest.backup_id})",
+    )
+
+
+def _human_delta(delta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
+
+
+def pick_item(manifest: Manifest, database: str | None) -> Item:
+    dumps = [i for i in manifest.items if i.type == "pg_dump"]
+    if database:
+        for item in dumps:
+            if item.name == database:
+                return item
+        raise UsageError(f"backup {manifest.backup_id} has no database {database}",
+                         hint="it has: " + ", ".join(i.name for i in dumps))
+    if len(dumps) != 1:
+        raise UsageError(f"backup {manifest.backup_id} holds {len(dumps)} databases; choose one with --database",
+                         hint="it has: " + ", ".join(i.name for i in dumps))
+    return dumps[0]
+
+
+def restore_postgres(app, target: str, into: str, *, backup_id=None, point_in_time=None, database=None,
+                     jobs: int = 1, create: bool = False, force: bool = False, with_globals: bool = False,
+                     no_owner: bool = False, password: str | None = None, spool_dir: str | None = None) -> RestoreResult:
+    """Restore one database of a backup into the database named by ``into``."""
+    repo = app.repository()
+    selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
+    item = pick_item(selection.manifest, database)
+    dbname = database_of(into)
+    if not dbname:
+        raise UsageError("--into must name a database (e.g. postgresql://user@host/app_restored)")
+    created = _prepare_target(into, dbname, password, create=create, force=force, encoding=item.meta.get("encoding"))
+    globals_result = _restore_globals(repo, selection.manifest, into, password, force) if with_globals else None
+    with connect(into, password) as conn:
+        server_num = conn.info.server_version
+    bin_dir = commands.find_client_bin_dir(server_num, None)
+    argv = commands.pg_restore_argv(bin_dir, into, jobs=jobs, archive="{archive}" if jobs > 1 else None,
+                                    clean=force and not created, no_owner=no_owner)
+    with repo.open_item(item) as reader:
+        run = run_pg_restore(argv, client_env(password), reader, spool_dir=spool_dir,
+                             what=f"restore of {item.name} into {dbname}")
+    return RestoreResult(selection, item.name, commands.mask_dsn(into), run, globals_result, created)
+
+
+def _prepare_target(into: str, dbname: str, password, *, create: bool, force: bool, encoding) -> bool:
+    """Make sure the target database exists and is empty (or ``force``); True if created."""
+    admin_dsn = dsn_for_database(into, "postgres")
+    with connect(admin_dsn, password) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if not exists:
+            if not create:
+                raise RestoreError(f"target database {dbname} does not exist", hint="add --create to create it")
+            stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
+            if encoding:
+                stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
+            admin.execute(stmt)
+            return True
+    with connect(into, password) as conn:
+        objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
+    if objects and not force:
+        raise RestoreError(
+            f"target database {dbname} is not empty ({objects} objects)",
+            hint="restore into an empty or new database (--create), or pass --force to overwrite",
+        )
+    return False
+
+
+def _restore_globals(repo, manifest: Manifest, into: str, password, force: bool) -> GlobalsResult:
+    try:
+        item = manifest.item("globals")
+    except KeyError:
+        raise RestoreError(f"backup {manifest.backup_id} holds no globals") from None
+    with repo.open_item(item) as reader:
+        text = b"".join(reader).decode("utf-8")
+    with connect(into, password) as conn:
+        return apply_globals(conn, text, force=force)

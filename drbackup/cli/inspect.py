@@ -1,0 +1,77 @@
+"""``drbackup list``, ``show ID``, ``verify ID``."""
+
+from __future__ import annotations
+
+import click
+
+from drbackup.actions.repository import backup_summary, list_backups, show_backup, verify_backup
+from drbackup.cli.render import echo_json, echo_table, human_size, progress
+
+
+@click.command("list")
+@click.option("-t", "--target", help="Only this target.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
+@click.pass_obj
+def list_(state, target: str | None, as_json: bool) -> None:
+    """List backups in the repository, oldest first."""
+    manifests = list_backups(state.app, target)
+    if as_json:
+        echo_json([backup_summary(m) for m in manifests])
+        return
+    rows = [
+        [m.target + "/" + m.backup_id, m.kind, (m.recovery_point or m.finished_at)[:19] + "Z",
+         human_size(m.size), human_size(m.stored_size), ", ".join(i.name for i in m.items)]
+        for m in manifests
+    ]
+    if not rows:
+        click.echo("no backups", err=True)
+        return
+    echo_table(["backup", "kind", "recovery point", "size", "stored", "items"], rows)
+
+
+@click.command("show")
+@click.argument("backup_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON record.")
+@click.option("--full", is_flag=True, help="With --json: the whole manifest, fingerprint included.")
+@click.pass_obj
+def show(state, backup_id: str, as_json: bool, full: bool) -> None:
+    """Show one backup (ID or a unique prefix; TARGET/ID also works)."""
+    m = show_backup(state.app, backup_id)
+    if as_json:
+        echo_json(m.to_dict() if full else backup_summary(m))
+        return
+    s = backup_summary(m)
+    click.echo(f"backup:          {m.target}/{m.backup_id}")
+    click.echo(f"kind:            {m.kind}")
+    click.echo(f"recovery point:  {m.recovery_point or '-'}")
+    click.echo(f"started:         {m.started_at}")
+    click.echo(f"finished:        {m.finished_at}")
+    click.echo(f"size:            {human_size(m.size)} ({human_size(m.stored_size)} stored)")
+    for key, value in sorted(s["meta"].items()):
+        click.echo(f"{key + ':':<17}{value}")
+    click.echo("items:")
+    for item in s["items"]:
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(item["meta"].items()) if not isinstance(v, dict))
+        click.echo(f"  {item['name']:<20} {item['type']:<10} {human_size(item['size']):>10}  {extra}")
+
+
+@click.command("verify")
+@click.argument("backup_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def verify(state, backup_id: str, as_json: bool) -> None:
+    """Re-read every object of a backup: checksums, authentication, plaintext digests."""
+    app = state.app
+    with progress(app.progress, None, "verifying") as tick:
+        result = verify_backup(app, backup_id, tick)
+    m = result.manifest
+    if as_json:
+        echo_json({"backup_id": m.backup_id, "target": m.target, "ok": True,
+                   "bytes": result.bytes_read, "seconds": round(result.seconds, 3)})
+        return
+    objects = sum(len(i.objects) for i in m.items)
+    click.echo(f"backup {m.target}/{m.backup_id} ok: {len(m.items)} items, {objects} objects, "
+               f"{human_size(result.bytes_read)} verified in {result.seconds:.1f}s")
+
+
+COMMANDS = [list_, show, verify]

@@ -1,0 +1,94 @@
+"""``drbackup``: the command group, global options, and the one place errors become exit codes.
+
+Commands never call ``sys.exit``; they raise :mod:`drbackup.errors` exceptions and
+:func:`main` maps them through the exit-code table.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+import click
+
+from drbackup import __version__
+from drbackup.errors import EXIT_CODE_TABLE, EXIT_INTERRUPTED, EXIT_USAGE, DrbackupError
+
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODE_TABLE)
+
+
+class State:
+    """Global options, and the context built from them on first use."""
+
+    def __init__(self, config_path: str | None, debug: bool):
+        self.config_path = config_path
+        self.debug = debug
+        self._ctx = None
+
+    @property
+    def app(self):
+        if self._ctx is None:
+            from drbackup.actions.context import AppContext
+            from drbackup.config import load_config
+
+            self._ctx = AppContext(load_config(self.config_path), progress=sys.stderr.isatty())
+        return self._ctx
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", envvar="DRBACKUP_CONFIG", metavar="FILE",
+              help="Configuration file (env DRBACKUP_CONFIG); embedded defaults without one.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="drbackup")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """Encrypted, verified backups of PostgreSQL and S3 buckets, and drills that prove them."""
+    ctx.obj = State(config_path, debug)
+
+
+def _register() -> None:
+    from drbackup.cli import backup, catalog, config, demo, export, inspect, key, repo, restore
+
+    for module in (repo, config, inspect, catalog, key, backup, restore, export, demo):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+def _on_sigterm(signum, frame):  # turn SIGTERM into the same path as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code from the table (the console script exits with it)."""
+    _register()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="drbackup", standalone_mode=False)
+        code = 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo("drbackup: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("drbackup: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except DrbackupError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"drbackup: error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        code = exc.exit_code
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"drbackup: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with --debug and report the traceback", err=True)
+        code = 1
+    return code

@@ -1,0 +1,41 @@
+"""Rendering helpers shared by commands: tables, sizes, JSON, progress bars."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import click
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def echo_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@contextmanager
+def progress(enabled: bool, total: int | None, label: str):
+    """Yield a callback ``advance(nbytes)``; draws a bar on a terminal, nothing in cron."""
+    if not enabled:
+        yield lambda n: None
+        return
+    with click.progressbar(length=total or 0, label=label, file=click.get_text_stream("stderr"),
+                           show_pos=False, show_percent=total is not None) as bar:
+        yield bar.update

@@ -1,0 +1,113 @@
+"""Pure builders for the PostgreSQL client commands drbackup runs, and their version checks.
+
+Nothing here runs a process: argv lists are built from settings so they can be tested
+without a server.  Passwords never go into argv; they travel in ``PGPASSWORD``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from drbackup.errors import SourceError
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def parse_tool_version(text: str) -> tuple[int, int]:
+    """``pg_dump (PostgreSQL) 15.18 (Debian ...)`` → ``(15, 18)``."""
+    m = _VERSION_RE.search(text)
+    if not m:
+        raise SourceError(f"cannot parse a PostgreSQL version from {text.strip()!r}")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def server_major(server_version_num: int) -> int:
+    return server_version_num // 10000
+
+
+def check_client_not_older(tool: str, tool_version: tuple[int, int], server_version_num: int) -> None:
+    """pg_dump refuses servers newer than itself; say so clearly before it does."""
+    if tool_version[0] < server_major(server_version_num):
+        raise SourceError(
+            f"{tool} {tool_version[0]}.{tool_version[1]} is older than the server "
+            f"(PostgreSQL {server_major(server_version_num)})",
+            hint=f"install the PostgreSQL {server_major(server_version_num)} client tools, "
+            "or set postgres.<target>.pg_bin_dir",
+        )
+
+
+def find_client_bin_dir(server_version_num: int | None, configured: str | Path | None = None) -> Path:
+    """The directory of pg_dump/pg_restore to use: configured, else the newest installed.
+
+    Debian installs each major under /usr/lib/postgresql/N/bin; the newest works with every
+    older server, so it is preferred over the one on PATH.
+    """
+    if configured:
+        return Path(configured)
+    candidates = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_dump").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if candidates:
+        return candidates[-1]
+    found = shutil.which("pg_dump")
+    if not found:
+        raise SourceError("pg_dump not found", hint="install the PostgreSQL client (postgresql-client)")
+    return Path(found).parent
+
+
+def tool_version(bin_dir: Path, tool: str) -> tuple[int, int]:
+    try:
+        out = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SourceError(f"cannot run {bin_dir / tool}: {exc}") from None
+    return parse_tool_version(out)
+
+
+def pg_dump_argv(bin_dir: Path, dsn: str, *, snapshot: str | None, include_schemas=(), exclude_schemas=(),
+                 include_tables=(), exclude_tables=(), extra=()) -> list[str]:
+    """Custom-format dump to stdout, pg_dump's own compression off (zstd is ours)."""
+    argv = [str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    argv += [f"--schema={s}" for s in include_schemas]
+    argv += [f"--exclude-schema={s}" for s in exclude_schemas]
+    argv += [f"--table={t}" for t in include_tables]
+    argv += [f"--exclude-table={t}" for t in exclude_tables]
+    argv += list(extra)
+    argv += [f"--dbname={dsn}"]
+    return argv
+
+
+def pg_dumpall_globals_argv(bin_dir: Path, dsn: str, *, no_role_passwords: bool = False) -> list[str]:
+    argv = [str(bin_dir / "pg_dumpall"), "--globals-only", "--no-password", f"--dbname={dsn}"]
+    if no_role_passwords:
+        argv.insert(2, "--no-role-passwords")
+    return argv
+
+
+def pg_restore_argv(bin_dir: Path, dsn: str, *, jobs: int = 1, archive: str | None = None,
+                    clean: bool = False, no_owner: bool = False, extra=()) -> list[str]:
+    """Restore into ``dsn``; from stdin unless ``archive`` (a file, needed for ``jobs > 1``)."""
+    argv = [str(bin_dir / "pg_restore"), "--verbose", "--no-password", f"--dbname={dsn}"]
+    if jobs > 1:
+        if not archive:
+            raise ValueError("parallel pg_restore needs an archive file")
+        argv.append(f"--jobs={jobs}")
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    if no_owner:
+        argv.append("--no-owner")
+    argv += list(extra)
+    if archive:
+        argv.append(archive)
+    return argv
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide a password embedded in a URL-style DSN (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)

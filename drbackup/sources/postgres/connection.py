@@ -1,0 +1,68 @@
+"""Connecting to PostgreSQL with one-line errors, and the environment for client tools."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from drbackup.errors import ConfigError, SourceError, SourceUnreachableError
+from drbackup.sources.postgres.commands import mask_dsn
+
+
+def dsn_for_database(dsn: str, dbname: str) -> str:
+    """The same server and user, another database."""
+    try:
+        return make_conninfo(dsn, dbname=dbname)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+
+
+def database_of(dsn: str) -> str | None:
+    try:
+        return conninfo_to_dict(dsn).get("dbname")
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+
+
+def client_env(password: str | None) -> dict[str, str]:
+    """Environment for pg_dump/pg_restore: the password travels here, never in argv."""
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = password
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return env
+
+
+def connect(dsn: str, password: str | None = None, *, autocommit: bool = True) -> psycopg.Connection:
+    """Open a connection; raise SourceUnreachableError / SourceError with a one-line reason."""
+    kwargs = {"autocommit": autocommit, "connect_timeout": 10}
+    if password:
+        kwargs["password"] = password
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise _connect_error(dsn, exc) from None
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+
+
+def _connect_error(dsn: str, exc: Exception) -> SourceError:
+    text = " ".join(str(exc).split())
+    where = mask_dsn(dsn)
+    if "password authentication failed" in text or "no password supplied" in text:
+        return SourceError(f"cannot connect to {where}: authentication failed",
+                           hint="check the target's password_file or PGPASSWORD")
+    if "does not exist" in text:
+        return SourceError(f"cannot connect to {where}: {text.split('FATAL:')[-1].strip()}")
+    return SourceUnreachableError(f"cannot connect to {where}: {_last_reason(text)}",
+                                  hint="check that the server is running and the dsn's host and port")
+
+
+def _last_reason(text: str) -> str:
+    # libpq repeats the reason per address tried; keep the first informative part.
+    for marker in ("Connection refused", "timeout expired", "could not translate host name", "No such file"):
+        if marker in text:
+            return marker.lower()
+    return text[:200]

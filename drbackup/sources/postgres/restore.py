@@ -1,0 +1,176 @@
+"""Running pg_restore from a plaintext stream: feeding, phase timing, and error detection.
+
+pg_restore keeps going after errors, prints "errors ignored on restore: N" and exits 1,
+leaving tables empty.  We treat *any* error line or non-zero exit as a failed restore and
+quote pg_restore's own messages.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drbackup.errors import IntegrityError, RestoreError, SourceError
+
+_DATA_RE = re.compile(r"pg_restore: (processing data for table|executing SEQUENCE SET|processing item \d+ TABLE DATA)")
+_POST_RE = re.compile(
+    r"pg_restore: (creating (INDEX|CONSTRAINT|FK CONSTRAINT|TRIGGER|RULE|POLICY|EVENT TRIGGER)"
+    r"|processing item \d+ (INDEX|CONSTRAINT|FK CONSTRAINT|TRIGGER))"
+)
+_ERROR_RE = re.compile(r"^pg_restore: error: (.*)$")
+MAX_ERRORS_KEPT = 50
+
+
+@dataclass
+class PhaseClock:
+    """Classifies pg_restore --verbose lines into phases as they arrive."""
+
+    start: float = field(default_factory=time.monotonic)
+    data_at: float | None = None
+    post_at: float | None = None
+    end: float | None = None
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    tail: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> None:
+        now = time.monotonic()
+        if self.data_at is None and _DATA_RE.search(line):
+            self.data_at = now
+        elif self.data_at is not None and self.post_at is None and _POST_RE.search(line):
+            self.post_at = now
+        m = _ERROR_RE.match(line)
+        if m:
+            self.error_count += 1
+            if len(self.errors) < MAX_ERRORS_KEPT:
+                self.errors.append(m.group(1))
+        elif line.startswith(("Command was:", "DETAIL:", "HINT:")) and self.errors:
+            self.errors[-1] += " | " + line.strip()
+        self.tail = (self.tail + [line])[-10:]
+
+    def phases(self) -> dict[str, float]:
+        end = self.end or time.monotonic()
+        data = self.data_at or end
+        post = self.post_at or end
+        return {"pre_data": data - self.start, "data": post - data, "post_data": end - post}
+
+
+@dataclass
+class RestoreRun:
+    phases: dict[str, float]
+    fetch_decrypt_s: float
+    bytes: int
+    elapsed_s: float
+
+
+def run_pg_restore(argv: list[str], env: dict, reader, *, spool_dir: str | None, what: str) -> RestoreRun:
+    """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
+    with the placeholder ``{archive}``).
+
+    Raises :class:`RestoreError` quoting pg_restore's errors, :class:`IntegrityError` if the
+    stream fails authentication mid-way (pg_restore is killed; the target is incomplete).
+    """
+    started = time.monotonic()
+    if argv and argv[-1] == "{archive}":
+        return _restore_spooled(argv, env, reader, spool_dir, what, started)
+    clock = PhaseClock()
+    proc = _spawn(argv, env, stdin=subprocess.PIPE)
+    feeder = _Feeder(reader, proc)
+    feeder.start()
+    _collect(proc, clock)
+    feeder.join()
+    code = proc.wait()
+    clock.end = time.monotonic()
+    if feeder.error is not None:
+        raise feeder.error
+    _raise_on_errors(code, clock, what)
+    return RestoreRun(clock.phases(), feeder.read_seconds, feeder.bytes, time.monotonic() - started)
+
+
+def _restore_spooled(argv, env, reader, spool_dir, what, started) -> RestoreRun:
+    # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
+    # (disk = archive size; memory stays bounded).  Removed however the restore ends.
+    tmpdir = Path(tempfile.mkdtemp(prefix="drbackup-spool-", dir=spool_dir))
+    try:
+        archive = tmpdir / "archive.dump"
+        t0 = time.monotonic()
+        size = 0
+        with open(archive, "wb") as out:
+            while block := reader.read(1 << 20):
+                out.write(block)
+                size += len(block)
+        fetch = time.monotonic() - t0
+        clock = PhaseClock()
+        proc = _spawn(argv[:-1] + [str(archive)], env, stdin=subprocess.DEVNULL)
+        _collect(proc, clock)
+        code = proc.wait()
+        clock.end = time.monotonic()
+        _raise_on_errors(code, clock, what)
+        return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _spawn(argv, env, stdin) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    except OSError as exc:
+        raise SourceError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+def _collect(proc, clock: PhaseClock) -> None:
+    for raw in proc.stderr:
+        clock.feed(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _raise_on_errors(code: int, clock: PhaseClock, what: str) -> None:
+    if code == 0 and clock.error_count == 0:
+        return
+    if clock.errors:
+        shown = "\n".join(f"  {e}" for e in clock.errors[:5])
+        more = f"\n  ... and {clock.error_count - 5} more" if clock.error_count > 5 else ""
+        raise RestoreError(
+            f"{what} failed: pg_restore reported {clock.error_count} error(s)\n{shown}{more}",
+            hint="the target database is incomplete; fix the cause (missing roles: --with-globals "
+            "or --no-owner) and restore again with --force",
+        )
+    last = clock.tail[-1] if clock.tail else "(no output)"
+    raise RestoreError(f"{what} failed: pg_restore exited with status {code}: {last}")
+
+
+class _Feeder(threading.Thread):
+    """Copies the decrypted archive into pg_restore's stdin, timing the fetch/decrypt side."""
+
+    def __init__(self, reader, proc):
+        super().__init__(name="drbackup-feeder", daemon=True)
+        self.reader, self.proc = reader, proc
+        self.error: BaseException | None = None
+        self.read_seconds = 0.0
+        self.bytes = 0
+
+    def run(self) -> None:
+        try:
+            while True:
+                t0 = time.monotonic()
+                block = self.reader.read(1 << 20)
+                self.read_seconds += time.monotonic() - t0
+                if not block:
+                    break
+                self.proc.stdin.write(block)
+                self.bytes += len(block)
+        except BrokenPipeError:
+            pass  # pg_restore exited early; its status and messages tell why
+        except (IntegrityError, Exception) as exc:  # noqa: BLE001 - handed to the caller
+            self.error = exc
+            self.proc.kill()
+        finally:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
