@@ -78,10 +78,14 @@ def load_sample(cluster) -> None:
 
 
 def fingerprint_of(dsn: str, level: str = "full") -> dict:
+    from psycopg import IsolationLevel
+
     from drbackup.sources.postgres.connection import connect
     from drbackup.sources.postgres.fingerprint import take_fingerprint
 
     with connect(dsn, autocommit=False) as conn:
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
         try:
             return take_fingerprint(conn, level)
         finally:
