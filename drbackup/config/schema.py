@@ -1,0 +1,432 @@
+"""The one config schema: the type, default and documentation of every key.
+
+``load.py`` validates against these models and ``docs/configuration.md`` is generated from
+them (a field's docstring is its description).  Secret fields are never set from the YAML
+file: they come from their ``*_file`` key (read at validation) or the environment.
+"""
+
+import difflib
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from drbackup.config import types as t
+from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
+from drbackup.errors import UsageError
+
+MIB = 2**20
+EnvSecret = Annotated[t.Secret | None, EnvOnly()]
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """``$DRBACKUP_HOME``, else ``~/.local/share/drbackup`` (``HOME`` taken from ``env``)."""
+    if env.get("DRBACKUP_HOME"):
+        return Path(env["DRBACKUP_HOME"]).expanduser()
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".local" / "share" / "drbackup"
+
+
+def default_repository_url(env: Mapping[str, str] = os.environ) -> str:
+    return str(default_home(env) / "repo")
+
+
+def default_catalog_url(env: Mapping[str, str] = os.environ) -> str:
+    return f"sqlite:///{default_home(env) / 'catalog.db'}"
+
+
+def env_only_marker(model: type[BaseModel], key: str) -> EnvOnly | None:
+    """The :class:`EnvOnly` marker of ``model.key``, or None if the file may set it."""
+    field = model.model_fields.get(key)
+    return next((m for m in field.metadata if isinstance(m, EnvOnly)), None) if field else None
+
+
+def key_label(model: type[BaseModel], key: str) -> str:
+    """``'passphrase' (DRBACKUP_PASSPHRASE)`` for a key with its own variable, else ``'key'``."""
+    marker = env_only_marker(model, key)
+    return f"'{key}' ({marker.env})" if marker and marker.env else f"'{key}'"
+
+
+def _none_as_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors; inputs never echo in errors."""
+
+    model_config = ConfigDict(
+        extra="forbid", hide_input_in_errors=True, use_attribute_docstrings=True
+    )
+    secret_files: ClassVar[dict[str, str]] = {}  # secret field -> the *_file key supplying it
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Self:
+        for secret, file_key in self.secret_files.items():
+            path = getattr(self, file_key)
+            if path is not None and getattr(self, secret) is not None:
+                a, b = key_label(type(self), secret), f"'{file_key}'"
+                raise config_error("one_of", "set only one of {a} and {b}", a=a, b=b)
+            if path is not None:
+                setattr(self, secret, t.read_secret_file(path))
+        return self
+
+
+# On a section: an empty YAML value (`s3:`) means the section's defaults.
+EMPTY_IS_DEFAULT = BeforeValidator(_none_as_empty)
+
+
+class S3Settings(Section):
+    endpoint_url: t.HttpUrl | None = None
+    """S3 API endpoint; unset means AWS. Env: AWS_ENDPOINT_URL."""
+    region: str | None = None
+    """Region; unset means the SDK default. Env: AWS_REGION."""
+    access_key_id_file: SecretFile | None = None
+    """File holding the access key id."""
+    secret_access_key_file: SecretFile | None = None
+    """File holding the secret access key."""
+    access_key_id: Annotated[t.Secret | None, EnvOnly("AWS_ACCESS_KEY_ID")] = None
+    """Access key id (environment only)."""
+    secret_access_key: Annotated[t.Secret | None, EnvOnly("AWS_SECRET_ACCESS_KEY")] = None
+    """Secret access key (environment only)."""
+    session_token: Annotated[t.Secret | None, EnvOnly("AWS_SESSION_TOKEN")] = None
+    """Session token (environment only)."""
+    path_style: bool | None = None
+    """Path-style addressing; unset means true when endpoint_url is set."""
+    verify_tls: bool = True
+    """Verify the endpoint's TLS certificate."""
+    part_size: t.Size = 8 * MIB
+    """Multipart upload part size, 5MiB to 5GiB."""
+    max_concurrency: int = Field(4, ge=1, le=64)
+    """Parallel part uploads per object."""
+
+    secret_files: ClassVar[dict[str, str]] = {
+        "access_key_id": "access_key_id_file",
+        "secret_access_key": "secret_access_key_file",
+    }
+
+    @field_validator("part_size")
+    @classmethod
+    def _part_size_in_s3_limits(cls, value: int) -> int:
+        if not 5 * MIB <= value <= 5 * 1024 * MIB:
+            template = "part_size must be between 5MiB and 5GiB (s3 multipart limits)"
+            raise config_error("size", template)
+        return value
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> Self:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            template = "set both the access key id and the secret access key, or neither"
+            raise config_error("pair", template)
+        return self
+
+
+_KEY_SOURCES = ("passphrase", "key_file", "public_key")
+
+
+class EncryptionSettings(Section):
+    passphrase: Annotated[t.Secret | None, EnvOnly("DRBACKUP_PASSPHRASE")] = None
+    """Passphrase (environment only)."""
+    passphrase_file: SecretFile | None = None
+    """File holding the passphrase."""
+    key_file: ReadableFile | None = None
+    """File holding a raw repository key. Env: DRBACKUP_KEY_FILE."""
+    public_key: str | None = None
+    """Public key: backups are written without needing the private key."""
+    private_key_file: ReadableFile | None = None
+    """Private key matching public_key, needed to read backups."""
+
+    secret_files: ClassVar[dict[str, str]] = {"passphrase": "passphrase_file"}
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if self.private_key_file is not None and self.public_key is None:
+            raise config_error("one_of", "'private_key_file' needs 'public_key'")
+        found = [name for name in _KEY_SOURCES if getattr(self, name) is not None]
+        if len(found) > 1:
+            template = "set only one key source: passphrase, key_file or public_key (found {found})"
+            raise config_error("one_of", template, found=", ".join(found))
+        return self
+
+    @property
+    def method(self) -> Literal["passphrase", "key_file", "public_key"] | None:
+        """Which key source is configured; None means none is."""
+        found = [name for name in _KEY_SOURCES if getattr(self, name) is not None]
+        return found[0] if found else None  # type: ignore[return-value]
+
+
+class CompressionSettings(Section):
+    level: int = Field(3, ge=1, le=22)
+    """zstd level: 1 fastest, 22 smallest."""
+    threads: int = Field(0, ge=0, le=256)
+    """Compression threads; 0 means one per core."""
+
+
+class ObjectLockSettings(Section):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    """S3 Object Lock mode of every object written (the bucket must have Object Lock on)."""
+    days: int = Field(ge=1)
+    """Days each object stays locked."""
+
+
+class RepositorySettings(Section):
+    url: t.RepositoryUrl = Field(
+        default_factory=default_repository_url,
+        json_schema_extra={"default_text": "$DRBACKUP_HOME/repo"},
+    )
+    """s3://bucket/prefix, file:///path or an absolute path."""
+    s3: Annotated[S3Settings, EMPTY_IS_DEFAULT] = Field(default_factory=S3Settings)
+    """How to reach an s3:// repository."""
+    encryption: Annotated[EncryptionSettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=EncryptionSettings
+    )
+    """The repository key: a passphrase, a key file, or a public key."""
+    compression: Annotated[CompressionSettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=CompressionSettings
+    )
+    """zstd compression of stored objects."""
+    object_lock: ObjectLockSettings | None = None
+    """S3 Object Lock; unset means no lock."""
+
+    @model_validator(mode="after")
+    def _object_lock_needs_s3(self) -> Self:
+        if self.object_lock is not None and not self.url.startswith("s3://"):
+            raise config_error("object_lock", "object_lock needs an s3:// repository url")
+        return self
+
+    def s3_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``drbackup.storage.open_storage(url, s3=...)``, secrets revealed."""
+        s3 = self.s3
+        path_style = s3.endpoint_url is not None if s3.path_style is None else s3.path_style
+        return {
+            "endpoint_url": s3.endpoint_url,
+            "region": s3.region,
+            "access_key_id": reveal(s3.access_key_id),
+            "secret_access_key": reveal(s3.secret_access_key),
+            "session_token": reveal(s3.session_token),
+            "path_style": path_style,
+            "verify_tls": s3.verify_tls,
+            "part_size": s3.part_size,
+            "max_concurrency": s3.max_concurrency,
+        }
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The secret's value, or None."""
+    return None if secret is None else secret.get_secret_value()
+
+
+def _databases(value: Any) -> list[str] | Literal["all"]:
+    if value == "all":
+        return "all"
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise config_error("databases", "expected a non-empty list of database names or 'all'")
+    return value
+
+
+# pg_dump options drbackup sets itself -> what to use instead
+_OWNED = {
+    **dict.fromkeys(["-f", "--file", "-F", "--format", "-Z", "--compress"], "remove it"),
+    **dict.fromkeys(["-w", "--no-password", "-W", "--password"], "remove it"),
+    **dict.fromkeys(
+        ["-d", "--dbname", "-h", "--host", "-p", "--port", "-U", "--username"], "use 'dsn'"
+    ),
+    **dict.fromkeys(["-j", "--jobs"], "use 'jobs'"),
+    **dict.fromkeys(["-n", "--schema"], "use 'include_schemas'"),
+    **dict.fromkeys(["-N", "--exclude-schema"], "use 'exclude_schemas'"),
+    **dict.fromkeys(["-t", "--table"], "use 'include_tables'"),
+    **dict.fromkeys(["-T", "--exclude-table"], "use 'exclude_tables'"),
+}
+
+
+def _check_pg_dump_option(option: str) -> str:
+    if not option.startswith("-"):
+        template = "pg_dump option '{option}' must start with '-' (write values as --name=value)"
+        raise config_error("pg_dump_option", template, option=option)
+    name = option.split("=", 1)[0] if option.startswith("--") else option[:2]
+    if name in _OWNED:
+        template = "pg_dump option '{option}' is set by drbackup ({instead})"
+        raise config_error("pg_dump_option", template, option=option, instead=_OWNED[name])
+    return option
+
+
+Databases = Annotated[list[str] | Literal["all"], PlainValidator(_databases)]
+PgDumpOption = Annotated[str, AfterValidator(_check_pg_dump_option)]
+Fingerprint = Annotated[
+    Literal["off", "counts", "full"],
+    BeforeValidator(lambda v: "off" if v is False else v),  # YAML 1.1 reads a bare off as false
+]
+PgDsn = t.pg_dsn("'password_file', PGPASSWORD or ~/.pgpass")
+ScratchDsn = t.pg_dsn("PGPASSWORD or ~/.pgpass")
+RPO, RTO = timedelta(hours=24), timedelta(hours=1)  # defaults of every target kind
+
+
+class PostgresTarget(Section):
+    """A PostgreSQL server backed up with pg_dump."""
+
+    kind: ClassVar[str] = "postgres"
+
+    dsn: PgDsn
+    """libpq connection string, without a password."""
+    password_file: SecretFile | None = None
+    """File holding the password (libpq also reads PGPASSWORD and ~/.pgpass)."""
+    password: EnvSecret = None
+    """Password (environment only)."""
+    databases: Annotated[Databases, t.DocType("list of names, or all")]
+    """Databases to dump, or `all` (every database but the templates)."""
+    rpo: Duration = RPO
+    """Recovery point objective: the oldest a latest backup may be."""
+    rto: Duration = RTO
+    """Recovery time objective: the longest a restore may take."""
+    include_schemas: list[str] = []
+    """Dump only these schemas (pg_dump -n)."""
+    exclude_schemas: list[str] = []
+    """Skip these schemas (pg_dump -N)."""
+    include_tables: list[str] = []
+    """Dump only these tables (pg_dump -t)."""
+    exclude_tables: list[str] = []
+    """Skip these tables (pg_dump -T)."""
+    pg_dump_options: list[PgDumpOption] = []
+    """Extra pg_dump options as --name=value; options drbackup sets are refused."""
+    fingerprint: Fingerprint = "full"
+    """Taken at dump time for drills: off, counts (row counts) or full (counts and hashes)."""
+    jobs: int = Field(1, ge=1, le=64)
+    """Parallel jobs where the archive allows it (pg_restore -j)."""
+
+    secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
+
+
+class MinioTarget(Section):
+    """An S3-compatible server (MinIO, Ceph, AWS) whose buckets are snapshotted."""
+
+    kind: ClassVar[str] = "minio"
+
+    endpoint: t.Endpoint
+    """http(s)://host:port, or host:port with `secure`."""
+    access_key_file: SecretFile | None = None
+    """File holding the access key."""
+    secret_key_file: SecretFile | None = None
+    """File holding the secret key."""
+    access_key: EnvSecret = None
+    """Access key (environment only)."""
+    secret_key: EnvSecret = None
+    """Secret key (environment only)."""
+    buckets: list[t.BucketName] = Field(min_length=1)
+    """Buckets to snapshot."""
+    secure: bool | None = None
+    """Use TLS; unset means as the endpoint's scheme says (https without one)."""
+    verify_tls: bool = True
+    """Verify the server's TLS certificate."""
+    include_prefixes: list[str] = []
+    """Snapshot only keys under these prefixes."""
+    exclude_prefixes: list[str] = []
+    """Skip keys under these prefixes."""
+    rpo: Duration = RPO
+    """Recovery point objective: the oldest a latest snapshot may be."""
+    rto: Duration = RTO
+    """Recovery time objective: the longest a restore may take."""
+
+    secret_files: ClassVar[dict[str, str]] = {
+        "access_key": "access_key_file",
+        "secret_key": "secret_key_file",
+    }
+
+    @model_validator(mode="after")
+    def _secure_matches_scheme(self) -> Self:
+        scheme_secure = t.split_endpoint(self.endpoint)[1]
+        if None not in (self.secure, scheme_secure) and self.secure != scheme_secure:
+            raise config_error("secure", "'secure' contradicts the endpoint's scheme")
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``minio.Minio(...)``, secrets revealed."""
+        host, scheme_secure = t.split_endpoint(self.endpoint)
+        return {
+            "endpoint": host,
+            "access_key": reveal(self.access_key),
+            "secret_key": reveal(self.secret_key),
+            "secure": next(v for v in (self.secure, scheme_secure, True) if v is not None),
+            "cert_check": self.verify_tls,
+        }
+
+
+class DrillSettings(Section):
+    signing_key_file: ReadableFile | None = None
+    """Private key that signs drill reports."""
+    scratch_dsn: ScratchDsn | None = None
+    """Server for scratch restores; unset means the target's own server."""
+    scratch_prefix: str = Field("drbackup_drill_", pattern=r"^[a-z_][a-z0-9_]{0,39}$")
+    """Name prefix of scratch databases, which drills drop when done."""
+
+
+Target = PostgresTarget | MinioTarget
+
+
+class Config(Section):
+    repository: Annotated[RepositorySettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=RepositorySettings
+    )
+    """Where backups live and how they are stored."""
+    catalog: t.CatalogUrl = Field(
+        default_factory=default_catalog_url,
+        json_schema_extra={"default_text": "sqlite:///$DRBACKUP_HOME/catalog.db"},
+    )
+    """SQLAlchemy URL of the catalog, an index rebuildable from the repository."""
+    postgres: Annotated[dict[t.TargetName, PostgresTarget], EMPTY_IS_DEFAULT] = {}
+    """PostgreSQL targets by name."""
+    minio: Annotated[dict[t.TargetName, MinioTarget], EMPTY_IS_DEFAULT] = {}
+    """Bucket targets by name."""
+    drill: Annotated[DrillSettings, EMPTY_IS_DEFAULT] = Field(default_factory=DrillSettings)
+    """Restore drill settings."""
+
+    _source: str | None = PrivateAttr(None)
+
+    @field_validator("minio")
+    @classmethod
+    def _names_unique(cls, value: dict[str, MinioTarget], info: ValidationInfo) -> Any:
+        twice = sorted(value.keys() & info.data.get("postgres", {}).keys())
+        if twice:
+            template = "target '{name}' is also a postgres target (names must be unique)"
+            raise config_error("duplicate", template, name=twice[0])
+        return value
+
+    @property
+    def source(self) -> str | None:
+        """The file this config was loaded from; None for built-in defaults."""
+        return self._source
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        """Every target by name, postgres first."""
+        return {**self.postgres, **self.minio}
+
+    def target(self, name: str) -> Target:
+        """The target called ``name``; raises UsageError naming the known targets."""
+        targets = self.targets
+        if name in targets:
+            return targets[name]
+        close = difflib.get_close_matches(name, targets, n=1)
+        message = f"unknown target '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+        if not targets:
+            hint = "no targets are configured; add one under 'postgres:' or 'minio:'"
+            raise UsageError(message, hint=hint)
+        raise UsageError(message, hint=f"known targets: {', '.join(sorted(targets))}")
+
+
+def redacted_dict(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data: secrets ``"***"``, durations ``24h``, sizes ``8MiB``."""
+    return cfg.model_dump(mode="json")
