@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.fixtures.s3server", "tests.fixtures.pg"]
