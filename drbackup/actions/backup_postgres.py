@@ -9,6 +9,7 @@ status 0 and the manifest is written.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 from collections import deque
@@ -47,15 +48,23 @@ class PgTarget:
     def from_config(cls, name: str, cfg) -> PgTarget:
         password = cfg.password.get_secret_value() if getattr(cfg, "password", None) else None
         return cls(
-            name=name, dsn=cfg.dsn, password=password, databases=cfg.databases,
-            include_schemas=list(cfg.include_schemas), exclude_schemas=list(cfg.exclude_schemas),
-            include_tables=list(cfg.include_tables), exclude_tables=list(cfg.exclude_tables),
-            pg_dump_options=list(cfg.pg_dump_options), fingerprint=cfg.fingerprint,
+            name=name,
+            dsn=cfg.dsn,
+            password=password,
+            databases=cfg.databases,
+            include_schemas=list(cfg.include_schemas),
+            exclude_schemas=list(cfg.exclude_schemas),
+            include_tables=list(cfg.include_tables),
+            exclude_tables=list(cfg.exclude_tables),
+            pg_dump_options=list(cfg.pg_dump_options),
+            fingerprint=cfg.fingerprint,
             pg_bin_dir=getattr(cfg, "pg_bin_dir", None),
         )
 
 
-def backup_targets(app, names: list[str], *, max_parallel: int = 2, progress=None) -> list[Manifest]:
+def backup_targets(
+    app, names: list[str], *, max_parallel: int = 2, progress=None
+) -> list[Manifest]:
     """Back up several targets, at most ``max_parallel`` at once; fail if any failed.
 
     Every target runs to its end; the error raised lists every target that failed.
@@ -69,7 +78,9 @@ def backup_targets(app, names: list[str], *, max_parallel: int = 2, progress=Non
         first = failures[0][1]
         lines = "; ".join(f"{n}: {e}" for n, e in failures)
         if isinstance(first, DrbackupError):
-            raise type(first)(f"{len(failures)} of {len(names)} backups failed: {lines}", hint=first.hint)
+            raise type(first)(
+                f"{len(failures)} of {len(names)} backups failed: {lines}", hint=first.hint
+            )
         raise first
     return [futures[n].result() for n in names]
 
@@ -84,18 +95,15 @@ def backup_target(app, name: str, *, progress=None) -> Manifest:
         _record(app, name, started, "failed", error=str(exc))
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    try:
+    # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).
+    with contextlib.suppress(Exception):
         app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
-    except Exception:  # noqa: BLE001 - the catalog is an index; `catalog rebuild` repairs it
-        pass
     return manifest
 
 
 def _record(app, target, started, status, **kw) -> None:
-    try:
+    with contextlib.suppress(Exception):  # see above
         app.catalog.record_run("backup", target, started, datetime.now(UTC), status, **kw)
-    except Exception:  # noqa: BLE001 - see above
-        pass
 
 
 def _backup(app, target: PgTarget, progress) -> Manifest:
@@ -114,13 +122,17 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
                 item = _dump_database(writer, target, db, bin_dir, progress)
                 points.append(item.meta["recovery_point"])
             _dump_globals(writer, target, bin_dir)
-            writer.recovery_point = datetime.fromisoformat(min(points)) if points else datetime.now(UTC)
-            writer.meta.update({
-                "server_version": control.execute("SHOW server_version").fetchone()[0],
-                "server_version_num": server_num,
-                "pg_dump_version": f"{dump_version[0]}.{dump_version[1]}",
-                "databases": databases,
-            })
+            writer.recovery_point = (
+                datetime.fromisoformat(min(points)) if points else datetime.now(UTC)
+            )
+            writer.meta.update(
+                {
+                    "server_version": control.execute("SHOW server_version").fetchone()[0],
+                    "server_version_num": server_num,
+                    "pg_dump_version": f"{dump_version[0]}.{dump_version[1]}",
+                    "databases": databases,
+                }
+            )
             return writer.commit()
 
 
@@ -128,8 +140,10 @@ def _take_lock(control, name: str) -> None:
     # A session advisory lock on the source server: held for the whole backup, released
     # by the server if this process dies, and seen by every host backing up this target.
     if not control.execute(LOCK_SQL, (name,)).fetchone()[0]:
-        raise LockedError(f"another backup of target {name} is running",
-                          hint="wait for it to finish; backups of one target never overlap")
+        raise LockedError(
+            f"another backup of target {name} is running",
+            hint="wait for it to finish; backups of one target never overlap",
+        )
 
 
 def _databases(control, target: PgTarget) -> list[str]:
@@ -148,22 +162,33 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
     with connect(dsn, target.password, autocommit=False) as snap:
         snap.isolation_level = IsolationLevel.REPEATABLE_READ
         snap.read_only = True
-        snapshot_id, point = snap.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
+        snapshot_id, point = snap.execute(
+            "SELECT pg_export_snapshot(), statement_timestamp()"
+        ).fetchone()
         meta = {
             "database": db,
             "recovery_point": point.astimezone(UTC).isoformat(),
-            "database_size": snap.execute("SELECT pg_database_size(current_database())").fetchone()[0],
+            "database_size": snap.execute("SELECT pg_database_size(current_database())").fetchone()[
+                0
+            ],
             "encoding": snap.execute("SHOW server_encoding").fetchone()[0],
         }
         argv = commands.pg_dump_argv(
-            bin_dir, dsn, snapshot=snapshot_id, include_schemas=target.include_schemas,
-            exclude_schemas=target.exclude_schemas, include_tables=target.include_tables,
-            exclude_tables=target.exclude_tables, extra=target.pg_dump_options,
+            bin_dir,
+            dsn,
+            snapshot=snapshot_id,
+            include_schemas=target.include_schemas,
+            exclude_schemas=target.exclude_schemas,
+            include_tables=target.include_tables,
+            exclude_tables=target.exclude_tables,
+            extra=target.pg_dump_options,
         )
         fingerprint = _Background(lambda: _fingerprint(snap, target))
         with _Process(argv, client_env(target.password), f"pg_dump of database {db}") as proc:
             fingerprint.start()
-            item = writer.add_stream(db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress)
+            item = writer.add_stream(
+                db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress
+            )
             proc.finish()
         meta["fingerprint"] = fingerprint.result()
         snap.rollback()
@@ -176,8 +201,11 @@ def _fingerprint(conn, target: PgTarget):
     from drbackup.sources.postgres.fingerprint import take_fingerprint
 
     return take_fingerprint(
-        conn, target.fingerprint, include_schemas=target.include_schemas or None,
-        exclude_schemas=target.exclude_schemas or None, include_tables=target.include_tables or None,
+        conn,
+        target.fingerprint,
+        include_schemas=target.include_schemas or None,
+        exclude_schemas=target.exclude_schemas or None,
+        include_tables=target.include_tables or None,
         exclude_tables=target.exclude_tables or None,
     )
 
@@ -189,7 +217,9 @@ def _dump_globals(writer, target: PgTarget, bin_dir) -> None:
     result = _run(commands.pg_dumpall_globals_argv(bin_dir, target.dsn), env)
     if result.returncode != 0 and "permission denied" in result.stderr:
         meta["role_passwords"] = False
-        result = _run(commands.pg_dumpall_globals_argv(bin_dir, target.dsn, no_role_passwords=True), env)
+        result = _run(
+            commands.pg_dumpall_globals_argv(bin_dir, target.dsn, no_role_passwords=True), env
+        )
     if result.returncode != 0:
         raise SourceError(f"pg_dumpall --globals-only failed: {_last_line(result.stderr)}")
     writer.add_stream("globals", "globals.sql", iter([result.stdout.encode()]), meta)
@@ -216,8 +246,13 @@ class _Process:
 
     def __enter__(self):
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, env=self.env)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         except OSError as exc:
             raise SourceError(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
         self.stdout = self.proc.stdout
@@ -234,7 +269,9 @@ class _Process:
         code = self.proc.wait()
         self._drain.join(timeout=5)
         if code != 0:
-            raise SourceError(f"{self.what} failed (exit {code}): {_last_line(chr(10).join(self.stderr_tail))}")
+            raise SourceError(
+                f"{self.what} failed (exit {code}): {_last_line(chr(10).join(self.stderr_tail))}"
+            )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.proc.poll() is None:

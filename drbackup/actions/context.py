@@ -57,7 +57,11 @@ def secrets_from_config(enc) -> Secrets:
     """Read key material named by ``repository.encryption`` (files are read here, once)."""
     passphrase = enc.passphrase.get_secret_value() if enc.passphrase is not None else None
     key_file = keys.read_key_file(enc.key_file, "key file") if enc.key_file else None
-    private = keys.read_key_file(enc.private_key_file, "private key file") if enc.private_key_file else None
+    private = (
+        keys.read_key_file(enc.private_key_file, "private key file")
+        if enc.private_key_file
+        else None
+    )
     public = None
     if enc.public_key:
         public = keys.unb64(enc.public_key, "repository.encryption.public_key")

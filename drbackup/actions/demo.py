@@ -54,22 +54,23 @@ def write_demo_config(directory: Path, dsn: str) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(24) + "\n")
     config = directory / "drbackup.yaml"
-    config.write_text(CONFIG_TEMPLATE.format(
-        repo=directory / "repo", passphrase_file=passphrase_file, catalog=directory / "catalog.db", dsn=dsn,
-    ))
+    config.write_text(
+        CONFIG_TEMPLATE.format(
+            repo=directory / "repo",
+            passphrase_file=passphrase_file,
+            catalog=directory / "catalog.db",
+            dsn=dsn,
+        )
+    )
     return config
 
 
-def start_demo_cluster(directory: Path):
-    from drbackup.sources.postgres.cluster import EphemeralCluster, cleanup_stale
+def start_demo_cluster(keep: bool = False):
+    """A throwaway cluster in a temp directory (the server's user must be able to reach it;
+    a checkout under /root is not).  It stops when this process exits unless ``keep``."""
+    from drbackup.sources.postgres.cluster import EphemeralCluster
 
-    base = directory / "cluster"
-    cleanup_stale(directory)
-    if base.exists():
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
-    return EphemeralCluster(base).start()
+    return EphemeralCluster(None, fast=True, detach=keep).start()
 
 
 def load_sample(cluster) -> None:

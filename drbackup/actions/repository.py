@@ -10,10 +10,13 @@ from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
 
 
-def init_repository(app, *, public_key_mode: bool = False, scrypt_params: dict | None = None) -> Repository:
+def init_repository(
+    app, *, public_key_mode: bool = False, scrypt_params: dict | None = None
+) -> Repository:
     """Create the configured repository.  Raises RepositoryError if one exists there."""
-    repo = Repository.init(app.storage, app.secrets, public_key_mode=public_key_mode,
-                           scrypt_params=scrypt_params)
+    repo = Repository.init(
+        app.storage, app.secrets, public_key_mode=public_key_mode, scrypt_params=scrypt_params
+    )
     _try_catalog(app, lambda cat: cat.rebuild_from(repo))
     return repo
 
@@ -38,8 +41,15 @@ def backup_summary(m: Manifest) -> dict:
         "size": m.size,
         "stored_size": m.stored_size,
         "items": [
-            {"name": i.name, "type": i.type, "size": i.size, "stored_size": i.stored_size,
-             "sha256": i.sha256, "objects": len(i.objects), "meta": _public_meta(i.meta)}
+            {
+                "name": i.name,
+                "type": i.type,
+                "size": i.size,
+                "stored_size": i.stored_size,
+                "sha256": i.sha256,
+                "objects": len(i.objects),
+                "meta": _public_meta(i.meta),
+            }
             for i in m.items
         ],
         "meta": _public_meta(m.meta),
@@ -52,8 +62,11 @@ def _public_meta(meta: dict) -> dict:
     fp = out.pop("fingerprint", None)
     if isinstance(fp, dict):
         tables = fp.get("tables") or {}
-        out["fingerprint"] = {"level": fp.get("level"), "tables": len(tables),
-                              "rows": sum((t.get("rows") or 0) for t in tables.values())}
+        out["fingerprint"] = {
+            "level": fp.get("level"),
+            "tables": len(tables),
+            "rows": sum((t.get("rows") or 0) for t in tables.values()),
+        }
     return out
 
 

@@ -49,11 +49,15 @@ def parse_time(text: str) -> datetime:
     try:
         ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"invalid time: {text!r}", hint="use ISO 8601, e.g. 2026-11-23T02:00:00Z") from None
+        raise UsageError(
+            f"invalid time: {text!r}", hint="use ISO 8601, e.g. 2026-11-23T02:00:00Z"
+        ) from None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def select_backup(repo, target: str, *, backup_id: str | None = None, point_in_time: datetime | None = None) -> Selection:
+def select_backup(
+    repo, target: str, *, backup_id: str | None = None, point_in_time: datetime | None = None
+) -> Selection:
     """The backup to restore: by id, newest with recovery point ≤ time, or the latest."""
     if backup_id and point_in_time:
         raise UsageError("give either --backup or --point-in-time, not both")
@@ -64,7 +68,9 @@ def select_backup(repo, target: str, *, backup_id: str | None = None, point_in_t
         return Selection(m, f"backup {m.backup_id} (by id)")
     refs = repo.list_refs(target)
     if not refs:
-        raise UsageError(f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists")
+        raise UsageError(
+            f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
+        )
     if point_in_time is None:
         m = repo.load_manifest(refs[-1])
         return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
@@ -80,8 +86,11 @@ def _select_at(repo, target, refs, when: datetime) -> Selection:
         point = parse_time(m.recovery_point)
         if point <= when:
             gap = when - point
-            return Selection(m, f"backup {m.backup_id}: recovery point {m.recovery_point}, "
-                                f"{_human_delta(gap)} before the requested {when.isoformat()}")
+            return Selection(
+                m,
+                f"backup {m.backup_id}: recovery point {m.recovery_point}, "
+                f"{_human_delta(gap)} before the requested {when.isoformat()}",
+            )
     oldest = repo.load_manifest(refs[0])
     raise UsageError(
         f"no backup of {target} has a recovery point at or before {when.isoformat()}",
@@ -106,17 +115,34 @@ def pick_item(manifest: Manifest, database: str | None) -> Item:
         for item in dumps:
             if item.name == database:
                 return item
-        raise UsageError(f"backup {manifest.backup_id} has no database {database}",
-                         hint="it has: " + ", ".join(i.name for i in dumps))
+        raise UsageError(
+            f"backup {manifest.backup_id} has no database {database}",
+            hint="it has: " + ", ".join(i.name for i in dumps),
+        )
     if len(dumps) != 1:
-        raise UsageError(f"backup {manifest.backup_id} holds {len(dumps)} databases; choose one with --database",
-                         hint="it has: " + ", ".join(i.name for i in dumps))
+        raise UsageError(
+            f"backup {manifest.backup_id} holds {len(dumps)} databases; choose one with --database",
+            hint="it has: " + ", ".join(i.name for i in dumps),
+        )
     return dumps[0]
 
 
-def restore_postgres(app, target: str, into: str, *, backup_id=None, point_in_time=None, database=None,
-                     jobs: int = 1, create: bool = False, force: bool = False, with_globals: bool = False,
-                     no_owner: bool = False, password: str | None = None, spool_dir: str | None = None) -> RestoreResult:
+def restore_postgres(
+    app,
+    target: str,
+    into: str,
+    *,
+    backup_id=None,
+    point_in_time=None,
+    database=None,
+    jobs: int = 1,
+    create: bool = False,
+    force: bool = False,
+    with_globals: bool = False,
+    no_owner: bool = False,
+    password: str | None = None,
+    spool_dir: str | None = None,
+) -> RestoreResult:
     """Restore one database of a backup into the database named by ``into``."""
     repo = app.repository()
     selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
@@ -124,27 +150,48 @@ def restore_postgres(app, target: str, into: str, *, backup_id=None, point_in_ti
     dbname = database_of(into)
     if not dbname:
         raise UsageError("--into must name a database (e.g. postgresql://user@host/app_restored)")
-    created = _prepare_target(into, dbname, password, create=create, force=force, encoding=item.meta.get("encoding"))
-    globals_result = _restore_globals(repo, selection.manifest, into, password, force) if with_globals else None
+    created = _prepare_target(
+        into, dbname, password, create=create, force=force, encoding=item.meta.get("encoding")
+    )
+    globals_result = (
+        _restore_globals(repo, selection.manifest, into, password, force) if with_globals else None
+    )
     with connect(into, password) as conn:
         server_num = conn.info.server_version
     bin_dir = commands.find_client_bin_dir(server_num, None)
-    argv = commands.pg_restore_argv(bin_dir, into, jobs=jobs, archive="{archive}" if jobs > 1 else None,
-                                    clean=force and not created, no_owner=no_owner)
+    argv = commands.pg_restore_argv(
+        bin_dir,
+        into,
+        jobs=jobs,
+        archive="{archive}" if jobs > 1 else None,
+        clean=force and not created,
+        no_owner=no_owner,
+    )
     with repo.open_item(item) as reader:
-        run = run_pg_restore(argv, client_env(password), reader, spool_dir=spool_dir,
-                             what=f"restore of {item.name} into {dbname}")
-    return RestoreResult(selection, item.name, commands.mask_dsn(into), run, globals_result, created)
+        run = run_pg_restore(
+            argv,
+            client_env(password),
+            reader,
+            spool_dir=spool_dir,
+            what=f"restore of {item.name} into {dbname}",
+        )
+    return RestoreResult(
+        selection, item.name, commands.mask_dsn(into), run, globals_result, created
+    )
 
 
-def _prepare_target(into: str, dbname: str, password, *, create: bool, force: bool, encoding) -> bool:
+def _prepare_target(
+    into: str, dbname: str, password, *, create: bool, force: bool, encoding
+) -> bool:
     """Make sure the target database exists and is empty (or ``force``); True if created."""
     admin_dsn = dsn_for_database(into, "postgres")
     with connect(admin_dsn, password) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if not exists:
             if not create:
-                raise RestoreError(f"target database {dbname} does not exist", hint="add --create to create it")
+                raise RestoreError(
+                    f"target database {dbname} does not exist", hint="add --create to create it"
+                )
             stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
             if encoding:
                 stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))

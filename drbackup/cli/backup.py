@@ -17,11 +17,18 @@ def backup() -> None:
 @backup.command("postgres")
 @click.argument("targets", nargs=-1)
 @click.option("--all", "all_targets", is_flag=True, help="Every target under postgres:.")
-@click.option("--parallel", default=2, show_default=True, type=click.IntRange(1, 16),
-              help="Targets backed up at once.")
+@click.option(
+    "--parallel",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Targets backed up at once.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the backup records as JSON.")
 @click.pass_obj
-def postgres(state, targets: tuple[str, ...], all_targets: bool, parallel: int, as_json: bool) -> None:
+def postgres(
+    state, targets: tuple[str, ...], all_targets: bool, parallel: int, as_json: bool
+) -> None:
     """pg_dump each database of TARGET(s), with globals and an integrity fingerprint."""
     app = state.app
     names = list(app.config.postgres) if all_targets else list(targets)
@@ -32,13 +39,19 @@ def postgres(state, targets: tuple[str, ...], all_targets: bool, parallel: int, 
     with progress(app.progress and len(names) == 1, None, f"backup {names[0]}") as tick:
         manifests = backup_targets(app, names, max_parallel=parallel, progress=tick)
     if as_json:
-        echo_json([backup_summary(m) for m in manifests] if len(manifests) > 1 else backup_summary(manifests[0]))
+        echo_json(
+            [backup_summary(m) for m in manifests]
+            if len(manifests) > 1
+            else backup_summary(manifests[0])
+        )
         return
     for m in manifests:
         dbs = [i for i in m.items if i.type == "pg_dump"]
-        click.echo(f"backup {m.target}/{m.backup_id} complete: {len(dbs)} database(s), "
-                   f"{human_size(m.size)} dumped, {human_size(m.stored_size)} stored, "
-                   f"recovery point {m.recovery_point}")
+        click.echo(
+            f"backup {m.target}/{m.backup_id} complete: {len(dbs)} database(s), "
+            f"{human_size(m.size)} dumped, {human_size(m.stored_size)} stored, "
+            f"recovery point {m.recovery_point}"
+        )
 
 
 COMMANDS = [backup]

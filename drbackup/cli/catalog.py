@@ -17,8 +17,10 @@ def catalog() -> None:
 def rebuild(state) -> None:
     """Recreate the catalog's backup index from the repository alone."""
     result = rebuild_catalog(state.app)
-    click.echo(f"catalog rebuilt from {state.app.storage.url}: {result.added} added, "
-               f"{result.removed} removed, {result.unchanged} unchanged")
+    click.echo(
+        f"catalog rebuilt from {state.app.storage.url}: {result.added} added, "
+        f"{result.removed} removed, {result.unchanged} unchanged"
+    )
 
 
 COMMANDS = [catalog]

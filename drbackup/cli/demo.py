@@ -10,8 +10,14 @@ from drbackup.cli.render import human_size
 
 
 @click.command("demo")
-@click.option("--dir", "directory", default=".drbackup-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Where the demo keeps its repository and config.")
+@click.option(
+    "--dir",
+    "directory",
+    default=".drbackup-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo keeps its repository and config.",
+)
 @click.option("--keep-server", is_flag=True, help="Leave the throwaway PostgreSQL running.")
 def demo(directory: str, keep_server: bool) -> None:
     """Back up, verify, restore and prove a sample database on a throwaway PostgreSQL."""
@@ -25,36 +31,50 @@ def demo(directory: str, keep_server: bool) -> None:
     from drbackup.sources.postgres.fingerprint import compare_fingerprints
 
     root = Path(directory).absolute()
-    cluster = steps.start_demo_cluster(root)
+    cluster = steps.start_demo_cluster(keep_server)
     try:
-        click.echo(f"1. started a throwaway PostgreSQL {cluster.server_version_num // 10000} on "
-                   f"{cluster.host}:{cluster.port}")
+        click.echo(
+            f"1. started a throwaway PostgreSQL {cluster.server_version_num // 10000} on "
+            f"{cluster.host}:{cluster.port}"
+        )
         steps.load_sample(cluster)
-        click.echo("2. loaded a sample database 'shop' (customers, orders, order_items with foreign keys)")
+        click.echo(
+            "2. loaded a sample database 'shop' (customers, orders, order_items with foreign keys)"
+        )
         config_path = steps.write_demo_config(root, cluster.dsn("shop"))
         app = AppContext(load_config(str(config_path)))
         click.echo(f"3. wrote {config_path} (local repository, SQLite catalog, random passphrase)")
-        if not app.storage.exists("drbackup.repo"):
+        if not (root / "repo" / "drbackup.repo").exists():
             repo = init_repository(app)
             click.echo(f"4. created an encrypted repository at {repo.url}")
         else:
             click.echo(f"4. using the existing repository at {app.storage.url}")
         m = backup_target(app, "demo")
-        click.echo(f"5. backup demo/{m.backup_id}: {human_size(m.size)} dumped, "
-                   f"{human_size(m.stored_size)} stored (zstd + AES-256-GCM)")
+        click.echo(
+            f"5. backup demo/{m.backup_id}: {human_size(m.size)} dumped, "
+            f"{human_size(m.stored_size)} stored (zstd + AES-256-GCM)"
+        )
         v = verify_backup(app, m.backup_id)
-        click.echo(f"6. verified every object: {human_size(v.bytes_read)} authenticated and checksummed")
+        click.echo(
+            f"6. verified every object: {human_size(v.bytes_read)} authenticated and checksummed"
+        )
         into = cluster.dsn("shop_restored")
         r = restore_postgres(app, "demo", into, backup_id=m.backup_id, create=True, force=True)
         click.echo(f"7. restored into shop_restored in {r.run.elapsed_s:.1f}s")
         expected = m.item("shop").meta["fingerprint"]
         diffs = compare_fingerprints(expected, steps.fingerprint_of(into))
         if diffs:
-            raise CheckFailedError("restored data differs from the backup: " + "; ".join(d.message for d in diffs[:5]))
+            raise CheckFailedError(
+                "restored data differs from the backup: " + "; ".join(d.message for d in diffs[:5])
+            )
         rows = sum(t["rows"] for t in expected["tables"].values())
-        click.echo(f"8. proved it: {len(expected['tables'])} tables, {rows} rows, every content hash equal")
+        click.echo(
+            f"8. proved it: {len(expected['tables'])} tables, {rows} rows, every content hash equal"
+        )
     finally:
-        if not keep_server:
+        if keep_server:
+            click.echo(f"the server keeps running: psql '{cluster.dsn('shop')}'")
+        else:
             cluster.destroy()
     click.echo("\nexplore the repository (the throwaway server is gone; the backups stay):")
     click.echo(f"  .venv/bin/drbackup -c {config_path} list")

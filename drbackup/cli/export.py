@@ -9,8 +9,13 @@ from drbackup.actions.export import export_backup
 
 @click.command("export")
 @click.argument("backup_id")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the pg_dump archive (globals go to FILE.globals.sql).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the pg_dump archive (globals go to FILE.globals.sql).",
+)
 @click.option("--database", help="Which database of the backup (when it holds several).")
 @click.pass_obj
 def export(state, backup_id: str, output: str, database: str | None) -> None:

@@ -19,8 +19,14 @@ def list_(state, target: str | None, as_json: bool) -> None:
         echo_json([backup_summary(m) for m in manifests])
         return
     rows = [
-        [m.target + "/" + m.backup_id, m.kind, (m.recovery_point or m.finished_at)[:19] + "Z",
-         human_size(m.size), human_size(m.stored_size), ", ".join(i.name for i in m.items)]
+        [
+            m.target + "/" + m.backup_id,
+            m.kind,
+            (m.recovery_point or m.finished_at)[:19] + "Z",
+            human_size(m.size),
+            human_size(m.stored_size),
+            ", ".join(i.name for i in m.items),
+        ]
         for m in manifests
     ]
     if not rows:
@@ -51,8 +57,12 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
         click.echo(f"{key + ':':<17}{value}")
     click.echo("items:")
     for item in s["items"]:
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(item["meta"].items()) if not isinstance(v, dict))
-        click.echo(f"  {item['name']:<20} {item['type']:<10} {human_size(item['size']):>10}  {extra}")
+        extra = ", ".join(
+            f"{k}={v}" for k, v in sorted(item["meta"].items()) if not isinstance(v, dict)
+        )
+        click.echo(
+            f"  {item['name']:<20} {item['type']:<10} {human_size(item['size']):>10}  {extra}"
+        )
 
 
 @click.command("verify")
@@ -66,12 +76,21 @@ def verify(state, backup_id: str, as_json: bool) -> None:
         result = verify_backup(app, backup_id, tick)
     m = result.manifest
     if as_json:
-        echo_json({"backup_id": m.backup_id, "target": m.target, "ok": True,
-                   "bytes": result.bytes_read, "seconds": round(result.seconds, 3)})
+        echo_json(
+            {
+                "backup_id": m.backup_id,
+                "target": m.target,
+                "ok": True,
+                "bytes": result.bytes_read,
+                "seconds": round(result.seconds, 3),
+            }
+        )
         return
     objects = sum(len(i.objects) for i in m.items)
-    click.echo(f"backup {m.target}/{m.backup_id} ok: {len(m.items)} items, {objects} objects, "
-               f"{human_size(result.bytes_read)} verified in {result.seconds:.1f}s")
+    click.echo(
+        f"backup {m.target}/{m.backup_id} ok: {len(m.items)} items, {objects} objects, "
+        f"{human_size(result.bytes_read)} verified in {result.seconds:.1f}s"
+    )
 
 
 COMMANDS = [list_, show, verify]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -18,7 +19,9 @@ def key() -> None:
 
 @key.command("generate")
 @click.argument("path", type=click.Path(dir_okay=False, writable=True))
-@click.option("--x25519", is_flag=True, help="Write an X25519 private key and print its public key.")
+@click.option(
+    "--x25519", is_flag=True, help="Write an X25519 private key and print its public key."
+)
 def generate(path: str, x25519: bool) -> None:
     """Write a new random 32-byte key (base64) to PATH, readable only by you."""
     if os.path.exists(path):
@@ -37,8 +40,10 @@ def generate(path: str, x25519: bool) -> None:
 def list_slots(state) -> None:
     """List the access slots that open the repository's master key."""
     repo = state.app.repository()
-    rows = [[s["id"], s["kind"], s["kdf"]["name"], str(s["kdf"].get("n", "-"))]
-            for s in repo.header["encryption"]["access_slots"]]
+    rows = [
+        [s["id"], s["kind"], s["kdf"]["name"], str(s["kdf"].get("n", "-"))]
+        for s in repo.header["encryption"]["access_slots"]
+    ]
     echo_table(["id", "kind", "kdf", "scrypt n"], rows)
 
 
@@ -52,7 +57,7 @@ def add(state, passphrase_file: str | None, key_file: str | None) -> None:
         raise UsageError("give exactly one of --passphrase-file or --key-file")
     repo = state.app.repository()
     if passphrase_file:
-        passphrase = open(passphrase_file, encoding="utf-8").read().rstrip("\n")
+        passphrase = Path(passphrase_file).read_text(encoding="utf-8").rstrip("\n")
         if not passphrase:
             raise UsageError(f"{passphrase_file} is empty")
         slot = repo.add_access_slot(passphrase=passphrase)

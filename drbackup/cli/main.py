@@ -37,8 +37,14 @@ class State:
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", envvar="DRBACKUP_CONFIG", metavar="FILE",
-              help="Configuration file (env DRBACKUP_CONFIG); embedded defaults without one.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="DRBACKUP_CONFIG",
+    metavar="FILE",
+    help="Configuration file (env DRBACKUP_CONFIG); embedded defaults without one.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="drbackup")
 @click.pass_context

@@ -24,7 +24,10 @@ def echo_json(data) -> None:
 
 
 def echo_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h)
+        for i, h in enumerate(headers)
+    ]
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -36,6 +39,11 @@ def progress(enabled: bool, total: int | None, label: str):
     if not enabled:
         yield lambda n: None
         return
-    with click.progressbar(length=total or 0, label=label, file=click.get_text_stream("stderr"),
-                           show_pos=False, show_percent=total is not None) as bar:
+    with click.progressbar(
+        length=total or 0,
+        label=label,
+        file=click.get_text_stream("stderr"),
+        show_pos=False,
+        show_percent=total is not None,
+    ) as bar:
         yield bar.update

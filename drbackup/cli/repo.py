@@ -8,15 +8,24 @@ from drbackup.actions.repository import init_repository
 
 
 @click.command("init")
-@click.option("--public-key-mode", is_flag=True,
-              help="Writers hold only a public key and cannot read; reading needs the passphrase/key.")
-@click.option("--scrypt-log-n", type=click.IntRange(10, 22), default=16, show_default=True,
-              help="scrypt cost for the passphrase (memory = 128 * 8 * 2^N bytes).")
+@click.option(
+    "--public-key-mode",
+    is_flag=True,
+    help="Writers hold only a public key and cannot read; reading needs the passphrase/key.",
+)
+@click.option(
+    "--scrypt-log-n",
+    type=click.IntRange(10, 22),
+    default=16,
+    show_default=True,
+    help="scrypt cost for the passphrase (memory = 128 * 8 * 2^N bytes).",
+)
 @click.pass_obj
 def init(state, public_key_mode: bool, scrypt_log_n: int) -> None:
     """Create a new, empty repository at repository.url."""
     repo = init_repository(
-        state.app, public_key_mode=public_key_mode,
+        state.app,
+        public_key_mode=public_key_mode,
         scrypt_params={"n": 1 << scrypt_log_n, "r": 8, "p": 1},
     )
     enc = repo.header["encryption"]

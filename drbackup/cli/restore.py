@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -19,46 +20,107 @@ def restore() -> None:
 @click.argument("target")
 @click.option("--into", "into", required=True, metavar="DSN", help="Database to restore into.")
 @click.option("--backup", "backup_id", metavar="ID", help="Backup id (or unique prefix).")
-@click.option("--point-in-time", "pit", metavar="TIME",
-              help="Newest backup whose recovery point is at or before TIME (ISO 8601, UTC if no zone).")
+@click.option(
+    "--point-in-time",
+    "pit",
+    metavar="TIME",
+    help="Newest backup whose recovery point is at or before TIME (ISO 8601, UTC if no zone).",
+)
 @click.option("--database", help="Which database of the backup (when it holds several).")
-@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Parallel pg_restore; >1 spools the decrypted archive to --spool-dir.")
-@click.option("--spool-dir", type=click.Path(file_okay=False), help="Where --jobs spools (default: TMPDIR).")
+@click.option(
+    "-j",
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Parallel pg_restore; >1 spools the decrypted archive to --spool-dir.",
+)
+@click.option(
+    "--spool-dir", type=click.Path(file_okay=False), help="Where --jobs spools (default: TMPDIR)."
+)
 @click.option("--create", is_flag=True, help="Create the target database if it does not exist.")
-@click.option("--force", is_flag=True, help="Restore over a non-empty database (drops what the backup has).")
-@click.option("--with-globals", is_flag=True, help="Recreate missing roles first (existing ones untouched).")
+@click.option(
+    "--force", is_flag=True, help="Restore over a non-empty database (drops what the backup has)."
+)
+@click.option(
+    "--with-globals", is_flag=True, help="Recreate missing roles first (existing ones untouched)."
+)
 @click.option("--no-owner", is_flag=True, help="Do not restore object ownership.")
-@click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
-              help="Password for --into (else PGPASSWORD / .pgpass).")
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Password for --into (else PGPASSWORD / .pgpass).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def postgres(state, target, into, backup_id, pit, database, jobs, spool_dir, create, force,
-             with_globals, no_owner, password_file, as_json) -> None:
+def postgres(
+    state,
+    target,
+    into,
+    backup_id,
+    pit,
+    database,
+    jobs,
+    spool_dir,
+    create,
+    force,
+    with_globals,
+    no_owner,
+    password_file,
+    as_json,
+) -> None:
     """Restore a PostgreSQL backup of TARGET into the database at --into."""
-    password = open(password_file, encoding="utf-8").read().rstrip("\n") if password_file else os.environ.get("PGPASSWORD")
+    password = (
+        Path(password_file).read_text(encoding="utf-8").rstrip("\n")
+        if password_file
+        else os.environ.get("PGPASSWORD")
+    )
     result = restore_postgres(
-        state.app, target, into, backup_id=backup_id, point_in_time=parse_time(pit) if pit else None,
-        database=database, jobs=jobs, create=create, force=force, with_globals=with_globals,
-        no_owner=no_owner, password=password, spool_dir=spool_dir,
+        state.app,
+        target,
+        into,
+        backup_id=backup_id,
+        point_in_time=parse_time(pit) if pit else None,
+        database=database,
+        jobs=jobs,
+        create=create,
+        force=force,
+        with_globals=with_globals,
+        no_owner=no_owner,
+        password=password,
+        spool_dir=spool_dir,
     )
     run, m = result.run, result.selection.manifest
     if as_json:
-        echo_json({"backup_id": m.backup_id, "target": m.target, "database": result.database,
-                   "into": result.into, "recovery_point": m.recovery_point, "selection": result.selection.note,
-                   "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
-                   "fetch_decrypt_s": round(run.fetch_decrypt_s, 3), "elapsed_s": round(run.elapsed_s, 3),
-                   "bytes": run.bytes, "roles_created": result.globals.created if result.globals else []})
+        echo_json(
+            {
+                "backup_id": m.backup_id,
+                "target": m.target,
+                "database": result.database,
+                "into": result.into,
+                "recovery_point": m.recovery_point,
+                "selection": result.selection.note,
+                "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
+                "fetch_decrypt_s": round(run.fetch_decrypt_s, 3),
+                "elapsed_s": round(run.elapsed_s, 3),
+                "bytes": run.bytes,
+                "roles_created": result.globals.created if result.globals else [],
+            }
+        )
         return
     click.echo(f"using {result.selection.note}")
     if result.globals:
         g = result.globals
-        click.echo(f"globals: {len(g.created)} role(s) created, {len(g.existing)} already present"
-                   + (f", {len(g.skipped)} tablespace statement(s) skipped" if g.skipped else ""))
+        click.echo(
+            f"globals: {len(g.created)} role(s) created, {len(g.existing)} already present"
+            + (f", {len(g.skipped)} tablespace statement(s) skipped" if g.skipped else "")
+        )
     p = run.phases
-    click.echo(f"restored {result.database} into {result.into}: {human_size(run.bytes)} archive in {run.elapsed_s:.1f}s "
-               f"(fetch/decrypt {run.fetch_decrypt_s:.1f}s, pre-data {p['pre_data']:.1f}s, "
-               f"data {p['data']:.1f}s, post-data {p['post_data']:.1f}s)")
+    click.echo(
+        f"restored {result.database} into {result.into}: {human_size(run.bytes)} archive in {run.elapsed_s:.1f}s "
+        f"(fetch/decrypt {run.fetch_decrypt_s:.1f}s, pre-data {p['pre_data']:.1f}s, "
+        f"data {p['data']:.1f}s, post-data {p['post_data']:.1f}s)"
+    )
 
 
 COMMANDS = [restore]

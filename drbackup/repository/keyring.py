@@ -20,7 +20,9 @@ class Secrets:
     private_key: bytes | None = None  # 32 raw bytes
 
     def __repr__(self) -> str:  # never print secrets
-        held = [n for n in ("passphrase", "key_file", "public_key", "private_key") if getattr(self, n)]
+        held = [
+            n for n in ("passphrase", "key_file", "public_key", "private_key") if getattr(self, n)
+        ]
         return f"Secrets(holding={held})"
 
 
@@ -36,7 +38,9 @@ class KeyRing:
         self.repo_id = bytes.fromhex(header["repository_id"])
         enc = header["encryption"]
         self.mode = enc["mode"]
-        self._header_public = keys.unb64(enc["public_key"], "public key") if enc.get("public_key") else None
+        self._header_public = (
+            keys.unb64(enc["public_key"], "public key") if enc.get("public_key") else None
+        )
         self.master_key = self._open_master(enc["access_slots"], secrets)
         self.private_key = self._private_key(secrets)
         self.public_key = self._public_key(secrets)
@@ -46,7 +50,9 @@ class KeyRing:
         if secrets.passphrase is None and secrets.key_file is None:
             return None
         return keys.open_master_key(
-            slots, self.repo_id, passphrase=secrets.passphrase,
+            slots,
+            self.repo_id,
+            passphrase=secrets.passphrase,
             key_file=secrets.key_file if secrets.passphrase is None else None,
         )
 
@@ -76,15 +82,23 @@ class KeyRing:
 
     @property
     def can_write(self) -> bool:
-        return self.master_key is not None if self.mode == "symmetric" else self.public_key is not None
+        return (
+            self.master_key is not None if self.mode == "symmetric" else self.public_key is not None
+        )
 
     @property
     def can_read(self) -> bool:
-        return self.master_key is not None if self.mode == "symmetric" else self.private_key is not None
+        return (
+            self.master_key is not None
+            if self.mode == "symmetric"
+            else self.private_key is not None
+        )
 
     def require(self, write: bool = False, read: bool = False) -> None:
         """Raise :class:`ConfigError` / :class:`EncryptionKeyError` if a needed key is absent."""
-        if (write and not self.can_write) or (read and not self.can_read and self.mode == "symmetric"):
+        if (write and not self.can_write) or (
+            read and not self.can_read and self.mode == "symmetric"
+        ):
             raise ConfigError(
                 "no repository key configured",
                 hint="set repository.encryption.passphrase_file or key_file, or DRBACKUP_PASSPHRASE",
@@ -107,8 +121,12 @@ class KeyRing:
         cached = self._cache.get(header.slot)
         if cached is None:
             cached = keys.unwrap_data_key(
-                header.slot_type, header.slot, self.repo_id, master_key=self.master_key,
-                private_key=self.private_key, object_key=object_key,
+                header.slot_type,
+                header.slot,
+                self.repo_id,
+                master_key=self.master_key,
+                private_key=self.private_key,
+                object_key=object_key,
             )
             self._cache[header.slot] = cached
         return cached

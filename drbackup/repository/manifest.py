@@ -82,15 +82,23 @@ class Item:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "type": self.type, "size": self.size, "sha256": self.sha256,
-            "objects": [o.to_dict() for o in self.objects], "meta": self.meta,
+            "name": self.name,
+            "type": self.type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "objects": [o.to_dict() for o in self.objects],
+            "meta": self.meta,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Item:
         return cls(
-            name=d["name"], type=d["type"], size=d["size"], sha256=d["sha256"],
-            objects=[ObjectRecord.from_dict(o) for o in d["objects"]], meta=d.get("meta", {}),
+            name=d["name"],
+            type=d["type"],
+            size=d["size"],
+            sha256=d["sha256"],
+            objects=[ObjectRecord.from_dict(o) for o in d["objects"]],
+            meta=d.get("meta", {}),
         )
 
 
@@ -127,11 +135,17 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return {
-            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-            "backup_id": self.backup_id, "target": self.target, "kind": self.kind,
-            "repository_id": self.repository_id, "started_at": self.started_at,
-            "finished_at": self.finished_at, "recovery_point": self.recovery_point,
-            "tool_version": self.tool_version, "items": [i.to_dict() for i in self.items],
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "backup_id": self.backup_id,
+            "target": self.target,
+            "kind": self.kind,
+            "repository_id": self.repository_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "recovery_point": self.recovery_point,
+            "tool_version": self.tool_version,
+            "items": [i.to_dict() for i in self.items],
             "meta": self.meta,
         }
 
@@ -142,7 +156,9 @@ class Manifest:
         if d.get("format") != MANIFEST_FORMAT:
             raise IntegrityError(f"{key}: not a drbackup manifest")
         if d.get("version", 0) > MANIFEST_VERSION:
-            raise IntegrityError(f"{key}: manifest version {d.get('version')} is newer than supported")
+            raise IntegrityError(
+                f"{key}: manifest version {d.get('version')} is newer than supported"
+            )
         if (d.get("backup_id"), d.get("target")) != (expected.backup_id, expected.target):
             raise IntegrityError(
                 f"{key}: manifest claims to be backup {d.get('target')}/{d.get('backup_id')} "
@@ -151,9 +167,14 @@ class Manifest:
         if d.get("repository_id") != repository_id:
             raise IntegrityError(f"{key}: manifest belongs to another repository")
         return cls(
-            backup_id=d["backup_id"], target=d["target"], kind=d["kind"],
-            repository_id=d["repository_id"], started_at=d["started_at"],
-            finished_at=d["finished_at"], recovery_point=d.get("recovery_point"),
+            backup_id=d["backup_id"],
+            target=d["target"],
+            kind=d["kind"],
+            repository_id=d["repository_id"],
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            recovery_point=d.get("recovery_point"),
             tool_version=d.get("tool_version", "?"),
-            items=[Item.from_dict(i) for i in d["items"]], meta=d.get("meta", {}),
+            items=[Item.from_dict(i) for i in d["items"]],
+            meta=d.get("meta", {}),
         )

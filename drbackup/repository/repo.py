@@ -57,18 +57,26 @@ class Repository:
     # --- creating and opening ---------------------------------------------------------
 
     @classmethod
-    def init(cls, storage, secrets: Secrets, *, public_key_mode: bool = False,
-             scrypt_params: dict | None = None) -> Repository:
+    def init(
+        cls,
+        storage,
+        secrets: Secrets,
+        *,
+        public_key_mode: bool = False,
+        scrypt_params: dict | None = None,
+    ) -> Repository:
         """Create a repository in ``storage``; refuse if one (or anything) is already there.
 
         Raises :class:`RepositoryError` if the location is not empty.
         """
+        storage.prepare()
         storage.check()
         if storage.exists(hdr.HEADER_KEY):
             raise RepositoryError(f"{storage.url}: a repository already exists here")
         if next(iter(storage.list("")), None) is not None:
             raise RepositoryError(
-                f"{storage.url}: location is not empty", hint="initialise an empty directory or prefix"
+                f"{storage.url}: location is not empty",
+                hint="initialise an empty directory or prefix",
             )
         if secrets.passphrase is None and secrets.key_file is None:
             raise UsageError(
@@ -79,12 +87,18 @@ class Repository:
             master, public = keys.generate_x25519()
         else:
             master, public = keys.generate_x25519()[0], None  # 32 random bytes
-        repo_hdr = hdr.new_header("public-key" if public_key_mode else "symmetric", [], None, DEFAULT_CHUNK_SIZE)
+        repo_hdr = hdr.new_header(
+            "public-key" if public_key_mode else "symmetric", [], None, DEFAULT_CHUNK_SIZE
+        )
         repo_id = bytes.fromhex(repo_hdr["repository_id"])
         repo_hdr["encryption"]["access_slots"].append(
-            keys.new_access_slot(master, repo_id, passphrase=secrets.passphrase,
-                                 key_file=secrets.key_file if secrets.passphrase is None else None,
-                                 scrypt_params=scrypt_params)
+            keys.new_access_slot(
+                master,
+                repo_id,
+                passphrase=secrets.passphrase,
+                key_file=secrets.key_file if secrets.passphrase is None else None,
+                scrypt_params=scrypt_params,
+            )
         )
         if public:
             repo_hdr["encryption"]["public_key"] = keys.b64(public)
@@ -104,16 +118,21 @@ class Repository:
             raw = storage.get(hdr.HEADER_KEY)
         except ObjectNotFoundError:
             raise RepositoryError(
-                f"no repository at {storage.url}", hint="run 'drbackup init' first, or check repository.url"
+                f"no repository at {storage.url}",
+                hint="run 'drbackup init' first, or check repository.url",
             ) from None
         header = hdr.parse_header(raw, storage.url)
         return cls(storage, header, KeyRing(header, secrets))
 
-    def add_access_slot(self, *, passphrase: str | None = None, key_file: bytes | None = None) -> dict:
+    def add_access_slot(
+        self, *, passphrase: str | None = None, key_file: bytes | None = None
+    ) -> dict:
         """Add a passphrase or key file that opens the master key (key rotation)."""
         self.keyring.require(read=True)
         master = self.keyring.master_key
-        slot = keys.new_access_slot(master, bytes.fromhex(self.id), passphrase=passphrase, key_file=key_file)
+        slot = keys.new_access_slot(
+            master, bytes.fromhex(self.id), passphrase=passphrase, key_file=key_file
+        )
         self.header["encryption"]["access_slots"].append(slot)
         self._write_header()
         return slot
@@ -124,7 +143,9 @@ class Repository:
         if len(remaining) == len(slots):
             raise UsageError(f"no access slot with id {slot_id}")
         if not remaining:
-            raise UsageError("refusing to remove the last access slot: the repository would be unreadable")
+            raise UsageError(
+                "refusing to remove the last access slot: the repository would be unreadable"
+            )
         self.header["encryption"]["access_slots"] = remaining
         self._write_header()
 
@@ -179,14 +200,18 @@ class Repository:
             yield self.load_manifest(ref)
 
     def _open(self, key: str, expected: ObjectRecord | None = None):
-        return open_decoded(self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected)
+        return open_decoded(
+            self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected
+        )
 
     def open_item(self, item: Item) -> ItemReader:
         """A plaintext reader over an item's segments; checks every digest on the way."""
         self.keyring.require(read=True)
         return ItemReader(self, item)
 
-    def verify(self, manifest: Manifest, progress: Callable[[int], None] | None = None) -> list[str]:
+    def verify(
+        self, manifest: Manifest, progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         """Re-read every object: stored checksum, authentication, plaintext checksum.
 
         Returns the list of problems (empty when the backup is intact); never stops at the
@@ -305,8 +330,14 @@ class BackupWriter:
         self.recovery_point: datetime | None = None
         self.committed: Manifest | None = None
 
-    def add_stream(self, name: str, type_: str, blocks: Iterator[bytes], meta: dict | None = None,
-                   progress: Callable[[int], None] | None = None) -> Item:
+    def add_stream(
+        self,
+        name: str,
+        type_: str,
+        blocks: Iterator[bytes],
+        meta: dict | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Item:
         """Store a stream as one item (split into segments); return its record."""
         index = len(self.items)
         seg = _Segmenter(iter(blocks), self.repo.segment_size)
@@ -321,16 +352,28 @@ class BackupWriter:
         while not records or seg.has_more():
             key = data_key(self.target, self.backup_id, index, len(records))
             records.append(self._store(key, tap(seg.segment()), progress))
-        item = Item(name=name, type=type_, size=sum(r.size for r in records),
-                    sha256=whole.hexdigest(), objects=records, meta=meta or {})
+        item = Item(
+            name=name,
+            type=type_,
+            size=sum(r.size for r in records),
+            sha256=whole.hexdigest(),
+            objects=records,
+            meta=meta or {},
+        )
         self.items.append(item)
         return item
 
     def _store(self, key: str, blocks: Iterator[bytes], progress) -> ObjectRecord:
         dk = self.data_key
         record = encode_to_storage(
-            self.repo.storage, key, blocks, slot_type=dk.slot_type, slot=dk.slot,
-            data_key=dk.key, settings=self.repo.codec, progress=progress,
+            self.repo.storage,
+            key,
+            blocks,
+            slot_type=dk.slot_type,
+            slot=dk.slot,
+            data_key=dk.key,
+            settings=self.repo.codec,
+            progress=progress,
         )
         stored = self.repo.storage.stat(key)
         if stored.size != record.stored_size:
@@ -343,10 +386,16 @@ class BackupWriter:
         """Write the manifest: from this moment the backup exists."""
         finished = datetime.now(UTC)
         manifest = Manifest(
-            backup_id=self.backup_id, target=self.target, kind=self.kind,
-            repository_id=self.repo.id, started_at=_iso(self.started), finished_at=_iso(finished),
+            backup_id=self.backup_id,
+            target=self.target,
+            kind=self.kind,
+            repository_id=self.repo.id,
+            started_at=_iso(self.started),
+            finished_at=_iso(finished),
             recovery_point=_iso(self.recovery_point) if self.recovery_point else None,
-            tool_version=__version__, items=self.items, meta=self.meta,
+            tool_version=__version__,
+            items=self.items,
+            meta=self.meta,
         )
         body = json.dumps(manifest.to_dict(), sort_keys=True).encode()
         self._store(manifest.ref.manifest_key, iter([body]), None)

@@ -35,6 +35,11 @@ Contract, per method:
 ``delete(key)``
     Removes ``key``.  **Idempotent**: deleting a missing key is not an error.
 
+``prepare()``
+    Creates the location if the backend can (local: the directory and its parents); used
+    only by ``drbackup init``.  Other operations never create the location, so a missing
+    backup disk is an error, not an empty repository.
+
 ``check()``
     Raises :class:`~drbackup.errors.StorageUnreachableError` if the backend cannot be reached
     or accessed (directory missing/unwritable, bucket missing, credentials refused).
@@ -88,6 +93,8 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def prepare(self) -> None: ...
 
     def check(self) -> None: ...
 

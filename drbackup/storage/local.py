@@ -14,6 +14,7 @@ from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
 
 _TMP_PREFIX = ".tmp-"
 _COPY_BUFSIZE = 1 << 20
+_MISSING_ROOT_HINT = "create it, or run 'drbackup init' with the right repository url"
 
 
 class LocalStorage:
@@ -27,17 +28,37 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
+    def _require_root(self, action: str, key: str) -> None:
+        """Raise ``StorageUnreachableError`` if the repository directory is missing.
+
+        Without this, a write to an unmounted backup disk would silently recreate the
+        directory on the root file system, and a listing would report an empty repository.
+        """
+        if not self.root.is_dir():
+            raise StorageUnreachableError(
+                f"cannot {action} {key}: repository directory does not exist: {self.root}",
+                hint=_MISSING_ROOT_HINT,
+            )
+
+    def prepare(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnreachableError(
+                f"cannot create repository directory {self.root}: {exc.strerror or exc}"
+            ) from exc
+
     def check(self) -> None:
         if not self.root.is_dir():
             raise StorageUnreachableError(
-                f"repository directory does not exist: {self.root}",
-                hint="create it, or run 'drbackup init' with the right repository url",
+                f"repository directory does not exist: {self.root}", hint=_MISSING_ROOT_HINT
             )
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageUnreachableError(f"repository directory is not writable: {self.root}")
 
     def put(self, key: str, reader: BinaryIO) -> int:
         path = self._path(key)
+        self._require_root("write", key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
@@ -64,7 +85,8 @@ class LocalStorage:
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")  # noqa: SIM115 - caller closes
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            self._require_root("read", key)
             raise ObjectNotFoundError(key) from None
         except IsADirectoryError:
             raise ObjectNotFoundError(key) from None
@@ -79,6 +101,7 @@ class LocalStorage:
         try:
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
+            self._require_root("stat", key)
             raise ObjectNotFoundError(key) from None
         if not _is_file(st):
             raise ObjectNotFoundError(key)
@@ -96,6 +119,7 @@ class LocalStorage:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base if base else self.root
         if not start.is_dir():
+            self._require_root("list", prefix or self.url)
             return
         yield from self._walk(start, prefix)
 
@@ -124,7 +148,8 @@ class LocalStorage:
         path = self._path(key)
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            self._require_root("delete", key)
             return
         except OSError as exc:
             raise StorageError(f"cannot delete {key}: {exc.strerror or exc}") from exc

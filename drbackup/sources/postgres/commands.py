@@ -28,7 +28,9 @@ def server_major(server_version_num: int) -> int:
     return server_version_num // 10000
 
 
-def check_client_not_older(tool: str, tool_version: tuple[int, int], server_version_num: int) -> None:
+def check_client_not_older(
+    tool: str, tool_version: tuple[int, int], server_version_num: int
+) -> None:
     """pg_dump refuses servers newer than itself; say so clearly before it does."""
     if tool_version[0] < server_major(server_version_num):
         raise SourceError(
@@ -39,7 +41,9 @@ def check_client_not_older(tool: str, tool_version: tuple[int, int], server_vers
         )
 
 
-def find_client_bin_dir(server_version_num: int | None, configured: str | Path | None = None) -> Path:
+def find_client_bin_dir(
+    server_version_num: int | None, configured: str | Path | None = None
+) -> Path:
     """The directory of pg_dump/pg_restore to use: configured, else the newest installed.
 
     Debian installs each major under /usr/lib/postgresql/N/bin; the newest works with every
@@ -55,21 +59,37 @@ def find_client_bin_dir(server_version_num: int | None, configured: str | Path |
         return candidates[-1]
     found = shutil.which("pg_dump")
     if not found:
-        raise SourceError("pg_dump not found", hint="install the PostgreSQL client (postgresql-client)")
+        raise SourceError(
+            "pg_dump not found", hint="install the PostgreSQL client (postgresql-client)"
+        )
     return Path(found).parent
 
 
 def tool_version(bin_dir: Path, tool: str) -> tuple[int, int]:
     try:
-        out = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True,
-                             check=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(bin_dir / tool), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SourceError(f"cannot run {bin_dir / tool}: {exc}") from None
     return parse_tool_version(out)
 
 
-def pg_dump_argv(bin_dir: Path, dsn: str, *, snapshot: str | None, include_schemas=(), exclude_schemas=(),
-                 include_tables=(), exclude_tables=(), extra=()) -> list[str]:
+def pg_dump_argv(
+    bin_dir: Path,
+    dsn: str,
+    *,
+    snapshot: str | None,
+    include_schemas=(),
+    exclude_schemas=(),
+    include_tables=(),
+    exclude_tables=(),
+    extra=(),
+) -> list[str]:
     """Custom-format dump to stdout, pg_dump's own compression off (zstd is ours)."""
     argv = [str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
     if snapshot:
@@ -83,15 +103,25 @@ def pg_dump_argv(bin_dir: Path, dsn: str, *, snapshot: str | None, include_schem
     return argv
 
 
-def pg_dumpall_globals_argv(bin_dir: Path, dsn: str, *, no_role_passwords: bool = False) -> list[str]:
+def pg_dumpall_globals_argv(
+    bin_dir: Path, dsn: str, *, no_role_passwords: bool = False
+) -> list[str]:
     argv = [str(bin_dir / "pg_dumpall"), "--globals-only", "--no-password", f"--dbname={dsn}"]
     if no_role_passwords:
         argv.insert(2, "--no-role-passwords")
     return argv
 
 
-def pg_restore_argv(bin_dir: Path, dsn: str, *, jobs: int = 1, archive: str | None = None,
-                    clean: bool = False, no_owner: bool = False, extra=()) -> list[str]:
+def pg_restore_argv(
+    bin_dir: Path,
+    dsn: str,
+    *,
+    jobs: int = 1,
+    archive: str | None = None,
+    clean: bool = False,
+    no_owner: bool = False,
+    extra=(),
+) -> list[str]:
     """Restore into ``dsn``; from stdin unless ``archive`` (a file, needed for ``jobs > 1``)."""
     argv = [str(bin_dir / "pg_restore"), "--verbose", "--no-password", f"--dbname={dsn}"]
     if jobs > 1:

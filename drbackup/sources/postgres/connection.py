@@ -35,7 +35,9 @@ def client_env(password: str | None) -> dict[str, str]:
     return env
 
 
-def connect(dsn: str, password: str | None = None, *, autocommit: bool = True) -> psycopg.Connection:
+def connect(
+    dsn: str, password: str | None = None, *, autocommit: bool = True
+) -> psycopg.Connection:
     """Open a connection; raise SourceUnreachableError / SourceError with a one-line reason."""
     kwargs = {"autocommit": autocommit, "connect_timeout": 10}
     if password:
@@ -52,17 +54,26 @@ def _connect_error(dsn: str, exc: Exception) -> SourceError:
     text = " ".join(str(exc).split())
     where = mask_dsn(dsn)
     if "password authentication failed" in text or "no password supplied" in text:
-        return SourceError(f"cannot connect to {where}: authentication failed",
-                           hint="check the target's password_file or PGPASSWORD")
+        return SourceError(
+            f"cannot connect to {where}: authentication failed",
+            hint="check the target's password_file or PGPASSWORD",
+        )
     if "does not exist" in text:
         return SourceError(f"cannot connect to {where}: {text.split('FATAL:')[-1].strip()}")
-    return SourceUnreachableError(f"cannot connect to {where}: {_last_reason(text)}",
-                                  hint="check that the server is running and the dsn's host and port")
+    return SourceUnreachableError(
+        f"cannot connect to {where}: {_last_reason(text)}",
+        hint="check that the server is running and the dsn's host and port",
+    )
 
 
 def _last_reason(text: str) -> str:
     # libpq repeats the reason per address tried; keep the first informative part.
-    for marker in ("Connection refused", "timeout expired", "could not translate host name", "No such file"):
+    for marker in (
+        "Connection refused",
+        "timeout expired",
+        "could not translate host name",
+        "No such file",
+    ):
         if marker in text:
             return marker.lower()
     return text[:200]

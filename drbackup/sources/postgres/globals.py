@@ -43,7 +43,9 @@ def parse_role_statements(sql: str) -> list[tuple[str, str | None, str]]:
             out.append(("alter", _name(m.group(1)), line))
         elif _GRANT.match(line):
             out.append(("grant", None, line))
-        elif line.startswith(("CREATE TABLESPACE", "ALTER TABLESPACE", "GRANT ", "COMMENT ON TABLESPACE")):
+        elif line.startswith(
+            ("CREATE TABLESPACE", "ALTER TABLESPACE", "GRANT ", "COMMENT ON TABLESPACE")
+        ):
             out.append(("skip", None, line))
     return out
 
@@ -74,7 +76,11 @@ def apply_globals(conn, sql: str, *, force: bool = False) -> GlobalsResult:
             try:
                 conn.execute(stmt)
                 result.grants += 1
-            except (pg_errors.DuplicateObject, pg_errors.InvalidGrantOperation, pg_errors.UndefinedObject):
+            except (
+                pg_errors.DuplicateObject,
+                pg_errors.InvalidGrantOperation,
+                pg_errors.UndefinedObject,
+            ):
                 pass  # already a member, or a role of a grant that was not recreated
         elif kind == "skip":
             result.skipped.append(stmt)

@@ -7,6 +7,7 @@ quote pg_restore's own messages.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from drbackup.errors import IntegrityError, RestoreError, SourceError
 
-_DATA_RE = re.compile(r"pg_restore: (processing data for table|executing SEQUENCE SET|processing item \d+ TABLE DATA)")
+_DATA_RE = re.compile(
+    r"pg_restore: (processing data for table|executing SEQUENCE SET|processing item \d+ TABLE DATA)"
+)
 _POST_RE = re.compile(
     r"pg_restore: (creating (INDEX|CONSTRAINT|FK CONSTRAINT|TRIGGER|RULE|POLICY|EVENT TRIGGER)"
     r"|processing item \d+ (INDEX|CONSTRAINT|FK CONSTRAINT|TRIGGER))"
@@ -69,7 +72,9 @@ class RestoreRun:
     elapsed_s: float
 
 
-def run_pg_restore(argv: list[str], env: dict, reader, *, spool_dir: str | None, what: str) -> RestoreRun:
+def run_pg_restore(
+    argv: list[str], env: dict, reader, *, spool_dir: str | None, what: str
+) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
 
@@ -119,7 +124,9 @@ def _restore_spooled(argv, env, reader, spool_dir, what, started) -> RestoreRun:
 
 def _spawn(argv, env, stdin) -> subprocess.Popen:
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
     except OSError as exc:
         raise SourceError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 
@@ -170,7 +177,5 @@ class _Feeder(threading.Thread):
             self.error = exc
             self.proc.kill()
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
