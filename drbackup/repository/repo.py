@@ -228,6 +228,36 @@ class Repository:
                 problems.append(f"{item.name}: {exc.message}")
         return problems
 
+    # --- small encrypted documents (drill reports, snapshot indexes) --------------------
+
+    def put_document(self, key: str, doc: dict) -> ObjectRecord:
+        """Store a JSON document encrypted under a fresh data key; atomic like every put.
+
+        The key names what it is (e.g. ``reports/<target>/<id>``); the content is bound to
+        it, so a document moved to another key fails to authenticate.
+        """
+        dk = self.keyring.new_data_key()
+        body = json.dumps(doc, sort_keys=True).encode()
+        return encode_to_storage(
+            self.storage,
+            key,
+            iter([body]),
+            slot_type=dk.slot_type,
+            slot=dk.slot,
+            data_key=dk.key,
+            settings=self.codec,
+        )
+
+    def get_document(self, key: str) -> dict:
+        """Decrypt and parse a document; ObjectNotFoundError / IntegrityError as for any object."""
+        self.keyring.require(read=True)
+        with self._open(key) as reader:
+            data = b"".join(reader)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise IntegrityError(f"{key}: document is not valid json") from None
+
     # --- deleting -----------------------------------------------------------------------
 
     def delete_backup(self, ref: BackupRef) -> None:
