@@ -27,7 +27,11 @@ class AppContext:
     @cached_property
     def storage(self):
         repo_cfg = self.config.repository
-        s3 = repo_cfg.s3_kwargs() if str(repo_cfg.url).startswith("s3://") else None
+        s3 = None
+        if str(repo_cfg.url).startswith("s3://"):
+            s3 = repo_cfg.s3_kwargs()
+            if repo_cfg.object_lock is not None:
+                s3["object_lock"] = (repo_cfg.object_lock.mode, repo_cfg.object_lock.days)
         return open_storage(str(repo_cfg.url), s3=s3)
 
     @cached_property

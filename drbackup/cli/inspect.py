@@ -54,7 +54,8 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
     click.echo(f"finished:        {m.finished_at}")
     click.echo(f"size:            {human_size(m.size)} ({human_size(m.stored_size)} stored)")
     for key, value in sorted(s["meta"].items()):
-        click.echo(f"{key + ':':<17}{value}")
+        if key != "server_version_num":
+            click.echo(f"{key + ':':<17}{', '.join(value) if isinstance(value, list) else value}")
     click.echo("items:")
     for item in s["items"]:
         extra = ", ".join(

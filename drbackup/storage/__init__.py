@@ -48,9 +48,7 @@ def open_storage(url: str, s3: dict | None = None) -> Storage:
     if scheme == "file":
         return _open_local(_file_url_path(url, parts.netloc, parts.path))
     if "://" in url or (scheme and len(scheme) > 1 and not url.startswith(("/", "."))):
-        raise ConfigError(
-            f"unsupported repository url: {url}", hint=f"use {ACCEPTED_FORMS}"
-        )
+        raise ConfigError(f"unsupported repository url: {url}", hint=f"use {ACCEPTED_FORMS}")
     return _open_local(url)
 
 
@@ -79,7 +77,6 @@ def _open_s3(url: str, bucket: str, path: str, options: dict) -> Storage:
             hint=f"accepted: {', '.join(sorted(S3_OPTIONS))}",
         )
     from drbackup.storage.s3 import S3Storage  # lazy: boto3 is slow to import
-
 
     kwargs = {k: v for k, v in options.items() if v is not None}
     if isinstance(kwargs.get("object_lock"), list):
