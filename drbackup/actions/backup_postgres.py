@@ -183,6 +183,7 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
             exclude_tables=target.exclude_tables,
             extra=target.pg_dump_options,
         )
+        sequences = _sequence_states(snap) if target.fingerprint != "off" else {}
         fingerprint = _Background(lambda: _fingerprint(snap, target))
         with _Process(argv, client_env(target.password), f"pg_dump of database {db}") as proc:
             fingerprint.start()
@@ -190,7 +191,7 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
                 db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress
             )
             proc.finish()
-        meta["fingerprint"] = fingerprint.result()
+        meta["fingerprint"] = _pin_sequences(fingerprint.result(), sequences)
         snap.rollback()
     return item
 
@@ -208,6 +209,39 @@ def _fingerprint(conn, target: PgTarget):
         include_tables=target.include_tables or None,
         exclude_tables=target.exclude_tables or None,
     )
+
+
+_SEQUENCES_SQL = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND c.relpersistence <> 't'
+  AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT') END
+"""
+
+
+def _sequence_states(conn) -> dict[str, tuple[int, bool]]:
+    """``(last_value, is_called)`` of every readable sequence, read now (before pg_dump).
+
+    Sequences are not transactional: pg_dump reads them early in its run, while the
+    fingerprint, running alongside, reads them late; under writes it would expect values
+    the dump does not hold (a false "sequence is behind").  Values read before pg_dump
+    starts are a lower bound of what it dumps, which is what the comparison assumes.
+    """
+    from drbackup.sources.postgres.inventory import read_sequence_state
+
+    return {
+        f"{schema}.{name}": read_sequence_state(conn, schema, name)
+        for schema, name in conn.execute(_SEQUENCES_SQL).fetchall()
+    }
+
+
+def _pin_sequences(fingerprint: dict | None, states: dict[str, tuple[int, bool]]):
+    """The fingerprint with its sequence values replaced by those read before pg_dump."""
+    sequences = (fingerprint or {}).get("inventory", {}).get("sequences", {})
+    for name, entry in sequences.items():
+        if name in states:
+            entry["last_value"], entry["is_called"] = states[name]
+    return fingerprint
 
 
 def _dump_globals(writer, target: PgTarget, bin_dir) -> None:
