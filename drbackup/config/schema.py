@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from drbackup.config import types as t
+from drbackup.config.retention import RetentionSettings
 from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
 from drbackup.errors import UsageError
 
@@ -307,6 +308,11 @@ class PostgresTarget(Section):
     jobs: int = Field(1, ge=1, le=64)
     """Parallel jobs where the archive allows it (pg_restore -j)."""
 
+    retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=RetentionSettings
+    )
+    """Which backups 'drbackup prune' keeps (docs/retention.md)."""
+
     secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
 
 
@@ -339,6 +345,11 @@ class MinioTarget(Section):
     """Recovery point objective: the oldest a latest snapshot may be."""
     rto: Duration = RTO
     """Recovery time objective: the longest a restore may take."""
+
+    retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=RetentionSettings
+    )
+    """Which backups 'drbackup prune' keeps (docs/retention.md)."""
 
     secret_files: ClassVar[dict[str, str]] = {
         "access_key": "access_key_file",

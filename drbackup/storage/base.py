@@ -44,6 +44,10 @@ Contract, per method:
     Raises :class:`~drbackup.errors.StorageUnreachableError` if the backend cannot be reached
     or accessed (directory missing/unwritable, bucket missing, credentials refused).
 
+Optional: ``locked_until(key)`` → ``datetime | None`` where the backend supports object
+lock (S3): until when the object is protected.  A plain delete of a locked object on a
+versioned bucket only hides it behind a delete marker, so deleters ask first.
+
 Every method raises ``StorageUnreachableError`` when the backend cannot be reached, and
 ``StorageError`` for other failures, each with a one-line message naming the key.
 """

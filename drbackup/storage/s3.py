@@ -238,6 +238,23 @@ class S3Storage:
         with self._errors("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def locked_until(self, key: str) -> dt.datetime | None:
+        """Until when S3 Object Lock protects ``key`` (UTC), or None if it does not now.
+
+        A legal hold counts as locked forever (``datetime.max``).  Optional method (prune
+        uses it when a backend has it): on a versioned bucket a plain delete of a locked
+        object "succeeds" by adding a delete marker, so prune asks before deleting.
+        Raises ``ObjectNotFoundError`` for a missing key.
+        """
+        with self._errors("stat", key):
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return dt.datetime.max.replace(tzinfo=dt.UTC)
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is None or until <= dt.datetime.now(dt.UTC):
+            return None
+        return until.astimezone(dt.UTC)
+
 
 class _FullReadCounter:
     """Wraps a reader: ``read(n)`` returns ``n`` bytes unless at EOF, and counts them.
