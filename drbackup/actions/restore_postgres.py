@@ -164,7 +164,6 @@ def restore_postgres(
         into,
         jobs=jobs,
         archive="{archive}" if jobs > 1 else None,
-        clean=force and not created,
         no_owner=no_owner,
     )
     with repo.open_item(item) as reader:
@@ -183,28 +182,37 @@ def restore_postgres(
 def _prepare_target(
     into: str, dbname: str, password, *, create: bool, force: bool, encoding
 ) -> bool:
-    """Make sure the target database exists and is empty (or ``force``); True if created."""
+    """Make sure the target database exists and is empty; True if (re)created.
+
+    A non-empty target is refused unless ``force``; then it is dropped and created anew.
+    (``pg_restore --clean`` cannot drop everything a dump holds: a partition's inherited
+    constraints, for one.)
+    """
     admin_dsn = dsn_for_database(into, "postgres")
     with connect(admin_dsn, password) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-        if not exists:
-            if not create:
+        if not exists and not create:
+            raise RestoreError(
+                f"target database {dbname} does not exist", hint="add --create to create it"
+            )
+        if exists:
+            with connect(into, password) as conn:
+                objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
+            if not objects:
+                return False
+            if not force:
+                noun = "object" if objects == 1 else "objects"
                 raise RestoreError(
-                    f"target database {dbname} does not exist", hint="add --create to create it"
+                    f"target database {dbname} is not empty ({objects} {noun})",
+                    hint="restore into an empty or new database (--create), "
+                    "or pass --force to drop and recreate it",
                 )
-            stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
-            if encoding:
-                stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
-            admin.execute(stmt)
-            return True
-    with connect(into, password) as conn:
-        objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
-    if objects and not force:
-        raise RestoreError(
-            f"target database {dbname} is not empty ({objects} objects)",
-            hint="restore into an empty or new database (--create), or pass --force to overwrite",
-        )
-    return False
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
+        if encoding:
+            stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
+        admin.execute(stmt)
+        return True
 
 
 def _restore_globals(repo, manifest: Manifest, into: str, password, force: bool) -> GlobalsResult:

@@ -40,7 +40,7 @@ def restore() -> None:
 )
 @click.option("--create", is_flag=True, help="Create the target database if it does not exist.")
 @click.option(
-    "--force", is_flag=True, help="Restore over a non-empty database (drops what the backup has)."
+    "--force", is_flag=True, help="Restore over a non-empty database: drop it and create it anew."
 )
 @click.option(
     "--with-globals", is_flag=True, help="Recreate missing roles first (existing ones untouched)."

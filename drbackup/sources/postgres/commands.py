@@ -6,6 +6,7 @@ without a server.  Passwords never go into argv; they travel in ``PGPASSWORD``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from drbackup.errors import SourceError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+CLIENT_BIN_ENV = "DRBACKUP_PG_CLIENT_BIN"  # directory of pg_dump/pg_restore to use
 
 
 def parse_tool_version(text: str) -> tuple[int, int]:
@@ -37,20 +39,23 @@ def check_client_not_older(
             f"{tool} {tool_version[0]}.{tool_version[1]} is older than the server "
             f"(PostgreSQL {server_major(server_version_num)})",
             hint=f"install the PostgreSQL {server_major(server_version_num)} client tools, "
-            "or set postgres.<target>.pg_bin_dir",
+            f"or set {CLIENT_BIN_ENV} to the directory holding them",
         )
 
 
 def find_client_bin_dir(
     server_version_num: int | None, configured: str | Path | None = None
 ) -> Path:
-    """The directory of pg_dump/pg_restore to use: configured, else the newest installed.
+    """The directory of pg_dump/pg_restore to use: configured, else ``$DRBACKUP_PG_CLIENT_BIN``,
+    else the newest installed.
 
     Debian installs each major under /usr/lib/postgresql/N/bin; the newest works with every
     older server, so it is preferred over the one on PATH.
     """
     if configured:
         return Path(configured)
+    if os.environ.get(CLIENT_BIN_ENV):
+        return Path(os.environ[CLIENT_BIN_ENV])
     candidates = sorted(
         (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_dump").exists()),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,

@@ -53,7 +53,10 @@ class PhaseClock:
             self.error_count += 1
             if len(self.errors) < MAX_ERRORS_KEPT:
                 self.errors.append(m.group(1))
-        elif line.startswith(("Command was:", "DETAIL:", "HINT:")) and self.errors:
+        elif (
+            line.startswith(("Command was:", "DETAIL:", "HINT:", "CONTEXT:", "QUERY:"))
+            and self.errors
+        ):
             self.errors[-1] += " | " + line.strip()
         self.tail = (self.tail + [line])[-10:]
 
@@ -144,11 +147,19 @@ def _raise_on_errors(code: int, clock: PhaseClock, what: str) -> None:
         more = f"\n  ... and {clock.error_count - 5} more" if clock.error_count > 5 else ""
         raise RestoreError(
             f"{what} failed: pg_restore reported {clock.error_count} error(s)\n{shown}{more}",
-            hint="the target database is incomplete; fix the cause (missing roles: --with-globals "
-            "or --no-owner) and restore again with --force",
+            hint="the target database is incomplete; fix the cause and restore again with --force"
+            + (
+                " (missing roles: add --with-globals or --no-owner)"
+                if _missing_role(clock.errors)
+                else ""
+            ),
         )
     last = clock.tail[-1] if clock.tail else "(no output)"
     raise RestoreError(f"{what} failed: pg_restore exited with status {code}: {last}")
+
+
+def _missing_role(errors: list[str]) -> bool:
+    return any("role" in e and "does not exist" in e for e in errors)
 
 
 class _Feeder(threading.Thread):

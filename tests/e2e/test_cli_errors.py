@@ -1,0 +1,127 @@
+"""What the user sees when things go wrong: exact lines on stderr and the exit code.
+
+Exit codes (``drbackup --help``): 1 the operation failed, 2 usage or configuration error,
+4 storage or server unreachable.  Every error is ``drbackup: error: <one line>`` and a
+``hint:`` line when the fix is known; a traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import PASSPHRASE
+from tests.fixtures.s3server import free_port
+
+WRONG_PASSPHRASE = [
+    "drbackup: error: wrong passphrase: it opens none of the repository's access slots",
+    "hint: check repository.encryption in the config (or DRBACKUP_PASSPHRASE)",
+]
+
+
+def closed_port_dsn() -> str:
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/app"
+
+
+def test_wrong_passphrase_fails_reads_and_writes(local_repo_config, run_cli, monkeypatch):
+    first = run_cli("backup", "postgres", "app")
+    assert first.code == 0, first.stderr
+    monkeypatch.setenv("DRBACKUP_PASSPHRASE", "not the passphrase")
+
+    listed = run_cli("list")
+    assert (listed.code, listed.stdout, listed.error_lines) == (1, "", WRONG_PASSPHRASE)
+    backup = run_cli("backup", "postgres", "app")
+    assert (backup.code, backup.stdout, backup.error_lines) == (1, "", WRONG_PASSPHRASE)
+
+    monkeypatch.setenv("DRBACKUP_PASSPHRASE", PASSPHRASE)  # nothing was written
+    assert len(run_cli("list", "--json").json()) == 1
+
+
+def test_unreachable_server_exits_4(local_repo_config, run_cli):
+    dsn = closed_port_dsn()
+    local_repo_config.set_target("app", dsn)
+    result = run_cli("backup", "postgres", "app")
+    assert result.code == 4
+    assert result.error_lines == [
+        f"drbackup: error: cannot connect to {dsn}: connection refused",
+        "hint: check that the server is running and the dsn's host and port",
+    ]
+
+
+def test_debug_shows_the_traceback_and_only_then(local_repo_config, run_cli):
+    local_repo_config.set_target("app", closed_port_dsn())
+    plain = run_cli("backup", "postgres", "app")
+    debug = run_cli("--debug", "backup", "postgres", "app")
+    assert plain.code == debug.code == 4
+    assert "Traceback" not in plain.stderr
+    assert debug.stderr.startswith("Traceback (most recent call last):\n")
+    assert "SourceUnreachableError" in debug.stderr
+    assert debug.error_lines[-2:] == plain.error_lines
+
+
+def test_missing_repository(local_repo_config, run_cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    local_repo_config.data["repository"]["url"] = str(empty)
+    local_repo_config.write()
+    result = run_cli("list")
+    assert result.code == 2
+    assert result.error_lines == [
+        f"drbackup: error: no repository at {empty}",
+        "hint: run 'drbackup init' first, or check repository.url",
+    ]
+
+    gone = tmp_path / "unmounted"
+    local_repo_config.data["repository"]["url"] = str(gone)
+    local_repo_config.write()
+    result = run_cli("backup", "postgres", "app")
+    assert result.code == 4
+    assert result.error_lines == [
+        f"drbackup: error: repository directory does not exist: {gone}",
+        "hint: create it, or run 'drbackup init' with the right repository url",
+    ]
+    assert not gone.exists()  # never silently created on the wrong disk
+
+
+def test_s3_endpoint_down_exits_4(s3_repo_config, run_cli):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    s3_repo_config.data["repository"]["s3"]["endpoint_url"] = endpoint
+    s3_repo_config.write()
+    result = run_cli("list")
+    assert result.code == 4
+    assert result.error_lines == [
+        f"drbackup: error: cannot access s3://{s3_repo_config.bucket}/repo: "
+        f"s3 endpoint {endpoint} unreachable (connection refused or no route)",
+        "hint: check repository.s3.endpoint_url and that the server is running",
+    ]
+
+
+def test_bad_config_names_every_wrong_key(run_cli, tmp_path, monkeypatch):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "repository:\n"
+        "  url: /tmp/somewhere\n"
+        "  compression: {level: 99}\n"
+        "postgres:\n"
+        "  app:\n"
+        "    dsn: postgresql://postgres@127.0.0.1/app\n"
+        "    databases: 5\n"
+        "    fingerprnt: full\n"
+    )
+    monkeypatch.delenv("DRBACKUP_CONFIG", raising=False)
+    result = run_cli("-c", path, "config", "check")
+    assert result.code == 2
+    assert result.stdout == ""
+    assert result.error_lines == [
+        f"drbackup: error: config {path} has 3 errors",
+        "at 'repository.compression.level': input should be less than or equal to 22",
+        "at 'postgres.app.databases': expected a non-empty list of database names or 'all'",
+        "at 'postgres.app.fingerprnt': unknown key (did you mean 'fingerprint'?)",
+    ]
+
+
+def test_unknown_target(local_repo_config, run_cli):
+    result = run_cli("backup", "postgres", "ap")
+    assert result.code == 2
+    assert result.error_lines == [
+        "drbackup: error: unknown target 'ap' (did you mean 'app'?)",
+        "hint: known targets: app",
+    ]
+    assert run_cli("list", "--json").json() == []
