@@ -98,10 +98,15 @@ def _nonce(counter: int, final: bool) -> bytes:
 class ChunkSealer:
     """Seals plaintext into chunks; feed with :meth:`update`, end with :meth:`finish`.
 
-    Memory: at most one chunk of buffered plaintext.
+    Memory: at most one chunk of buffered plaintext.  Whole chunks inside a large
+    :meth:`update` are sealed straight from the caller's buffer, without a copy.
+
+    Raises :class:`ValueError` for a chunk size outside 1..MAX_CHUNK_SIZE.
     """
 
     def __init__(self, data_key: bytes, object_key: str, header: ObjectHeader):
+        if not 0 < header.chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE}, not {header.chunk_size}")
         self.header_bytes = header.encode()
         self._aead = AESGCM(derive_object_key(data_key, header.salt, object_key))
         self._chunk_size = header.chunk_size
@@ -114,17 +119,28 @@ class ChunkSealer:
         A full chunk is held back until more data arrives, because only then is it known
         not to be the final one.
         """
-        self._buf += data
-        out = []
         size = self._chunk_size
-        while len(self._buf) > size:
-            out.append(self._seal(bytes(self._buf[:size]), final=False))
-            del self._buf[:size]
+        if len(self._buf) + len(data) <= size:
+            self._buf += data
+            return []
+        out = []
+        with memoryview(data) as view:
+            rest = view
+            if self._buf:  # complete the pending chunk: more data follows it
+                need = size - len(self._buf)
+                self._buf += rest[:need]
+                rest = rest[need:]
+                out.append(self._seal(self._buf, final=False))
+                self._buf.clear()
+            while len(rest) > size:
+                out.append(self._seal(rest[:size], final=False))
+                rest = rest[size:]
+            self._buf += rest
         return out
 
     def finish(self) -> bytes:
         """Seal what is left (maybe nothing) as the final chunk."""
-        chunk = self._seal(bytes(self._buf), final=True)
+        chunk = self._seal(self._buf, final=True)
         self._buf.clear()
         return chunk
 
@@ -132,7 +148,7 @@ class ChunkSealer:
     def chunks(self) -> int:
         return self._counter
 
-    def _seal(self, plaintext: bytes, final: bool) -> bytes:
+    def _seal(self, plaintext, final: bool) -> bytes:
         sealed = self._aead.encrypt(_nonce(self._counter, final), plaintext, self.header_bytes)
         self._counter += 1
         return sealed

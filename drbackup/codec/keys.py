@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from drbackup.errors import ConfigError, EncryptionKeyError, IntegrityError
+from drbackup.errors import ConfigError, EncryptionKeyError, IntegrityError, RepositoryError
 
 SLOT_SYMMETRIC = 1
 SLOT_X25519 = 2
@@ -67,7 +67,11 @@ def derive_keyfile_kek(key_material: bytes, kdf: dict) -> bytes:
 
 
 def new_access_slot(
-    master_key: bytes, repo_id: bytes, *, passphrase: str | None = None, key_file: bytes | None = None,
+    master_key: bytes,
+    repo_id: bytes,
+    *,
+    passphrase: str | None = None,
+    key_file: bytes | None = None,
     scrypt_params: dict | None = None,
 ) -> dict:
     """An access slot (JSON-able) that opens ``master_key`` with a passphrase or key file."""
@@ -90,30 +94,50 @@ def open_master_key(
 ) -> bytes:
     """Try every slot of the matching kind; return the master key.
 
-    Raises :class:`EncryptionKeyError` when no slot opens with what was given.
+    Raises :class:`EncryptionKeyError` when no slot opens with what was given, and
+    :class:`RepositoryError` when none opens and some slot is damaged (its kdf parameters
+    or wrapped key cannot be read): the header is clear JSON, so damage shows up here.
     """
     kind = "passphrase" if passphrase is not None else "key_file"
-    candidates = [s for s in slots if s.get("kind") == kind]
+    candidates = [s for s in slots if isinstance(s, dict) and s.get("kind") == kind]
+    what = kind.replace("_", " ")
     if not candidates:
         raise EncryptionKeyError(
-            f"the repository has no {kind.replace('_', ' ')} access slot",
+            f"the repository has no {what} access slot",
             hint="use the passphrase or key file the repository was initialised with",
         )
+    damaged = []
     for slot in candidates:
-        if kind == "passphrase":
-            kek = derive_passphrase_kek(passphrase, slot["kdf"])
-        else:
-            kek = derive_keyfile_kek(key_file, slot["kdf"])
-        wrapped = unb64(slot["wrapped_key"], "wrapped key")
         try:
-            return AESGCM(kek).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _MK_AAD + repo_id)
+            kek, wrapped = _slot_kek(slot, kind, passphrase, key_file)
+        except (ConfigError, KeyError, TypeError, ValueError, MemoryError):
+            damaged.append(str(slot.get("id", "?")))
+            continue
+        try:
+            return AESGCM(kek).decrypt(
+                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _MK_AAD + repo_id
+            )
         except InvalidTag:
             continue
-    what = "passphrase" if kind == "passphrase" else "key file"
+    if damaged:
+        raise RepositoryError(
+            f"the repository header is damaged: {what} access slot {', '.join(damaged)} "
+            "has unreadable kdf parameters or wrapped key, and no other slot opens",
+            hint="restore drbackup.repo from a copy, or open with another passphrase or key file",
+        )
     raise EncryptionKeyError(
         f"wrong {what}: it opens none of the repository's access slots",
         hint="check repository.encryption in the config (or DRBACKUP_PASSPHRASE)",
     )
+
+
+def _slot_kek(slot: dict, kind: str, passphrase: str | None, key_file: bytes | None):
+    """(key-encryption key, wrapped master key) of one slot; raises on a malformed slot."""
+    if kind == "passphrase":
+        kek = derive_passphrase_kek(passphrase, slot["kdf"])
+    else:
+        kek = derive_keyfile_kek(key_file, slot["kdf"])
+    return kek, unb64(slot["wrapped_key"], "wrapped key")
 
 
 # --- data keys: one per backup ----------------------------------------------------------
@@ -137,7 +161,9 @@ def wrap_data_key_symmetric(master_key: bytes, repo_id: bytes) -> DataKey:
 
 def _x25519_wrap_key(shared: bytes, eph_pub: bytes, repo_pub: bytes) -> bytes:
     hkdf = HKDF(
-        algorithm=hashes.SHA256(), length=KEY_SIZE, salt=eph_pub + repo_pub,
+        algorithm=hashes.SHA256(),
+        length=KEY_SIZE,
+        salt=eph_pub + repo_pub,
         info=b"drbackup/v1/x25519-wrap",
     )
     return hkdf.derive(shared)
@@ -147,7 +173,9 @@ def wrap_data_key_public(public_key: bytes, repo_id: bytes) -> DataKey:
     """ECIES: an ephemeral X25519 key agrees a wrapping key with the repository public key."""
     key = os.urandom(KEY_SIZE)
     eph = X25519PrivateKey.generate()
-    eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    eph_pub = eph.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     shared = eph.exchange(X25519PublicKey.from_public_bytes(public_key))
     wrap = _x25519_wrap_key(shared, eph_pub, public_key)
     nonce = os.urandom(NONCE_SIZE)
@@ -156,8 +184,13 @@ def wrap_data_key_public(public_key: bytes, repo_id: bytes) -> DataKey:
 
 
 def unwrap_data_key(
-    slot_type: int, slot: bytes, repo_id: bytes, *, master_key: bytes | None,
-    private_key: bytes | None, object_key: str,
+    slot_type: int,
+    slot: bytes,
+    repo_id: bytes,
+    *,
+    master_key: bytes | None,
+    private_key: bytes | None,
+    object_key: str,
 ) -> bytes:
     """Recover a data key from an object's slot.
 
@@ -167,10 +200,16 @@ def unwrap_data_key(
     try:
         if slot_type == SLOT_SYMMETRIC:
             if master_key is None:
+                if private_key is not None:  # a public-key repository never writes these
+                    raise IntegrityError(_mode_mismatch(object_key, slot_type, "public-key"))
                 raise EncryptionKeyError("this repository key cannot read symmetric-mode objects")
-            return AESGCM(master_key).decrypt(slot[:NONCE_SIZE], slot[NONCE_SIZE:], _DK_AAD + repo_id)
+            return AESGCM(master_key).decrypt(
+                slot[:NONCE_SIZE], slot[NONCE_SIZE:], _DK_AAD + repo_id
+            )
         if slot_type == SLOT_X25519:
             if private_key is None:
+                if master_key is not None:  # a symmetric repository never writes these
+                    raise IntegrityError(_mode_mismatch(object_key, slot_type, "symmetric"))
                 raise EncryptionKeyError(
                     "cannot read: this configuration holds only the repository public key",
                     hint="reading needs the private key: set the passphrase or "
@@ -181,7 +220,9 @@ def unwrap_data_key(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
             eph_pub, nonce, ct = slot[:32], slot[32:44], slot[44:]
-            wrap = _x25519_wrap_key(priv.exchange(X25519PublicKey.from_public_bytes(eph_pub)), eph_pub, pub)
+            wrap = _x25519_wrap_key(
+                priv.exchange(X25519PublicKey.from_public_bytes(eph_pub)), eph_pub, pub
+            )
             return AESGCM(wrap).decrypt(nonce, ct, _DK_AAD + repo_id)
     except (InvalidTag, ValueError):
         raise IntegrityError(
@@ -189,6 +230,12 @@ def unwrap_data_key(
             "(tampered, or copied from another repository)"
         ) from None
     raise IntegrityError(f"{object_key}: unknown key slot type {slot_type}")
+
+
+def _mode_mismatch(object_key: str, slot_type: int, mode: str) -> str:
+    return (
+        f"{object_key}: key slot type {slot_type} does not belong in a {mode} repository (tampered)"
+    )
 
 
 # --- X25519 key pairs -------------------------------------------------------------------
@@ -213,7 +260,9 @@ def read_key_file(path: str | os.PathLike, what: str = "key file") -> bytes:
     try:
         text = open(path, encoding="ascii").read()  # noqa: SIM115
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     key = unb64(text, f"{what} {path}")
     if len(key) != KEY_SIZE:
         raise ConfigError(f"{what} {path} must hold 32 bytes (base64), found {len(key)}")

@@ -7,6 +7,7 @@ encrypt to.  Opening a repository of a newer format version fails.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from datetime import UTC, datetime
@@ -58,7 +59,32 @@ def parse_header(data: bytes, url: str) -> dict:
             f"supports ({FORMAT_VERSION})",
             hint="upgrade drbackup to read this repository",
         )
+    repo_id = header.get("repository_id")
+    if not isinstance(repo_id, str) or not _is_hex(repo_id, 32):
+        raise RepositoryError(
+            f"{url}: repository header has an invalid repository_id (damaged header)"
+        )
     enc = header.get("encryption") or {}
     if enc.get("mode") not in MODES or not isinstance(enc.get("access_slots"), list):
         raise RepositoryError(f"{url}: repository header has an invalid encryption section")
+    if enc["mode"] == "public-key" and not _is_key_b64(enc.get("public_key")):
+        raise RepositoryError(
+            f"{url}: repository header has an invalid public key (damaged header)"
+        )
     return header
+
+
+def _is_hex(text: str, length: int) -> bool:
+    try:
+        return len(text) == length and bytes.fromhex(text) is not None
+    except ValueError:
+        return False
+
+
+def _is_key_b64(text) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (ValueError, TypeError):
+        return False

@@ -1,0 +1,301 @@
+"""The key hierarchy (``drbackup/codec/keys.py``): access slots, data keys, X25519 wrapping.
+
+Pure unit tests: slots are the JSON-able dicts the repository header stores; scrypt runs with
+cheap parameters.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from drbackup.codec import keys
+from drbackup.errors import ConfigError, EncryptionKeyError, IntegrityError, RepositoryError
+
+FAST = {"n": 1024, "r": 8, "p": 1}
+REPO_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
+OTHER_REPO_ID = bytes.fromhex("ffeeddccbbaa99887766554433221100")
+MASTER = bytes(range(32))
+OBJ = "data/app/20240101T000000Z-abcdef/0000-00000"
+
+WRONG_PASSPHRASE = "wrong passphrase: it opens none of the repository's access slots"
+WRONG_KEY_FILE = "wrong key file: it opens none of the repository's access slots"
+WRONG_HINT = "check repository.encryption in the config (or DRBACKUP_PASSPHRASE)"
+FOREIGN_DATA_KEY = (
+    f"{OBJ}: its data key does not open with this repository's key "
+    "(tampered, or copied from another repository)"
+)
+PUBLIC_ONLY = "cannot read: this configuration holds only the repository public key"
+
+
+def passphrase_slot(passphrase: str, master: bytes = MASTER, repo_id: bytes = REPO_ID) -> dict:
+    return keys.new_access_slot(master, repo_id, passphrase=passphrase, scrypt_params=FAST)
+
+
+def open_with(slots, *, passphrase=None, key_file=None, repo_id=REPO_ID) -> bytes:
+    return keys.open_master_key(slots, repo_id, passphrase=passphrase, key_file=key_file)
+
+
+# -- access slots: the master key ----------------------------------------------------------
+
+
+def test_passphrase_slot_opens():
+    slot = passphrase_slot("correct horse")
+    assert slot["kind"] == "passphrase"
+    assert slot["kdf"]["name"] == "scrypt"
+    assert {k: slot["kdf"][k] for k in FAST} == FAST
+    assert open_with([slot], passphrase="correct horse") == MASTER
+
+
+def test_slot_never_holds_the_master_key_in_clear():
+    slot = passphrase_slot("pw")
+    assert keys.b64(MASTER) not in repr(slot)
+    assert MASTER not in keys.unb64(slot["wrapped_key"], "wrapped key")
+
+
+def test_wrong_passphrase():
+    with pytest.raises(EncryptionKeyError) as info:
+        open_with([passphrase_slot("pw")], passphrase="pw2")
+    assert str(info.value) == WRONG_PASSPHRASE
+    assert info.value.hint == WRONG_HINT
+
+
+def test_key_file_slot_opens():
+    key_file = os.urandom(32)
+    slot = keys.new_access_slot(MASTER, REPO_ID, key_file=key_file)
+    assert slot["kind"] == "key_file"
+    assert slot["kdf"]["name"] == "hkdf-sha256"
+    assert open_with([slot], key_file=key_file) == MASTER
+
+
+def test_wrong_key_file():
+    slot = keys.new_access_slot(MASTER, REPO_ID, key_file=os.urandom(32))
+    with pytest.raises(EncryptionKeyError) as info:
+        open_with([slot], key_file=os.urandom(32))
+    assert str(info.value) == WRONG_KEY_FILE
+    assert info.value.hint == WRONG_HINT
+
+
+def test_no_slot_of_the_kind_given():
+    slot = keys.new_access_slot(MASTER, REPO_ID, key_file=os.urandom(32))
+    with pytest.raises(EncryptionKeyError) as info:
+        open_with([slot], passphrase="pw")
+    assert str(info.value) == "the repository has no passphrase access slot"
+    assert info.value.hint == "use the passphrase or key file the repository was initialised with"
+    with pytest.raises(EncryptionKeyError, match="^the repository has no key file access slot$"):
+        open_with([passphrase_slot("pw")], key_file=os.urandom(32))
+
+
+def test_new_access_slot_needs_a_secret():
+    with pytest.raises(ValueError, match="needs a passphrase or a key file"):
+        keys.new_access_slot(MASTER, REPO_ID)
+
+
+def test_rotation_add_new_passphrase_then_remove_old():
+    old = passphrase_slot("old")
+    new = passphrase_slot("new")
+    assert old["id"] != new["id"]
+    both = [old, new]
+    assert open_with(both, passphrase="old") == MASTER
+    assert open_with(both, passphrase="new") == MASTER
+    rotated = [s for s in both if s["id"] != old["id"]]
+    assert open_with(rotated, passphrase="new") == MASTER
+    with pytest.raises(EncryptionKeyError, match=f"^{WRONG_PASSPHRASE}$"):
+        open_with(rotated, passphrase="old")
+
+
+def test_passphrase_and_key_file_slots_side_by_side():
+    key_file = os.urandom(32)
+    slots = [passphrase_slot("pw"), keys.new_access_slot(MASTER, REPO_ID, key_file=key_file)]
+    assert open_with(slots, passphrase="pw") == MASTER
+    assert open_with(slots, key_file=key_file) == MASTER
+
+
+def test_slot_from_another_repository_does_not_open():
+    """The repository id is in the associated data: a slot cannot be spliced across."""
+    foreign = passphrase_slot("pw", repo_id=OTHER_REPO_ID)
+    with pytest.raises(EncryptionKeyError, match=f"^{WRONG_PASSPHRASE}$"):
+        open_with([foreign], passphrase="pw")
+
+
+# A header is clear JSON: a damaged slot must fail as a repository problem, not a crash.
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s["kdf"].update(n=1025),  # not a power of two: scrypt refuses
+        lambda s: s["kdf"].update(p=0),
+        lambda s: s["kdf"].pop("salt"),
+        lambda s: s["kdf"].update(salt="not base64!"),
+        lambda s: s.pop("kdf"),
+        lambda s: s.pop("wrapped_key"),
+        lambda s: s.update(wrapped_key="@@@@"),
+        lambda s: s.update(kdf=None),
+    ],
+)
+def test_damaged_slot_is_a_repository_error(damage):
+    slot = passphrase_slot("pw")
+    damage(slot)
+    with pytest.raises(RepositoryError) as info:
+        open_with([slot], passphrase="pw")
+    assert str(info.value) == (
+        f"the repository header is damaged: passphrase access slot {slot['id']} has unreadable "
+        "kdf parameters or wrapped key, and no other slot opens"
+    )
+    assert info.value.hint
+
+
+def test_damaged_slot_does_not_hide_a_good_one():
+    damaged = passphrase_slot("pw")
+    damaged["kdf"]["n"] = 3
+    assert open_with([damaged, passphrase_slot("pw")], passphrase="pw") == MASTER
+
+
+def test_non_dict_slot_is_ignored():
+    assert open_with(["garbage", None, passphrase_slot("pw")], passphrase="pw") == MASTER
+
+
+# -- data keys -----------------------------------------------------------------------------
+
+
+def test_symmetric_data_key_round_trip():
+    dk = keys.wrap_data_key_symmetric(MASTER, REPO_ID)
+    assert dk.slot_type == keys.SLOT_SYMMETRIC
+    assert len(dk.key) == keys.KEY_SIZE
+    assert dk.key not in dk.slot
+    got = keys.unwrap_data_key(
+        dk.slot_type, dk.slot, REPO_ID, master_key=MASTER, private_key=None, object_key=OBJ
+    )
+    assert got == dk.key
+
+
+def test_every_backup_gets_a_fresh_data_key():
+    assert (
+        keys.wrap_data_key_symmetric(MASTER, REPO_ID).key
+        != keys.wrap_data_key_symmetric(MASTER, REPO_ID).key
+    )
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "master"),
+    [(OTHER_REPO_ID, MASTER), (REPO_ID, bytes(32))],
+    ids=["other-repository", "other-master-key"],
+)
+def test_symmetric_data_key_from_elsewhere_fails(repo_id, master):
+    dk = keys.wrap_data_key_symmetric(MASTER, REPO_ID)
+    with pytest.raises(IntegrityError) as info:
+        keys.unwrap_data_key(
+            dk.slot_type, dk.slot, repo_id, master_key=master, private_key=None, object_key=OBJ
+        )
+    assert str(info.value) == FOREIGN_DATA_KEY
+
+
+def test_x25519_wrap_unwrap():
+    private, public = keys.generate_x25519()
+    assert keys.public_from_private(private) == public
+    dk = keys.wrap_data_key_public(public, REPO_ID)
+    assert dk.slot_type == keys.SLOT_X25519
+    assert len(dk.slot) == 32 + keys.NONCE_SIZE + keys.KEY_SIZE + 16
+    got = keys.unwrap_data_key(
+        dk.slot_type, dk.slot, REPO_ID, master_key=None, private_key=private, object_key=OBJ
+    )
+    assert got == dk.key
+
+
+def test_x25519_each_wrap_uses_a_fresh_ephemeral_key():
+    _, public = keys.generate_x25519()
+    a, b = keys.wrap_data_key_public(public, REPO_ID), keys.wrap_data_key_public(public, REPO_ID)
+    assert a.slot[:32] != b.slot[:32]
+
+
+def test_public_key_only_holder_cannot_unwrap():
+    _, public = keys.generate_x25519()
+    dk = keys.wrap_data_key_public(public, REPO_ID)
+    with pytest.raises(EncryptionKeyError) as info:
+        keys.unwrap_data_key(
+            dk.slot_type, dk.slot, REPO_ID, master_key=None, private_key=None, object_key=OBJ
+        )
+    assert str(info.value) == PUBLIC_ONLY
+    assert "private key" in info.value.hint
+
+
+@pytest.mark.parametrize("case", ["other-repository", "other-private-key", "tampered-slot"])
+def test_x25519_data_key_from_elsewhere_fails(case):
+    private, public = keys.generate_x25519()
+    dk = keys.wrap_data_key_public(public, REPO_ID)
+    repo_id, slot = REPO_ID, dk.slot
+    if case == "other-repository":
+        repo_id = OTHER_REPO_ID
+    elif case == "other-private-key":
+        private = keys.generate_x25519()[0]
+    else:
+        slot = slot[:40] + bytes([slot[40] ^ 1]) + slot[41:]
+    with pytest.raises(IntegrityError) as info:
+        keys.unwrap_data_key(
+            dk.slot_type, slot, repo_id, master_key=None, private_key=private, object_key=OBJ
+        )
+    assert str(info.value) == FOREIGN_DATA_KEY
+
+
+@pytest.mark.parametrize("slot", [b"", b"short", bytes(200)])
+def test_malformed_slot_fails_as_integrity_error(slot):
+    private, _ = keys.generate_x25519()
+    with pytest.raises(IntegrityError, match=f"^{OBJ}: its data key does not open"):
+        keys.unwrap_data_key(
+            keys.SLOT_X25519, slot, REPO_ID, master_key=None, private_key=private, object_key=OBJ
+        )
+    with pytest.raises(IntegrityError, match=f"^{OBJ}: its data key does not open"):
+        keys.unwrap_data_key(
+            keys.SLOT_SYMMETRIC, slot, REPO_ID, master_key=MASTER, private_key=None, object_key=OBJ
+        )
+
+
+def test_unknown_slot_type():
+    with pytest.raises(IntegrityError) as info:
+        keys.unwrap_data_key(
+            7, b"x" * 60, REPO_ID, master_key=MASTER, private_key=None, object_key=OBJ
+        )
+    assert str(info.value) == f"{OBJ}: unknown key slot type 7"
+
+
+def test_x25519_slot_in_a_symmetric_repository_is_tampering():
+    """A symmetric reader holds the master key and no private key: not a key problem."""
+    _, public = keys.generate_x25519()
+    dk = keys.wrap_data_key_public(public, REPO_ID)
+    with pytest.raises(IntegrityError) as info:
+        keys.unwrap_data_key(
+            dk.slot_type, dk.slot, REPO_ID, master_key=MASTER, private_key=None, object_key=OBJ
+        )
+    assert str(info.value) == (
+        f"{OBJ}: key slot type 2 does not belong in a symmetric repository (tampered)"
+    )
+
+
+def test_symmetric_slot_read_with_only_a_private_key_file_is_tampering():
+    private, _ = keys.generate_x25519()
+    dk = keys.wrap_data_key_symmetric(MASTER, REPO_ID)
+    with pytest.raises(IntegrityError, match="does not belong in a public-key repository"):
+        keys.unwrap_data_key(
+            dk.slot_type, dk.slot, REPO_ID, master_key=None, private_key=private, object_key=OBJ
+        )
+
+
+# -- key files -----------------------------------------------------------------------------
+
+
+def test_read_key_file(tmp_path):
+    raw = os.urandom(32)
+    path = tmp_path / "repo.key"
+    path.write_text(keys.b64(raw) + "\n")
+    assert keys.read_key_file(path) == raw
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("not base64!", "is not valid base64"), (keys.b64(b"short"), "must hold 32 bytes")],
+)
+def test_read_key_file_rejects_bad_content(tmp_path, content, message):
+    path = tmp_path / "repo.key"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        keys.read_key_file(path)
