@@ -4,6 +4,8 @@ Names (clear, sortable by time; never table names, bucket keys or data)::
 
     manifests/<target>/<backup_id>              the encrypted manifest, written last
     data/<target>/<backup_id>/<item>-<segment>  encrypted data objects
+    blobs/<2 hex>/<blob id>                     bucket object contents, named by a keyed hash
+    locks/<kind>-<id>                           snapshot and gc locks
 
 ``backup_id`` is ``YYYYmmddTHHMMSSZ-<6 hex>`` (UTC start time + randomness).
 """
@@ -20,6 +22,8 @@ from drbackup.errors import IntegrityError
 
 MANIFEST_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
+BLOB_PREFIX = "blobs/"  # content-addressed blobs of bucket snapshots (docs/buckets.md)
+LOCK_PREFIX = "locks/"  # snapshot and gc locks (docs/buckets.md)
 MANIFEST_FORMAT = "drbackup-manifest"
 MANIFEST_VERSION = 1
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -44,6 +48,22 @@ def data_key(target: str, backup_id: str, item: int, segment: int) -> str:
 
 def data_prefix(target: str, backup_id: str) -> str:
     return f"{DATA_PREFIX}{target}/{backup_id}/"
+
+
+_BLOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def blob_key(blob_id: str) -> str:
+    """``blobs/<first 2 hex>/<blob id>``: where a bucket-snapshot blob is stored."""
+    return f"{BLOB_PREFIX}{blob_id[:2]}/{blob_id}"
+
+
+def blob_id_of(key: str) -> str | None:
+    """The blob id a storage key names, or None if ``key`` is not a well-formed blob key."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != BLOB_PREFIX or not _BLOB_ID_RE.match(parts[2]):
+        return None
+    return parts[2] if parts[1] == parts[2][:2] else None
 
 
 @dataclass(frozen=True, order=True)

@@ -8,10 +8,14 @@ leftovers of an interrupted run and are never listed.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from drbackup import __version__
 from drbackup.codec import keys
@@ -31,12 +35,14 @@ from drbackup.repository.manifest import (
     BackupRef,
     Item,
     Manifest,
+    blob_key,
     data_key,
     data_prefix,
     new_backup_id,
 )
 
 DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
+_BLOB_ID_INFO = b"drbackup/v1/blob-id"
 
 
 class Repository:
@@ -49,6 +55,7 @@ class Repository:
         self.id = header["repository_id"]
         self.codec = codec or CodecSettings(chunk_size=header.get("chunk_size", DEFAULT_CHUNK_SIZE))
         self.segment_size = DEFAULT_SEGMENT_SIZE
+        self._blob_id_key: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -199,9 +206,9 @@ class Repository:
         for ref in self.list_refs(target):
             yield self.load_manifest(ref)
 
-    def _open(self, key: str, expected: ObjectRecord | None = None):
+    def _open(self, key: str, expected: ObjectRecord | None = None, plain_sha=None):
         return open_decoded(
-            self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected
+            self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
         )
 
     def open_item(self, item: Item) -> ItemReader:
@@ -258,6 +265,36 @@ class Repository:
         except ValueError:
             raise IntegrityError(f"{key}: document is not valid json") from None
 
+    # --- bucket-snapshot blobs (docs/buckets.md) ---------------------------------------
+
+    def blob_id(self, content_sha256: str) -> str:
+        """The id of the blob holding content whose SHA-256 is ``content_sha256`` (hex).
+
+        ``HMAC-SHA256(blob id key, sha256 digest)`` as hex; the key is
+        ``HKDF-SHA256(master key)`` in symmetric mode and ``HKDF-SHA256(public key)`` in
+        public-key mode (writers hold no secret there; see docs/buckets.md for what that
+        reveals).  Raises ConfigError when no key able to write is configured.
+        """
+        if self._blob_id_key is None:
+            self.keyring.require(write=True)
+            ikm = (
+                self.keyring.master_key
+                if self.keyring.mode == "symmetric"
+                else self.keyring.public_key
+            )
+            hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_BLOB_ID_INFO)
+            self._blob_id_key = hkdf.derive(ikm)
+        digest = bytes.fromhex(content_sha256)
+        return hmac.new(self._blob_id_key, digest, hashlib.sha256).hexdigest()
+
+    def open_blob(self, blob_id: str):
+        """A plaintext reader of a blob; authenticates every chunk (the caller checks sha256).
+
+        Raises ObjectNotFoundError if the blob is missing, IntegrityError if it is damaged.
+        """
+        self.keyring.require(read=True)
+        return self._open(blob_key(blob_id))
+
     # --- deleting -----------------------------------------------------------------------
 
     def delete_backup(self, ref: BackupRef) -> None:
@@ -276,6 +313,7 @@ class ItemReader:
         self._current = None
         self._sha = hashlib.sha256()
         self._size = 0
+        self._opened = 0
 
     def read(self, n: int = 1 << 20) -> bytes:
         while True:
@@ -284,10 +322,14 @@ class ItemReader:
                 if record is None:
                     self._check_end()
                     return b""
-                self._current = self._repo._open(record.key, record)
+                # The first object's digest is the item's so far: let it hash for both.
+                shared = self._sha if self._opened == 0 else None
+                self._current = self._repo._open(record.key, record, shared)
+                self._opened += 1
             data = self._current.read(n)
             if data:
-                self._sha.update(data)
+                if self._opened > 1:
+                    self._sha.update(data)
                 self._size += len(data)
                 return data
             self._current.close()
@@ -381,7 +423,10 @@ class BackupWriter:
         records: list[ObjectRecord] = []
         while not records or seg.has_more():
             key = data_key(self.target, self.backup_id, index, len(records))
-            records.append(self._store(key, tap(seg.segment()), progress))
+            if records:  # later segments: the item digest needs their bytes too
+                records.append(self._store(key, tap(seg.segment()), progress))
+            else:  # the first segment's digest is the item's so far: hash once
+                records.append(self._store(key, seg.segment(), progress, plain_sha=whole))
         item = Item(
             name=name,
             type=type_,
@@ -393,7 +438,7 @@ class BackupWriter:
         self.items.append(item)
         return item
 
-    def _store(self, key: str, blocks: Iterator[bytes], progress) -> ObjectRecord:
+    def _store(self, key: str, blocks: Iterator[bytes], progress, plain_sha=None) -> ObjectRecord:
         dk = self.data_key
         record = encode_to_storage(
             self.repo.storage,
@@ -404,6 +449,7 @@ class BackupWriter:
             data_key=dk.key,
             settings=self.repo.codec,
             progress=progress,
+            plain_sha=plain_sha,
         )
         stored = self.repo.storage.stat(key)
         if stored.size != record.stored_size:
