@@ -1,0 +1,80 @@
+"""The catalog's ``drills`` table: one row per target of a drill report.
+
+An index only: the reports themselves live in the repository (``reports/<target>/<drill
+id>``), from which ``drbackup drill history`` reads.  The row keeps the whole report so the
+catalog can answer without decrypting anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from drbackup.catalog.models import Base, UTCDateTime
+
+
+class DrillRow(Base):
+    __tablename__ = "drills"
+    __table_args__ = (
+        UniqueConstraint("drill_id", "target", name="uq_drills_drill_target"),
+        Index("ix_drills_target", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    drill_id: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(255))
+    repository_id: Mapped[str | None] = mapped_column(String(64))
+    backup_id: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(8))  # pass, warn, fail
+    total_s: Mapped[float | None] = mapped_column(Float)  # restore + verification
+    rto_s: Mapped[float | None] = mapped_column(Float)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def record_drill(catalog, report: dict) -> int:
+    """Add (or replace) the rows of a report, one per target; returns how many."""
+    rows = 0
+    with Session(catalog.engine) as session, session.begin():
+        for target in report["targets"]:
+            existing = session.scalars(
+                select(DrillRow).where(
+                    DrillRow.drill_id == report["drill_id"], DrillRow.target == target["target"]
+                )
+            ).first()
+            row = existing or DrillRow(drill_id=report["drill_id"], target=target["target"])
+            row.repository_id = report.get("repository", {}).get("id")
+            row.backup_id = target.get("backup_id")
+            row.started_at = datetime.fromisoformat(report["started_at"])
+            row.finished_at = datetime.fromisoformat(report["finished_at"])
+            row.status = target.get("status", report["status"])
+            row.total_s = (target.get("timings") or {}).get("total_s")
+            row.rto_s = (target.get("objectives") or {}).get("rto_s")
+            row.report = report
+            session.add(row)
+            rows += 1
+    return rows
+
+
+def list_drills(catalog, target: str | None = None) -> list[dict]:
+    """Summaries of recorded drills, oldest first: drill_id, target, status, total_s, rto_s."""
+    query = select(DrillRow).order_by(DrillRow.started_at, DrillRow.id)
+    if target is not None:
+        query = query.where(DrillRow.target == target)
+    with Session(catalog.engine) as session:
+        return [
+            {
+                "drill_id": r.drill_id,
+                "target": r.target,
+                "backup_id": r.backup_id,
+                "status": r.status,
+                "started_at": r.started_at,
+                "total_s": r.total_s,
+                "rto_s": r.rto_s,
+            }
+            for r in session.scalars(query)
+        ]

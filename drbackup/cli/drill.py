@@ -1,0 +1,164 @@
+"""``drbackup drill``: run drills, verify their signed reports, list their history."""
+
+from __future__ import annotations
+
+import click
+
+from drbackup.actions import drill as actions
+from drbackup.cli.render import echo_json, echo_table
+from drbackup.drill.checks import format_seconds
+from drbackup.drill.plan import BackupChoice, ScratchPlan
+from drbackup.drill.report import failure_summary, read_report_file, render
+from drbackup.drill.signing import trusted_key, verify_report
+from drbackup.errors import CheckFailedError
+
+
+@click.group("drill")
+def drill() -> None:
+    """Restore drills: restore into scratch, prove the data, time it, sign the report."""
+
+
+@drill.command("run")
+@click.argument("plan", required=False, type=click.Path(dir_okay=False))
+@click.option("--target", "targets", multiple=True, help="Target to drill (repeatable).")
+@click.option("--backup", "backup_id", metavar="ID", help="Restore this backup (id or prefix).")
+@click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
+@click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="What to print on stdout.",
+)
+@click.option("-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown).")
+@click.pass_obj
+def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
+    """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
+
+    Exit 0 when every check passed (warnings allowed), 3 when a check failed.
+    """
+    overrides = {"keep": keep}
+    if backup_id:
+        overrides["backup"] = BackupChoice("id", backup_id=backup_id)
+    if ephemeral:
+        overrides["scratch"] = ScratchPlan(ephemeral=True)
+    app = state.app
+    chosen = actions.plan_for(app, plan, tuple(targets), **overrides)
+    result = actions.run_drill(
+        app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
+    )
+    click.echo(render(result.report, fmt))
+    for line in [*result.kept, *result.warnings]:
+        click.echo(line, err=True)
+    if result.kept:
+        click.echo("remove kept scratch with: drbackup drill cleanup --kept", err=True)
+    if result.output:
+        click.echo(f"report written to {result.output}", err=True)
+    if result.failed:
+        raise CheckFailedError(failure_summary(result.report))
+
+
+@drill.command("verify-report")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", metavar="B64", help="The signer's public key (base64).")
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The signing key file (its public half is used).",
+)
+@click.pass_obj
+def verify_report_cmd(state, file, public_key, key_file) -> None:
+    """Check the Ed25519 signature of a drill report (JSON or Markdown).
+
+    Without --public-key or --key-file, the config's drill.signing_key_file is used.
+    Exit 0 when the signature is valid, 3 when the report is unsigned or was changed.
+    """
+    report = read_report_file(file)
+    configured = None
+    if not (public_key or key_file):
+        configured = state.app.config.drill.signing_key_file
+    verified = verify_report(report, trusted_key(public_key, key_file, configured))
+    counts = report["counts"]
+    click.echo(
+        f"ok: drill {report['drill_id']} report is authentic (ed25519 key {verified.key_id}); "
+        f"status {report['status']}: {counts['pass']} passed, {counts['warn']} warned, "
+        f"{counts['fail']} failed"
+    )
+
+
+@drill.command("history")
+@click.option("--target", help="Only this target.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def history(state, target, limit, as_json) -> None:
+    """Past drills from the repository's reports, with the RTO trend per target."""
+    data = actions.drill_history(state.app, target, limit=limit)
+    if as_json:
+        echo_json(data)
+        return
+    rows = [
+        [
+            e["drill_id"],
+            e["target"],
+            e["backup_id"] or "-",
+            e["status"].upper(),
+            _seconds(e["restore_s"]),
+            _seconds(e["verification_s"]),
+            _seconds(e["total_s"]),
+            _seconds(e["rto_s"]),
+            ", ".join(e["failed"]) or "-",
+        ]
+        for e in data["drills"]
+    ]
+    headers = ["drill", "target", "backup", "status", "restore", "verify", "total", "rto"]
+    echo_table([*headers, "failed"], rows)
+    for name, trend in sorted(data["trend"].items()):
+        click.echo(_trend_line(name, trend))
+    for problem in data["unreadable"]:
+        click.echo(f"unreadable report: {problem}", err=True)
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else format_seconds(value)
+
+
+def _trend_line(name: str, trend: dict) -> str:
+    change = trend["change_pct"]
+    delta = f", {change:+.0f}% vs previous" if change is not None else ""
+    headroom = (
+        f", {trend['headroom_pct']:.0f}% headroom to rto {format_seconds(trend['rto_s'])}"
+        if trend.get("rto_s")
+        else ""
+    )
+    return (
+        f"rto trend {name}: {trend['sparkline']} last {format_seconds(trend['last_s'])}, "
+        f"median {format_seconds(trend['median_s'])} over {trend['drills']} drills{delta}{headroom}"
+    )
+
+
+@drill.command("cleanup")
+@click.argument("plan", required=False, type=click.Path(dir_okay=False))
+@click.option("--kept", is_flag=True, help="Also remove scratch kept with --keep.")
+@click.pass_obj
+def cleanup(state, plan, kept) -> None:
+    """Remove scratch databases and clusters left by crashed (or, with --kept, kept) drills."""
+    app = state.app
+    chosen = actions.plan_for(app, plan) if plan else None
+    removed = actions.cleanup_scratch(app, chosen, include_kept=kept)
+    for line in removed:
+        click.echo(f"removed {line}")
+    if not removed:
+        click.echo("nothing to remove")
+
+
+@drill.command("public-key")
+@click.pass_obj
+def public_key(state) -> None:
+    """Print the public key of drill.signing_key_file, for auditors."""
+    click.echo(actions.public_key_of(state.app))
+
+
+COMMANDS = [drill]

@@ -1,0 +1,72 @@
+"""Past drills from their reports, and the RTO trend (pure functions over report dicts)."""
+
+from __future__ import annotations
+
+from statistics import median
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def history_entries(report: dict) -> list[dict]:
+    """One listing entry per target of a report (a report may cover several targets)."""
+    entries = []
+    for target in report.get("targets", []):
+        timings = target.get("timings") or {}
+        objectives = target.get("objectives") or {}
+        entries.append(
+            {
+                "drill_id": report["drill_id"],
+                "plan": report.get("plan"),
+                "target": target["target"],
+                "backup_id": target.get("backup_id"),
+                "status": target.get("status", report["status"]),
+                "started_at": report["started_at"],
+                "restore_s": timings.get("restore_s"),
+                "verification_s": timings.get("verification_s"),
+                "total_s": timings.get("total_s"),
+                "rto_s": objectives.get("rto_s"),
+                "failed": [
+                    c["name"]
+                    for c in report.get("checks", [])
+                    if c["target"] == target["target"] and c["status"] == "fail"
+                ],
+                "signed": "signature" in report,
+            }
+        )
+    return entries
+
+
+def sparkline(values: list[float]) -> str:
+    """``▁▃▇``: each value's height between the smallest and largest."""
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[round((v - low) / span * (len(SPARKS) - 1))] for v in values)
+
+
+def rto_trend(entries: list[dict]) -> dict[str, dict]:
+    """Per target: restore-and-verify times oldest first, median, last vs previous, sparkline.
+
+    Drills whose restore failed have no time and are left out of the series.
+    """
+    trend: dict[str, dict] = {}
+    for entry in sorted(entries, key=lambda e: e["drill_id"]):
+        if entry["total_s"] is None:
+            continue
+        trend.setdefault(entry["target"], {"series": []})["series"].append(entry["total_s"])
+    for target, info in trend.items():
+        series = info["series"]
+        info["drills"] = len(series)
+        info["last_s"] = series[-1]
+        info["median_s"] = median(series)
+        info["min_s"], info["max_s"] = min(series), max(series)
+        previous = series[-2] if len(series) > 1 else None
+        info["change_pct"] = (
+            round(100 * (series[-1] - previous) / previous, 1) if previous else None
+        )
+        info["sparkline"] = sparkline(series)
+        rto = next((e["rto_s"] for e in reversed(entries) if e["target"] == target), None)
+        info["rto_s"] = rto
+        info["headroom_pct"] = round(100 * (1 - series[-1] / rto), 1) if rto else None
+    return trend

@@ -1,0 +1,207 @@
+"""``drbackup drill`` as users run it: exit codes, what is printed, signed reports, history,
+and scratch cleanup after Ctrl-C, SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from drbackup.codec import keys
+from drbackup.drill.scratch import DRILL_LOCK_KEY
+from tests.e2e.conftest import load_awkward, wait_for
+
+PREFIX = "drbackup_drill_"
+
+
+def add_signing_key(cfg) -> Path:
+    key_file = cfg.tmp_path / "drill-signing.key"
+    key_file.write_text(keys.b64(os.urandom(32)) + "\n")
+    cfg.data["drill"] = {"signing_key_file": str(key_file)}
+    cfg.write()
+    return key_file
+
+
+def scratch_databases(cluster) -> list[str]:
+    rows = cluster.execute(
+        "SELECT datname FROM pg_database WHERE left(datname, %s) = %s ORDER BY 1",
+        params=(len(PREFIX), PREFIX),
+    )
+    return [r[0] for r in rows]
+
+
+def test_drill_passes_and_its_signed_report_verifies(repo_config, pg_db, run_cli, tmp_path):
+    key_file = add_signing_key(repo_config)
+    load_awkward(pg_db)
+    assert run_cli("backup", "postgres", "app").code == 0
+    report_path = tmp_path / "drill.md"
+    result = run_cli("drill", "run", "--target", "app", "-o", report_path)
+    assert result.code == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("drill ") and first.endswith(": WARN - 7 passed, 1 warned, 0 failed")
+    assert (
+        "  WARN  foreign_keys  1 pre-existing inconsistency: foreign key reviews_customer_fk"
+        in (result.stdout)
+    )
+    assert f"report written to {report_path}" in result.stderr
+    assert scratch_databases(pg_db.cluster) == []
+
+    ok = run_cli("drill", "verify-report", report_path, "--key-file", key_file)
+    assert ok.code == 0, ok.stderr
+    assert ok.stdout.startswith("ok: drill ") and "report is authentic (ed25519 key " in ok.stdout
+    public = run_cli("drill", "public-key")
+    assert (
+        run_cli("drill", "verify-report", report_path, "--public-key", public.stdout.strip()).code
+        == 0
+    )
+
+    text = report_path.read_text()
+    report_path.write_text(text.replace('"status": "warn"', '"status": "pass"', 1))
+    bad = run_cli("drill", "verify-report", report_path, "--key-file", key_file)
+    assert bad.code == 3
+    assert bad.error_lines == [
+        "drbackup: error: bad signature: the report was changed after it was signed"
+    ]
+
+    history = run_cli("drill", "history", "--json")
+    assert history.code == 0
+    data = history.json()
+    assert [e["target"] for e in data["drills"]] == ["app"]
+    assert data["drills"][0]["status"] == "warn" and data["drills"][0]["signed"]
+    assert data["trend"]["app"]["drills"] == 1
+
+
+def test_a_failing_drill_exits_3_naming_the_cause(local_repo_config, pg_db, run_cli, tmp_path):
+    add_signing_key(local_repo_config)
+    pg_db.execute(
+        "CREATE TABLE codes (code text PRIMARY KEY); INSERT INTO codes VALUES ('a');"
+        "CREATE FUNCTION ok(c text) RETURNS boolean LANGUAGE sql"
+        "  AS $$ SELECT EXISTS (SELECT 1 FROM codes WHERE code = c) $$;"
+        "CREATE TABLE items (id int PRIMARY KEY, code text CHECK (ok(code)));"
+        "INSERT INTO items VALUES (1, 'a'), (2, 'a');"
+    )
+    assert run_cli("backup", "postgres", "app").code == 0
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "targets: [app]\nrto: 1ms\nreport: {output: '" + str(tmp_path) + "/{plan}.json'}\n"
+    )
+    result = run_cli("drill", "run", plan, "--format", "json")
+    assert result.code == 3
+    report = result.json()
+    assert report["status"] == "fail" and report["plan"] == "plan"
+    error = result.error_lines[-1]
+    assert error.startswith(f"drbackup: error: drill {report['drill_id']} failed (3 of 8 checks): ")
+    assert f"app/{pg_db.name} restore: pg_restore reported 1 error(s): " in error
+    assert 'relation "codes" does not exist' in error
+    assert "row count of table public.items differs: expected 2, actual 0" in error
+    assert "app rto: not met: the restore failed after " in error
+    assert json.loads((tmp_path / "plan.json").read_text())["drill_id"] == report["drill_id"]
+    history = run_cli("drill", "history")
+    assert history.code == 0
+    assert "FAIL" in history.stdout and "restore, tables, rto" in history.stdout
+    assert history.stdout.splitlines()[-1].startswith("rto trend app: ")
+
+
+def test_usage_errors(local_repo_config, run_cli, tmp_path):
+    assert run_cli("drill", "run").error_lines == [
+        "drbackup: error: give a drill plan or --target",
+        "hint: e.g. drbackup drill run --target app",
+    ]
+    none = run_cli("drill", "run", "--target", "app")
+    assert none.code == 2
+    assert none.error_lines[-2].startswith("drbackup: error: no backups of target app in ")
+    plan = tmp_path / "bad.yaml"
+    plan.write_text("targets: [ap]\nbackup: newest\n")
+    bad = run_cli("drill", "run", plan)
+    assert bad.code == 2
+    assert bad.error_lines == [
+        f"drbackup: error: drill plan {plan} has 2 errors",
+        "at 'backup': expected 'latest', 'random', {point_in_time: <ISO 8601 time>} or {id: <backup id>}",
+        "at 'targets[0]': unknown target 'ap' (did you mean 'app'?); known targets: app",
+    ]
+    unsigned = tmp_path / "r.json"
+    unsigned.write_text(json.dumps({"format": "drbackup-drill-report", "drill_id": "x"}))
+    missing_key = run_cli("drill", "verify-report", unsigned)
+    assert missing_key.code == 2 and "no public key to verify with" in missing_key.stderr
+
+
+# -- interrupted drills leave nothing behind ----------------------------------------------------
+
+
+@pytest.fixture
+def big_app(local_repo_config, big_db, run_cli):
+    """Target app is the session's big database copy (~300k rows), so that a restore lasts
+    long enough to be interrupted."""
+    local_repo_config.set_target("app", big_db.dsn)
+    assert run_cli("backup", "postgres", "app").code == 0
+    return big_db
+
+
+def drill_locks(cluster) -> list:
+    return cluster.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+        params=(DRILL_LOCK_KEY,),
+    )
+
+
+def wait_for_scratch(cluster) -> str:
+    return wait_for(lambda: scratch_databases(cluster), 30, "the scratch database")[0]
+
+
+def test_sigkill_then_next_drill_removes_the_leftover(big_app, spawn_cli, run_cli):
+    proc = spawn_cli("drill", "run", "--target", "app")
+    leftover = wait_for_scratch(big_app.cluster)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert scratch_databases(big_app.cluster) == [leftover]  # nothing could clean up
+    # The server ends the dead drill's sessions (and its locks) when it notices the closed
+    # sockets: wait for that, as the next scheduled drill would.
+    wait_for(lambda: not drill_locks(big_app.cluster), 30, "the killed drill's locks to go")
+    result = run_cli("drill", "run", "--target", "app")
+    assert result.code == 0, result.stderr
+    assert f"removed leftover scratch databases of earlier drills: {leftover}" in result.stderr
+    assert scratch_databases(big_app.cluster) == []
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
+def test_sigterm_and_ctrl_c_clean_up(big_app, spawn_cli, sig):
+    proc = spawn_cli("drill", "run", "--target", "app")
+    wait_for_scratch(big_app.cluster)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "drbackup: interrupted"
+    assert scratch_databases(big_app.cluster) == []
+
+
+def test_sigkill_of_an_ephemeral_drill_then_next_drill_removes_the_cluster(
+    local_repo_config, pg_db, spawn_cli, run_cli, tmp_path
+):
+    pg_db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)"
+    )
+    assert run_cli("backup", "postgres", "app").code == 0
+    base = Path(tempfile.mkdtemp(prefix="drb-drill-"))
+    base.chmod(0o755)
+    try:
+        plan = tmp_path / "eph.yaml"
+        plan.write_text(f"targets: [app]\nscratch: {{ephemeral: true, base_dir: {base}}}\n")
+        proc = spawn_cli("drill", "run", plan)
+        pid_file = wait_for(lambda: list(base.glob("*/data/postmaster.pid")), 60, "the cluster")[0]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        cluster_dir = pid_file.parent.parent
+        assert cluster_dir.exists()
+        result = run_cli("drill", "run", plan)
+        assert result.code == 0, result.stderr
+        assert f"removed leftover scratch clusters: {cluster_dir}" in result.stderr
+        assert list(base.iterdir()) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
