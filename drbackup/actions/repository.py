@@ -105,6 +105,11 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
 
     start = datetime.now(UTC)
     problems = repo.verify(manifest, tick)
+    if manifest.kind == "bucket" and not problems:
+        # A snapshot's items are its indexes; the objects' content lives in shared blobs.
+        from drbackup.actions.restore_minio import verify_snapshot_blobs
+
+        problems = verify_snapshot_blobs(repo, manifest)
     seconds = (datetime.now(UTC) - start).total_seconds()
     _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, problems))
     result = VerifyResult(manifest, problems, total[0], seconds)

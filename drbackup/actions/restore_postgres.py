@@ -7,10 +7,10 @@ from the catalog.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from psycopg import sql
 
+from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
 from drbackup.errors import RestoreError, UsageError
 from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands
@@ -29,12 +29,6 @@ SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relname
 
 
 @dataclass
-class Selection:
-    manifest: Manifest
-    note: str  # how it was chosen, said to the user
-
-
-@dataclass
 class RestoreResult:
     selection: Selection
     database: str
@@ -42,71 +36,6 @@ class RestoreResult:
     run: RestoreRun
     globals: GlobalsResult | None
     created: bool
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601 (``2026-11-23T02:00:00Z``, ``2026-11-23 02:00``); naive means UTC."""
-    try:
-        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(
-            f"invalid time: {text!r}", hint="use ISO 8601, e.g. 2026-11-23T02:00:00Z"
-        ) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
-def select_backup(
-    repo, target: str, *, backup_id: str | None = None, point_in_time: datetime | None = None
-) -> Selection:
-    """The backup to restore: by id, newest with recovery point ≤ time, or the latest."""
-    if backup_id and point_in_time:
-        raise UsageError("give either --backup or --point-in-time, not both")
-    if backup_id:
-        m = repo.load_manifest(repo.resolve(backup_id, target))
-        if m.target != target:
-            raise UsageError(f"backup {backup_id} belongs to target {m.target}, not {target}")
-        return Selection(m, f"backup {m.backup_id} (by id)")
-    refs = repo.list_refs(target)
-    if not refs:
-        raise UsageError(
-            f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
-        )
-    if point_in_time is None:
-        m = repo.load_manifest(refs[-1])
-        return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
-    return _select_at(repo, target, refs, point_in_time)
-
-
-def _select_at(repo, target, refs, when: datetime) -> Selection:
-    # A backup id starts with its start time, and its recovery point is after the start:
-    # only backups started before `when` can qualify; look at the newest ones first.
-    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for ref in reversed([r for r in refs if r.backup_id[:16] <= stamp]):
-        m = repo.load_manifest(ref)
-        point = parse_time(m.recovery_point)
-        if point <= when:
-            gap = when - point
-            return Selection(
-                m,
-                f"backup {m.backup_id}: recovery point {m.recovery_point}, "
-                f"{_human_delta(gap)} before the requested {when.isoformat()}",
-            )
-    oldest = repo.load_manifest(refs[0])
-    raise UsageError(
-        f"no backup of {target} has a recovery point at or before {when.isoformat()}",
-        hint=f"the oldest restore point is {oldest.recovery_point} (backup {oldest.backup_id})",
-    )
-
-
-def _human_delta(delta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
 
 
 def pick_item(manifest: Manifest, database: str | None) -> Item:

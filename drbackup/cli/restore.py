@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from drbackup.actions.restore_postgres import parse_time, restore_postgres
+from drbackup.actions.restore_postgres import restore_postgres
+from drbackup.actions.selection import parse_time
 from drbackup.cli.render import echo_json, human_size
 
 

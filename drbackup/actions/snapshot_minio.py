@@ -1,0 +1,496 @@
+"""``snapshot minio``: incremental, deduplicated, encrypted snapshots of buckets.
+
+A snapshot is a backup of kind ``bucket``: for each bucket one item stream
+``index:<bucket>`` of JSON lines sorted by key (docs/buckets.md), and each object's
+content stored once as a blob ``blobs/<2 hex>/<HMAC of its sha256>``.  The listing is
+merge-joined with the previous snapshot's index (both sorted), so memory does not grow with
+the bucket; objects with the same size, ETag and last-modified reuse their blob without a
+download; others are read (``If-Match`` the listed ETag), hashed, and uploaded unless the
+blob already exists.  Objects that change or vanish while the snapshot runs are recorded
+in the manifest, never a crash.  The manifest is written last; a lock in ``locks/`` keeps
+gc from deleting blobs under a running snapshot (actions/gc.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from itertools import chain
+
+from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
+from drbackup.codec.pipeline import encode_to_storage, iter_blocks
+from drbackup.errors import DrbackupError, SourceError, UsageError
+from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
+from drbackup.sources.buckets.client import (
+    BucketClient,
+    ListedObject,
+    ObjectChangedError,
+    ObjectGoneError,
+)
+from drbackup.sources.buckets.index import (
+    INDEX_ITEM_TYPE,
+    IndexEntry,
+    encode_entries,
+    index_item_name,
+    open_index,
+)
+from drbackup.sources.buckets.listing import (
+    check_sorted,
+    is_excluded,
+    is_unchanged,
+    listing_prefixes,
+    merge_join,
+)
+from drbackup.sources.buckets.pool import ordered_map
+
+SMALL_OBJECT = 8 << 20  # read whole into memory; larger objects stream (two passes)
+KEYS_RECORDED = 100  # keys listed per kind of event in the manifest (counts are exact)
+ORACLE_LIMIT = 200_000  # blob names loaded by one listing before falling back to HEADs
+
+
+@dataclass
+class SnapshotOptions:
+    workers: int = 8
+    full: bool = False  # ignore the previous snapshot: read every object again
+    small_object: int = SMALL_OBJECT
+    lock_refresh: float = LOCK_REFRESH_S
+    lock_stale: float = LOCK_STALE_S
+    oracle_limit: int = ORACLE_LIMIT
+
+
+# --- which blobs exist ------------------------------------------------------------------
+
+
+class BlobOracle:
+    """Answers "must this blob be uploaded?" once per blob id, safely across threads.
+
+    The first question lists ``blobs/`` once (up to ``limit`` names, 1000 per request);
+    above the limit each new blob costs one ``exists``.  Two threads with the same content
+    never both upload: the second waits for the first and uploads only if it failed.
+    """
+
+    def __init__(self, storage, limit: int = ORACLE_LIMIT):
+        self._storage, self._limit = storage, limit
+        self._lock = threading.Lock()
+        self._state: dict[str, threading.Event | bool] = {}  # True: stored
+        self._listed: set[bytes] | None = None
+        self._list_lock = threading.Lock()
+        self._list_done = False
+
+    def claim(self, blob_id: str) -> bool:
+        """True if the caller must upload ``blob_id`` and then call :meth:`done`."""
+        while True:
+            with self._lock:
+                state = self._state.get(blob_id)
+                if state is True:
+                    return False
+                if state is None:
+                    self._state[blob_id] = threading.Event()
+                    break
+            state.wait()
+        if self._exists(blob_id):
+            self.done(blob_id, True)
+            return False
+        return True
+
+    def done(self, blob_id: str, stored: bool) -> None:
+        with self._lock:
+            event = self._state.pop(blob_id)
+            if stored:
+                self._state[blob_id] = True
+        event.set()
+
+    def _exists(self, blob_id: str) -> bool:
+        listed = self._listing()
+        if listed is not None:
+            return bytes.fromhex(blob_id) in listed
+        return self._storage.exists(blob_key(blob_id))
+
+    def _listing(self) -> set[bytes] | None:
+        with self._list_lock:
+            if not self._list_done:
+                self._listed = self._load()
+                self._list_done = True
+            return self._listed
+
+    def _load(self) -> set[bytes] | None:
+        names: set[bytes] = set()
+        for info in self._storage.list(BLOB_PREFIX):
+            blob_id = blob_id_of(info.key)
+            if blob_id is not None:
+                names.add(bytes.fromhex(blob_id))
+                if len(names) > self._limit:
+                    return None
+        return names
+
+
+# --- one bucket -------------------------------------------------------------------------
+
+
+class SnapshotCancelled(Exception):
+    """Raised inside the index stream when the snapshot is interrupted (Ctrl-C, SIGTERM)."""
+
+
+@dataclass
+class Transfer:
+    """The outcome for one listed object."""
+
+    status: str  # reused | uploaded | deduplicated | vanished | changed_during_snapshot
+    entry: IndexEntry | None = None
+    downloaded: int = 0
+    stored: int = 0
+    reread: bool = False
+
+
+@dataclass
+class BucketStats:
+    objects: int = 0
+    bytes: int = 0
+    reused: int = 0
+    transferred: int = 0
+    transferred_bytes: int = 0
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0  # stored (compressed, encrypted) bytes written to the repository
+    deduplicated: int = 0
+    events: dict[str, dict] = field(
+        default_factory=lambda: {
+            k: {"count": 0, "keys": []} for k in ("reread", "changed_during_snapshot", "vanished")
+        }
+    )
+
+    def note(self, event: str, key: str) -> None:
+        record = self.events[event]
+        record["count"] += 1
+        if len(record["keys"]) < KEYS_RECORDED:
+            record["keys"].append(key)
+
+    def add(self, key: str, t: Transfer) -> None:
+        if t.reread:
+            self.note("reread", key)
+        if t.entry is None:
+            self.note(t.status, key)
+            return
+        self.objects += 1
+        self.bytes += t.entry.size
+        self.reused += t.status == "reused"
+        self.deduplicated += t.status == "deduplicated"
+        if t.status != "reused":
+            self.transferred += 1
+            self.transferred_bytes += t.downloaded
+        if t.status == "uploaded":
+            self.uploaded_blobs += 1
+            self.uploaded_bytes += t.stored
+
+    def to_meta(self) -> dict:
+        data = {k: v for k, v in self.__dict__.items() if k != "events"}
+        return {**data, **self.events}
+
+
+class BucketSnapshot:
+    """Produces one bucket's index entries, transferring what changed (see module doc)."""
+
+    def __init__(self, repo, writer, client: BucketClient, bucket: str, oracle, opts, cancel=None):
+        self.repo, self.writer, self.client, self.bucket = repo, writer, client, bucket
+        self.oracle, self.opts = oracle, opts
+        self.cancel = cancel or threading.Event()
+        self.codec = replace(repo.codec, threads=1)  # parallel across objects instead
+        self.stats = BucketStats()
+
+    def entries(
+        self,
+        listing: Iterator[ListedObject],
+        previous: Iterator[IndexEntry],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[IndexEntry]:
+        """Index entries in key order; updates ``stats`` as they are produced."""
+        pairs = merge_join(
+            check_sorted(listing, f"listing of bucket {self.bucket}"),
+            check_sorted(previous, f"previous index of bucket {self.bucket}"),
+        )
+        results = ordered_map(
+            self._process, pairs, workers=self.opts.workers, inline=lambda p: is_unchanged(*p)
+        )
+        for (listed, _), transfer in results:
+            if self.cancel.is_set():
+                raise SnapshotCancelled("snapshot cancelled")
+            self.stats.add(listed.key, transfer)
+            if progress and transfer.downloaded:
+                progress(transfer.downloaded)
+            if transfer.entry is not None:
+                yield transfer.entry
+
+    def _process(self, pair: tuple[ListedObject, IndexEntry | None]) -> Transfer:
+        listed, previous = pair
+        if is_unchanged(listed, previous):
+            return Transfer("reused", previous)
+        try:
+            return self._read(listed, reread=False)
+        except ObjectGoneError:
+            return Transfer("vanished")
+        except ObjectChangedError:
+            pass
+        try:  # changed between the listing and the read: read the new version once
+            transfer = self._read(listed, reread=True)
+        except ObjectGoneError:
+            return Transfer("vanished", reread=True)
+        except ObjectChangedError:
+            return Transfer("changed_during_snapshot", reread=True)
+        transfer.reread = True
+        return transfer
+
+    def _read(self, listed: ListedObject, *, reread: bool) -> Transfer:
+        """Read one object (``If-Match`` the listed ETag unless re-reading) and store it."""
+        if_match = None if reread else (listed.etag or None)
+        with self.client.open_object(self.bucket, listed.key, if_match=if_match) as obj:
+            if obj.size <= self.opts.small_object:
+                digest, stored, size = self._small(obj)
+            else:
+                digest, stored, size = self._large(obj)
+            tags = self.client.get_tags(self.bucket, listed.key) if obj.tag_count else {}
+        entry = IndexEntry(
+            key=listed.key,
+            size=size,
+            sha256=digest,
+            blob=self.repo.blob_id(digest),
+            etag=obj.etag or listed.etag,
+            # the listing's form, so that the next snapshot can compare it; after a re-read
+            # the listing is out of date and the response's own time is recorded instead
+            last_modified=obj.last_modified if reread else listed.last_modified,
+            content_type=obj.content_type,
+            metadata=obj.metadata,
+            tags=tags,
+            headers=obj.headers,
+            version_id=obj.version_id,
+        )
+        return Transfer("uploaded" if stored else "deduplicated", entry, size, stored or 0)
+
+    def _small(self, obj) -> tuple[str, int | None, int]:
+        data = b"".join(iter_blocks(obj))
+        if len(data) != obj.size:
+            raise SourceError(f"{self.bucket}/{obj.key}: read {len(data)} of {obj.size} bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        return digest, self._store(self.repo.blob_id(digest), lambda: iter([data])), len(data)
+
+    def _large(self, obj) -> tuple[str, int | None, int]:
+        # The blob's name is its content hash, and the name must be known before the
+        # upload (it is bound into the encryption): hash in a first pass, upload in a
+        # second GET of the same ETag, without ever holding the object in memory.
+        sha, size = hashlib.sha256(), 0
+        for block in iter_blocks(obj):
+            sha.update(block)
+            size += len(block)
+        digest = sha.hexdigest()
+        again = hashlib.sha256()
+
+        def second_pass() -> Iterator[bytes]:
+            with self.client.open_object(self.bucket, obj.key, if_match=obj.etag) as src:
+                for block in iter_blocks(src):
+                    again.update(block)
+                    yield block
+            if again.hexdigest() != digest:
+                raise ObjectChangedError(f"{self.bucket}/{obj.key}: content changed between reads")
+
+        return digest, self._store(self.repo.blob_id(digest), second_pass), size
+
+    def _store(self, blob_id: str, blocks: Callable[[], Iterator[bytes]]) -> int | None:
+        """Upload the blob unless it exists; stored bytes, or None when deduplicated."""
+        if not self.oracle.claim(blob_id):
+            return None
+        stored = False
+        try:
+            dk = self.writer.data_key
+            record = encode_to_storage(
+                self.repo.storage,
+                blob_key(blob_id),
+                blocks(),
+                slot_type=dk.slot_type,
+                slot=dk.slot,
+                data_key=dk.key,
+                settings=self.codec,
+            )
+            stored = True
+            return record.stored_size
+        finally:
+            self.oracle.done(blob_id, stored)
+
+
+# --- a whole snapshot -------------------------------------------------------------------
+
+
+def previous_snapshot(repo, target: str) -> Manifest | None:
+    """The newest committed bucket snapshot of ``target`` (None without a read key)."""
+    if not repo.keyring.can_read:
+        return None  # public-key writers cannot read indexes: every object is read again
+    for ref in reversed(repo.list_refs(target)):
+        manifest = repo.load_manifest(ref)
+        if manifest.kind == "bucket":
+            return manifest
+    return None
+
+
+def list_selected(client: BucketClient, bucket: str, include, exclude) -> Iterator[ListedObject]:
+    """The bucket's objects under ``include`` (all if empty), minus ``exclude``, sorted."""
+    listings = (client.list_objects(bucket, prefix) for prefix in listing_prefixes(include))
+    return (o for o in chain.from_iterable(listings) if not is_excluded(o.key, exclude))
+
+
+def take_snapshot(
+    repo,
+    client: BucketClient,
+    target: str,
+    buckets: list[str],
+    *,
+    include: list[str] = (),
+    exclude: list[str] = (),
+    options: SnapshotOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Snapshot ``buckets`` into ``repo`` as one backup of ``target``; return its manifest.
+
+    Raises SourceError/SourceUnreachableError when the server fails (no manifest is
+    written; blobs already stored stay for the next snapshot or gc), LockedError while gc
+    deletes blobs.
+    """
+    opts = options or SnapshotOptions()
+    repo.keyring.require(write=True)
+    for bucket in buckets:
+        client.check_bucket(bucket)  # fail before writing anything
+    previous = None if opts.full else previous_snapshot(repo, target)
+    with repo.new_backup(target, "bucket") as writer:
+        lock = RepositoryLock(
+            repo,
+            "snapshot",
+            writer.backup_id,
+            target=target,
+            refresh_every=opts.lock_refresh,
+            stale_after=opts.lock_stale,
+        )
+        with lock.acquire(conflicts_with="gc"):
+            oracle = BlobOracle(repo.storage, opts.oracle_limit)
+            cancel = threading.Event()
+            stats = {}
+            for bucket in buckets:
+                job = BucketSnapshot(repo, writer, client, bucket, oracle, opts, cancel)
+                with open_index(repo.open_item, previous, bucket) as prev_entries:
+                    listing = list_selected(client, bucket, include, exclude)
+                    blocks = encode_entries(job.entries(listing, prev_entries, progress))
+                    item = _interruptible(
+                        lambda b=bucket, blocks=blocks: writer.add_stream(
+                            index_item_name(b), INDEX_ITEM_TYPE, blocks, {"bucket": b}
+                        ),
+                        cancel,
+                    )
+                item.meta.update(objects=job.stats.objects, bytes=job.stats.bytes)
+                stats[bucket] = job.stats
+            writer.recovery_point = datetime.now(UTC)  # every object was read before this
+            writer.meta.update(_snapshot_meta(client, stats, include, exclude, previous, opts))
+            lock.check(max_age=0)
+            return writer.commit()
+
+
+def _interruptible(fn: Callable, cancel: threading.Event):
+    """Run ``fn`` in a helper thread; on Ctrl-C/SIGTERM set ``cancel`` and wait for it to stop.
+
+    The index stream is pulled by the storage backend, for S3 from a transfer thread that
+    knows nothing of signals; without this, an interrupted snapshot would go on reading
+    the whole bucket before the interrupt could take effect.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="drbackup-index") as pool:
+        future = pool.submit(fn)
+        try:
+            return future.result()
+        except BaseException:
+            cancel.set()
+            with contextlib.suppress(BaseException):
+                future.result()
+            raise
+
+
+def _snapshot_meta(client, stats: dict[str, BucketStats], include, exclude, previous, opts):
+    return {
+        "endpoint": client.endpoint,
+        "buckets": {name: s.to_meta() for name, s in stats.items()},
+        "objects": sum(s.objects for s in stats.values()),
+        "bytes": sum(s.bytes for s in stats.values()),
+        "uploaded_bytes": sum(s.uploaded_bytes for s in stats.values()),
+        "include_prefixes": list(include),
+        "exclude_prefixes": list(exclude),
+        "previous_snapshot": previous.backup_id if previous else None,
+        "incremental": previous is not None,
+        "recovery_point_note": "every object was read at or before the recovery point",
+    }
+
+
+# --- from the configuration -------------------------------------------------------------
+
+
+def minio_target(app, name: str):
+    """The ``minio.<name>`` config entry; UsageError if it is unknown or not a bucket target."""
+    cfg = app.config.target(name)
+    if getattr(cfg, "kind", None) != "minio":
+        raise UsageError(
+            f"target '{name}' is a {cfg.kind} target, not a minio target",
+            hint="'drbackup snapshot minio' takes targets under 'minio:'",
+        )
+    return cfg
+
+
+def snapshot_target(
+    app, name: str, *, options: SnapshotOptions | None = None, progress=None
+) -> Manifest:
+    """Snapshot one configured target; record the run in the catalog (best effort)."""
+    opts = options or SnapshotOptions()
+    cfg = minio_target(app, name)
+    started = datetime.now(UTC)
+    try:
+        client = BucketClient.from_target(name, cfg, max_connections=opts.workers + 4)
+        manifest = take_snapshot(
+            app.repository(),
+            client,
+            name,
+            list(cfg.buckets),
+            include=list(cfg.include_prefixes),
+            exclude=list(cfg.exclude_prefixes),
+            options=opts,
+            progress=progress,
+        )
+    except BaseException as exc:
+        _record(app, name, started, "failed", error=str(exc))
+        raise
+    _record(app, name, started, "ok", backup_id=manifest.backup_id)
+    with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs
+        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+    return manifest
+
+
+def snapshot_targets(
+    app, names: list[str], *, options: SnapshotOptions | None = None, progress=None
+) -> list[Manifest]:
+    """Snapshot each target in turn; every target runs, the error lists those that failed."""
+    for name in names:
+        minio_target(app, name)  # unknown names fail before any work
+    manifests, failures = [], []
+    for name in names:
+        try:
+            manifests.append(snapshot_target(app, name, options=options, progress=progress))
+        except DrbackupError as exc:
+            if len(names) == 1:
+                raise
+            failures.append((name, exc))
+    if failures:
+        lines = "; ".join(f"{n}: {e.message}" for n, e in failures)
+        first = failures[0][1]
+        raise type(first)(
+            f"{len(failures)} of {len(names)} snapshots failed: {lines}", hint=first.hint
+        )
+    return manifests
+
+
+def _record(app, target, started, status, **kw) -> None:
+    with contextlib.suppress(Exception):  # see above
+        app.catalog.record_run("snapshot", target, started, datetime.now(UTC), status, **kw)

@@ -1,0 +1,315 @@
+"""The S3 source side: a ``minio`` client with one error translation.
+
+Every call goes through :meth:`BucketClient._errors`, the one place that knows the
+``minio`` and ``urllib3`` exception types: unreachable servers, TLS failures and refused
+credentials become :class:`SourceUnreachableError`; a missing bucket and other server
+errors :class:`SourceError`; a key that disappeared :class:`ObjectGoneError`; a failed
+``If-Match`` :class:`ObjectChangedError` (both subclasses of SourceError, raised so the
+snapshot can record them instead of failing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import Tags
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from drbackup.errors import SourceError, SourceUnreachableError
+
+# Standard headers kept with an object besides its content type and user metadata.
+PRESERVED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language")
+_META_PREFIX = "x-amz-meta-"
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+}
+
+
+class ObjectGoneError(SourceError):
+    """The object was deleted between the listing and the read (recorded as vanished)."""
+
+
+class ObjectChangedError(SourceError):
+    """The object's ETag is no longer the one expected (``If-Match`` failed)."""
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """What a listing says about an object."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: str  # ISO 8601 UTC, milliseconds
+
+
+def iso_time(ts: datetime | None) -> str:
+    """``2026-11-23T02:44:00.123Z`` (the form stored in snapshot indexes)."""
+    if ts is None:
+        return ""
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def split_headers(headers) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(content type, user metadata, preserved standard headers) from response headers."""
+    content_type = "application/octet-stream"
+    metadata: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower == "content-type":
+            content_type = value or content_type
+        elif lower.startswith(_META_PREFIX):
+            metadata[lower[len(_META_PREFIX) :]] = value
+        elif lower in PRESERVED_HEADERS:
+            kept[lower] = value
+    return content_type, metadata, kept
+
+
+def put_headers(metadata: dict[str, str], headers: dict[str, str]) -> dict[str, str]:
+    """Request headers that recreate user metadata and the preserved standard headers."""
+    out = {f"{_META_PREFIX}{name}": value for name, value in metadata.items()}
+    out.update({name: value for name, value in headers.items() if name in PRESERVED_HEADERS})
+    return out
+
+
+class SourceObject:
+    """An open GET of one object: its attributes from the response headers, and ``read``."""
+
+    def __init__(self, response, key: str, translate):
+        self._response, self._translate = response, translate
+        headers = response.headers
+        self.key = key
+        self.etag = (headers.get("ETag") or "").strip('"')
+        self.size = int(headers.get("Content-Length") or 0)
+        modified = headers.get("Last-Modified")
+        self.last_modified = iso_time(parsedate_to_datetime(modified)) if modified else ""
+        self.content_type, self.metadata, self.headers = split_headers(headers)
+        self.tag_count = int(headers.get("x-amz-tagging-count") or 0)
+        version = headers.get("x-amz-version-id")
+        self.version_id = version if version and version != "null" else None
+
+    def read(self, n: int = 1 << 20) -> bytes:
+        try:
+            return self._response.read(n)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._translate(exc) from exc
+
+    def close(self) -> None:
+        self._response.close()
+        self._response.release_conn()
+
+    def __enter__(self) -> SourceObject:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BucketClient:
+    """An S3-compatible server (MinIO, Ceph RGW, AWS...) reached with the ``minio`` client."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str | None,
+        secret_key: str | None,
+        *,
+        secure: bool = True,
+        cert_check: bool = True,
+        label: str = "",
+        max_connections: int = 16,
+        timeout: float = 120.0,
+    ):
+        """No I/O here.  ``label`` names the config entry in hints (``minio.<label>``)."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            maxsize=max_connections,
+            cert_reqs="CERT_REQUIRED" if cert_check else "CERT_NONE",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+        )
+        self._minio = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http
+        )
+        self.endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+        self._section = f"minio.{label}" if label else "the minio target"
+
+    @classmethod
+    def from_target(cls, name: str, cfg, *, max_connections: int = 16) -> BucketClient:
+        """A client for the ``minio.<name>`` config entry (``MinioTarget``)."""
+        return cls(**cfg.client_kwargs(), label=name, max_connections=max_connections)
+
+    # --- error translation ---------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, action: str, bucket: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.translate(exc, action, bucket, key) from exc
+
+    def translate(self, exc: Exception, action: str, bucket: str, key: str | None) -> SourceError:
+        """The drbackup error for a minio/urllib3 error while doing ``action``."""
+        what = f"cannot {action} {bucket}/{key}" if key is not None else f"cannot {action} {bucket}"
+        if isinstance(exc, S3Error):
+            return self._s3_error(exc, what, bucket, key)
+        if isinstance(exc, ServerError | InvalidResponseError):
+            return SourceError(f"{what}: {_one_line(str(exc))}")
+        reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            return SourceUnreachableError(
+                f"{what}: tls error talking to {self.endpoint}",
+                hint=f"check {self._section}.verify_tls and the endpoint's scheme",
+            )
+        if isinstance(reason, urllib3.exceptions.ResponseError):
+            return SourceError(f"{what}: {self.endpoint} kept failing ({_one_line(str(reason))})")
+        return SourceUnreachableError(
+            f"{what}: {self.endpoint} unreachable ({type(reason).__name__})",
+            hint=f"check {self._section}.endpoint and that the server is running",
+        )
+
+    def _s3_error(self, exc: S3Error, what: str, bucket: str, key: str | None) -> SourceError:
+        code = exc.code or ""
+        if code == "NoSuchKey" and key is not None:
+            return ObjectGoneError(f"{what}: object no longer exists")
+        if code == "PreconditionFailed":
+            return ObjectChangedError(f"{what}: object changed while being read")
+        if code == "NoSuchBucket":
+            return SourceError(
+                f"{what}: bucket {bucket} does not exist on {self.endpoint}",
+                hint=f"check {self._section}.buckets",
+            )
+        if code in _DENIED:
+            return SourceUnreachableError(
+                f"{what}: access denied by {self.endpoint} ({code})",
+                hint=f"check {self._section}.access_key_file / secret_key_file and the policy",
+            )
+        return SourceError(f"{what}: {code or 'error'}: {_one_line(exc.message or '')}")
+
+    # --- reading ------------------------------------------------------------------------
+
+    def check_bucket(self, bucket: str) -> None:
+        """Raise SourceError if ``bucket`` does not exist, SourceUnreachableError if unreachable."""
+        if not self.bucket_exists(bucket):
+            raise SourceError(
+                f"bucket {bucket} does not exist on {self.endpoint}",
+                hint=f"check {self._section}.buckets",
+            )
+
+    def bucket_exists(self, bucket: str) -> bool:
+        with self._errors("access", bucket):
+            return self._minio.bucket_exists(bucket)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ListedObject]:
+        """Objects under ``prefix`` in key order, one page at a time (constant memory)."""
+        with self._errors("list", bucket):
+            pages = self._minio.list_objects(bucket, prefix=prefix or None, recursive=True)
+        while True:
+            with self._errors("list", bucket):
+                obj = next(pages, None)
+            if obj is None:
+                return
+            yield ListedObject(
+                key=obj.object_name,
+                size=obj.size or 0,
+                etag=(obj.etag or "").strip('"'),
+                last_modified=iso_time(obj.last_modified),
+            )
+
+    def first_key(self, bucket: str) -> str | None:
+        """Any one key of ``bucket`` (None when empty): the non-empty-destination guard."""
+        return next((o.key for o in self.list_objects(bucket)), None)
+
+    def open_object(self, bucket: str, key: str, *, if_match: str | None = None) -> SourceObject:
+        """GET ``key``; with ``if_match``, ObjectChangedError unless its ETag still matches.
+
+        Raises ObjectGoneError if the key no longer exists.  The caller closes the result.
+        """
+        headers = {"If-Match": f'"{if_match}"'} if if_match else None
+        with self._errors("read", bucket, key):
+            response = self._minio.get_object(bucket, key, request_headers=headers)
+        return SourceObject(response, key, lambda exc: self.translate(exc, "read", bucket, key))
+
+    def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The object's tags (``{}`` when it has none)."""
+        with self._errors("read tags of", bucket, key):
+            tags = self._minio.get_object_tags(bucket, key)
+        return dict(tags or {})
+
+    # --- writing (restores, drills) -------------------------------------------------------
+
+    def put_object(
+        self,
+        bucket: str,
+        key: str,
+        reader,
+        length: int,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        tags: dict[str, str],
+        headers: dict[str, str],
+    ) -> None:
+        """Upload ``length`` bytes from ``reader`` with metadata and tags.
+
+        Large objects go up in parts; if ``reader`` raises, the upload is aborted and the
+        exception propagates unchanged, so no partial object appears.
+        """
+        object_tags = None
+        if tags:
+            object_tags = Tags(for_object=True)
+            object_tags.update(tags)
+        with self._errors("write", bucket, key):
+            self._minio.put_object(
+                bucket,
+                key,
+                reader,
+                length,
+                content_type=content_type,
+                metadata=put_headers(metadata, headers) or None,
+                tags=object_tags,
+                num_parallel_uploads=1,  # objects are uploaded in parallel instead
+            )
+
+    def list_buckets(self) -> list[str]:
+        """The names of every bucket the credentials can see."""
+        with self._errors("list buckets of", self.endpoint):
+            return [b.name for b in self._minio.list_buckets()]
+
+    def make_bucket(self, bucket: str) -> None:
+        with self._errors("create bucket", bucket):
+            self._minio.make_bucket(bucket)
+
+    def remove_bucket(self, bucket: str) -> None:
+        """Delete every object of ``bucket`` and then the bucket (missing: not an error)."""
+        if not self.bucket_exists(bucket):
+            return
+        while True:
+            keys = [DeleteObject(o.key) for o in itertools.islice(self.list_objects(bucket), 1000)]
+            if not keys:
+                break
+            with self._errors("empty bucket", bucket):
+                errors = list(self._minio.remove_objects(bucket, keys))
+            if errors:
+                raise SourceError(f"cannot empty bucket {bucket}: {errors[0].message}")
+        with self._errors("remove bucket", bucket):
+            self._minio.remove_bucket(bucket)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
