@@ -1,0 +1,465 @@
+"""``prune``: apply each target's retention policy and remove leftovers of unfinished backups.
+
+Per target, in this order:
+
+1. List the manifests (the backups that exist) and decrypt them for their recovery points.
+   A manifest that fails to decrypt or parse is kept and reported, never deleted.
+2. Decide with :func:`drbackup.retention.policy.apply_policy`, protecting the backup behind
+   the last passing drill and the newest backup not known to be damaged.
+3. Delete each expired backup manifest first, data after (``Repository.delete_backup``): a
+   crash in between leaves data without a manifest, which readers ignore and the next
+   prune removes.  A backup whose manifest is under S3 Object Lock is skipped and reported.
+4. Remove data directories without a manifest (interrupted backups) once nothing was
+   written to them for the target's ``leftover_grace``.  A running backup writes its
+   manifest last, so its data looks the same: the grace period is what keeps it safe.
+
+Then, if bucket snapshots were removed, blob collection (``actions.gc``) frees the blobs
+no snapshot references any more.  A failing target does not stop the others: its error
+is in the report (:meth:`PruneReport.raise_for_errors`).  ``dry_run`` decides and reports
+without deleting anything.  See ``docs/retention.md``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from drbackup.actions.gc import collect_garbage
+from drbackup.config.retention import RetentionSettings, retention_settings
+from drbackup.drill.checks import PASS, WARN
+from drbackup.drill.history import history_entries
+from drbackup.drill.report import REPORT_PREFIX
+from drbackup.errors import (
+    DrbackupError,
+    IntegrityError,
+    LockedError,
+    ObjectNotFoundError,
+    StorageError,
+    UsageError,
+)
+from drbackup.repository.manifest import (
+    DATA_PREFIX,
+    BackupRef,
+    is_backup_id,
+    manifest_key,
+)
+from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy
+
+DRILL_REASON = "last passing drill {drill_id}"
+GOOD_REASON = "newest backup not known to be damaged"
+NO_POLICY_NOTE = "no retention policy: every backup is kept"
+_POLICY_HINT = "set keep_last, keep_daily, ... under the target's 'retention:' (docs/retention.md)"
+
+
+@dataclass
+class Leftover:
+    """Data of a backup that has no manifest (an interrupted backup or prune)."""
+
+    backup_id: str
+    objects: int
+    size: int
+    last_written: datetime
+    action: str  # removed, would remove, kept (younger than grace), locked
+    locked_until: datetime | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "backup_id": self.backup_id,
+            "objects": self.objects,
+            "size": self.size,
+            "last_written": _iso(self.last_written),
+            "action": self.action,
+            "locked_until": _iso(self.locked_until) if self.locked_until else None,
+        }
+
+
+@dataclass
+class TargetPrune:
+    """What prune decided and did for one target."""
+
+    target: str
+    policy: RetentionPolicy
+    keep: list[tuple[BackupInfo, list[str]]] = field(default_factory=list)
+    remove: list[BackupInfo] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    locked: dict[str, datetime] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    leftovers: list[Leftover] = field(default_factory=list)
+    note: str | None = None
+    error: DrbackupError | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "policy": self.policy.to_dict(),
+            "policy_text": self.policy.describe(),
+            "keep": [_backup_dict(b, reasons=r) for b, r in self.keep],
+            "remove": [self._removal_dict(b) for b in self.remove],
+            "unreadable": [{"backup_id": k, "error": v} for k, v in self.unreadable.items()],
+            "leftovers": [leftover.to_dict() for leftover in self.leftovers],
+            "note": self.note,
+            "error": self.error.message if self.error else None,
+        }
+
+    def action(self, backup_id: str) -> str:
+        """What happened to a backup the policy expires: removed, would remove, locked."""
+        if backup_id in self.locked:
+            return "locked"
+        return "removed" if backup_id in self.removed else "would remove"
+
+    def _removal_dict(self, backup: BackupInfo) -> dict:
+        until = self.locked.get(backup.backup_id)
+        return _backup_dict(
+            backup,
+            action=self.action(backup.backup_id),
+            locked_until=_iso(until) if until else None,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "kept": len(self.keep) + len(self.unreadable),
+            "removed": len(self.removed),
+            "locked": len(self.locked)
+            + sum(1 for left in self.leftovers if left.action == "locked"),
+            "leftovers_removed": sum(1 for left in self.leftovers if left.action == "removed"),
+        }
+
+
+@dataclass
+class PruneReport:
+    """Every target's outcome; ``failed`` lists the targets whose prune raised."""
+
+    dry_run: bool
+    targets: list[TargetPrune]
+    now: datetime
+    blobs: dict | None = None  # what blob collection reported, if it ran
+    blob_error: DrbackupError | None = None
+
+    @property
+    def failed(self) -> list[TargetPrune]:
+        return [t for t in self.targets if t.error is not None]
+
+    def raise_for_errors(self) -> None:
+        """Raise the first error's class, naming every target that failed (and gc)."""
+        errors = [(t.target, t.error) for t in self.failed]
+        if self.blob_error is not None:
+            errors.append(("blob collection", self.blob_error))
+        if not errors:
+            return
+        first = errors[0][1]
+        lines = "; ".join(f"{name}: {error.message}" for name, error in errors)
+        raise type(first)(f"prune failed for {len(errors)} part(s): {lines}", hint=first.hint)
+
+    def to_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "now": _iso(self.now),
+            "targets": [t.to_dict() for t in self.targets],
+            "blobs": self.blobs,
+        }
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def prune_targets(
+    app, names: list[str] | None = None, *, dry_run: bool = False, now: datetime | None = None
+) -> PruneReport:
+    """Prune the named targets (every configured target when ``names`` is empty).
+
+    Raises ``UsageError`` for an unknown target, for a named target without a policy, or
+    when no target has one.  Per-target failures are in the report (``raise_for_errors``).
+    """
+    settings = _settings_for(app.config, names)
+    catalog = _optional(lambda: app.catalog)
+    return prune_repository(app.repository(), settings, dry_run=dry_run, now=now, catalog=catalog)
+
+
+def prune_target(app, name: str, *, dry_run: bool = False, now: datetime | None = None):
+    """Prune one target (the daemon's job); returns its :class:`TargetPrune`.
+
+    Raises what the prune raised (after recording the run), ``UsageError`` for an unknown
+    target or one without a retention policy.
+    """
+    report = prune_targets(app, [name], dry_run=dry_run, now=now)
+    report.raise_for_errors()
+    return report.targets[0]
+
+
+def prune_repository(
+    repo,
+    settings: dict[str, RetentionSettings],
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    catalog=None,
+) -> PruneReport:
+    """Prune ``repo`` target by target with the given settings; see the module docstring.
+
+    ``catalog`` (optional) protects the newest backup not marked damaged, forgets deleted
+    backups and records one ``prune`` run per target (not for a dry run).
+    Raises ``ConfigError`` / ``EncryptionKeyError`` without a key that reads manifests.
+    """
+    repo.keyring.require(read=True)
+    now = now or datetime.now(UTC)
+    report = PruneReport(dry_run=dry_run, targets=[], now=now)
+    for target, target_settings in settings.items():
+        started = datetime.now(UTC)
+        result = TargetPrune(target=target, policy=target_settings.policy())
+        try:
+            _prune_target(repo, result, target_settings, dry_run, now, catalog)
+        except DrbackupError as exc:
+            result.error = exc
+        report.targets.append(result)
+        if catalog is not None and not dry_run:
+            _record_run(catalog, result, started)
+    report.blobs = _collect_blobs(repo, report)
+    return report
+
+
+def _settings_for(config, names: list[str] | None) -> dict[str, RetentionSettings]:
+    if names:
+        chosen = {name: retention_settings(config.target(name)) for name in names}
+        for name, settings in chosen.items():
+            if settings.policy().is_empty():
+                raise UsageError(f"target '{name}' has no retention policy", hint=_POLICY_HINT)
+        return chosen
+    chosen = {name: retention_settings(cfg) for name, cfg in config.targets.items()}
+    if not any(not s.policy().is_empty() for s in chosen.values()):
+        raise UsageError("no target has a retention policy: nothing to prune", hint=_POLICY_HINT)
+    return chosen
+
+
+# --- one target -----------------------------------------------------------------------------
+
+
+def _prune_target(repo, result: TargetPrune, settings, dry_run: bool, now: datetime, catalog):
+    refs = repo.list_refs(result.target)
+    backups = _load_backups(repo, refs, result)
+    protected = _protections(repo, result.target, backups, catalog)
+    decision = apply_policy(backups, result.policy, protected=protected, now=now)
+    result.keep, result.remove = decision.keep, decision.remove
+    if result.policy.is_empty():
+        result.note = NO_POLICY_NOTE
+    for backup in decision.remove:
+        ref = BackupRef(backup.backup_id, result.target)
+        _delete_backup(repo, result, ref, catalog, dry_run)
+    committed = {ref.backup_id for ref in refs}
+    _prune_leftovers(repo, result, committed, settings.leftover_grace, now, dry_run)
+
+
+def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[BackupInfo]:
+    """BackupInfo of every readable manifest; unreadable ones go to ``result.unreadable``."""
+    backups = []
+    for ref in refs:
+        try:
+            manifest = repo.load_manifest(ref)
+        except IntegrityError as exc:
+            result.unreadable[ref.backup_id] = exc.message
+            continue
+        except UsageError:
+            continue  # deleted since the listing (another prune): nothing to decide
+        point = manifest.recovery_point or manifest.started_at
+        backups.append(
+            BackupInfo(ref.backup_id, ref.target, _parse_time(point), kind=manifest.kind)
+        )
+    return backups
+
+
+def _protections(repo, target: str, backups: list[BackupInfo], catalog) -> dict[str, str]:
+    """Backup ids no policy may remove, with the reason: last passing drill, newest good."""
+    protected = {}
+    drill = last_passing_drill(repo, target)
+    if drill is not None:
+        drill_id, backup_id = drill
+        protected[backup_id] = DRILL_REASON.format(drill_id=drill_id)
+    good = _newest_good(backups, catalog, repo.id)
+    if good is not None:
+        protected.setdefault(good, GOOD_REASON)
+    return protected
+
+
+def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str | None:
+    """The newest backup the catalog does not mark damaged, when the newest one is damaged."""
+    if catalog is None or not backups:
+        return None
+    records = _optional(lambda: catalog.list_backups(backups[0].target, repository_id)) or []
+    damaged = {r.backup_id for r in records if r.status == "damaged"}
+    ordered = sorted(backups, key=lambda b: (b.recovery_point, b.backup_id), reverse=True)
+    if ordered[0].backup_id not in damaged:
+        return None  # the newest is protected anyway
+    return next((b.backup_id for b in ordered if b.backup_id not in damaged), None)
+
+
+def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: bool) -> None:
+    """Delete one backup unless Object Lock holds its manifest; record what happened."""
+    until = locked_until(repo.storage, ref.manifest_key)
+    if until is not None:
+        result.locked[ref.backup_id] = until
+        return
+    if dry_run:
+        return
+    try:
+        repo.delete_backup(ref)
+    except StorageError:
+        until = locked_until(repo.storage, ref.manifest_key)
+        if until is None:
+            raise
+        result.locked[ref.backup_id] = until
+        return
+    result.removed.append(ref.backup_id)
+    if catalog is not None:
+        _optional(lambda: catalog.forget_backup(ref.backup_id, repo.id))
+
+
+def locked_until(storage, key: str) -> datetime | None:
+    """Until when Object Lock protects ``key``; None if unlocked, missing, or no such feature."""
+    probe = getattr(storage, "locked_until", None)
+    if probe is None:
+        return None
+    try:
+        return probe(key)
+    except ObjectNotFoundError:
+        return None
+
+
+# --- leftovers of unfinished backups --------------------------------------------------------
+
+
+def _prune_leftovers(repo, result, committed: set[str], grace: timedelta, now, dry_run) -> None:
+    for backup_id, objects in find_leftovers(repo.storage, result.target, committed).items():
+        last = max([_id_time(backup_id), *(_mtime(o.mtime) for o in objects)])
+        leftover = Leftover(backup_id, len(objects), sum(o.size for o in objects), last, "")
+        result.leftovers.append(leftover)
+        if now - last < grace:
+            leftover.action = "kept (younger than grace)"
+        elif repo.storage.exists(manifest_key(result.target, backup_id)):
+            leftover.action = "kept (committed meanwhile)"  # a backup finished during prune
+        else:
+            _remove_leftover(repo.storage, leftover, [o.key for o in objects], dry_run)
+
+
+def find_leftovers(storage, target: str, committed: set[str]) -> dict[str, list]:
+    """``{backup_id: [ObjectInfo]}`` of data under ``data/<target>/`` without a manifest."""
+    found = defaultdict(list)
+    for info in storage.list(f"{DATA_PREFIX}{target}/"):
+        parts = info.key.split("/")
+        if len(parts) == 4 and is_backup_id(parts[2]) and parts[2] not in committed:
+            found[parts[2]].append(info)
+    return dict(found)
+
+
+def _remove_leftover(storage, leftover: Leftover, keys: list[str], dry_run: bool) -> None:
+    locks = [until for key in keys if (until := locked_until(storage, key)) is not None]
+    if locks:
+        leftover.action, leftover.locked_until = "locked", max(locks)
+        return
+    if dry_run:
+        leftover.action = "would remove"
+        return
+    for key in keys:
+        storage.delete(key)
+    leftover.action = "removed"
+
+
+# --- drills, blobs, catalog -----------------------------------------------------------------
+
+
+def last_passing_drill(repo, target: str) -> tuple[str, str] | None:
+    """``(drill_id, backup_id)`` of the target's newest drill that did not fail, or None.
+
+    Reads the drill reports in the repository (``reports/<target>/<drill id>``), newest
+    first; a report that fails authentication is passed over.  "Passing" means status pass or
+    warn: the restore worked and the data checks held, which is what the rule protects.
+    """
+    keys = [info.key for info in repo.storage.list(f"{REPORT_PREFIX}{target}/")]
+    for key in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True):
+        try:
+            report = repo.get_document(key)
+        except (IntegrityError, ObjectNotFoundError):
+            continue  # damaged or just removed; storage errors propagate (never guess)
+        for entry in history_entries(report):
+            passed = entry["status"] in (PASS, WARN)
+            if entry["target"] == target and passed and entry["backup_id"]:
+                return entry["drill_id"], entry["backup_id"]
+    return None
+
+
+def _collect_blobs(repo, report: PruneReport) -> dict | None:
+    """Collect blobs no snapshot references once bucket snapshots were removed.
+
+    Not on a dry run (nothing was removed, so gc would not see what prune frees).  A
+    running snapshot makes gc refuse: that is noted, not a failure ('drbackup gc' later).
+    """
+    removed_snapshots = [
+        b
+        for t in report.targets
+        for b in t.remove
+        if b.kind != "postgres" and b.backup_id in t.removed
+    ]
+    if report.dry_run or not removed_snapshots:
+        return None
+    try:
+        result = collect_garbage(repo)
+    except LockedError as exc:
+        return {"ran": False, "note": f"blob collection skipped: {exc.message}"}
+    except DrbackupError as exc:
+        report.blob_error = exc
+        return {"ran": False, "note": f"blob collection failed: {exc.message}"}
+    return {
+        "ran": True,
+        "deleted": result.deleted,
+        "deleted_bytes": result.deleted_bytes,
+        "young": result.young,
+        "missing": result.missing,
+        "note": result.note,
+    }
+
+
+def _record_run(catalog, result: TargetPrune, started: datetime) -> None:
+    details = {**result.counts(), "policy": result.policy.describe()}
+    status = "failed" if result.error else "ok"
+    error = result.error.message if result.error else None
+    _optional(
+        lambda: catalog.record_run(
+            "prune", result.target, started, datetime.now(UTC), status, error=error, details=details
+        )
+    )
+
+
+def _optional(fn):
+    """The catalog is only an index: its failures never fail a prune."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def _backup_dict(backup: BackupInfo, **extra) -> dict:
+    return {
+        "backup_id": backup.backup_id,
+        "kind": backup.kind,
+        "recovery_point": _iso(backup.recovery_point),
+        **extra,
+    }
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _id_time(backup_id: str) -> datetime:
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _mtime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,94 @@
+"""``drbackup prune [--target T ...] [--dry-run] [--json]``."""
+
+from __future__ import annotations
+
+import click
+
+from drbackup.actions.prune import PruneReport, TargetPrune, prune_targets
+from drbackup.cli.render import echo_json, human_size
+
+
+@click.command("prune")
+@click.option(
+    "-t", "--target", "targets", multiple=True, help="Only this target (repeatable); default: all."
+)
+@click.option("--dry-run", is_flag=True, help="Show what would go and why the rest stays.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
+@click.pass_obj
+def prune(state, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Remove backups the targets' retention policies expire, and unfinished backups' data.
+
+    Each survivor is listed with the rules that keep it (docs/retention.md).
+    """
+    report = prune_targets(state.app, list(targets), dry_run=dry_run)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        _render(report)
+    report.raise_for_errors()
+
+
+def _render(report: PruneReport) -> None:
+    for result in report.targets:
+        _render_target(result)
+        click.echo()
+    click.echo(_summary(report))
+
+
+def _render_target(result: TargetPrune) -> None:
+    click.echo(f"target {result.target}: {result.policy.describe()} ({result.policy.tz})")
+    if result.note:
+        click.echo(f"  {result.note}")
+    for backup, reasons in result.keep:
+        click.echo(f"  keep    {_line(backup)}  {', '.join(reasons)}")
+    for backup_id, problem in result.unreadable.items():
+        click.echo(f"  keep    {backup_id}  unreadable manifest, never removed: {problem}")
+    for backup in result.remove:
+        action = result.action(backup.backup_id)
+        until = result.locked.get(backup.backup_id)
+        extra = f" until {until:%Y-%m-%d %H:%M}Z (object lock): skipped" if until else ""
+        click.echo(f"  {_verb(action):<7} {_line(backup)}{extra}")
+    for left in result.leftovers:
+        click.echo(
+            f"  data    {left.backup_id}  no manifest, {left.objects} object(s), "
+            f"{human_size(left.size)}, last written {left.last_written:%Y-%m-%d %H:%M}Z: "
+            f"{left.action}"
+        )
+    if result.error:
+        click.echo(f"  error: {result.error.message}")
+
+
+def _verb(action: str) -> str:
+    return {"removed": "removed", "would remove": "remove", "locked": "locked"}[action]
+
+
+def _line(backup) -> str:
+    return f"{backup.backup_id}  {backup.kind:<8}  {backup.recovery_point:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _summary(report: PruneReport) -> str:
+    totals: dict[str, int] = {}
+    for result in report.targets:
+        for key, value in result.counts().items():
+            totals[key] = totals.get(key, 0) + value
+    expired = sum(len(t.remove) for t in report.targets)
+    if report.dry_run:
+        text = f"dry run: {expired} backup(s) would be removed, {totals.get('kept', 0)} kept"
+    else:
+        text = (
+            f"{totals.get('removed', 0)} backup(s) removed, {totals.get('kept', 0)} kept, "
+            f"{totals.get('leftovers_removed', 0)} unfinished backup(s) cleaned"
+        )
+    if totals.get("locked"):
+        text += f", {totals['locked']} skipped under object lock"
+    if report.blobs:
+        blobs = report.blobs
+        text += (
+            f"; blobs: {blobs['deleted']} deleted ({human_size(blobs['deleted_bytes'])})"
+            if blobs.get("ran")
+            else f"; {blobs['note']}"
+        )
+    return text
+
+
+COMMANDS = [prune]
