@@ -54,9 +54,45 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from drbackup.cli import backup, catalog, config, demo, export, inspect, key, repo, restore
+    from drbackup.cli import (
+        backup,
+        bucket_drill,
+        catalog,
+        config,
+        daemon,
+        demo,
+        drill,
+        export,
+        gc,
+        inspect,
+        key,
+        prune,
+        repo,
+        report,
+        restore,
+        restore_minio,
+        snapshot,
+    )
 
-    for module in (repo, config, inspect, catalog, key, backup, restore, export, demo):
+    for module in (
+        repo,
+        config,
+        inspect,
+        catalog,
+        key,
+        backup,
+        restore,
+        export,
+        demo,
+        daemon,
+        report,
+        drill,
+        prune,
+        snapshot,
+        restore_minio,
+        gc,
+        bucket_drill,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -71,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="drbackup", standalone_mode=False)
-        code = 0
+        # Without standalone mode, click returns ctx.exit(code)'s code instead of raising
+        # Exit: `report` exits with its nagios status this way.
+        result = cli.main(args=argv, prog_name="drbackup", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

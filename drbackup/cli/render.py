@@ -7,16 +7,7 @@ from contextlib import contextmanager
 
 import click
 
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+from drbackup.units import human_size  # noqa: F401 - re-exported for commands
 
 
 def echo_json(data) -> None:

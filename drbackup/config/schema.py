@@ -384,6 +384,45 @@ class DrillSettings(Section):
     """Name prefix of scratch databases, which drills drop when done."""
 
 
+class WebhookSettings(Section):
+    url_file: SecretFile | None = None
+    """File holding the webhook URL (webhook URLs carry tokens)."""
+    url: EnvSecret = None
+    timeout: Duration = timedelta(seconds=10)
+    """How long a POST may take."""
+
+    secret_files: ClassVar[dict[str, str]] = {"url": "url_file"}
+
+
+class EmailSettings(Section):
+    host: str
+    """SMTP server."""
+    port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password_file: SecretFile | None = None
+    """File holding the SMTP password."""
+    password: EnvSecret = None
+    sender: str
+    """From address."""
+    to: list[str] = Field(min_length=1)
+    """Recipients."""
+    subject_prefix: str = "[drbackup]"
+    timeout: Duration = timedelta(seconds=10)
+
+    secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
+
+
+class NotificationSettings(Section):
+    webhook: WebhookSettings | None = None
+    """A generic JSON webhook (Slack-compatible 'text' field)."""
+    email: EmailSettings | None = None
+    """SMTP email."""
+    on_failure: bool = True
+    """The daemon notifies each failed job."""
+
+
 Target = PostgresTarget | MinioTarget
 
 
@@ -403,6 +442,10 @@ class Config(Section):
     """Bucket targets by name."""
     drill: Annotated[DrillSettings, EMPTY_IS_DEFAULT] = Field(default_factory=DrillSettings)
     """Restore drill settings."""
+    notifications: Annotated[NotificationSettings, EMPTY_IS_DEFAULT] = Field(
+        default_factory=NotificationSettings
+    )
+    """Where failures and reports are sent."""
 
     _source: str | None = PrivateAttr(None)
 

@@ -1,0 +1,74 @@
+"""``drbackup report [--format text|json|markdown|prometheus] [-o FILE] [--notify]``."""
+
+from __future__ import annotations
+
+import click
+
+from drbackup.report.health import Status
+
+REPORT_EPILOG = (
+    "\b\nExit codes (nagios convention; unlike other commands):\n"
+    + "\n".join(f"  {s.value:>3}  {s.name}" for s in Status)
+    + "\n  other  drbackup's usual codes for errors: 2 bad config or usage, 1 a failed"
+    + "\n         --notify (after the report was printed)"
+)
+
+
+@click.command("report", epilog=REPORT_EPILOG)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "prometheus"]),
+    default="text",
+    show_default=True,
+    help="prometheus: for node-exporter's textfile collector.",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write the report to FILE atomically instead of stdout.",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Only these targets (repeatable); default every target.",
+)
+@click.option(
+    "--notify",
+    type=click.Choice(["never", "problems", "always"]),
+    default=None,
+    flag_value="always",
+    is_flag=False,
+    help="Send the report to 'notifications:' destinations (bare --notify: always).",
+)
+@click.pass_context
+def report(ctx: click.Context, fmt: str, output: str | None, targets, notify: str | None):
+    """Health of every target: backup age vs RPO, drills, restore points, failed runs.
+
+    OK, WARNING (no passing drill in 35 days, failed runs in 24h), CRITICAL (backup
+    older than the RPO, failed last drill), UNKNOWN (repository unreachable). The exit
+    code is the status: for cron and monitoring plugins.
+    """
+    from drbackup.report import notify as notifications
+    from drbackup.report.health import gather_report
+    from drbackup.report.render import render, write_atomic
+
+    app = ctx.obj.app
+    for name in targets:
+        app.config.target(name)  # unknown names fail before any work
+    destinations = notifications.destinations_from_config(app.config, required=bool(notify))
+    result = gather_report(app, list(targets) or None)
+    text = render(result, fmt)
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    if notify == "always" or (notify == "problems" and result.exit_code != 0):
+        notifications.send_report(destinations, result)  # NotifyError: exit 1, after output
+    ctx.exit(result.exit_code)
+
+
+COMMANDS = [report]

@@ -1,0 +1,397 @@
+"""The health report: per target, is there a recent enough backup, and a recent passing drill?
+
+Facts come from the **repository** (the source of truth: manifests and drill reports) and
+the catalog (the runs history).  :func:`gather_report` does the reading;
+:func:`evaluate_target` applies the rules, without I/O, so they are tested on synthetic data.
+
+Rules per target (the worst finding is the target's status)::
+
+    no backup                                    CRITICAL
+    newest good backup older than the RPO        CRITICAL
+    last drill failed                            CRITICAL
+    last drill passed with warnings              WARNING
+    no passing drill within 35 days (or never)   WARNING   (postgres targets)
+    last drill's restore over 80% of the RTO     WARNING
+    failed runs in the last 24 hours             WARNING
+    unreadable manifests                         WARNING
+    catalog unavailable (runs unknown)           WARNING
+    repository unreachable                       UNKNOWN   (every target, and the report)
+
+The report's status is the worst of its targets', ranked OK < WARNING < UNKNOWN < CRITICAL;
+its exit code follows the nagios convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+from drbackup.errors import DrbackupError
+
+DRILL_MAX_AGE = timedelta(days=35)
+RTO_WARN_FRACTION = 0.8
+FAILED_RUNS_WINDOW = timedelta(hours=24)
+TREND_DRILLS = 10  # drill reports read per target for the RTO trend
+DRILLED_KINDS = ("postgres",)  # target kinds drills exist for
+REPORT_FORMAT = "drbackup-health-report"
+REPORT_VERSION = 1
+
+
+class Status(IntEnum):
+    """Nagios states; the value is the exit code."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+_RANK = {Status.OK: 0, Status.WARNING: 1, Status.UNKNOWN: 2, Status.CRITICAL: 3}
+
+
+def worst(statuses) -> Status:
+    """The most severe status (OK < WARNING < UNKNOWN < CRITICAL); OK for none."""
+    return max(statuses, key=_RANK.__getitem__, default=Status.OK)
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class BackupFact:
+    backup_id: str
+    recovery_point: datetime
+    size: int = 0
+    stored_size: int = 0
+
+
+@dataclass(frozen=True)
+class DrillFact:
+    drill_id: str
+    started_at: datetime
+    status: str  # pass | warn | fail (the drill report's status for this target)
+    restore_s: float | None = None  # restore and verification time (history total_s)
+    failed_checks: tuple[str, ...] = ()
+    backup_id: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "fail"
+
+
+@dataclass
+class TargetFacts:
+    """What was read about one target; ``failed_runs`` None means the catalog was unavailable."""
+
+    name: str
+    kind: str
+    rpo: timedelta
+    rto: timedelta
+    restore_points: int = 0
+    newest: BackupFact | None = None
+    oldest: BackupFact | None = None
+    unreadable: list[str] = field(default_factory=list)
+    drills: list[DrillFact] = field(default_factory=list)  # oldest first
+    failed_runs: list[str] | None = field(default_factory=list)  # "kind at time: error"
+
+
+@dataclass
+class TargetHealth:
+    facts: TargetFacts
+    status: Status
+    findings: list[Finding]
+
+
+@dataclass
+class RepositoryFacts:
+    url: str
+    reachable: bool
+    error: str | None = None
+    id: str | None = None
+    size: int | None = None
+
+
+@dataclass
+class HealthReport:
+    generated_at: datetime
+    repository: RepositoryFacts
+    targets: list[TargetHealth]
+    status: Status
+    findings: list[Finding] = field(default_factory=list)  # not about one target
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.status)
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
+    """Apply the rules of the module docstring to one target's facts."""
+    findings = _backup_findings(facts, now)
+    if facts.kind in DRILLED_KINDS or facts.drills:
+        findings += _drill_findings(facts, now)
+    if facts.failed_runs is None:
+        findings.append(Finding(Status.WARNING, "catalog unavailable: failed runs unknown"))
+    elif facts.failed_runs:
+        count = len(facts.failed_runs)
+        findings.append(
+            Finding(
+                Status.WARNING,
+                f"{count} failed run{'s' if count > 1 else ''} in the last 24h "
+                f"(latest: {facts.failed_runs[-1]})",
+            )
+        )
+    return TargetHealth(facts, worst(f.status for f in findings), findings)
+
+
+def _backup_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
+    findings = []
+    if facts.newest is None:
+        findings.append(Finding(Status.CRITICAL, "no backup in the repository"))
+    else:
+        age = now - facts.newest.recovery_point
+        if age > facts.rpo:
+            findings.append(
+                Finding(
+                    Status.CRITICAL,
+                    f"last backup is {human_age(age)} old, older than the rpo "
+                    f"{human_age(facts.rpo)}",
+                )
+            )
+    if facts.unreadable:
+        findings.append(
+            Finding(
+                Status.WARNING,
+                f"{len(facts.unreadable)} unreadable manifest(s): {facts.unreadable[0]}",
+            )
+        )
+    return findings
+
+
+def _drill_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
+    findings = []
+    last = facts.drills[-1] if facts.drills else None
+    if last is not None and last.status == "fail":
+        failed = ", ".join(last.failed_checks) or "see the drill report"
+        findings.append(Finding(Status.CRITICAL, f"last drill {last.drill_id} failed: {failed}"))
+    elif last is not None and last.status == "warn":
+        findings.append(Finding(Status.WARNING, f"last drill {last.drill_id} passed with warnings"))
+    passing = [d for d in facts.drills if d.passed]
+    if not passing:
+        findings.append(Finding(Status.WARNING, "no passing drill on record"))
+    elif now - passing[-1].started_at > DRILL_MAX_AGE:
+        age = human_age(now - passing[-1].started_at)
+        findings.append(
+            Finding(
+                Status.WARNING, f"no passing drill in {DRILL_MAX_AGE.days} days (last {age} ago)"
+            )
+        )
+    if last is not None and last.passed and last.restore_s is not None:
+        budget = facts.rto.total_seconds()
+        if budget and last.restore_s > RTO_WARN_FRACTION * budget:
+            findings.append(
+                Finding(
+                    Status.WARNING,
+                    f"last drill restored in {human_age(timedelta(seconds=last.restore_s))}, over "
+                    f"{int(RTO_WARN_FRACTION * 100)}% of the rto {human_age(facts.rto)}",
+                )
+            )
+    return findings
+
+
+def build_report(
+    repository: RepositoryFacts, facts: list[TargetFacts], now: datetime
+) -> HealthReport:
+    """Evaluate every target; an unreachable repository makes everything UNKNOWN."""
+    if not repository.reachable:
+        finding = Finding(Status.UNKNOWN, f"repository unreachable: {repository.error}")
+        targets = [TargetHealth(f, Status.UNKNOWN, [finding]) for f in facts]
+        return HealthReport(now, repository, targets, Status.UNKNOWN, [finding])
+    targets = [evaluate_target(f, now) for f in facts]
+    findings = []
+    if not facts:
+        findings.append(Finding(Status.WARNING, "no targets configured"))
+    status = worst([*(t.status for t in targets), *(f.status for f in findings)])
+    return HealthReport(now, repository, targets, status, findings)
+
+
+def human_age(value: timedelta) -> str:
+    """``2d3h``, ``3h12m``, ``45m``, ``30s``: two units at most."""
+    seconds = int(value.total_seconds())
+    if seconds < 0:
+        return f"-{human_age(-value)}"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count or (unit == "s" and not parts):
+            parts.append(f"{count}{unit}")
+    return "".join(parts[:2])
+
+
+# -- reading the facts ------------------------------------------------------------------------
+
+
+def gather_report(
+    app, targets: list[str] | None = None, now: datetime | None = None
+) -> HealthReport:
+    """Read the repository and the catalog for ``targets`` (default: every target)."""
+    now = now or datetime.now(UTC)
+    names = targets or list(app.config.targets)
+    configs = {name: app.config.target(name) for name in names}
+    facts = [TargetFacts(name, type(cfg).kind, cfg.rpo, cfg.rto) for name, cfg in configs.items()]
+    repository, repo = _open_repository(app)
+    if repo is None:
+        return build_report(repository, facts, now)
+    catalog = _catalog(app)
+    damaged = _damaged_backups(catalog)
+    try:
+        for fact in facts:
+            _read_backups(repo, fact, damaged)
+            fact.drills = read_drills(repo, fact.name)
+            fact.failed_runs = _failed_runs(catalog, fact.name, now)
+        repository.size = sum(info.size for info in repo.storage.list(""))
+    except DrbackupError as exc:  # lost the repository half-way
+        repository.reachable, repository.error = False, exc.message
+    return build_report(repository, facts, now)
+
+
+def _open_repository(app):
+    url = _safe_url(app)
+    try:
+        repo = app.repository()
+    except DrbackupError as exc:
+        return RepositoryFacts(url, False, exc.message), None
+    return RepositoryFacts(repo.url, True, id=repo.id), repo
+
+
+def _safe_url(app) -> str:
+    try:
+        return app.storage.url
+    except DrbackupError:
+        return str(app.config.repository.url)
+
+
+def _catalog(app):
+    try:
+        return app.catalog
+    except DrbackupError:
+        return None
+
+
+def _damaged_backups(catalog) -> set[str]:
+    if catalog is None:
+        return set()
+    with contextlib.suppress(DrbackupError):
+        return {b.backup_id for b in catalog.list_backups() if b.status != "ok"}
+    return set()
+
+
+def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
+    refs = repo.list_refs(fact.name)
+    fact.restore_points = len(refs)
+    fact.newest = _first_readable(repo, reversed(refs), fact, damaged)
+    fact.oldest = _first_readable(repo, refs, fact, set()) if refs else None
+
+
+def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:
+    from drbackup.catalog.summary import parse_time
+
+    for ref in refs:
+        if ref.backup_id in skip:
+            continue
+        try:
+            m = repo.load_manifest(ref)
+        except DrbackupError as exc:
+            if f"{ref.backup_id}: {exc.message}" not in fact.unreadable:
+                fact.unreadable.append(f"{ref.backup_id}: {exc.message}")
+            continue
+        point = parse_time(m.recovery_point or m.started_at, ref.manifest_key)
+        return BackupFact(m.backup_id, point, m.size, m.stored_size)
+    return None
+
+
+def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]:
+    """The target's drills from its reports in the repository: the newest ``limit``, plus
+    the newest passing one if older, oldest first.  Unreadable reports are skipped."""
+    try:
+        from drbackup.drill.history import history_entries
+        from drbackup.drill.report import REPORT_PREFIX
+    except ImportError:  # drills not installed: no drill facts
+        return []
+    keys = sorted(
+        (i.key for i in repo.storage.list(f"{REPORT_PREFIX}{target}/")),
+        key=lambda k: k.rsplit("/", 1)[-1],
+        reverse=True,
+    )
+    found: list[DrillFact] = []
+    for key in keys:
+        if len(found) >= limit and any(d.passed for d in found):
+            break
+        try:
+            report = repo.get_document(key)
+        except DrbackupError:
+            continue
+        found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]
+    return sorted(found, key=lambda d: d.drill_id)
+
+
+def _drill_fact(entry: dict) -> DrillFact:
+    started = datetime.fromisoformat(entry["started_at"])
+    return DrillFact(
+        drill_id=entry["drill_id"],
+        started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
+        status=entry["status"],
+        restore_s=entry.get("total_s"),
+        failed_checks=tuple(entry.get("failed") or ()),
+        backup_id=entry.get("backup_id"),
+    )
+
+
+def _failed_runs(catalog, target: str, now: datetime) -> list[str] | None:
+    if catalog is None:
+        return None
+    try:
+        runs = catalog.runs(since=now - FAILED_RUNS_WINDOW, target=target, status="failed")
+    except DrbackupError:
+        return None
+    return [
+        f"{r.kind} at {r.started_at:%Y-%m-%d %H:%M}Z: {r.error or 'no message'}"
+        for r in runs
+        if r.kind != "job"  # the daemon's job rows summarise these same runs
+    ]
+
+
+# -- report, write, notify (what `drbackup report` and the daemon's report job do) ---------
+
+
+def report_and_notify(
+    app,
+    *,
+    targets: list[str] | None = None,
+    fmt: str = "text",
+    output: str | None = None,
+    notify: str = "never",
+) -> HealthReport:
+    """Gather the report; write it to ``output`` (atomically) in ``fmt``; notify when
+    ``notify`` is ``always``, or ``problems`` and the status is not OK (nothing when no
+    destination is configured: the daemon's default schedule works without one).
+
+    Raises NotifyError if a configured destination failed (after trying all of them).
+    """
+    from drbackup.report import notify as notifications
+    from drbackup.report.render import render, write_atomic
+
+    report = gather_report(app, targets)
+    if output:
+        write_atomic(output, render(report, fmt))
+    destinations = notifications.destinations_from_config(app.config)
+    if destinations and (notify == "always" or (notify == "problems" and report.exit_code)):
+        notifications.send_report(destinations, report)
+    return report

@@ -1,0 +1,334 @@
+"""The health report as text (a table), JSON, Markdown and a Prometheus textfile.
+
+The JSON form is the documented schema (docs/daemon.md, "Report JSON"); the Prometheus
+form is for node-exporter's textfile collector, with ``drbackup_health_*`` series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from drbackup.report.health import HealthReport, Status, TargetHealth, human_age
+from drbackup.units import human_size
+
+FORMATS = ("text", "json", "markdown", "prometheus")
+
+
+def render(report: HealthReport, fmt: str) -> str:
+    """The report in ``fmt`` (one of :data:`FORMATS`), ending with a newline."""
+    return {
+        "text": render_text,
+        "json": render_json,
+        "markdown": render_markdown,
+        "prometheus": render_prometheus,
+    }[fmt](report)
+
+
+# -- JSON ---------------------------------------------------------------------------------
+
+
+def report_dict(report: HealthReport) -> dict:
+    now = report.generated_at
+    return {
+        "format": "drbackup-health-report",
+        "version": 1,
+        "generated_at": _iso(now),
+        "status": report.status.name,
+        "exit_code": report.exit_code,
+        "repository": {
+            "url": report.repository.url,
+            "id": report.repository.id,
+            "reachable": report.repository.reachable,
+            "error": report.repository.error,
+            "size_bytes": report.repository.size,
+        },
+        "findings": [_finding(f) for f in report.findings],
+        "targets": [_target_dict(t, now) for t in report.targets],
+    }
+
+
+def _target_dict(health: TargetHealth, now: datetime) -> dict:
+    f = health.facts
+    passing = [d for d in f.drills if d.passed]
+    last = f.drills[-1] if f.drills else None
+    return {
+        "target": f.name,
+        "kind": f.kind,
+        "status": health.status.name,
+        "findings": [_finding(x) for x in health.findings],
+        "rpo_s": f.rpo.total_seconds(),
+        "rto_s": f.rto.total_seconds(),
+        "last_backup": None
+        if f.newest is None
+        else {
+            "backup_id": f.newest.backup_id,
+            "recovery_point": _iso(f.newest.recovery_point),
+            "age_s": round((now - f.newest.recovery_point).total_seconds(), 3),
+            "size_bytes": f.newest.size,
+            "stored_bytes": f.newest.stored_size,
+        },
+        "restore_points": f.restore_points,
+        "oldest_restore_point": _iso(f.oldest.recovery_point) if f.oldest else None,
+        "last_drill": None
+        if last is None
+        else {
+            "drill_id": last.drill_id,
+            "started_at": _iso(last.started_at),
+            "age_s": round((now - last.started_at).total_seconds(), 3),
+            "status": last.status,
+            "restore_s": last.restore_s,
+            "failed_checks": list(last.failed_checks),
+        },
+        "last_passing_drill": None
+        if not passing
+        else {"drill_id": passing[-1].drill_id, "started_at": _iso(passing[-1].started_at)},
+        "rto_trend_s": [d.restore_s for d in f.drills if d.restore_s is not None],
+        "failed_runs_24h": None if f.failed_runs is None else len(f.failed_runs),
+        "unreadable": list(f.unreadable),
+    }
+
+
+def _finding(finding) -> dict:
+    return {"status": finding.status.name, "message": finding.message}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def render_json(report: HealthReport) -> str:
+    return json.dumps(report_dict(report), indent=2, sort_keys=False) + "\n"
+
+
+# -- text and markdown ------------------------------------------------------------------------
+
+HEADERS = [
+    "target",
+    "status",
+    "last backup",
+    "age / rpo",
+    "restore points",
+    "last drill",
+    "rto trend",
+    "failed 24h",
+]
+
+
+def _rows(report: HealthReport) -> list[list[str]]:
+    now = report.generated_at
+    rows = []
+    for t in report.targets:
+        f = t.facts
+        last = f.drills[-1] if f.drills else None
+        trend = [d.restore_s for d in f.drills if d.restore_s is not None][-5:]
+        rows.append(
+            [
+                f.name,
+                t.status.name,
+                f.newest.backup_id if f.newest else "-",
+                f"{human_age(now - f.newest.recovery_point)} / {human_age(f.rpo)}"
+                if f.newest
+                else f"- / {human_age(f.rpo)}",
+                f"{f.restore_points}"
+                + (f" (oldest {f.oldest.recovery_point:%Y-%m-%d})" if f.oldest else ""),
+                f"{last.status} {human_age(now - last.started_at)} ago" if last else "never",
+                " ".join(f"{s:.0f}s" for s in trend)
+                + (f" / rto {human_age(f.rto)}" if trend else "")
+                or "-",
+                "?" if f.failed_runs is None else str(len(f.failed_runs)),
+            ]
+        )
+    return rows
+
+
+def _summary(report: HealthReport) -> str:
+    repo = report.repository
+    where = (
+        f"repository {repo.url} ({_size(repo.size)})"
+        if repo.reachable
+        else f"repository {repo.url} UNREACHABLE"
+    )
+    return (
+        f"drbackup health {report.status.name} at {report.generated_at:%Y-%m-%d %H:%M:%S}Z: {where}"
+    )
+
+
+def _all_findings(report: HealthReport) -> list[tuple[str, Status, str]]:
+    """(where, status, message): the report's own findings once, then each target's."""
+    out = [("(all)", f.status, f.message) for f in report.findings]
+    shared = {f.message for f in report.findings}
+    for t in report.targets:
+        out += [(t.facts.name, f.status, f.message) for f in t.findings if f.message not in shared]
+    return out
+
+
+def render_text(report: HealthReport) -> str:
+    rows = _rows(report)
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)
+    ]
+    lines = [_summary(report), ""]
+    lines.append(
+        "  ".join(h.upper().ljust(w) for h, w in zip(HEADERS, widths, strict=True)).rstrip()
+    )
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    findings = _all_findings(report)
+    if findings:
+        lines.append("")
+        lines += [f"{status.name:8}  {where}: {message}" for where, status, message in findings]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: HealthReport) -> str:
+    lines = [f"# drbackup health: **{report.status.name}**", "", _summary(report), ""]
+    lines.append("| " + " | ".join(h.capitalize() for h in HEADERS) + " |")
+    lines.append("|" + "---|" * len(HEADERS))
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _rows(report)]
+    findings = _all_findings(report)
+    if findings:
+        lines += ["", "## Findings", ""]
+        lines += [f"- **{s.name}** {w}: {m}" for w, s, m in findings]
+    return "\n".join(lines) + "\n"
+
+
+def _size(n: int | None) -> str:
+    return human_size(n, unknown="size unknown")
+
+
+# -- prometheus ---------------------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, report: HealthReport):
+        self.report = report
+
+    def collect(self):
+        r = self.report
+        yield _gauge(
+            "report_status",
+            "Report status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+            [],
+            [([], r.exit_code)],
+        )
+        yield _gauge(
+            "generated_timestamp_seconds",
+            "When the report was made",
+            [],
+            [([], r.generated_at.timestamp())],
+        )
+        yield _gauge(
+            "repository_up",
+            "1 if the repository was reachable",
+            [],
+            [([], 1 if r.repository.reachable else 0)],
+        )
+        if r.repository.size is not None:
+            yield _gauge(
+                "repository_size_bytes",
+                "Bytes stored in the repository",
+                [],
+                [([], r.repository.size)],
+            )
+        for name, help_text, value_of in _TARGET_SERIES:
+            samples = [([t.facts.name], v) for t in r.targets if (v := value_of(t, r)) is not None]
+            yield _gauge(name, help_text, ["target"], samples)
+
+
+def _gauge(name: str, help_text: str, labels: list[str], samples) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"drbackup_health_{name}", help_text, labels=labels)
+    for label_values, value in samples:
+        family.add_metric(label_values, float(value))
+    return family
+
+
+def _last_drill(t: TargetHealth):
+    return t.facts.drills[-1] if t.facts.drills else None
+
+
+_TARGET_SERIES = [
+    ("status", "Target status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", lambda t, r: int(t.status)),
+    ("rpo_seconds", "Recovery point objective", lambda t, r: t.facts.rpo.total_seconds()),
+    ("rto_seconds", "Recovery time objective", lambda t, r: t.facts.rto.total_seconds()),
+    (
+        "last_backup_timestamp_seconds",
+        "Recovery point of the newest good backup",
+        lambda t, r: t.facts.newest.recovery_point.timestamp() if t.facts.newest else None,
+    ),
+    (
+        "last_backup_age_seconds",
+        "Age of the newest good backup's recovery point",
+        lambda t, r: (
+            (r.generated_at - t.facts.newest.recovery_point).total_seconds()
+            if t.facts.newest
+            else None
+        ),
+    ),
+    (
+        "restore_points",
+        "Backups available in the repository",
+        lambda t, r: t.facts.restore_points if r.repository.reachable else None,
+    ),
+    (
+        "oldest_restore_point_timestamp_seconds",
+        "Recovery point of the oldest backup",
+        lambda t, r: t.facts.oldest.recovery_point.timestamp() if t.facts.oldest else None,
+    ),
+    (
+        "last_drill_timestamp_seconds",
+        "Start of the last drill",
+        lambda t, r: d.started_at.timestamp() if (d := _last_drill(t)) else None,
+    ),
+    (
+        "last_drill_passed",
+        "1 if the last drill passed, 0 if it failed",
+        lambda t, r: (1 if d.passed else 0) if (d := _last_drill(t)) else None,
+    ),
+    (
+        "last_drill_restore_seconds",
+        "Restore and verification time of the last drill",
+        lambda t, r: d.restore_s if (d := _last_drill(t)) else None,
+    ),
+    (
+        "failed_runs_24h",
+        "Failed runs in the last 24 hours",
+        lambda t, r: (
+            len(t.facts.failed_runs)
+            if t.facts.failed_runs is not None and r.repository.reachable
+            else None
+        ),
+    ),
+]
+
+
+def render_prometheus(report: HealthReport) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(report))
+    return generate_latest(registry).decode()
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path``: temp file in the same directory, fsync, rename."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # textfile collectors run as another user
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
