@@ -257,6 +257,8 @@ def _drill_database(app, plan, target, cfg, manifest, item, scratch, dbname, not
         expected=expected,
         verified_early=verified,
         early_seconds=early.seconds if early is not None else 0.0,
+        backup=manifest,
+        repository=app.repository(),
         scope={
             "include_schemas": target.include_schemas or None,
             "exclude_schemas": target.exclude_schemas or None,

@@ -56,6 +56,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 def _register() -> None:
     from drbackup.cli import (
         backup,
+        backup_all,
         bucket_drill,
         catalog,
         config,
@@ -81,6 +82,7 @@ def _register() -> None:
         catalog,
         key,
         backup,
+        backup_all,
         restore,
         export,
         demo,

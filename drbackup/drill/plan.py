@@ -194,6 +194,23 @@ class Assertion(_Section):
         return value
 
 
+class ReferenceCheck(_Section):
+    """A cross-service check: every object a query's rows name must be in the paired snapshot."""
+
+    name: str = Field(min_length=1, max_length=200)
+    target: str
+    """The postgres target (of the plan) whose restored database is queried."""
+    query: str = Field(min_length=1)
+    """Returns two columns, bucket and key (e.g. ``SELECT bucket, key FROM attachments``)."""
+    snapshot_target: str
+    """The minio target whose snapshot must hold the objects."""
+    database: str | None = None
+    """Only this database of the backup (default: every database)."""
+    tolerance: Objective = timedelta(minutes=10)
+    """Without a recovery point: pair the newest snapshot at or before the database's
+    recovery point plus this."""
+
+
 class ReportPlan(_Section):
     format: Literal["json", "markdown"] | None = None
     """Format of the output file; default from its extension (.md: markdown, else json)."""
@@ -227,6 +244,8 @@ class DrillPlan(_Section):
     """Keep the scratch databases (or cluster) for inspection."""
     hash_during_restore: bool = True
     """Hash each table as soon as it is loaded, while pg_restore builds indexes (on 1 core)."""
+    references: list[ReferenceCheck] = []
+    """Cross-service checks, run whenever declared (see docs/drills.md)."""
 
     @field_validator("targets")
     @classmethod
@@ -235,13 +254,14 @@ class DrillPlan(_Section):
             raise config_error("duplicate", "a target is listed twice")
         return value
 
-    @field_validator("assertions")
+    @field_validator("assertions", "references")
     @classmethod
-    def _unique_names(cls, value: list[Assertion]) -> list[Assertion]:
+    def _unique_names(cls, value: list) -> list:
         names = [a.name for a in value]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise config_error("duplicate", "assertion name '{name}' is used twice", name=twice[0])
+            kind = "assertion" if isinstance(value[0], Assertion) else "reference check"
+            raise config_error("duplicate", f"{kind} name '{{name}}' is used twice", name=twice[0])
         return value
 
     def runs(self, check: str) -> bool:
@@ -335,6 +355,7 @@ _SECTIONS = {
     "assertions": Assertion,
     "report": ReportPlan,
     "amcheck": AmcheckPlan,
+    "references": ReferenceCheck,
 }
 
 
@@ -353,6 +374,22 @@ def _config_findings(plan: DrillPlan, config) -> list[str]:
             findings.append(
                 f"at 'assertions[{index}].target': '{assertion.target}' is not among the "
                 f"plan's targets ({', '.join(plan.targets)})"
+            )
+    return findings + _reference_findings(plan, config)
+
+
+def _reference_findings(plan: DrillPlan, config) -> list[str]:
+    findings = []
+    for index, ref in enumerate(plan.references):
+        if ref.target not in plan.targets:
+            findings.append(
+                f"at 'references[{index}].target': '{ref.target}' is not among the "
+                f"plan's targets ({', '.join(plan.targets)})"
+            )
+        if ref.snapshot_target not in config.minio:
+            findings.append(
+                f"at 'references[{index}].snapshot_target': '{ref.snapshot_target}' is not "
+                "a minio target"
             )
     return findings
 

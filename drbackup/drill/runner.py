@@ -17,6 +17,7 @@ from drbackup.drill import checks as c
 from drbackup.drill.amcheck import check_amcheck
 from drbackup.drill.assertions import check_assertion
 from drbackup.drill.checks import FAIL, CheckResult
+from drbackup.drill.references import check_references
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.fingerprint import take_fingerprint, take_inventory
 
@@ -34,6 +35,8 @@ class DatabaseUnderTest:
     scope: dict = field(default_factory=dict)  # include/exclude schemas and tables
     verified_early: set[str] = field(default_factory=set)  # tables hashed during the restore
     early_seconds: float = 0.0
+    backup: object = None  # the drilled Manifest (for the cross-service reference checks)
+    repository: object = None  # the Repository it is read from
 
 
 @dataclass
@@ -80,6 +83,7 @@ def _run_checks(conn, db: DatabaseUnderTest, plan, assertions) -> list[CheckResu
         for assertion in assertions:
             name = f"assertion:{assertion.name}"
             results.append(c.timed(name, check_assertion, conn, assertion))
+    results += check_references(conn, db, getattr(plan, "references", ()))
     if plan.runs("amcheck"):
         heapallindexed = plan.amcheck.heapallindexed
         results.append(c.timed("amcheck", check_amcheck, conn, heapallindexed=heapallindexed))

@@ -123,7 +123,7 @@ colour: blue
         "at 'assertions[1].expect': expected a scalar or a list of rows, not a mapping",
         "at 'report.fmt': unknown key (known keys: format, output)",
         "at 'colour': unknown key (known keys: name, targets, backup, scratch, rto, checks, "
-        "assertions, amcheck, report, keep, hash_during_restore)",
+        "assertions, amcheck, report, keep, hash_during_restore, references)",
         "at 'targets[1]': unknown target 'ap' (did you mean 'app'?); known targets: app, "
         "billing, media",
         "at 'targets[2]': target 'media' is not a postgres target",

@@ -1,0 +1,62 @@
+"""``drbackup backup all [--targets A,B]`` and ``drbackup recovery-points [--json]``."""
+
+from __future__ import annotations
+
+import click
+
+from drbackup.actions.recovery_point import backup_all, list_recovery_points, select_members
+from drbackup.cli.backup import backup
+from drbackup.cli.render import echo_json, echo_table
+
+
+@backup.command("all")
+@click.option(
+    "--targets",
+    "target_list",
+    metavar="A,B",
+    help="Only these targets (comma-separated); default: every postgres and minio target.",
+)
+@click.option(
+    "--parallel",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Database targets backed up at once.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the recovery point as JSON.")
+@click.pass_obj
+def backup_all_command(state, target_list: str | None, parallel: int, as_json: bool) -> None:
+    """Back up the databases, then snapshot the buckets, and record one recovery point."""
+    app = state.app
+    names = [n.strip() for n in (target_list or "").split(",") if n.strip()]
+    members = select_members(app.config, names or None)
+    doc = backup_all(app, members, max_parallel=parallel)
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(f"recovery point {doc['id']} complete: {len(doc['members'])} member(s)")
+    for m in doc["members"]:
+        click.echo(f"  {m['kind']} {m['target']}/{m['backup_id']} at {m['recovery_point']}")
+
+
+@click.command("recovery-points")
+@click.option("--json", "as_json", is_flag=True, help="Print the recovery points as JSON.")
+@click.pass_obj
+def recovery_points(state, as_json: bool) -> None:
+    """List the recovery points of 'backup all', oldest first."""
+    docs = list_recovery_points(state.app)
+    if as_json:
+        echo_json(docs)
+        return
+    rows = [
+        [
+            d["id"],
+            d.get("finished_at", ""),
+            ", ".join(f"{m['target']}/{m['backup_id']}" for m in d.get("members", [])),
+        ]
+        for d in docs
+    ]
+    echo_table(["id", "finished", "members"], rows)
+
+
+COMMANDS = [recovery_points]
