@@ -8,6 +8,10 @@ Flow of :func:`run_drill`, per target of the plan::
         verify it (drill.runner: schema, tables, foreign keys, sequences, assertions, amcheck)
     rto and rpo checks
     drop the scratch (also on failure and Ctrl-C/SIGTERM), unless kept
+A minio target is a bucket drill instead (drill/bucket.py): its selected snapshot restored
+into scratch buckets on the target's server, every object read back and compared (checksums,
+objects, bytes), rto and rpo; the scratch buckets are always removed.  Its checks go into the
+same report as the postgres targets'.
 then the report: built, signed (drill.signing_key_file), stored in the repository as
 ``reports/<target>/<drill id>`` (the truth) and in the catalog (an index), written to a file.
 
@@ -26,7 +30,9 @@ from pathlib import Path
 
 from drbackup.actions.backup_postgres import PgTarget
 from drbackup.actions.restore_postgres import parse_time, restore_postgres, select_backup
+from drbackup.actions.snapshot_minio import minio_target
 from drbackup.drill import checks as c
+from drbackup.drill.bucket import run_bucket_drill
 from drbackup.drill.early import EarlyHasher
 from drbackup.drill.history import history_entries, rto_trend
 from drbackup.drill.plan import BackupChoice, DrillPlan, default_plan, load_plan
@@ -63,6 +69,8 @@ from drbackup.errors import (
     StorageUnreachableError,
     UsageError,
 )
+from drbackup.sources.buckets.client import BucketClient
+from drbackup.sources.buckets.index import snapshot_buckets
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
@@ -114,12 +122,14 @@ def run_drill(
     output: str | None = None,
     notify: Notify | None = None,
     after_restore: Callable[[str], None] | None = None,
+    bucket_workers: int = 8,
 ) -> DrillResult:
     """Run ``plan``; returns the result whatever the checks found.
 
     ``output`` overrides the plan's report file.  ``notify`` receives progress lines.
     ``after_restore(dsn)`` runs after each database is restored, before its checks (for
-    tests and extensions that need to act on the restored data).
+    tests and extensions that need to act on the restored data).  ``bucket_workers``:
+    objects restored and read back at once by the bucket drill of a minio target.
     Raises DrbackupError for what prevents the drill; KeyboardInterrupt after cleaning up.
     """
     notify = notify or (lambda line: None)
@@ -130,9 +140,12 @@ def run_drill(
     targets, results, kept = [], [], []
     with _Scratches(app, plan, drill_id, notify) as scratches:
         for name in plan.targets:
-            info, checks = _drill_target(
-                app, repo, plan, name, scratches, drill_id, notify, after_restore
-            )
+            if name in app.config.minio:
+                info, checks = _drill_bucket_target(app, repo, plan, name, notify, bucket_workers)
+            else:
+                info, checks = _drill_target(
+                    app, repo, plan, name, scratches, drill_id, notify, after_restore
+                )
             targets.append(info)
             results += checks
         kept = scratches.kept
@@ -200,6 +213,62 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
         "selection": how,
         "databases": databases,
         "scratch": scratch.describe(plan.keep),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "objectives": {"rto_s": rto.total_seconds(), "rpo_s": cfg.rpo.total_seconds()},
+    }
+    return info, results
+
+
+def _drill_bucket_target(app, repo, plan, name, notify, workers):
+    """The bucket drill of minio target ``name``: ``(target info, checks)`` for the report.
+
+    Restore, checksums, objects, bytes and cleanup always run; rto and rpo as the plan says.
+    """
+    cfg = minio_target(app, name)
+    repo.keyring.require(read=True)
+    manifest, how, _newest = _select(repo, name, plan.backup)
+    if manifest.kind != "bucket":
+        raise UsageError(
+            f"backup {manifest.backup_id} of {name} is a {manifest.kind} backup, "
+            "not a bucket snapshot"
+        )
+    notify(f"{name}: restoring snapshot {manifest.backup_id} ({how}) into scratch buckets")
+    rto = plan.rto or cfg.rto
+    client = BucketClient.from_target(name, cfg, max_connections=workers + 4)
+    drilled = run_bucket_drill(
+        repo,
+        client,
+        manifest,
+        rto_s=rto.total_seconds(),
+        rpo_s=cfg.rpo.total_seconds(),
+        how=how,
+        workers=workers,
+    )
+    if drilled.stale_removed:
+        notify(
+            f"removed leftover scratch buckets of earlier drills: {', '.join(drilled.stale_removed)}"
+        )
+    results = [
+        _tag(check, name)
+        for check in drilled.checks
+        if check.name not in ("rto", "rpo") or plan.runs(check.name)
+    ]
+    timings = dict.fromkeys(("fetch_decrypt_s", "pre_data_s", "data_s", "post_data_s"), 0.0)
+    timings.update(drilled.timings)
+    info = {
+        "target": name,
+        "kind": "bucket",
+        "backup_id": manifest.backup_id,
+        "recovery_point": manifest.recovery_point,
+        "selection": how,
+        "databases": [],
+        "buckets": [
+            {"bucket": bucket, "scratch_bucket": scratch}
+            for bucket, scratch in zip(
+                snapshot_buckets(manifest), drilled.scratch_buckets, strict=True
+            )
+        ],
+        "stale_scratch_removed": drilled.stale_removed,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "objectives": {"rto_s": rto.total_seconds(), "rpo_s": cfg.rpo.total_seconds()},
     }
@@ -553,7 +622,7 @@ def _scratch_servers(app, plan) -> list[tuple[str, str | None]]:
         return [(app.config.drill.scratch_dsn, None)]
     servers = {}
     names = plan.targets if plan is not None else list(app.config.postgres)
-    for name in names:
+    for name in (n for n in names if n in app.config.postgres):  # minio: scratch buckets
         target = PgTarget.from_config(name, app.config.postgres[name])
         servers.setdefault(dsn_for_database(target.dsn, "postgres"), target.password)
     return list(servers.items())

@@ -20,7 +20,9 @@ def drill() -> None:
 
 @drill.command("run")
 @click.argument("plan", required=False, type=click.Path(dir_okay=False))
-@click.option("--target", "targets", multiple=True, help="Target to drill (repeatable).")
+@click.option(
+    "--target", "targets", multiple=True, help="Postgres or minio target to drill (repeatable)."
+)
 @click.option("--backup", "backup_id", metavar="ID", help="Restore this backup (id or prefix).")
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
@@ -36,6 +38,8 @@ def drill() -> None:
 @click.pass_obj
 def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
+
+    A minio target is drilled by restoring its snapshot into scratch buckets.
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """

@@ -5,7 +5,7 @@ is created on the target's server, the snapshot restored into it (each object's 
 checked while uploading), then every object read back and compared with the index
 (content digest, content type, user metadata, tags), the object count and total bytes
 compared with the manifest, and the time compared with the target's RTO.  The scratch
-bucket is always removed; scratch buckets left by a crashed drill are removed by the next
+bucket is always removed (Ctrl-C and SIGTERM are held off while it is); scratch buckets left by a crashed drill are removed by the next
 one.  Every check records its result and the drill goes on; the caller fails at the end.
 
 :func:`find_missing_objects` answers "which of these (bucket, key) references are not in
@@ -34,6 +34,7 @@ from drbackup.drill.checks import (
     format_seconds,
     worst,
 )
+from drbackup.drill.scratch import signals_deferred
 from drbackup.errors import DrbackupError, UsageError
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import (
@@ -80,6 +81,7 @@ class BucketDrillResult:
     scratch_buckets: list[str] = field(default_factory=list)
     stale_removed: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    timings: dict = field(default_factory=dict)  # restore_s, verification_s, total_s
 
     @property
     def status(self) -> str:
@@ -129,7 +131,13 @@ def run_bucket_drill(
                 repo, client, manifest, bucket, scratch, result, timing, workers
             )
         finally:
-            result.checks.append(_cleanup(client, bucket, scratch))
+            with signals_deferred():  # a second Ctrl-C must not leave the scratch bucket
+                result.checks.append(_cleanup(client, bucket, scratch))
+    result.timings = {
+        "restore_s": timing.restore_s,
+        "verification_s": timing.verification_s,
+        "total_s": timing.restore_s + timing.verification_s,
+    }
     result.checks.append(_check_rto(timing, rto_s, restored=restored_all))
     result.checks.append(_check_rpo(repo, manifest, started, rpo_s, how))
     for check in result.checks:

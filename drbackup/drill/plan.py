@@ -4,6 +4,8 @@ A plan is a YAML file (``drills/*.yaml``; ``drills/monthly.yaml`` is a working e
 validated against :class:`DrillPlan`.  Like the config, every problem is reported at once,
 each with its path (``at 'scratch.server': ...``), in one :class:`ConfigError`.
 ``drbackup drill run --target T`` builds the default plan with :func:`default_plan`.
+Targets are postgres targets (restored into scratch databases) or minio targets (their
+snapshot restored into scratch buckets: ``drill/bucket.py``), in any mix.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ class DrillPlan(_Section):
     name: str | None = None
     """Shown in reports; default: the file's name without extension."""
     targets: list[str] = Field(min_length=1)
-    """Names of postgres targets in the config."""
+    """Names of postgres or minio targets in the config (minio: a bucket drill)."""
     backup: BackupField = BackupChoice("latest")
     scratch: Annotated[ScratchPlan, BeforeValidator(_none_as_empty)] | None = None
     """Default: drill.scratch_dsn of the config, else the target's own server."""
@@ -375,6 +377,11 @@ def _config_findings(plan: DrillPlan, config) -> list[str]:
                 f"at 'assertions[{index}].target': '{assertion.target}' is not among the "
                 f"plan's targets ({', '.join(plan.targets)})"
             )
+        elif assertion.target is not None and assertion.target not in config.postgres:
+            findings.append(
+                f"at 'assertions[{index}].target': '{assertion.target}' is not a postgres "
+                "target (assertions run in restored databases)"
+            )
     return findings + _reference_findings(plan, config)
 
 
@@ -385,6 +392,10 @@ def _reference_findings(plan: DrillPlan, config) -> list[str]:
             findings.append(
                 f"at 'references[{index}].target': '{ref.target}' is not among the "
                 f"plan's targets ({', '.join(plan.targets)})"
+            )
+        elif ref.target not in config.postgres:
+            findings.append(
+                f"at 'references[{index}].target': '{ref.target}' is not a postgres target"
             )
         if ref.snapshot_target not in config.minio:
             findings.append(
@@ -403,6 +414,8 @@ def _target_findings(targets: list[str], config) -> list[str]:
             hint = f"; {exc.hint}" if exc.hint else ""
             findings.append(f"at 'targets[{index}]': {exc.message}{hint}")
             continue
-        if name not in config.postgres:
-            findings.append(f"at 'targets[{index}]': target '{name}' is not a postgres target")
+        if name not in config.postgres and name not in config.minio:
+            findings.append(
+                f"at 'targets[{index}]': target '{name}' is neither a postgres nor a minio target"
+            )
     return findings

@@ -51,6 +51,13 @@ def test_the_shipped_example_is_valid(config):
     assert all(plan.runs(name) for name in CHECK_NAMES)
 
 
+def test_the_shipped_example_with_its_minio_target_is_valid(tmp_path, config):
+    # The comment of drills/monthly.yaml: add media (a minio target of drbackup.example.yaml).
+    text = EXAMPLE.read_text().replace("targets: [app] ", "targets: [app, media] ", 1)
+    assert "targets: [app, media] " in text
+    assert load_plan(write(tmp_path, text), config).targets == ["app", "media"]
+
+
 def test_minimal_plan_defaults(tmp_path, config):
     plan = load_plan(write(tmp_path, "targets: [app]\n"), config)
     assert plan.name == "plan"  # the file name
@@ -111,7 +118,7 @@ colour: blue
 """
     lines = errors_of(tmp_path, text, config)
     assert lines == [
-        f"drill plan {tmp_path / 'plan.yaml'} has 10 errors",
+        f"drill plan {tmp_path / 'plan.yaml'} has 9 errors",
         "at 'backup': expected 'latest', 'random', {point_in_time: <ISO 8601 time>} "
         "or {id: <backup id>}",
         "at 'scratch.server': contains a password; inline secrets are not allowed "
@@ -126,7 +133,6 @@ colour: blue
         "assertions, amcheck, report, keep, hash_during_restore, references)",
         "at 'targets[1]': unknown target 'ap' (did you mean 'app'?); known targets: app, "
         "billing, media",
-        "at 'targets[2]': target 'media' is not a postgres target",
     ]
 
 
@@ -135,7 +141,25 @@ def test_targets_are_checked_against_the_config(tmp_path, config):
     assert lines[1:] == [
         "at 'targets[1]': unknown target 'ap' (did you mean 'app'?); known targets: app, "
         "billing, media",
-        "at 'targets[2]': target 'media' is not a postgres target",
+    ]
+
+
+def test_minio_targets_are_drilled_as_buckets(tmp_path, config):
+    plan = load_plan(write(tmp_path, "targets: [app, media]\nbackup: random\n"), config)
+    assert plan.targets == ["app", "media"]
+    assert default_plan(["media"], config).targets == ["media"]
+
+
+def test_assertions_and_references_need_a_postgres_target(tmp_path, config):
+    text = """
+targets: [app, media]
+assertions: [{name: a, sql: SELECT 1, expect: 1, target: media}]
+references: [{name: r, target: media, query: SELECT 1, snapshot_target: media}]
+"""
+    assert errors_of(tmp_path, text, config)[1:] == [
+        "at 'assertions[0].target': 'media' is not a postgres target (assertions run in "
+        "restored databases)",
+        "at 'references[0].target': 'media' is not a postgres target",
     ]
 
 
