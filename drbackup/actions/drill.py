@@ -580,7 +580,8 @@ def drill_history(app, target: str | None = None, limit: int | None = None) -> d
             if entry["target"] == key_target and (entry["drill_id"], key_target) not in seen:
                 seen.add((entry["drill_id"], key_target))
                 entries.append(entry)
-    entries.sort(key=lambda e: (e["drill_id"], e["target"]))
+    # Drill ids have one-second resolution; the start time orders drills within a second.
+    entries.sort(key=lambda e: (e["started_at"], e["drill_id"], e["target"]))
     trend = rto_trend(entries)
     if limit:
         entries = entries[-limit:]

@@ -51,7 +51,7 @@ def rto_trend(entries: list[dict]) -> dict[str, dict]:
     Drills whose restore failed have no time and are left out of the series.
     """
     trend: dict[str, dict] = {}
-    for entry in sorted(entries, key=lambda e: e["drill_id"]):
+    for entry in sorted(entries, key=lambda e: (e["started_at"], e["drill_id"])):
         if entry["total_s"] is None:
             continue
         trend.setdefault(entry["target"], {"series": []})["series"].append(entry["total_s"])

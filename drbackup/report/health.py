@@ -339,7 +339,7 @@ def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]
         except DrbackupError:
             continue
         found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]
-    return sorted(found, key=lambda d: d.drill_id)
+    return sorted(found, key=lambda d: (d.started_at, d.drill_id))
 
 
 def _drill_fact(entry: dict) -> DrillFact:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import IntegrityError, RestoreError, SourceError
 
 _DATA_RE = re.compile(
@@ -110,7 +111,8 @@ def _restore_spooled(argv, env, reader, spool_dir, what, started) -> RestoreRun:
         t0 = time.monotonic()
         size = 0
         with open(archive, "wb") as out:
-            while block := reader.read(1 << 20):
+            # Decrypting and decompressing in a reader thread overlaps with the writes here.
+            for block in iter_blocks_threaded(reader):
                 out.write(block)
                 size += len(block)
         fetch = time.monotonic() - t0
