@@ -1,7 +1,7 @@
 """``demo``: the quick start — a throwaway PostgreSQL, a local repository, a full cycle.
 
-Backs up a sample database, verifies the backup, restores it into a new database and
-proves the restore by comparing the restored data's fingerprint with the manifest's.
+Backs up a sample database, verifies the backup, restores it into a new database, and
+runs a drill that proves a restore equals the backup (fingerprint, keys, sequences, RTO).
 The repository, catalog and config stay in the demo directory for the user to explore.
 """
 
@@ -76,18 +76,3 @@ def start_demo_cluster(keep: bool = False):
 def load_sample(cluster) -> None:
     cluster.create_database("shop")
     cluster.execute(SAMPLE_SQL, dbname="shop")
-
-
-def fingerprint_of(dsn: str, level: str = "full") -> dict:
-    from psycopg import IsolationLevel
-
-    from drbackup.sources.postgres.connection import connect
-    from drbackup.sources.postgres.fingerprint import take_fingerprint
-
-    with connect(dsn, autocommit=False) as conn:
-        conn.isolation_level = IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        try:
-            return take_fingerprint(conn, level)
-        finally:
-            conn.rollback()
