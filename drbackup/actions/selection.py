@@ -46,26 +46,51 @@ def select_backup(
             f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
         )
     if point_in_time is None:
-        m = repo.load_manifest(refs[-1])
+        m = max(_load_second(repo, _seconds(refs)[-1]), key=_point)
         return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
     return _select_at(repo, target, refs, point_in_time)
+
+
+def _seconds(refs) -> list[list]:
+    """Refs grouped by the second their id names, oldest second first.
+
+    Ids sort by start second, but within one second only by their random suffix: backups
+    of a target never overlap (one at a time), so within a second the recovery point
+    decides.
+    """
+    groups: list[list] = []
+    for ref in refs:
+        if groups and groups[-1][0].backup_id[:16] == ref.backup_id[:16]:
+            groups[-1].append(ref)
+        else:
+            groups.append([ref])
+    return groups
+
+
+def _load_second(repo, refs) -> list[Manifest]:
+    return [repo.load_manifest(r) for r in refs]
+
+
+def _point(m: Manifest) -> datetime:
+    return parse_time(m.recovery_point or m.finished_at)
 
 
 def _select_at(repo, target, refs, when: datetime) -> Selection:
     # A backup id starts with its start time, and its recovery point is after the start:
     # only backups started before `when` can qualify; look at the newest ones first.
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for ref in reversed([r for r in refs if r.backup_id[:16] <= stamp]):
-        m = repo.load_manifest(ref)
-        point = parse_time(m.recovery_point)
-        if point <= when:
-            gap = when - point
+    groups = _seconds([r for r in refs if r.backup_id[:16] <= stamp])
+    for group in reversed(groups):
+        candidates = [m for m in _load_second(repo, group) if _point(m) <= when]
+        if candidates:
+            m = max(candidates, key=_point)
+            gap = when - _point(m)
             return Selection(
                 m,
                 f"backup {m.backup_id}: recovery point {m.recovery_point}, "
                 f"{_human_delta(gap)} before the requested {when.isoformat()}",
             )
-    oldest = repo.load_manifest(refs[0])
+    oldest = min(_load_second(repo, _seconds(refs)[0]), key=_point)
     raise UsageError(
         f"no backup of {target} has a recovery point at or before {when.isoformat()}",
         hint=f"the oldest restore point is {oldest.recovery_point} (backup {oldest.backup_id})",
