@@ -7,7 +7,7 @@ Names (clear, sortable by time; never table names, bucket keys or data)::
     blobs/<2 hex>/<blob id>                     bucket object contents, named by a keyed hash
     locks/<kind>-<id>                           snapshot and gc locks
 
-``backup_id`` is ``YYYYmmddTHHMMSSZ-<6 hex>`` (UTC start time + randomness).
+``backup_id`` is ``YYYYmmddTHHMMSSZ-<3 hex: millisecond><3 hex: random>``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
 def new_backup_id(now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-mmmrrr``: the UTC start second, its millisecond (3 hex digits),
+    and 12 random bits, so that ids sort by start time to the millisecond."""
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+    return (
+        f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond // 1000:03x}{os.urandom(2).hex()[:3]}"
+    )
 
 
 def is_backup_id(text: str) -> bool:

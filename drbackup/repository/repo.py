@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -394,7 +395,7 @@ class BackupWriter:
 
     def __init__(self, repo: Repository, target: str, kind: str):
         self.repo, self.target, self.kind = repo, target, kind
-        self.started = datetime.now(UTC)
+        self.started = _start_after(repo.list_refs(target))
         self.backup_id = new_backup_id(self.started)
         self.data_key = repo.keyring.new_data_key()
         self.items: list[Item] = []
@@ -493,6 +494,19 @@ class BackupWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.committed is None:
             self.abort()
+
+
+def _start_after(refs: list[BackupRef]) -> datetime:
+    """Now, or a moment later if the target's newest id already names this millisecond.
+
+    Ids sort by start time to the millisecond; backups of one target never overlap, so
+    this keeps a target's ids in time order (``list_refs()[-1]`` is the newest backup).
+    """
+    now = datetime.now(UTC)
+    while refs and refs[-1].backup_id[:20] >= new_backup_id(now)[:20]:
+        time.sleep(0.001)
+        now = datetime.now(UTC)
+    return now
 
 
 def _iso(ts: datetime) -> str:
