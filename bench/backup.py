@@ -1,26 +1,31 @@
 """Backup and restore of a generated PostgreSQL database: drbackup against the tools it wraps.
 
-Measures, each command as its own child process (wall time, CPU, peak RSS; see common.py):
+Measures, each command as its own child process (wall time, CPU of its process tree, CPU of
+the PostgreSQL server meanwhile, peak RSS; see common.py):
 
-    backup   drbackup backup postgres (fingerprint --fingerprint, default full; and off)
+    backup   pg_dump -Fc -Z0 > /dev/null   (the floor: one backend running COPY)
              pg_dump -Fc > file            (pg_dump's default compression)
-             pg_dump -Fc -Z0 > /dev/null   (the floor: one backend running COPY)
-    restore  drbackup restore postgres --into <fresh db> --create   (streamed, one job)
-             the same with --jobs 2                                  (spooled to disk)
-             pg_restore -j2 -d <fresh db> file, and pg_restore -d <fresh db> file (-j1)
+             drbackup backup postgres      fingerprint --fingerprint (default full) and off,
+                                           at --zstd-level and at level 1
+    restore  pg_restore -j2 -d <new db> file, and pg_restore -d <new db> file (-j1)
+             drbackup restore postgres --into <new db> --create   (streamed, one job)
+             the same with --jobs 2                               (spooled to disk)
 
-then prints a table of figures and PASS/MISS against the targets.  Every measurement runs
-``--repeat`` times (default 2), in rounds, and the fastest run counts; the spread between
-runs says how noisy the machine was.
+then prints a table of figures and PASS/MISS against the targets (backup <= 1.3x the floor
+and faster than pg_dump -Fc; restore <= 1.15x pg_restore -j2; RSS < 150 MiB).  Every
+measurement runs ``--repeat`` times (default 2), in rounds, and the fastest run counts; the
+spread between runs says how noisy the machine was.  bench/README.md explains the columns.
 
 Usage (as root or not; the server runs as user postgres under root)::
 
     .venv/bin/python bench/backup.py [--size-gb 1.0] [--reuse] [--skip-restore]
         [--fingerprint off|counts|full] [--repeat 2] [--zstd-level 3] [--zstd-threads 0]
+        [--nice N] [--json FILE] [--strict]
 
 ``--reuse`` keeps the generated cluster in /var/tmp/drbackup-bench/pg for the next run
-(generating 1 GiB takes a few minutes).  The repository, dump file and spool directory are
-under /var/tmp/drbackup-bench/run and are removed at the end.
+(generating 1 GiB takes about two minutes; bench/drill.py uses it too, and a lock file makes
+concurrent benches wait).  The repository, dump file and spool directory are under
+/var/tmp/drbackup-bench/run and are removed at the end.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ SERVER_SETTINGS = {
     "checkpoint_timeout": "30min",
 }
 TARGETS = {"floor": 1.3, "restore": 1.15, "rss": 150 * (1 << 20)}
+CORES = os.cpu_count() or 1
 DRBACKUP = [str(Path(sys.executable).parent / "drbackup")]  # the console script
 
 
@@ -144,8 +150,10 @@ def open_cluster(args) -> EphemeralCluster:
         gen.create_database(DBNAME)
         with gen.connect(DBNAME) as conn:
             counts = generate_database(conn, args.size_gb)
-    finally:
-        gen.stop()  # clean shutdown: everything is on disk before durability is turned on
+    except BaseException:
+        gen.destroy()  # never leave a half-generated database to be reused
+        raise
+    gen.stop()  # clean shutdown: everything is on disk before durability is turned on
     marker.write_text(json.dumps(wanted | {"rows": counts}))
     print(f"generated in {time.monotonic() - started:.0f}s", flush=True)
     return EphemeralCluster(base, settings=SERVER_SETTINGS).start()
@@ -248,7 +256,9 @@ LABELS = {
     "backup_full": "drbackup backup (fingerprint full)",
     "backup_counts": "drbackup backup (fingerprint counts)",
     "backup_off": "drbackup backup (fingerprint off)",
-    "backup_z1": "drbackup backup (same, zstd level 1)",
+    "backup_full_z1": "drbackup backup (fingerprint full, zstd 1)",
+    "backup_counts_z1": "drbackup backup (fingerprint counts, zstd 1)",
+    "backup_off_z1": "drbackup backup (fingerprint off, zstd 1)",
     "pg_restore_j2": "pg_restore -j2 file",
     "pg_restore_j1": "pg_restore file (-j1)",
     "restore_j1": "drbackup restore (streamed)",
@@ -263,12 +273,11 @@ def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[]
         ("floor", lambda: measure_pg_dump(bench, None)),
         ("pg_dump_fc", lambda: measure_pg_dump(bench, archive)),
     ]
-    for fp in dict.fromkeys([args.fingerprint, "off"]):
-        plan.append(
-            (f"backup_{fp}", lambda fp=fp: measure_drbackup_backup(bench, args.zstd_level, fp))
-        )
-    if args.zstd_level != 1:  # the other lever: zstd level 1
-        plan.append(("backup_z1", lambda: measure_drbackup_backup(bench, 1, args.fingerprint)))
+    levels = dict.fromkeys([args.zstd_level, 1])  # the configured level, and the lever: 1
+    for level in levels:
+        for fp in dict.fromkeys([args.fingerprint, "off"]):
+            name = f"backup_{fp}" + ("" if level == args.zstd_level else f"_z{level}")
+            plan.append((name, lambda fp=fp, lv=level: measure_drbackup_backup(bench, lv, fp)))
     if not args.skip_restore:  # after the backups: restores read the latest one
         plan += [
             ("pg_restore_j2", lambda: measure_pg_restore(bench, archive, 2)),
@@ -298,6 +307,14 @@ def measure_all(bench: Bench) -> dict[str, Result]:
     for name in (n for n in results if n.startswith("backup_")):
         summary = json.loads(results[name].best.stdout)
         results[name].extra |= {"output": summary["stored_size"], "dump": summary["size"]}
+    for name in (n for n in results if n.startswith("restore_")):
+        summary = json.loads(results[name].best.stdout)
+        spooled = name == "restore_j2"  # the spool is written before pg_restore starts
+        fetch = summary["fetch_decrypt_s"]
+        results[name].extra |= {
+            "spool_s": fetch if spooled else 0.0,
+            "pg_restore_s": summary["elapsed_s"] - (fetch if spooled else 0.0),
+        }
     return results
 
 
@@ -309,10 +326,11 @@ def figures_table(results: dict[str, Result]) -> str:
         out = fmt_size(r.extra["output"]) if "output" in r.extra else ""
         rows.append(
             [LABELS[name], f"{b.wall_s:.1f}", walls, f"{r.spread:.0%}", f"{b.cpu_s:.1f}",
-             f"{b.server_cpu_s:.1f}", fmt_mib(b.max_rss), fmt_mib(b.tree_rss), out]
+             f"{b.server_cpu_s:.1f}", f"{(b.cpu_s + b.server_cpu_s) / CORES:.1f}",
+             fmt_mib(b.max_rss), fmt_mib(b.tree_rss), out]
         )  # fmt: skip
-    headers = ["measurement", "best s", "runs s", "spread", "CPU s", "server CPU s", "RSS max",
-               "RSS tree", "out"]  # fmt: skip
+    headers = ["measurement", "best s", "runs s", "spread", "CPU s", "server CPU s",
+               "all CPU / cores", "RSS max", "RSS tree", "out"]  # fmt: skip
     return render_table(headers, rows)
 
 
@@ -378,7 +396,8 @@ def report(args, results: dict[str, Result], size: int, machine: str, started) -
     print(
         f"database {fmt_size(size)}, dump (-Z0) {fmt_size(dump)}; zstd level {args.zstd_level}, "
         f"threads {args.zstd_threads}; best of {args.repeat}; nice {args.nice}\n"
-        "CPU = the command's process tree; server CPU = the postgresql backends meanwhile\n"
+        "CPU = the command's process tree; server CPU = the postgresql backends meanwhile;\n"
+        "all CPU / cores = the shortest wall time that CPU allows (the bound on a quiet machine)\n"
         "RSS max = largest single process (ru_maxrss); RSS tree = summed process tree (sampled)\n"
     )
     print(figures_table(results) + "\n")
@@ -387,6 +406,13 @@ def report(args, results: dict[str, Result], size: int, machine: str, started) -
     worst = max(results.values(), key=lambda r: r.spread)
     fp_cost = results[f"backup_{args.fingerprint}"].best.wall_s - results["backup_off"].best.wall_s
     print(f"\nfingerprint {args.fingerprint} adds {fp_cost:.1f}s to the backup")
+    for name in (n for n in results if n.startswith("restore_")):
+        extra = results[name].extra
+        rest = results[name].best.wall_s - extra["pg_restore_s"] - extra["spool_s"]
+        print(
+            f"{LABELS[name]}: spool {extra['spool_s']:.1f}s, pg_restore {extra['pg_restore_s']:.1f}s, "
+            f"the rest (start-up, key, manifest, create database) {rest:.1f}s"
+        )
     print(
         f"noise: largest spread {worst.spread:.0%} ({LABELS[worst.name]}); load now {os.getloadavg()[0]:.1f}"
     )

@@ -346,12 +346,12 @@ SELECT i,
        round((random() * 20000 - 5000)::numeric, 2),
        CASE WHEN i %% 4 = 0 THEN NULL
             ELSE bench_words(3 + i %% 9) || ' ' || md5(random()::text) END
-FROM generate_series(%(lo)s, %(hi)s) AS i
+FROM generate_series(%(lo)s::integer, %(hi)s::integer) AS i
 """,
     "orders": """
 INSERT INTO orders
 SELECT i,
-       1 + floor(random() * %(customers)s)::int,
+       1 + floor(random() * %(customers)s::integer)::int,
        (ARRAY['new','paid','shipped','delivered','cancelled','refunded'])[1 + floor(random() * 6)::int],
        round((random() * 900 + 1)::numeric, 2),
        (ARRAY['EUR','USD','GBP'])[1 + floor(random() * 3)::int],
@@ -361,7 +361,7 @@ SELECT i,
        END,
        md5(i::text),
        CASE WHEN random() < 0.5 THEN md5(random()::text) || ' ' || bench_words(3) END
-FROM generate_series(%(lo)s, %(hi)s) AS i
+FROM generate_series(%(lo)s::integer, %(hi)s::integer) AS i
 """,
     "events": """
 INSERT INTO events
@@ -378,7 +378,7 @@ SELECT i,
            'ok', random() < 0.95,
            'agent', (ARRAY['curl/8.5','Mozilla/5.0 (X11; Linux x86_64)','okhttp/4.12',
                            'python-requests/2.31'])[1 + floor(random() * 4)::int])
-FROM generate_series(%(lo)s, %(hi)s) AS i
+FROM generate_series(%(lo)s::integer, %(hi)s::integer) AS i
 """,
     "readings": """
 INSERT INTO readings
@@ -388,7 +388,7 @@ SELECT 1 + i %% 5000,
        (random() * 100)::real,
        950 + random() * 100,
        floor(random() * 16)::smallint
-FROM generate_series(%(lo)s, %(hi)s) AS i
+FROM generate_series(%(lo)s::integer, %(hi)s::integer) AS i
 """,
 }
 
