@@ -1,0 +1,37 @@
+"""Every command a CLI module defines is reachable through the lazy command table."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import drbackup.cli
+from drbackup.cli.main import LAZY_COMMANDS, load_command, main
+
+
+def test_every_module_command_is_registered():
+    defined = set()
+    for info in pkgutil.iter_modules(drbackup.cli.__path__):
+        module = importlib.import_module(f"drbackup.cli.{info.name}")
+        defined |= {command.name for command in getattr(module, "COMMANDS", [])}
+    assert defined == set(LAZY_COMMANDS)
+    for name in LAZY_COMMANDS:
+        assert load_command(name) is not None, name
+
+
+def test_subcommands_attached_by_other_modules_are_loaded():
+    assert {"postgres", "minio"} <= set(load_command("restore").commands)
+    assert {"postgres", "all"} <= set(load_command("backup").commands)
+
+
+def test_help_lists_every_command_and_the_exit_codes(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in LAZY_COMMANDS:
+        assert f"  {name} " in out, name
+    assert "Exit codes:" in out and "130  interrupted" in out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "No such command 'frobnicate'" in capsys.readouterr().err
