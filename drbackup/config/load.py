@@ -98,22 +98,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping in the YAML file at ``path`` ({} when empty); raises ConfigError."""
+def read_yaml_mapping(path: str | os.PathLike, what: str, *, not_found: str, hint: str) -> Any:
+    """The YAML document at ``path`` (duplicate keys refused); raises one-line ConfigErrors.
+
+    ``what`` names the file in messages ("config", "drill plan"); ``not_found`` is the
+    message for a missing file.  The caller checks the document's shape.
+    """
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except FileNotFoundError:
-        hint = f"pass an existing file or set {CONFIG_ENV}; drbackup.example.yaml shows the format"
-        raise ConfigError(f"config file not found: {path}", hint=hint) from None
+        raise ConfigError(f"{not_found}: {path}", hint=hint) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not utf-8 text"
-        raise ConfigError(f"cannot read config {path}: {reason.lower()}") from None
+        raise ConfigError(f"cannot read {what} {path}: {reason.lower()}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config {path}: invalid yaml{where}: {exc.problem}") from None
+        raise ConfigError(f"{what} {path}: invalid yaml{where}: {exc.problem}") from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in the YAML file at ``path`` ({} when empty); raises ConfigError."""
+    hint = f"pass an existing file or set {CONFIG_ENV}; drbackup.example.yaml shows the format"
+    data = read_yaml_mapping(path, "config", not_found="config file not found", hint=hint)
     if not isinstance(data, dict | None):
         raise ConfigError(
             f"config {path}: expected a mapping of sections, got {type(data).__name__}"

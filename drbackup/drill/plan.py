@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from drbackup.config.load import _UniqueKeyLoader, dotted
+from drbackup.config.load import dotted, read_yaml_mapping
 from drbackup.config.schema import ScratchDsn
 from drbackup.config.types import config_error, parse_duration
 from drbackup.errors import ConfigError, DrbackupError
@@ -314,21 +313,12 @@ def default_plan(targets: list[str], config, **overrides: Any) -> DrillPlan:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.expanduser().read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"drill plan not found: {path}", hint="drills/monthly.yaml shows the format"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not utf-8 text"
-        raise ConfigError(f"cannot read drill plan {path}: {reason.lower()}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"drill plan {path}: invalid yaml{where}: {exc.problem}") from None
+    data = read_yaml_mapping(
+        path,
+        "drill plan",
+        not_found="drill plan not found",
+        hint="drills/monthly.yaml shows the format",
+    )
     if not isinstance(data, dict):
         raise ConfigError(f"drill plan {path}: expected a mapping, got {type(data).__name__}")
     return data
