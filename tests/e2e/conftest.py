@@ -132,6 +132,18 @@ def write_secret(path: Path, value: str) -> Path:
     return path
 
 
+def minio_target(s3_server, tmp_path: Path, buckets: list[str]) -> dict:
+    """A ``minio:`` target entry for the moto server, credentials in files under tmp_path."""
+    return {
+        "endpoint": s3_server.endpoint_url,
+        "access_key_file": str(write_secret(tmp_path / "minio-id", s3_server.access_key_id)),
+        "secret_key_file": str(
+            write_secret(tmp_path / "minio-secret", s3_server.secret_access_key)
+        ),
+        "buckets": buckets,
+    }
+
+
 def make_repo_config(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch, dsn: str
 ) -> RepoConfig:

@@ -17,7 +17,7 @@ from drbackup.actions.snapshot_minio import snapshot_target
 from drbackup.config import load_config
 from drbackup.drill.plan import DrillPlan, ReferenceCheck
 from drbackup.repository.recovery_points import list_recovery_point_ids
-from tests.e2e.conftest import _run_in_process, make_repo_config, write_secret
+from tests.e2e.conftest import _run_in_process, make_repo_config, minio_target
 
 OBJECTS = {"a.txt": b"alpha", "b/c.png": b"\x89PNG", "b/d.pdf": b"%PDF", "z-last": b"z"}
 
@@ -38,14 +38,7 @@ def setup(request, tmp_path, monkeypatch, pg_db, s3_server, s3_bucket):
         s3.put_object(Bucket="photos", Key=key, Body=body)
     pg_db.execute(SCHEMA_SQL)
     cfg = make_repo_config("local", request, tmp_path, monkeypatch, pg_db.dsn)
-    cfg.data["minio"] = {
-        "files": {
-            "endpoint": s3_server.endpoint_url,
-            "access_key_file": str(write_secret(tmp_path / "id", s3_server.access_key_id)),
-            "secret_key_file": str(write_secret(tmp_path / "secret", s3_server.secret_access_key)),
-            "buckets": ["photos"],
-        }
-    }
+    cfg.data["minio"] = {"files": minio_target(s3_server, tmp_path, ["photos"])}
     cfg.write()
     app = AppContext(load_config(str(cfg.path)))
     return type("Setup", (), {"app": app, "db": pg_db, "cfg": cfg})

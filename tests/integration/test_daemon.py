@@ -32,7 +32,7 @@ from drbackup.catalog import Catalog
 from drbackup.config import load_config
 from drbackup.scheduler.locks import JOB_RUN_KIND
 from drbackup.scheduler.schedule import build_trigger, previous_fire_time
-from tests.e2e.conftest import cli_argv, make_repo_config, wait_for, write_secret
+from tests.e2e.conftest import cli_argv, make_repo_config, minio_target, wait_for
 
 STARTUP = 30.0  # seconds a daemon may take to start and run its first job on 2 cores
 
@@ -208,14 +208,7 @@ def test_jobs_run_on_schedule_and_metrics_show_them(setting, daemons, tmp_path, 
     s3 = s3_server.client()
     s3.create_bucket(Bucket="media-src")
     s3.put_object(Bucket="media-src", Key="photos/a.jpg", Body=b"jpeg" * 100)
-    setting.data["minio"] = {
-        "media": {
-            "endpoint": s3_server.endpoint_url,
-            "access_key_file": str(write_secret(tmp_path / "mid", s3_server.access_key_id)),
-            "secret_key_file": str(write_secret(tmp_path / "msk", s3_server.secret_access_key)),
-            "buckets": ["media-src"],
-        }
-    }
+    setting.data["minio"] = {"media": minio_target(s3_server, tmp_path, ["media-src"])}
     setting.write()
     prom = tmp_path / "textfile" / "drbackup.prom"
     schedules = write_schedule(

@@ -25,7 +25,7 @@ from drbackup.drill.report import failure_summary, report_key
 from drbackup.drill.signing import trusted_key, verify_report
 from drbackup.repository.manifest import blob_key
 from drbackup.sources.buckets.index import open_index
-from tests.e2e.conftest import _run_in_process, make_repo_config, write_secret
+from tests.e2e.conftest import _run_in_process, make_repo_config, minio_target
 
 OBJECTS = {"a.txt": b"alpha", "b/c.png": b"\x89PNG" * 50, "b/d.pdf": b"%PDF-1.7", "z": b"z"}
 BUCKET_CHECKS = ["restore", "checksums", "objects", "bytes", "cleanup", "rto", "rpo"]
@@ -43,14 +43,7 @@ def setup(request, tmp_path, monkeypatch, pg_db, s3_server, s3_bucket):
     key_file = tmp_path / "drill-signing.key"
     key_file.write_text(keys.b64(os.urandom(32)) + "\n")
     cfg.data["drill"] = {"signing_key_file": str(key_file)}
-    cfg.data["minio"] = {
-        "files": {
-            "endpoint": s3_server.endpoint_url,
-            "access_key_file": str(write_secret(tmp_path / "id", s3_server.access_key_id)),
-            "secret_key_file": str(write_secret(tmp_path / "secret", s3_server.secret_access_key)),
-            "buckets": ["photos"],
-        }
-    }
+    cfg.data["minio"] = {"files": minio_target(s3_server, tmp_path, ["photos"])}
     cfg.write()
     app = AppContext(load_config(str(cfg.path)))
     backup_target(app, "app")
