@@ -29,6 +29,7 @@ from drbackup.sources.postgres.fingerprint import (
     build_table_hash_query,
     fingerprint_session,
     format_table_hash,
+    row_hash_of,
 )
 
 POLL_S = 0.25
@@ -62,6 +63,7 @@ class EarlyHasher(threading.Thread):
             for name, entry in expected["tables"].items()
             if entry.get("kind") == "table" and entry["rows"] > 0 and entry.get("hash")
         }
+        self.row_hash = row_hash_of(expected)
         self.verified: set[str] = set()
         self.tried: set[str] = set()
         self.seconds = 0.0
@@ -112,7 +114,11 @@ class EarlyHasher(threading.Thread):
             if oid in copying or self._halt.is_set():
                 continue
             self.tried.add(key)
-            if self._hash(conn, schema, name, columns) == (entry["rows"], entry["hash"]):
+            text_columns = entry.get("text_columns", ())
+            if self._hash(conn, schema, name, columns, text_columns) == (
+                entry["rows"],
+                entry["hash"],
+            ):
                 self.verified.add(key)
 
     def _copying(self, conn) -> set[int]:
@@ -120,11 +126,13 @@ class EarlyHasher(threading.Thread):
             return set()
         return {r[0] for r in conn.execute(_COPYING).fetchall()}
 
-    def _hash(self, conn, schema: str, name: str, columns: list[str]) -> tuple[int, str]:
+    def _hash(self, conn, schema, name, columns, text_columns) -> tuple[int, str]:
         started = time.monotonic()
         try:
             with fingerprint_session(conn):
-                query = build_table_hash_query(schema, name, columns)
+                query = build_table_hash_query(
+                    schema, name, columns, row_hash=self.row_hash, text_columns=text_columns
+                )
                 rows, *sums = conn.execute(query).fetchone()
         finally:
             self.seconds += time.monotonic() - started

@@ -106,10 +106,10 @@ def _actual_fingerprint(conn, db: DatabaseUnderTest) -> tuple[dict | None, float
 
 def _fingerprint_rest(conn, db: DatabaseUnderTest) -> dict:
     if not db.verified_early:
-        return take_fingerprint(conn, db.expected["level"], **db.scope)
+        return take_fingerprint(conn, db.expected["level"], like=db.expected, **db.scope)
     excluded = set(db.scope.get("exclude_tables") or ()) | db.verified_early
     actual = take_fingerprint(
-        conn, db.expected["level"], **{**db.scope, "exclude_tables": excluded}
+        conn, db.expected["level"], like=db.expected, **{**db.scope, "exclude_tables": excluded}
     )
     inventory = take_inventory(conn, **db.scope)  # the whole inventory, verified tables too
     actual["large_objects"] = inventory.pop("large_objects")

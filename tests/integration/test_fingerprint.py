@@ -15,6 +15,8 @@ import pytest
 from drbackup.errors import SourceError
 from drbackup.sources.postgres.cluster import EphemeralCluster
 from drbackup.sources.postgres.fingerprint import (
+    ROW_HASH_MD5,
+    ROW_HASH_RECORD,
     compare_fingerprints,
     foreign_keys,
     orphan_query,
@@ -181,6 +183,52 @@ def test_one_changed_value_changes_exactly_that_tables_hash(awkward_db):
     assert differences[0].message.startswith("content hash of table public.measurements differs")
     changed = {k for k in before["tables"] if before["tables"][k] != after["tables"][k]}
     assert changed == {"public.measurements"}
+
+
+def test_values_swapped_between_rows_change_the_hash(awkward_db):
+    # hash_record_extended alone is a weighted sum of column hashes: summed over rows it
+    # would not see two rows exchanging a value.  The outer hash must.
+    before = fingerprint_of(awkward_db.dsn)
+    awkward_db.execute(
+        'UPDATE "Ünïcode schema".customers c SET name = o.name FROM "Ünïcode schema".customers o'
+        " WHERE (c.id, o.id) IN ((1, 2), (2, 1))"
+    )
+    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    assert kinds_and_objects(differences) == [("content_hash", "Ünïcode schema.customers")]
+
+
+def test_numeric_scale_is_seen_although_the_values_are_equal(awkward_db):
+    awkward_db.execute("UPDATE public.measurements SET n = 1.5 WHERE id = 1")
+    before = fingerprint_of(awkward_db.dsn)
+    awkward_db.execute("UPDATE public.measurements SET n = 1.50 WHERE id = 1")
+    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    assert kinds_and_objects(differences) == [("content_hash", "public.measurements")]
+
+
+def test_record_hash_records_which_columns_are_hashed_as_text(awkward_db):
+    fingerprint = fingerprint_of(awkward_db.dsn)
+    assert fingerprint["settings"]["row_hash"] == ROW_HASH_RECORD
+    tables = fingerprint["tables"]
+    # citext and hstore (extension types), a composite holding float8[] : text
+    assert tables["Ünïcode schema.customers"]["text_columns"] == ["address", "attrs", "email"]
+    measured = set(tables["public.measurements"]["text_columns"])
+    assert {"f8", "f4", "n", "nr", "fr"} <= measured  # floats, numeric and ranges of them
+    assert not measured & {"id", "span", "d", "at", "i4r", "tags", "grid", "payload"}
+    assert "text_columns" not in tables["public.t"]  # text and integer: all by value
+
+
+def test_a_drill_recomputes_an_old_md5_fingerprint_the_same_way(awkward_db, monkeypatch):
+    import drbackup.sources.postgres.fingerprint as fp
+
+    monkeypatch.setattr(fp, "_RECORD_MIN_SERVER", 10**9)  # a server without hash_record
+    old = fingerprint_of(awkward_db.dsn)
+    monkeypatch.undo()
+    assert old["settings"]["row_hash"] == ROW_HASH_MD5
+    assert not any("text_columns" in t for t in old["tables"].values())
+
+    assert compare_fingerprints(old, fingerprint_of(awkward_db.dsn, like=old)) == []
+    record = fingerprint_of(awkward_db.dsn)
+    assert [d.kind for d in compare_fingerprints(old, record)][:1] == ["content_hash"]
 
 
 def test_column_named_like_the_table_alias_is_hashed(awkward_db):

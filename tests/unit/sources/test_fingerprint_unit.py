@@ -6,9 +6,10 @@ import copy
 
 import pytest
 
-from drbackup.errors import ConfigError
+from drbackup.errors import ConfigError, SourceError
 from drbackup.sources.postgres.fingerprint import (
     FINGERPRINT_LEVELS,
+    ROW_HASH_RECORD,
     Difference,
     build_table_hash_query,
     compare_fingerprints,
@@ -261,6 +262,22 @@ def test_hash_query_sorts_and_quotes_columns():
     assert 'FROM ONLY "Ünï schema"."quote""d" AS t' in query
     assert 'ROW(t."a b", t."t", t."z", t."Ä")::text' in query
     assert build_table_hash_query("s", "empty", []).as_string(None).count("ROW()") == 1
+
+
+def test_record_hash_query_hashes_text_columns_as_text_and_rehashes_each_row():
+    query = build_table_hash_query(
+        "s", "t", ["b", "a", "c"], row_hash=ROW_HASH_RECORD, text_columns=["c"]
+    ).as_string(None)
+    assert (
+        'sum(hashtextextended(hash_record_extended(ROW(t."a", t."b", t."c"::text), 0)::text, 0))'
+        in query
+    )
+    assert "md5" not in query
+
+
+def test_unknown_row_hash_scheme_is_a_source_error():
+    with pytest.raises(SourceError, match="unknown row hash scheme 'sha3'"):
+        build_table_hash_query("s", "t", ["a"], row_hash="sha3")
 
 
 def test_format_table_hash_is_the_sum_modulo_2_64():
