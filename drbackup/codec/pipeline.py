@@ -56,7 +56,7 @@ class ObjectRecord:
 
 @dataclass(frozen=True)
 class CodecSettings:
-    level: int = 3
+    level: int = 1
     threads: int = 0  # 0: as many as cores (zstd "-T0"); 1: single-threaded
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compress: bool = True

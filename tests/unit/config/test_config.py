@@ -53,7 +53,7 @@ def test_defaults_without_a_file():
     assert cfg.repository.url == "/srv/drb/repo"
     assert cfg.catalog == "sqlite:////srv/drb/catalog.db"
     assert (cfg.postgres, cfg.minio, cfg.source) == ({}, {}, None)
-    assert cfg.repository.compression.level == 3
+    assert cfg.repository.compression.level == 1
     assert cfg.repository.encryption.method is None
 
 
