@@ -1,7 +1,7 @@
 """drbackup's streaming pipeline (zstd → AES-256-GCM → SHA-256 → storage) against the zstd
 command on the same file.
 
-    .venv/bin/python bench/pipeline.py [--size 1GiB] [--level 3] [--threads 0] [--repeat 3]
+    .venv/bin/python bench/pipeline.py [--size 1GiB] [--level 1] [--threads 0] [--repeat 3]
                                        [--keep-input] [--no-null] [--strict]
 
 1. Generates (once; reused while it exists) a file of mixed realistic data under /tmp:
@@ -246,7 +246,7 @@ def run_zstd(path: Path, level: int, threads: int):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=1 << 30, help="input size (default 1GiB)")
-    p.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
+    p.add_argument("--level", type=int, default=1, help="zstd level (default 1, as drbackup)")
     p.add_argument("--threads", type=int, default=0, help="zstd threads, 0 = all cores (default)")
     p.add_argument("--keep-input", action="store_true", help="keep the generated input file")
     p.add_argument("--no-null", action="store_true", help="skip the null-storage run")
