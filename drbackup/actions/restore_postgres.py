@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
@@ -72,22 +73,22 @@ def restore_postgres(
     password: str | None = None,
     spool_dir: str | None = None,
 ) -> RestoreResult:
-    """Restore one database of a backup into the database named by ``into``."""
+    """Restore one database of a backup into the database named by ``into``.
+
+    Everything that can refuse the restore is checked before any data is read: the backup,
+    the target database (exists, or ``create``; empty, or ``force``) and the globals item.
+    With ``jobs`` > 1 the target is then prepared (dropped, created, globals applied) while
+    the archive is spooled; pg_restore starts once both are done.
+    """
     repo = app.repository()
     selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
     item = pick_item(selection.manifest, database)
     dbname = database_of(into)
     if not dbname:
         raise UsageError("--into must name a database (e.g. postgresql://user@host/app_restored)")
-    created = _prepare_target(
-        into, dbname, password, create=create, force=force, encoding=item.meta.get("encoding")
-    )
-    globals_result = (
-        _restore_globals(repo, selection.manifest, into, password, force) if with_globals else None
-    )
-    with connect(into, password) as conn:
-        server_num = conn.info.server_version
-    bin_dir = commands.find_client_bin_dir(server_num, None)
+    found = _check_target(into, dbname, password, create=create, force=force)
+    globals_item = _globals_item(selection.manifest) if with_globals else None
+    bin_dir = commands.find_client_bin_dir(found.server_version, None)
     argv = commands.pg_restore_argv(
         bin_dir,
         into,
@@ -95,6 +96,15 @@ def restore_postgres(
         archive="{archive}" if jobs > 1 else None,
         no_owner=no_owner,
     )
+    prepared = _Prepared()
+
+    def prepare() -> None:  # with jobs > 1, in a thread while the archive is spooled
+        prepared.created = _make_target(into, found, password, encoding=item.meta.get("encoding"))
+        if globals_item is not None:
+            prepared.globals = _restore_globals(repo, globals_item, into, password, force)
+        with connect(into, password):  # pg_restore connects like this: fail here if it cannot
+            pass
+
     with repo.open_item(item) as reader:
         run = run_pg_restore(
             argv,
@@ -102,53 +112,93 @@ def restore_postgres(
             reader,
             spool_dir=spool_dir,
             what=f"restore of {item.name} into {dbname}",
+            alongside=prepare,
         )
     return RestoreResult(
-        selection, item.name, commands.mask_dsn(into), run, globals_result, created
+        selection, item.name, commands.mask_dsn(into), run, prepared.globals, prepared.created
     )
 
 
-def _prepare_target(
-    into: str, dbname: str, password, *, create: bool, force: bool, encoding
-) -> bool:
+@dataclass(frozen=True)
+class _Found:
+    """What :func:`_check_target` saw of the target database."""
+
+    dbname: str
+    exists: bool
+    objects: int
+    server_version: int
+
+
+@dataclass
+class _Prepared:
+    created: bool = False
+    globals: GlobalsResult | None = None
+
+
+def _check_target(into: str, dbname: str, password, *, create: bool, force: bool) -> _Found:
+    """Look at the target database without changing anything.
+
+    Raises :class:`RestoreError` if it does not exist and not ``create``, or holds objects
+    and not ``force``.
+    """
+    with connect(dsn_for_database(into, "postgres"), password) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        server_version = admin.info.server_version
+    if not exists and not create:
+        raise RestoreError(
+            f"target database {dbname} does not exist", hint="add --create to create it"
+        )
+    objects = 0
+    if exists:
+        with connect(into, password) as conn:
+            objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
+        if objects and not force:
+            noun = "object" if objects == 1 else "objects"
+            raise RestoreError(
+                f"target database {dbname} is not empty ({objects} {noun})",
+                hint="restore into an empty or new database (--create), "
+                "or pass --force to drop and recreate it",
+            )
+    return _Found(dbname, bool(exists), objects, server_version)
+
+
+def _make_target(into: str, found: _Found, password, *, encoding) -> bool:
     """Make sure the target database exists and is empty; True if (re)created.
 
-    A non-empty target is refused unless ``force``; then it is dropped and created anew.
+    A non-empty target (allowed by ``force``) is dropped and created anew.
     (``pg_restore --clean`` cannot drop everything a dump holds: a partition's inherited
     constraints, for one.)
     """
-    admin_dsn = dsn_for_database(into, "postgres")
-    with connect(admin_dsn, password) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-        if not exists and not create:
-            raise RestoreError(
-                f"target database {dbname} does not exist", hint="add --create to create it"
-            )
-        if exists:
-            with connect(into, password) as conn:
-                objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
-            if not objects:
-                return False
-            if not force:
-                noun = "object" if objects == 1 else "objects"
-                raise RestoreError(
-                    f"target database {dbname} is not empty ({objects} {noun})",
-                    hint="restore into an empty or new database (--create), "
-                    "or pass --force to drop and recreate it",
-                )
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
-        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
-        if encoding:
-            stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
-        admin.execute(stmt)
-        return True
+    if found.exists and not found.objects:
+        return False
+    name = sql.Identifier(found.dbname)
+    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name)
+    if encoding:
+        stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
+    with connect(dsn_for_database(into, "postgres"), password) as admin:
+        if found.exists:
+            _execute(admin, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name), "drop", found)
+        _execute(admin, stmt, "create", found)
+    return True
 
 
-def _restore_globals(repo, manifest: Manifest, into: str, password, force: bool) -> GlobalsResult:
+def _execute(conn, stmt, verb: str, found: _Found) -> None:
+    # Runs in the preparation thread: its failure must read as one line, like every error.
     try:
-        item = manifest.item("globals")
+        conn.execute(stmt)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RestoreError(f"cannot {verb} target database {found.dbname}: {reason}") from None
+
+
+def _globals_item(manifest: Manifest) -> Item:
+    try:
+        return manifest.item("globals")
     except KeyError:
         raise RestoreError(f"backup {manifest.backup_id} holds no globals") from None
+
+
+def _restore_globals(repo, item: Item, into: str, password, force: bool) -> GlobalsResult:
     with repo.open_item(item) as reader:
         text = b"".join(reader).decode("utf-8")
     with connect(into, password) as conn:

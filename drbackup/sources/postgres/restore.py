@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ _POST_RE = re.compile(
 )
 _ERROR_RE = re.compile(r"^pg_restore: error: (.*)$")
 MAX_ERRORS_KEPT = 50
+SPOOL_BLOCK = 1 << 20  # bytes per read of the decrypted archive when spooling
 
 
 @dataclass
@@ -77,17 +79,31 @@ class RestoreRun:
 
 
 def run_pg_restore(
-    argv: list[str], env: dict, reader, *, spool_dir: str | None, what: str
+    argv: list[str],
+    env: dict,
+    reader,
+    *,
+    spool_dir: str | None,
+    what: str,
+    alongside: Callable[[], None] | None = None,
 ) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
 
+    ``alongside``: work that must be done before pg_restore starts but does not need the
+    archive (preparing the target database).  A spooled restore runs it in a thread while
+    the archive is spooled; if it fails, the spool stops and is removed and its exception is
+    raised (it wins over a failed spool: without the overlap the spool would not have
+    started).  A streamed restore runs it first.
+
     Raises :class:`RestoreError` quoting pg_restore's errors, :class:`IntegrityError` if the
     stream fails authentication mid-way (pg_restore is killed; the target is incomplete).
     """
-    started = time.monotonic()
     if argv and argv[-1] == "{archive}":
-        return _restore_spooled(argv, env, reader, spool_dir, what, started)
+        return _restore_spooled(argv, env, reader, spool_dir, what, alongside)
+    if alongside is not None:
+        alongside()
+    started = time.monotonic()
     clock = PhaseClock()
     proc = _spawn(argv, env, stdin=subprocess.PIPE)
     feeder = _Feeder(reader, proc)
@@ -102,20 +118,23 @@ def run_pg_restore(
     return RestoreRun(clock.phases(), feeder.read_seconds, feeder.bytes, time.monotonic() - started)
 
 
-def _restore_spooled(argv, env, reader, spool_dir, what, started) -> RestoreRun:
+def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRun:
     # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
+    started = time.monotonic()
     tmpdir = Path(tempfile.mkdtemp(prefix="drbackup-spool-", dir=spool_dir))
+    helper = _Alongside(alongside) if alongside is not None else None
     try:
         archive = tmpdir / "archive.dump"
-        t0 = time.monotonic()
-        size = 0
-        with open(archive, "wb") as out:
-            # Decrypting and decompressing in a reader thread overlaps with the writes here.
-            for block in iter_blocks_threaded(reader):
-                out.write(block)
-                size += len(block)
-        fetch = time.monotonic() - t0
+        try:
+            size = _spool(reader, archive, helper)
+        except Exception:
+            if helper is not None:
+                helper.result()  # its error first, else the spool's
+            raise
+        fetch = time.monotonic() - started
+        if helper is not None:
+            helper.result()
         clock = PhaseClock()
         proc = _spawn(argv[:-1] + [str(archive)], env, stdin=subprocess.DEVNULL)
         _collect(proc, clock)
@@ -125,6 +144,46 @@ def _restore_spooled(argv, env, reader, spool_dir, what, started) -> RestoreRun:
         return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _spool(reader, archive: Path, helper: _Alongside | None) -> int:
+    """Write the plaintext of ``reader`` to ``archive``; its size.  Stops early (returns
+    what it wrote) if ``helper`` has failed: nothing will be restored."""
+    size = 0
+    with open(archive, "wb") as out:
+        # Reading (decrypting, decompressing) runs in a reader thread, overlapping the
+        # writes here; the reader itself hands work to helper threads (codec.pipeline).
+        for block in iter_blocks_threaded(reader, SPOOL_BLOCK):
+            if helper is not None and helper.failed:
+                break
+            out.write(block)
+            size += len(block)
+    return size
+
+
+class _Alongside:
+    """Runs a function in a thread; :meth:`result` waits and re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], None]):
+        self._fn = fn
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="drbackup-prepare", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to the caller
+            self._error = exc
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _spawn(argv, env, stdin) -> subprocess.Popen:
