@@ -20,11 +20,13 @@ Usage (as root or not; the server runs as user postgres under root)::
 
     .venv/bin/python bench/backup.py [--size-gb 1.0] [--reuse] [--skip-restore]
         [--fingerprint off|counts|full] [--repeat 2] [--zstd-level 3] [--zstd-threads 0]
-        [--nice N] [--json FILE] [--strict]
+        [--nice N] [--json FILE] [--strict] [--only all|restore|restore-j2]
 
-``--reuse`` keeps the generated cluster in /var/tmp/drbackup-bench/pg for the next run
-(generating 1 GiB takes about two minutes; bench/drill.py uses it too, and a lock file makes
-concurrent benches wait).  The repository, dump file and spool directory are under
+``--only restore`` measures only the four restores (``restore-j2``: only pg_restore -j2
+and the spooled drbackup restore); the dump file and the one backup they need are made
+first, not measured.  ``--reuse`` keeps the generated cluster in /var/tmp/drbackup-bench/pg
+for the next run (generating 1 GiB takes about two minutes; bench/drill.py uses it too, and
+a lock file makes concurrent benches wait).  The repository, dump file and spool directory are under
 /var/tmp/drbackup-bench/run and are removed at the end.
 """
 
@@ -89,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    p.add_argument(
+        "--only",
+        choices=("all", "restore", "restore-j2"),
+        default="all",
+        help="measure only the restores (their dump file and backup are made unmeasured)",
+    )
     return p.parse_args(argv)
 
 
@@ -266,9 +274,26 @@ LABELS = {
 }
 
 
+RESTORE_ONLY = {
+    "restore": ("pg_restore_j2", "pg_restore_j1", "restore_j1", "restore_j2"),
+    "restore-j2": ("pg_restore_j2", "restore_j2"),
+}
+
+
 def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[], Measurement]]]:
     """(name, run once) of every measurement, in the order of a round."""
     args = bench.args
+    if args.only != "all":
+        print("setup (not measured): pg_dump -Fc > file, one drbackup backup", flush=True)
+        measure_pg_dump(bench, archive)
+        measure_drbackup_backup(bench, args.zstd_level, args.fingerprint)
+        plan = {
+            "pg_restore_j2": lambda: measure_pg_restore(bench, archive, 2),
+            "pg_restore_j1": lambda: measure_pg_restore(bench, archive, 1),
+            "restore_j1": lambda: measure_drbackup_restore(bench, 1),
+            "restore_j2": lambda: measure_drbackup_restore(bench, 2),
+        }
+        return [(name, plan[name]) for name in RESTORE_ONLY[args.only]]
     plan = [
         ("floor", lambda: measure_pg_dump(bench, None)),
         ("pg_dump_fc", lambda: measure_pg_dump(bench, archive)),
@@ -303,7 +328,8 @@ def measure_all(bench: Bench) -> dict[str, Result]:
         print(f"round {round_no + 1}/{bench.args.repeat}", flush=True)
         for name, run_once in plan:
             results[name].runs.extend(best_of(name, 1, run_once).runs)
-    results["pg_dump_fc"].extra["output"] = archive.stat().st_size
+    if "pg_dump_fc" in results:
+        results["pg_dump_fc"].extra["output"] = archive.stat().st_size
     for name in (n for n in results if n.startswith("backup_")):
         summary = json.loads(results[name].best.stdout)
         results[name].extra |= {"output": summary["stored_size"], "dump": summary["size"]}
@@ -346,8 +372,9 @@ def verdicts(results: dict[str, Result], fingerprint: str) -> list[list[str]]:
     for name in (n for n in results if n.startswith("backup_")):
         ratio = wall[name] / wall["floor"]
         add(f"{LABELS[name]} / floor", ratio, f"<= {limit}", ratio <= limit)
-    ratio = wall[f"backup_{fingerprint}"] / wall["pg_dump_fc"]
-    add(f"{LABELS[f'backup_{fingerprint}']} / pg_dump -Fc", ratio, "< 1 (faster)", ratio < 1)
+    if "pg_dump_fc" in wall:
+        ratio = wall[f"backup_{fingerprint}"] / wall["pg_dump_fc"]
+        add(f"{LABELS[f'backup_{fingerprint}']} / pg_dump -Fc", ratio, "< 1 (faster)", ratio < 1)
     limit = TARGETS["restore"]
     for name in (n for n in ("restore_j1", "restore_j2") if n in wall):
         ratio = wall[name] / wall["pg_restore_j2"]
@@ -356,6 +383,8 @@ def verdicts(results: dict[str, Result], fingerprint: str) -> list[list[str]]:
         rss = results[name].best.tree_rss
         ok = rss < TARGETS["rss"]
         add(f"RSS of {LABELS[name]}", rss / (1 << 20), "< 150 MiB", ok, "{:.0f} MiB")
+    if "pg_dump_fc" not in results:  # --only restore
+        return rows
     gzip = results["backup_off"].extra["dump"] / results["pg_dump_fc"].extra["output"]
     for name in (n for n in results if n.startswith("backup_")):
         ours = results[name].extra["dump"] / results[name].extra["output"]
@@ -391,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
 def report(args, results: dict[str, Result], size: int, machine: str, started) -> list[list[str]]:
     """Print the figures, the verdicts and the noise; write --json if asked; return the
     verdict rows."""
-    dump = results["backup_off"].extra["dump"]
+    dump = results["backup_off"].extra["dump"] if "backup_off" in results else None
     print(f"\n{started:%Y-%m-%d %H:%M} UTC; {machine}")
     print(
-        f"database {fmt_size(size)}, dump (-Z0) {fmt_size(dump)}; zstd level {args.zstd_level}, "
+        f"database {fmt_size(size)}, dump (-Z0) {fmt_size(dump) if dump else '-'}; zstd level {args.zstd_level}, "
         f"threads {args.zstd_threads}; best of {args.repeat}; nice {args.nice}\n"
         "CPU = the command's process tree; server CPU = the postgresql backends meanwhile;\n"
         "all CPU / cores = the shortest wall time that CPU allows (the bound on a quiet machine)\n"
@@ -404,15 +433,26 @@ def report(args, results: dict[str, Result], size: int, machine: str, started) -
     rows = verdicts(results, args.fingerprint)
     print(render_table(["target", "value", "goal", "result"], rows))
     worst = max(results.values(), key=lambda r: r.spread)
-    fp_cost = results[f"backup_{args.fingerprint}"].best.wall_s - results["backup_off"].best.wall_s
-    print(f"\nfingerprint {args.fingerprint} adds {fp_cost:.1f}s to the backup")
+    if "backup_off" in results:
+        fp_cost = (
+            results[f"backup_{args.fingerprint}"].best.wall_s - results["backup_off"].best.wall_s
+        )
+        print(f"\nfingerprint {args.fingerprint} adds {fp_cost:.1f}s to the backup")
     for name in (n for n in results if n.startswith("restore_")):
         extra = results[name].extra
         rest = results[name].best.wall_s - extra["pg_restore_s"] - extra["spool_s"]
         print(
             f"{LABELS[name]}: spool {extra['spool_s']:.1f}s, pg_restore {extra['pg_restore_s']:.1f}s, "
-            f"the rest (start-up, key, manifest, create database) {rest:.1f}s"
+            f"the rest (start-up, imports, key, manifest, target) {rest:.1f}s"
         )
+        for m in results[name].runs:  # every run: the breakdown of the best can be a fluke
+            summary = json.loads(m.stdout)
+            spool = summary["fetch_decrypt_s"] if name == "restore_j2" else 0.0
+            print(
+                f"  run: wall {m.wall_s:.2f}s, CPU {m.cpu_s:.2f}s, spool {spool:.2f}s, "
+                f"pg_restore {summary['elapsed_s'] - spool:.2f}s, "
+                f"rest {m.wall_s - summary['elapsed_s']:.2f}s"
+            )
     print(
         f"noise: largest spread {worst.spread:.0%} ({LABELS[worst.name]}); load now {os.getloadavg()[0]:.1f}"
     )
