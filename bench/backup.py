@@ -6,7 +6,7 @@ the PostgreSQL server meanwhile, peak RSS; see common.py):
     backup   pg_dump -Fc -Z0 > /dev/null   (the floor: one backend running COPY)
              pg_dump -Fc > file            (pg_dump's default compression)
              drbackup backup postgres      fingerprint --fingerprint (default full) and off,
-                                           at --zstd-level and at level 1
+                                           at --zstd-level (default 1) and --compare-level (3)
     restore  pg_restore -j2 -d <new db> file, and pg_restore -d <new db> file (-j1)
              drbackup restore postgres --into <new db> --create   (streamed, one job)
              the same with --jobs 2                               (spooled to disk)
@@ -19,7 +19,7 @@ spread between runs says how noisy the machine was.  bench/README.md explains th
 Usage (as root or not; the server runs as user postgres under root)::
 
     .venv/bin/python bench/backup.py [--size-gb 1.0] [--reuse] [--skip-restore]
-        [--fingerprint off|counts|full] [--repeat 2] [--zstd-level 3] [--zstd-threads 0]
+        [--fingerprint off|counts|full] [--repeat 2] [--zstd-level 1] [--compare-level 3] [--zstd-threads 0]
         [--nice N] [--json FILE] [--strict] [--only all|restore|restore-j2]
 
 ``--only restore`` measures only the four restores (``restore-j2``: only pg_restore -j2
@@ -84,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-restore", action="store_true", help="measure backups only")
     p.add_argument("--fingerprint", choices=("off", "counts", "full"), default="full")
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement (2)")
-    p.add_argument("--zstd-level", type=int, default=3, help="repository.compression.level")
+    p.add_argument(
+        "--zstd-level", type=int, default=1, help="repository.compression.level (1, the default)"
+    )
+    p.add_argument("--compare-level", type=int, default=3, help="a second zstd level measured (3)")
     p.add_argument("--zstd-threads", type=int, default=0, help="0: one per core; 1: single")
     p.add_argument(
         "--nice", type=int, default=0, help="niceness increment for the bench and its server"
@@ -264,14 +267,18 @@ LABELS = {
     "backup_full": "drbackup backup (fingerprint full)",
     "backup_counts": "drbackup backup (fingerprint counts)",
     "backup_off": "drbackup backup (fingerprint off)",
-    "backup_full_z1": "drbackup backup (fingerprint full, zstd 1)",
-    "backup_counts_z1": "drbackup backup (fingerprint counts, zstd 1)",
-    "backup_off_z1": "drbackup backup (fingerprint off, zstd 1)",
     "pg_restore_j2": "pg_restore -j2 file",
     "pg_restore_j1": "pg_restore file (-j1)",
     "restore_j1": "drbackup restore (streamed)",
     "restore_j2": "drbackup restore --jobs 2 (spooled)",
 }
+LABELS.update(
+    {
+        f"backup_{fp}_z{level}": f"drbackup backup (fingerprint {fp}, zstd {level})"
+        for fp in ("full", "counts", "off")
+        for level in range(1, 23)
+    }
+)
 
 
 RESTORE_ONLY = {
@@ -298,7 +305,7 @@ def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[]
         ("floor", lambda: measure_pg_dump(bench, None)),
         ("pg_dump_fc", lambda: measure_pg_dump(bench, archive)),
     ]
-    levels = dict.fromkeys([args.zstd_level, 1])  # the configured level, and the lever: 1
+    levels = dict.fromkeys([args.zstd_level, args.compare_level])
     for level in levels:
         for fp in dict.fromkeys([args.fingerprint, "off"]):
             name = f"backup_{fp}" + ("" if level == args.zstd_level else f"_z{level}")
