@@ -114,8 +114,8 @@ class EarlyHasher(threading.Thread):
             if oid in copying or self._halt.is_set():
                 continue
             self.tried.add(key)
-            text_columns = entry.get("text_columns", ())
-            if self._hash(conn, schema, name, columns, text_columns) == (
+            how = {k: entry.get(k, ()) for k in ("text_columns", "float_columns")}
+            if self._hash(conn, schema, name, columns, how) == (
                 entry["rows"],
                 entry["hash"],
             ):
@@ -126,13 +126,11 @@ class EarlyHasher(threading.Thread):
             return set()
         return {r[0] for r in conn.execute(_COPYING).fetchall()}
 
-    def _hash(self, conn, schema, name, columns, text_columns) -> tuple[int, str]:
+    def _hash(self, conn, schema, name, columns, how: dict) -> tuple[int, str]:
         started = time.monotonic()
         try:
             with fingerprint_session(conn):
-                query = build_table_hash_query(
-                    schema, name, columns, row_hash=self.row_hash, text_columns=text_columns
-                )
+                query = build_table_hash_query(schema, name, columns, row_hash=self.row_hash, **how)
                 rows, *sums = conn.execute(query).fetchone()
         finally:
             self.seconds += time.monotonic() - started

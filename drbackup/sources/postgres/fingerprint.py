@@ -36,12 +36,14 @@ Content hash (level ``full``)
         the value alone (:data:`VALUE_HASHED_TYPES`) and its collation is deterministic;
         other columns (enums and ``reg*`` types hash OIDs that a restore changes; extension
         types; types with no hash function such as ``json`` or ``point``) are hashed as
-        ``::text``, under the fixed session settings.  So are ``float4``, ``float8`` and
-        ``numeric``: their hash functions follow equality (``0`` and ``-0``, ``1.0`` and
-        ``1.00`` hash alike) and a restore must keep the exact value; their text is also
-        cheaper to hash than ``numeric``'s normalisation.  The fingerprint records the text
-        columns per table as ``text_columns``.  What still hashes by equality: ``interval``
-        (``1 day`` and ``24:00:00``).
+        ``::text``, under the fixed session settings.  So is ``numeric``: its hash follows
+        equality (``1.0`` and ``1.00`` hash alike) while a restore must keep the scale, and
+        its text is cheaper to hash than its normalisation.  ``float4`` and ``float8``
+        columns (``float_columns``) are hashed by their exact IEEE 754 bits,
+        ``float8send(...)``, with every NaN made the one NaN a restore produces: their hash
+        functions would make ``0`` and ``-0`` alike, and their text costs a third more.
+        The fingerprint records both lists per table.  What still hashes by equality:
+        ``interval`` (``1 day`` and ``24:00:00``).
     ``md5`` (older servers, and fingerprints taken before drbackup 0.2)
         ``md5(ROW(<columns by name>)::text)`` under fixed session settings (UTC, ISO dates,
         hex bytea, shortest-exact floats, empty search_path), first 64 bits.
@@ -230,18 +232,25 @@ def build_table_hash_query(
     *,
     row_hash: str = ROW_HASH_MD5,
     text_columns: Iterable[str] = (),
+    float_columns: Iterable[str] = (),
 ) -> sql.Composed:
     """Return the one-pass query ``(rows, sum of row hashes)`` of a table.
 
     Columns are taken in name order (code point order) whatever their position, always
     qualified: with ``md5(t::text)`` a column named ``t`` would silently replace the row.
     ``row_hash`` is one of :data:`ROW_HASH_SCHEMES`; with :data:`ROW_HASH_RECORD`, the
-    ``text_columns`` are hashed as ``::text`` (see the module docstring).
+    ``text_columns`` are hashed as ``::text`` and the ``float_columns`` by their bits (see
+    the module docstring).
     """
-    as_text = set(text_columns)
+    as_text, as_float = set(text_columns), set(float_columns)
 
     def field(name: str) -> sql.Composable:
         ref = sql.SQL("t.{}").format(sql.Identifier(name))
+        if name in as_float:
+            return sql.SQL(
+                "float8send(CASE WHEN {c}::float8 = 'NaN'::float8 THEN 'NaN'::float8"
+                " ELSE {c}::float8 END)"
+            ).format(c=ref)
         return sql.SQL("{}::text").format(ref) if name in as_text else ref
 
     fields = sql.SQL(", ").join(field(c) for c in sorted(columns))
@@ -291,6 +300,7 @@ FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespa
 WHERE t.oid = %s
 """
 _NOT_ARRAYS = ("int2vector", "oidvector")
+_FLOATS = ("float4", "float8")
 
 
 class _ValueHashable:
@@ -301,6 +311,18 @@ class _ValueHashable:
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
         self._known: dict[int, bool] = {}
+        self._floats: dict[int, bool] = {}
+
+    def is_float(self, type_oid: int) -> bool:
+        """True for ``float4``, ``float8`` and domains over them."""
+        if type_oid not in self._floats:
+            row = self._conn.execute(_TYPE_SQL, (type_oid,)).fetchone()
+            typtype, builtin, name, base = (row[0], row[1], row[2], row[5]) if row else ("",) * 4
+            if typtype == "d":
+                self._floats[type_oid] = self.is_float(base)
+            else:
+                self._floats[type_oid] = typtype == "b" and builtin and name in _FLOATS
+        return self._floats[type_oid]
 
     def __call__(self, type_oid: int) -> bool:
         if type_oid not in self._known:
@@ -327,22 +349,19 @@ class _ValueHashable:
 
 
 def _fingerprint_table(
-    conn, schema: str, table: str, columns: list[str], full: bool, row_hash: str, text_columns
+    conn, schema: str, table: str, columns: list[str], full: bool, row_hash: str, how: dict
 ) -> dict:
     try:
         if not full:
             (rows,) = conn.execute(build_row_count_query(schema, table)).fetchone()
             return {"rows": rows, "hash": None}
-        query = build_table_hash_query(
-            schema, table, columns, row_hash=row_hash, text_columns=text_columns
-        )
+        query = build_table_hash_query(schema, table, columns, row_hash=row_hash, **how)
         rows, hash_sum = conn.execute(query).fetchone()
     except psycopg.Error as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SourceError(f"cannot fingerprint table {schema}.{table}: {reason}") from error
     entry = {"rows": rows, "hash": format_table_hash(hash_sum)}
-    if text_columns:
-        entry["text_columns"] = sorted(text_columns)
+    entry.update({k: sorted(v) for k, v in how.items() if v})
     return entry
 
 
@@ -357,17 +376,17 @@ def _fingerprint_tables(conn, scope: Scope, full: bool, row_hash: str, like: dic
         if not scope.has_table(schema, name):
             continue
         key = f"{schema}.{name}"
-        text_columns: list[str] = []
+        how: dict[str, list[str]] = {"text_columns": [], "float_columns": []}
         if full and row_hash == ROW_HASH_RECORD:
             if key in known:  # hash the way the expected fingerprint did
-                text_columns = known[key].get("text_columns", [])
+                how = {k: known[key].get(k, []) for k in how}
             else:
-                text_columns = [
-                    column
-                    for column, type_oid, det in zip(columns, types, deterministic, strict=True)
-                    if not (det and hashable(type_oid))
-                ]
-        entry = _fingerprint_table(conn, schema, name, columns, full, row_hash, text_columns)
+                for column, type_oid, det in zip(columns, types, deterministic, strict=True):
+                    if hashable.is_float(type_oid):
+                        how["float_columns"].append(column)
+                    elif not (det and hashable(type_oid)):
+                        how["text_columns"].append(column)
+        entry = _fingerprint_table(conn, schema, name, columns, full, row_hash, how)
         tables[key] = {**entry, "kind": kinds[relkind]}
     return dict(sorted(tables.items()))
 
