@@ -20,7 +20,7 @@ Usage (as root or not; the server runs as user postgres under root)::
 
     .venv/bin/python bench/backup.py [--size-gb 1.0] [--reuse] [--skip-restore]
         [--fingerprint off|counts|full] [--repeat 2] [--zstd-level 1] [--compare-level 3] [--zstd-threads 0]
-        [--nice N] [--json FILE] [--strict] [--only all|restore|restore-j2]
+        [--nice N] [--json FILE] [--strict] [--only all|backup|restore|restore-j2]
 
 ``--only restore`` measures only the four restores (``restore-j2``: only pg_restore -j2
 and the spooled drbackup restore); the dump file and the one backup they need are made
@@ -96,9 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     p.add_argument(
         "--only",
-        choices=("all", "restore", "restore-j2"),
+        choices=("all", "backup", "restore", "restore-j2"),
         default="all",
-        help="measure only the restores (their dump file and backup are made unmeasured)",
+        help="backup: the floor and drbackup backups only; restore, restore-j2: only the "
+        "restores (their dump file and backup are made unmeasured)",
     )
     return p.parse_args(argv)
 
@@ -290,7 +291,7 @@ RESTORE_ONLY = {
 def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[], Measurement]]]:
     """(name, run once) of every measurement, in the order of a round."""
     args = bench.args
-    if args.only != "all":
+    if args.only not in ("all", "backup"):
         print("setup (not measured): pg_dump -Fc > file, one drbackup backup", flush=True)
         measure_pg_dump(bench, archive)
         measure_drbackup_backup(bench, args.zstd_level, args.fingerprint)
@@ -301,16 +302,17 @@ def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[]
             "restore_j2": lambda: measure_drbackup_restore(bench, 2),
         }
         return [(name, plan[name]) for name in RESTORE_ONLY[args.only]]
-    plan = [
-        ("floor", lambda: measure_pg_dump(bench, None)),
-        ("pg_dump_fc", lambda: measure_pg_dump(bench, archive)),
-    ]
+    plan = [("floor", lambda: measure_pg_dump(bench, None))]
+    if args.only == "all":
+        plan.append(("pg_dump_fc", lambda: measure_pg_dump(bench, archive)))
     levels = dict.fromkeys([args.zstd_level, args.compare_level])
     for level in levels:
         for fp in dict.fromkeys([args.fingerprint, "off"]):
             name = f"backup_{fp}" + ("" if level == args.zstd_level else f"_z{level}")
             plan.append((name, lambda fp=fp, lv=level: measure_drbackup_backup(bench, lv, fp)))
-    if not args.skip_restore:  # after the backups: restores read the latest one
+    if (
+        not args.skip_restore and args.only == "all"
+    ):  # after the backups: restores read the latest one
         plan += [
             ("pg_restore_j2", lambda: measure_pg_restore(bench, archive, 2)),
             ("pg_restore_j1", lambda: measure_pg_restore(bench, archive, 1)),

@@ -213,8 +213,18 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
 def _fingerprint(conn, target: PgTarget):
     if target.fingerprint == "off":
         return None
-    from drbackup.sources.postgres.fingerprint import take_fingerprint
+    from drbackup.sources.postgres.fingerprint import (
+        ROW_HASH_RECORD,
+        default_row_hash,
+        take_fingerprint,
+    )
 
+    if default_row_hash(conn) == ROW_HASH_RECORD:
+        # One backend: pg_dump's COPY is the backup's critical path, and a single backend
+        # hashes rows faster than pg_dump copies them, so parallel workers would only take
+        # CPU from the COPY (and workers from the source server).  md5 is slow enough to
+        # become the tail: it keeps the planner's choice.
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     return take_fingerprint(
         conn,
         target.fingerprint,
