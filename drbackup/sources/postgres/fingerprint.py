@@ -44,7 +44,7 @@ Content hash (level ``full``)
         functions would make ``0`` and ``-0`` alike, and their text costs a third more.
         The fingerprint records both lists per table.  What still hashes by equality:
         ``interval`` (``1 day`` and ``24:00:00``).
-    ``md5`` (older servers, and fingerprints taken before drbackup 0.2)
+    ``md5`` (servers older than 14, and fingerprints taken before the ``record`` scheme)
         ``md5(ROW(<columns by name>)::text)`` under fixed session settings (UTC, ISO dates,
         hex bytea, shortest-exact floats, empty search_path), first 64 bits.
 
