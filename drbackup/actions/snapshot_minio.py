@@ -215,14 +215,15 @@ class BucketSnapshot:
         results = ordered_map(
             self._process, pairs, workers=self.opts.workers, inline=lambda p: is_unchanged(*p)
         )
-        for (listed, _), transfer in results:
-            if self.cancel.is_set():
-                raise SnapshotCancelled("snapshot cancelled")
-            self.stats.add(listed.key, transfer)
-            if progress and transfer.downloaded:
-                progress(transfer.downloaded)
-            if transfer.entry is not None:
-                yield transfer.entry
+        with contextlib.closing(results):  # closed with this generator, in its thread
+            for (listed, _), transfer in results:
+                if self.cancel.is_set():
+                    raise SnapshotCancelled("snapshot cancelled")
+                self.stats.add(listed.key, transfer)
+                if progress and transfer.downloaded:
+                    progress(transfer.downloaded)
+                if transfer.entry is not None:
+                    yield transfer.entry
 
     def _process(self, pair: tuple[ListedObject, IndexEntry | None]) -> Transfer:
         listed, previous = pair

@@ -8,6 +8,7 @@ and yields results in input order: memory is bounded by the window, never by the
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,8 +42,14 @@ def ordered_map(
     calling thread when they reach the window (cheap work, such as reusing a previous
     record, costs no thread hand-off).  An exception raised by ``fn`` propagates when its
     item's turn comes; leaving the iteration early cancels what has not started.
+
+    Closed in the thread that iterates it, the generator waits for the running transfers.
+    Finalized anywhere else (the garbage collector runs a forgotten generator's ``finally``
+    in whatever thread allocates at that moment, such as an S3 transfer thread a worker is
+    waiting on), it only cancels and does not wait: waiting there can deadlock.
     """
     window = window or workers * 8
+    owner = threading.current_thread()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drbackup-transfer")
     pending: deque[tuple[T, Future | _Done]] = deque()
     try:
@@ -58,7 +65,7 @@ def ordered_map(
             head, future = pending.popleft()
             yield head, future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=threading.current_thread() is owner, cancel_futures=True)
 
 
 def _ready(future) -> bool:

@@ -259,6 +259,30 @@ def test_ordered_map_runs_inline_items_in_the_caller_and_propagates_errors():
     assert all(threads[i] is not caller for i in threads if i % 2 == 1)
 
 
+def test_ordered_map_finalized_in_another_thread_does_not_wait_for_its_workers():
+    # The garbage collector finalizes a forgotten generator in whatever thread allocates:
+    # once it was an S3 transfer thread that a worker was waiting on, and waiting there
+    # for the workers deadlocked a test run at exit.  Here the worker waits for the thread
+    # that closes the generator.
+    closed, running = threading.Event(), threading.Event()
+
+    def work(i: int) -> int:
+        if i == 0:
+            running.wait(10)  # item 1 is in flight before the first result is handed out
+        if i == 1:
+            running.set()
+            closed.wait(10)
+        return i
+
+    gen = ordered_map(work, range(4), workers=2, window=4)
+    assert next(gen) == (0, 0)
+    closer = threading.Thread(target=lambda: (gen.close(), closed.set()), daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "closing the generator from another thread waited on a worker"
+    assert closed.is_set()
+
+
 # --- headers ----------------------------------------------------------------------------
 
 
