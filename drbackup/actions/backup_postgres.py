@@ -25,6 +25,7 @@ from drbackup.errors import DrbackupError, LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.postgres import commands
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
+from drbackup.threads import Background
 
 LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('drbackup backup ' || %s))"
 
@@ -198,9 +199,8 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
             extra=target.pg_dump_options,
         )
         sequences = _sequence_states(snap) if target.fingerprint != "off" else {}
-        fingerprint = _Background(lambda: _fingerprint(snap, target))
         with _Process(argv, client_env(target.password), f"pg_dump of database {db}") as proc:
-            fingerprint.start()
+            fingerprint = Background(lambda: _fingerprint(snap, target), "drbackup-fingerprint")
             item = writer.add_stream(
                 db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress
             )
@@ -336,27 +336,3 @@ class _Process:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
-
-
-class _Background:
-    """Run a function in a thread; re-raise its exception on ``result()``."""
-
-    def __init__(self, fn):
-        self._fn, self._value, self._exc = fn, None, None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # handed to result()
-            self._exc = exc
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def result(self):
-        if self._thread.ident is not None:
-            self._thread.join()
-        if self._exc:
-            raise self._exc
-        return self._value

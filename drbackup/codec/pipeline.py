@@ -76,34 +76,11 @@ def iter_blocks_threaded(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iter
     Reading a pipe (pg_dump's stdout) in its own thread lets the producer run while this
     thread compresses and encrypts.  An exception in the reader is re-raised here.
     """
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            while not stop.is_set():
-                block = source.read(block_size)
-                q.put(block)
-                if not block:
-                    return
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=pump, name="drbackup-reader", daemon=True)
-    thread.start()
+    blocks = _Prefetcher(iter_blocks(source, block_size), QUEUE_DEPTH, "drbackup-reader")
     try:
-        while True:
-            item = q.get()
-            if isinstance(item, BaseException):
-                raise item
-            if not item:
-                return
-            yield item
+        yield from blocks
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a pump waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                q.get(timeout=0.05)
+        blocks.close()
 
 
 class EncodingReader:

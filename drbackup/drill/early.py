@@ -27,6 +27,7 @@ import psycopg
 
 from drbackup.sources.postgres.fingerprint import (
     build_table_hash_query,
+    column_choices,
     fingerprint_session,
     format_table_hash,
     row_hash_of,
@@ -114,8 +115,7 @@ class EarlyHasher(threading.Thread):
             if oid in copying or self._halt.is_set():
                 continue
             self.tried.add(key)
-            how = {k: entry.get(k, ()) for k in ("text_columns", "float_columns")}
-            if self._hash(conn, schema, name, columns, how) == (
+            if self._hash(conn, schema, name, columns, column_choices(entry)) == (
                 entry["rows"],
                 entry["hash"],
             ):

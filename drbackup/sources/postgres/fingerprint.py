@@ -279,6 +279,15 @@ def format_table_hash(hash_sum: int) -> str:
     return f"{int(hash_sum) % 2**64:016x}"
 
 
+HASH_COLUMN_KEYS = ("text_columns", "float_columns")
+
+
+def column_choices(entry: dict) -> dict[str, list[str]]:
+    """How a fingerprint's table entry hashed its columns: the keyword arguments of
+    :func:`build_table_hash_query` besides the scheme (empty lists for an ``md5`` entry)."""
+    return {key: list(entry.get(key, ())) for key in HASH_COLUMN_KEYS}
+
+
 def default_row_hash(conn: psycopg.Connection) -> str:
     """The row hash a new fingerprint of this server uses."""
     return ROW_HASH_RECORD if conn.info.server_version >= _RECORD_MIN_SERVER else ROW_HASH_MD5
@@ -311,18 +320,23 @@ class _ValueHashable:
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
         self._known: dict[int, bool] = {}
-        self._floats: dict[int, bool] = {}
+        self._rows: dict[int, tuple | None] = {}
+
+    def _type(self, type_oid: int) -> tuple | None:
+        """The catalog row of a type (``_TYPE_SQL``), read once."""
+        if type_oid not in self._rows:
+            self._rows[type_oid] = self._conn.execute(_TYPE_SQL, (type_oid,)).fetchone()
+        return self._rows[type_oid]
 
     def is_float(self, type_oid: int) -> bool:
         """True for ``float4``, ``float8`` and domains over them."""
-        if type_oid not in self._floats:
-            row = self._conn.execute(_TYPE_SQL, (type_oid,)).fetchone()
-            typtype, builtin, name, base = (row[0], row[1], row[2], row[5]) if row else ("",) * 4
-            if typtype == "d":
-                self._floats[type_oid] = self.is_float(base)
-            else:
-                self._floats[type_oid] = typtype == "b" and builtin and name in _FLOATS
-        return self._floats[type_oid]
+        row = self._type(type_oid)
+        if row is None:
+            return False
+        typtype, builtin, name, _, _, base, *_ = row
+        if typtype == "d":
+            return self.is_float(base)
+        return typtype == "b" and builtin and name in _FLOATS
 
     def __call__(self, type_oid: int) -> bool:
         if type_oid not in self._known:
@@ -331,7 +345,7 @@ class _ValueHashable:
         return self._known[type_oid]
 
     def _decide(self, type_oid: int) -> bool:
-        row = self._conn.execute(_TYPE_SQL, (type_oid,)).fetchone()
+        row = self._type(type_oid)
         if row is None:
             return False
         typtype, builtin, name, category, elem, base, relid, subtype, multi_of, attrs = row
@@ -376,10 +390,10 @@ def _fingerprint_tables(conn, scope: Scope, full: bool, row_hash: str, like: dic
         if not scope.has_table(schema, name):
             continue
         key = f"{schema}.{name}"
-        how: dict[str, list[str]] = {"text_columns": [], "float_columns": []}
+        how = column_choices({})
         if full and row_hash == ROW_HASH_RECORD:
             if key in known:  # hash the way the expected fingerprint did
-                how = {k: known[key].get(k, []) for k in how}
+                how = column_choices(known[key])
             else:
                 for column, type_oid, det in zip(columns, types, deterministic, strict=True):
                     if hashable.is_float(type_oid):

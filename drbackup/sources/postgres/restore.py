@@ -20,6 +20,7 @@ from pathlib import Path
 
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import IntegrityError, RestoreError, SourceError
+from drbackup.threads import Background
 
 _DATA_RE = re.compile(
     r"pg_restore: (processing data for table|executing SEQUENCE SET|processing item \d+ TABLE DATA)"
@@ -123,7 +124,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
     started = time.monotonic()
     tmpdir = Path(tempfile.mkdtemp(prefix="drbackup-spool-", dir=spool_dir))
-    helper = _Alongside(alongside) if alongside is not None else None
+    helper = Background(alongside, "drbackup-prepare") if alongside is not None else None
     try:
         archive = tmpdir / "archive.dump"
         try:
@@ -146,7 +147,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _spool(reader, archive: Path, helper: _Alongside | None) -> int:
+def _spool(reader, archive: Path, helper: Background | None) -> int:
     """Write the plaintext of ``reader`` to ``archive``; its size.  Stops early (returns
     what it wrote) if ``helper`` has failed: nothing will be restored."""
     size = 0
@@ -159,31 +160,6 @@ def _spool(reader, archive: Path, helper: _Alongside | None) -> int:
             out.write(block)
             size += len(block)
     return size
-
-
-class _Alongside:
-    """Runs a function in a thread; :meth:`result` waits and re-raises its exception."""
-
-    def __init__(self, fn: Callable[[], None]):
-        self._fn = fn
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="drbackup-prepare", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as exc:  # handed to the caller
-            self._error = exc
-
-    @property
-    def failed(self) -> bool:
-        return self._error is not None
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _spawn(argv, env, stdin) -> subprocess.Popen:
