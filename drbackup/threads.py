@@ -31,6 +31,10 @@ class Background(Generic[T]):
         """True once ``fn`` has raised (without waiting for it)."""
         return self._error is not None
 
+    def join(self) -> None:
+        """Wait for ``fn`` to finish, without collecting its outcome."""
+        self._thread.join()
+
     def result(self) -> T | None:
         self._thread.join()
         if self._error is not None:

@@ -14,6 +14,7 @@ import importlib
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,9 +110,11 @@ def _record(app, target, started, status, **kw) -> None:
 
 
 def _backup(app, target: PgTarget, progress) -> Manifest:
-    repo = app.repository()
+    # The passphrase is stretched in a helper thread while pg_dump starts; the first
+    # sealed block waits for it (a wrong passphrase fails there, and pg_dump is stopped).
+    repo = app.repository(background_key=True)
     repo.keyring.require(write=True)
-    _prefetch_catalog()
+    _prefetch_catalog(after=repo.keyring.wait)
     with connect(target.dsn, target.password) as control:
         _take_lock(control, target.name)
         server_num = control.info.server_version
@@ -139,12 +142,13 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
             return writer.commit()
 
 
-def _prefetch_catalog() -> None:
+def _prefetch_catalog(after: Callable[[], None]) -> None:
     # The run is recorded in the catalog at the end; importing it (SQLAlchemy, ~0.5 s of CPU)
     # then would add to every backup's wall time.  Imported alongside the dump instead, where
-    # it overlaps with waiting for pg_dump.  Started after the key is derived, so that the
-    # import's memory does not add to scrypt's.  Errors surface (and are suppressed) later.
+    # it overlaps with waiting for pg_dump.  Started ``after`` the key is derived, so that
+    # the import's memory does not add to scrypt's.  Errors surface (and are suppressed) later.
     def load() -> None:
+        after()
         with contextlib.suppress(Exception):
             importlib.import_module("drbackup.catalog")
 

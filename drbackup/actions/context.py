@@ -42,10 +42,12 @@ class AppContext:
         comp = self.config.repository.compression
         return CodecSettings(level=comp.level, threads=comp.threads, chunk_size=chunk_size)
 
-    def repository(self) -> Repository:
-        """Open the configured repository (cached for the run)."""
+    def repository(self, *, background_key: bool = False) -> Repository:
+        """Open the configured repository (cached for the run).  ``background_key``: derive
+        a passphrase's key in a helper thread, its errors raised where the key is first used
+        (for commands that have other work to start meanwhile)."""
         if self._repo is None:
-            repo = Repository.open(self.storage, self.secrets)
+            repo = Repository.open(self.storage, self.secrets, background_key=background_key)
             repo.codec = self.codec_settings(repo.codec.chunk_size)
             self._repo = repo
         return self._repo

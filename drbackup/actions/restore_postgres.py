@@ -18,6 +18,7 @@ from drbackup.sources.postgres import commands
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
 from drbackup.sources.postgres.restore import RestoreRun, run_pg_restore
+from drbackup.threads import Background
 
 _NON_EMPTY_SQL = """
 SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -80,13 +81,19 @@ def restore_postgres(
     With ``jobs`` > 1 the target is then prepared (dropped, created, globals applied) while
     the archive is spooled; pg_restore starts once both are done.
     """
-    repo = app.repository()
-    selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
-    item = pick_item(selection.manifest, database)
     dbname = database_of(into)
     if not dbname:
         raise UsageError("--into must name a database (e.g. postgresql://user@host/app_restored)")
-    found = _check_target(into, dbname, password, create=create, force=force)
+    # The target is looked at while the passphrase is stretched and the backup chosen; the
+    # backup's errors (wrong key, unknown id) still come first.
+    repo = app.repository(background_key=True)
+    checked = Background(
+        lambda: _check_target(into, dbname, password, create=create, force=force),
+        "drbackup-target-check",
+    )
+    selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
+    item = pick_item(selection.manifest, database)
+    found = checked.result()
     globals_item = _globals_item(selection.manifest) if with_globals else None
     bin_dir = commands.find_client_bin_dir(found.server_version, None)
     argv = commands.pg_restore_argv(

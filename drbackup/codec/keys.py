@@ -16,6 +16,7 @@ repository cannot be spliced into another.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ KEY_SIZE = 32
 NONCE_SIZE = 12
 # scrypt cost: N=2^16, r=8 → 64 MiB of memory per derivation (~0.2-0.4 s).
 DEFAULT_SCRYPT = {"n": 1 << 16, "r": 8, "p": 1}
+_HASHLIB_MAXMEM = (1 << 31) - 1  # hashlib.scrypt takes at most INT_MAX
 _DK_AAD = b"drbackup/v1/data-key\x00"
 _MK_AAD = b"drbackup/v1/master-key\x00"
 
@@ -55,8 +57,15 @@ def unb64(text: str, what: str) -> bytes:
 def derive_passphrase_kek(passphrase: str, kdf: dict) -> bytes:
     """Key-encryption key from a passphrase with the scrypt parameters stored in ``kdf``."""
     salt = unb64(kdf["salt"], "kdf salt")
-    scrypt = Scrypt(salt=salt, length=KEY_SIZE, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"]))
-    return scrypt.derive(passphrase.encode("utf-8"))
+    n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+    secret = passphrase.encode("utf-8")
+    # OpenSSL's scrypt through hashlib: the same function as cryptography's Scrypt, but it
+    # releases the GIL, so a backup or restore derives the key while it starts pg_dump or
+    # checks its target.  Its working memory is 128*r*(n+p+2) bytes.
+    maxmem = 128 * r * (n + p + 2) + (1 << 20)
+    if maxmem <= _HASHLIB_MAXMEM:
+        return hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=KEY_SIZE)
+    return Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(secret)
 
 
 def derive_keyfile_kek(key_material: bytes, kdf: dict) -> bytes:

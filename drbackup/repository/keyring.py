@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import threading
 from dataclasses import dataclass
 
 from drbackup.codec import keys
 from drbackup.codec.aead import ObjectHeader
 from drbackup.errors import ConfigError, EncryptionKeyError
+from drbackup.threads import Background
 
 
 @dataclass(frozen=True)
@@ -32,19 +34,63 @@ class KeyRing:
     In symmetric mode both directions need the master key.  In public-key mode writing needs
     only the public key, reading needs the private key (the master key, or a private key
     file).
+
+    With ``background=True`` a passphrase is stretched (scrypt, ~0.2 s) in a helper thread
+    while the caller goes on (starting pg_dump, checking a restore target): the first use of
+    a key waits for it, and a wrong passphrase raises there instead of here.
     """
 
-    def __init__(self, header: dict, secrets: Secrets):
+    def __init__(self, header: dict, secrets: Secrets, *, background: bool = False):
         self.repo_id = bytes.fromhex(header["repository_id"])
         enc = header["encryption"]
         self.mode = enc["mode"]
         self._header_public = (
             keys.unb64(enc["public_key"], "public key") if enc.get("public_key") else None
         )
-        self.master_key = self._open_master(enc["access_slots"], secrets)
-        self.private_key = self._private_key(secrets)
-        self.public_key = self._public_key(secrets)
+        self._secrets = secrets
+        self._holds_master = secrets.passphrase is not None or secrets.key_file is not None
+        slots = enc["access_slots"]
+        self._master: bytes | None | Background[bytes | None]
+        if background and secrets.passphrase is not None:
+            self._master = Background(
+                lambda: self._open_master(slots, secrets), "drbackup-key-derivation"
+            )
+        else:
+            self._master = self._open_master(slots, secrets)
+            self._check_keys(self._master)
         self._cache: dict[bytes, bytes] = {}
+        self._resolving = threading.Lock()
+
+    @property
+    def master_key(self) -> bytes | None:
+        """The master key (waits for a background derivation; raises if it failed)."""
+        if isinstance(self._master, Background):
+            with self._resolving:  # several threads may ask first: resolve once
+                if isinstance(self._master, Background):
+                    master = self._master.result()
+                    self._check_keys(master)  # raises, and again on the next use
+                    self._master = master
+        return self._master
+
+    def wait(self) -> None:
+        """Wait until a background derivation has finished, whatever its outcome (its error
+        is raised where a key is used)."""
+        if isinstance(self._master, Background):
+            self._master.join()
+
+    @property
+    def private_key(self) -> bytes | None:
+        self.master_key  # noqa: B018 - waits for a background derivation
+        return self._private
+
+    @property
+    def public_key(self) -> bytes | None:
+        self.master_key  # noqa: B018 - waits for a background derivation
+        return self._public
+
+    def _check_keys(self, master: bytes | None) -> None:
+        self._private = self._private_key(self._secrets, master)
+        self._public = self._public_key(self._secrets)
 
     def _open_master(self, slots: list[dict], secrets: Secrets) -> bytes | None:
         if secrets.passphrase is None and secrets.key_file is None:
@@ -56,10 +102,10 @@ class KeyRing:
             key_file=secrets.key_file if secrets.passphrase is None else None,
         )
 
-    def _private_key(self, secrets: Secrets) -> bytes | None:
+    def _private_key(self, secrets: Secrets, master: bytes | None) -> bytes | None:
         if self.mode != "public-key":
             return None
-        priv = secrets.private_key or self.master_key
+        priv = secrets.private_key or master
         if priv is not None and keys.public_from_private(priv) != self._header_public:
             raise EncryptionKeyError("the private key does not belong to this repository")
         return priv
@@ -76,23 +122,21 @@ class KeyRing:
                     hint="check repository.encryption.public_key",
                 )
             return secrets.public_key
-        if self.private_key is not None:
+        if self._private is not None:
             return self._header_public
         return None
 
     @property
     def can_write(self) -> bool:
-        return (
-            self.master_key is not None if self.mode == "symmetric" else self.public_key is not None
-        )
+        if self.mode == "symmetric":
+            return self._holds_master  # without waiting for a background derivation
+        return self.public_key is not None
 
     @property
     def can_read(self) -> bool:
-        return (
-            self.master_key is not None
-            if self.mode == "symmetric"
-            else self.private_key is not None
-        )
+        if self.mode == "symmetric":
+            return self._holds_master
+        return self.private_key is not None
 
     def require(self, write: bool = False, read: bool = False) -> None:
         """Raise :class:`ConfigError` / :class:`EncryptionKeyError` if a needed key is absent."""

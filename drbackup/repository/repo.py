@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from drbackup import __version__
 from drbackup.codec import keys
 from drbackup.codec.aead import DEFAULT_CHUNK_SIZE
+from drbackup.codec.keys import DataKey
 from drbackup.codec.pipeline import CodecSettings, ObjectRecord, encode_to_storage, open_decoded
 from drbackup.errors import (
     IntegrityError,
@@ -114,12 +116,13 @@ class Repository:
         return cls(storage, repo_hdr, KeyRing(repo_hdr, secrets))
 
     @classmethod
-    def open(cls, storage, secrets: Secrets) -> Repository:
+    def open(cls, storage, secrets: Secrets, *, background_key: bool = False) -> Repository:
         """Open an existing repository.
 
         Raises :class:`StorageUnreachableError` if storage is unreachable,
         :class:`RepositoryError` if there is no repository or its format is too new,
-        :class:`EncryptionKeyError` for a wrong passphrase or key.
+        :class:`EncryptionKeyError` for a wrong passphrase or key (with ``background_key``,
+        where the key is first used: see :class:`KeyRing`).
         """
         storage.check()
         try:
@@ -130,7 +133,7 @@ class Repository:
                 hint="run 'drbackup init' first, or check repository.url",
             ) from None
         header = hdr.parse_header(raw, storage.url)
-        return cls(storage, header, KeyRing(header, secrets))
+        return cls(storage, header, KeyRing(header, secrets, background=background_key))
 
     def add_access_slot(
         self, *, passphrase: str | None = None, key_file: bytes | None = None
@@ -397,11 +400,21 @@ class BackupWriter:
         self.repo, self.target, self.kind = repo, target, kind
         self.started = _start_after(repo.list_refs(target))
         self.backup_id = new_backup_id(self.started)
-        self.data_key = repo.keyring.new_data_key()
+        self._data_key: DataKey | None = None  # made on first use: see data_key
+        self._data_key_lock = threading.Lock()
         self.items: list[Item] = []
         self.meta: dict = {}
         self.recovery_point: datetime | None = None
         self.committed: Manifest | None = None
+
+    @property
+    def data_key(self) -> DataKey:
+        """The backup's data key, made when the first object is sealed: with a passphrase
+        still being stretched in the background, the source is already started by then."""
+        with self._data_key_lock:  # segments may be stored from several threads
+            if self._data_key is None:
+                self._data_key = self.repo.keyring.new_data_key()
+            return self._data_key
 
     def add_stream(
         self,

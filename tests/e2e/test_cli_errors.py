@@ -20,15 +20,20 @@ def closed_port_dsn() -> str:
     return f"postgresql://postgres@127.0.0.1:{free_port()}/app"
 
 
-def test_wrong_passphrase_fails_reads_and_writes(local_repo_config, run_cli, monkeypatch):
+def test_wrong_passphrase_fails_reads_and_writes(local_repo_config, run_cli, monkeypatch, pg_db):
+    pg_db.execute("CREATE TABLE t (n integer)")
     first = run_cli("backup", "postgres", "app")
     assert first.code == 0, first.stderr
     monkeypatch.setenv("DRBACKUP_PASSPHRASE", "not the passphrase")
 
     listed = run_cli("list")
     assert (listed.code, listed.stdout, listed.error_lines) == (1, "", WRONG_PASSPHRASE)
+    # Backup and restore stretch the passphrase while they start pg_dump or look at the
+    # target: the key's error still comes first, before the target's "not empty".
     backup = run_cli("backup", "postgres", "app")
     assert (backup.code, backup.stdout, backup.error_lines) == (1, "", WRONG_PASSPHRASE)
+    restore = run_cli("restore", "postgres", "app", "--into", pg_db.dsn)
+    assert (restore.code, restore.stdout, restore.error_lines) == (1, "", WRONG_PASSPHRASE)
 
     monkeypatch.setenv("DRBACKUP_PASSPHRASE", PASSPHRASE)  # nothing was written
     assert len(run_cli("list", "--json").json()) == 1
@@ -125,3 +130,25 @@ def test_unknown_target(local_repo_config, run_cli):
         "hint: known targets: app",
     ]
     assert run_cli("list", "--json").json() == []
+
+
+def test_console_script_exit_codes_and_complete_output(tmp_path):
+    # The console script skips the interpreter's teardown (cli/main.py: run): its output
+    # must still arrive whole, and its exit status be the command's.
+    import subprocess
+
+    from tests.e2e.conftest import cli_argv
+
+    def console(*args: str) -> subprocess.CompletedProcess:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        return subprocess.run(cli_argv(*args), capture_output=True, text=True, env=env)
+
+    helped = console("--help")
+    assert helped.returncode == 0
+    assert helped.stdout.endswith("130  interrupted (Ctrl-C / SIGTERM)\n")
+    unknown = console("frobnicate")
+    assert unknown.returncode == 2
+    assert "No such command 'frobnicate'" in unknown.stderr
+    missing = console("--config", str(tmp_path / "nope.yaml"), "list")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"drbackup: error: config file not found: {tmp_path}")

@@ -299,3 +299,43 @@ def test_read_key_file_rejects_bad_content(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         keys.read_key_file(path)
+
+
+# -- the passphrase KDF and its background derivation --------------------------------------
+
+
+def test_scrypt_is_the_function_earlier_slots_were_made_with():
+    # Slots written before hashlib.scrypt replaced cryptography's Scrypt must still open.
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    salt = os.urandom(16)
+    kdf = {"salt": keys.b64(salt), **keys.DEFAULT_SCRYPT}
+    theirs = Scrypt(salt=salt, length=32, **keys.DEFAULT_SCRYPT).derive("pässwörd".encode())
+    assert keys.derive_passphrase_kek("pässwörd", kdf) == theirs
+
+
+def _keyring(passphrase: str, *, background: bool):
+    from drbackup.repository.keyring import KeyRing, Secrets
+
+    header = {
+        "repository_id": REPO_ID.hex(),
+        "encryption": {"mode": "symmetric", "access_slots": [passphrase_slot("right")]},
+    }
+    return KeyRing(header, Secrets(passphrase=passphrase), background=background)
+
+
+def test_background_derivation_gives_the_same_key():
+    ring = _keyring("right", background=True)
+    assert ring.can_write and ring.can_read  # known without waiting
+    assert ring.master_key == MASTER == _keyring("right", background=False).master_key
+
+
+def test_background_wrong_passphrase_raises_at_every_use_not_at_open():
+    with pytest.raises(EncryptionKeyError):
+        _keyring("wrong", background=False)
+    ring = _keyring("wrong", background=True)  # opens: the error waits for a key's use
+    ring.wait()
+    for use in (ring.new_data_key, lambda: ring.master_key):
+        with pytest.raises(EncryptionKeyError) as info:
+            use()
+        assert str(info.value) == WRONG_PASSPHRASE
