@@ -17,6 +17,25 @@ _COPY_BUFSIZE = 1 << 20
 _MISSING_ROOT_HINT = "create it, or run 'drbackup init' with the right repository url"
 
 
+# Written data is handed to the disk every this many bytes, so that the fsync that makes an
+# object durable waits for the last few MiB instead of the whole object (a 270 MiB dump
+# waited ~0.3 s at its end).
+_WRITEBACK_EVERY = 16 << 20
+
+
+def _start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing ``[start - _WRITEBACK_EVERY, end)`` of ``fd`` to disk without waiting.
+
+    POSIX_FADV_DONTNEED on Linux starts the writeback of dirty pages and drops the clean ones
+    from the page cache (a backup is not read back soon; it need not push out what is).  The
+    range reaches one step back to drop the pages that were still being written last time.
+    """
+    if hasattr(os, "posix_fadvise"):
+        with _suppress_oserror():  # advice only: fsync still makes the object durable
+            lo = max(0, start - _WRITEBACK_EVERY)
+            os.posix_fadvise(fd, lo, end - lo, os.POSIX_FADV_DONTNEED)
+
+
 class LocalStorage:
     """A directory as a flat key space; ``/`` in keys become subdirectories."""
 
@@ -64,12 +83,16 @@ class LocalStorage:
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         except OSError as exc:
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
-        size = 0
+        size = written_back = 0
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := reader.read(_COPY_BUFSIZE):
                     out.write(chunk)
                     size += len(chunk)
+                    if size - written_back >= _WRITEBACK_EVERY:
+                        out.flush()
+                        _start_writeback(out.fileno(), written_back, size)
+                        written_back = size
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
