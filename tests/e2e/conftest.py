@@ -74,7 +74,7 @@ def cli_argv(*args: str) -> list[str]:
     """argv of the real ``drbackup`` console script (a fresh interpreter)."""
     if _CONSOLE_SCRIPT.exists():
         return [str(_CONSOLE_SCRIPT), *map(str, args)]
-    code = "import sys; from drbackup.cli.main import main; sys.exit(main())"
+    code = "from drbackup.cli.main import run; run()"
     return [sys.executable, "-c", code, *map(str, args)]
 
 
