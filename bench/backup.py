@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     Measurement,
     Result,
     best_of,
+    byte_compile_drbackup,
     fmt_mib,
     fmt_size,
     generate_database,
@@ -404,6 +405,7 @@ def verdicts(results: dict[str, Result], fingerprint: str) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    byte_compile_drbackup()
     if args.nice:
         os.nice(args.nice)  # inherited by every child, the postgresql server included
     started = datetime.now(UTC)

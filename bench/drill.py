@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.backup import BENCH_DIR, DBNAME, DRBACKUP, PASSPHRASE, open_cluster  # noqa: E402
-from bench.common import fmt_size, machine_summary, render_table  # noqa: E402
+from bench.common import byte_compile_drbackup, fmt_size, machine_summary, render_table  # noqa: E402
 from drbackup.codec import keys  # noqa: E402
 
 TARGET_RATIO = 0.5  # verification / restore
@@ -111,6 +111,7 @@ def drill_figures(report: dict, mode: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    byte_compile_drbackup()
     machine = machine_summary()
     cluster = open_cluster(argparse.Namespace(size_gb=args.size_gb, reuse=args.reuse))
     run_dir = BENCH_DIR / "drill-run"

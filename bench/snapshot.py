@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     Result,
+    byte_compile_drbackup,
     fmt_mib,
     fmt_size,
     machine_summary,
@@ -210,6 +211,7 @@ def main() -> int:
         print(count, total)
         return 0
 
+    byte_compile_drbackup()
     tmp = Path(tempfile.mkdtemp(prefix="drbackup-bench-snapshot-"))
     moto, endpoint = start_moto(tmp)
     env = {**os.environ, "DRBACKUP_PASSPHRASE": PASSPHRASE, "DRBACKUP_HOME": str(tmp)}
