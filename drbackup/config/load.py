@@ -91,11 +91,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                # Every key drbackup reads is a name: a target called `off` or `2024` would
+                # otherwise arrive as False or 2024 and fail with a puzzling message.
+                raise yaml.constructor.ConstructorError(
+                    None, None, _not_a_name(key, key_node), key_node.start_mark
+                )
             if isinstance(key, str | int) and key in seen:
                 problem = f"duplicate key '{key}'"
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _not_a_name(key: Any, node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        return "a key must be a name, not a list or mapping"
+    kind = {bool: "a boolean", int: "a number", float: "a number"}.get(type(key), "null")
+    return f"key {node.value!r} is read as {kind}: quote it ('{node.value}')"
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str, *, not_found: str, hint: str) -> Any:

@@ -91,6 +91,23 @@ def test_missing_file(tmp_path):
         ),
         ("drill: {}\ndrill: {}\n", "invalid yaml at line 2, column 1: duplicate key 'drill'"),
         ("- a\n- b\n", "expected a mapping of sections, got list"),
+        # YAML 1.1 reads these keys as booleans, numbers, null: a target must be named.
+        (
+            "postgres:\n  off: {dsn: x}\n",
+            "invalid yaml at line 2, column 3: key 'off' is read as a boolean: quote it ('off')",
+        ),
+        (
+            "postgres:\n  2024: {dsn: x}\n",
+            "invalid yaml at line 2, column 3: key '2024' is read as a number: quote it ('2024')",
+        ),
+        (
+            "minio:\n  ~: {}\n",
+            "invalid yaml at line 2, column 3: key '~' is read as null: quote it ('~')",
+        ),
+        (
+            "postgres:\n  ? [a]\n  : 1\n",
+            "invalid yaml at line 2, column 5: a key must be a name, not a list or mapping",
+        ),
     ],
 )
 def test_unparsable_file_is_one_line(tmp_path, text, message):
