@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from drbackup.actions.restore_postgres import restore_postgres
 from drbackup.actions.selection import parse_time
 from drbackup.cli.render import echo_json, human_size
 
@@ -76,12 +75,18 @@ def postgres(
         if password_file
         else os.environ.get("PGPASSWORD")
     )
+    point = parse_time(pit) if pit else None
+    # The passphrase is stretched in a helper thread while the restore code (psycopg) is
+    # imported; its errors are raised where the key is first used.
+    state.app.repository(background_key=True)
+    from drbackup.actions.restore_postgres import restore_postgres
+
     result = restore_postgres(
         state.app,
         target,
         into,
         backup_id=backup_id,
-        point_in_time=parse_time(pit) if pit else None,
+        point_in_time=point,
         database=database,
         jobs=jobs,
         create=create,
