@@ -337,6 +337,7 @@ def measure_all(bench: Bench) -> dict[str, Result]:
     for round_no in range(bench.args.repeat):  # rounds: a busy spell hits every measurement
         print(f"round {round_no + 1}/{bench.args.repeat}", flush=True)
         for name, run_once in plan:
+            settle(bench)
             results[name].runs.extend(best_of(name, 1, run_once).runs)
     if "pg_dump_fc" in results:
         results["pg_dump_fc"].extra["output"] = archive.stat().st_size
@@ -352,6 +353,13 @@ def measure_all(bench: Bench) -> dict[str, Result]:
             "pg_restore_s": summary["elapsed_s"] - (fetch if spooled else 0.0),
         }
     return results
+
+
+def settle(bench: Bench) -> None:
+    """Start each measurement from a checkpointed server and flushed dirty pages: otherwise the
+    previous one (a 1 GiB restore) would be flushed during it, on its CPU and disks."""
+    bench.cluster.execute("CHECKPOINT")
+    os.sync()
 
 
 def figures_table(results: dict[str, Result]) -> str:

@@ -43,7 +43,10 @@ Content hash (level ``full``)
         ``float8send(...)``, with every NaN made the one NaN a restore produces: their hash
         functions would make ``0`` and ``-0`` alike, and their text costs a third more.
         The fingerprint records both lists per table.  What still hashes by equality:
-        ``interval`` (``1 day`` and ``24:00:00``).
+        ``interval`` (``1 day`` and ``24:00:00``); and ``int8``, ``timestamp[tz]``,
+        ``time`` and ``pg_lsn`` hash a 32-bit fold of their value (``hashint8extended``:
+        low half XOR high half), so a change that keeps the fold is not seen (2^-32 for a
+        random change; see docs/drills.md, Known limits).
     ``md5`` (servers older than 14, and fingerprints taken before the ``record`` scheme)
         ``md5(ROW(<columns by name>)::text)`` under fixed session settings (UTC, ISO dates,
         hex bytea, shortest-exact floats, empty search_path), first 64 bits.
