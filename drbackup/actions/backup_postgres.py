@@ -110,8 +110,8 @@ def _record(app, target, started, status, **kw) -> None:
 
 
 def _backup(app, target: PgTarget, progress) -> Manifest:
-    # The passphrase is stretched in a helper thread while pg_dump starts; the first
-    # sealed block waits for it (a wrong passphrase fails there, and pg_dump is stopped).
+    # The passphrase is stretched in a helper thread while the source is checked and
+    # pg_dump starts; a wrong one stops the backup before the fingerprint or any write.
     repo = app.repository(background_key=True)
     repo.keyring.require(write=True)
     _prefetch_catalog(after=repo.keyring.wait)
@@ -204,11 +204,20 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
         )
         sequences = _sequence_states(snap) if target.fingerprint != "off" else {}
         with _Process(argv, client_env(target.password), f"pg_dump of database {db}") as proc:
+            # The key (stretched in the background while pg_dump starts) before the
+            # fingerprint: a wrong passphrase stops here, before any table is scanned.
+            writer.data_key  # noqa: B018 - waits for it, or raises
             fingerprint = Background(lambda: _fingerprint(snap, target), "drbackup-fingerprint")
-            item = writer.add_stream(
-                db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress
-            )
-            proc.finish()
+            try:
+                item = writer.add_stream(
+                    db, "pg_dump", iter_blocks_threaded(proc.stdout), meta, progress
+                )
+                proc.finish()
+            except BaseException:
+                # Leaving the snapshot's connection waits for its running query: stop the
+                # fingerprint's table scan instead of finishing it for nothing.
+                snap.cancel_safe()
+                raise
         meta["fingerprint"] = _pin_sequences(fingerprint.result(), sequences)
         snap.rollback()
     return item

@@ -5,6 +5,7 @@ Actions receive an :class:`AppContext`; they never read the environment or files
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -23,6 +24,7 @@ class AppContext:
     config: object  # drbackup.config.Config
     progress: bool = False  # show progress bars (stderr is a terminal)
     _repo: Repository | None = field(default=None, repr=False)
+    _repo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def storage(self):
@@ -46,11 +48,12 @@ class AppContext:
         """Open the configured repository (cached for the run).  ``background_key``: derive
         a passphrase's key in a helper thread, its errors raised where the key is first used
         (for commands that have other work to start meanwhile)."""
-        if self._repo is None:
-            repo = Repository.open(self.storage, self.secrets, background_key=background_key)
-            repo.codec = self.codec_settings(repo.codec.chunk_size)
-            self._repo = repo
-        return self._repo
+        with self._repo_lock:  # parallel targets open it once (one scrypt, not one each)
+            if self._repo is None:
+                repo = Repository.open(self.storage, self.secrets, background_key=background_key)
+                repo.codec = self.codec_settings(repo.codec.chunk_size)
+                self._repo = repo
+            return self._repo
 
     @cached_property
     def catalog(self):

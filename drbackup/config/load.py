@@ -10,6 +10,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -107,7 +108,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _not_a_name(key: Any, node: yaml.Node) -> str:
     if not isinstance(node, yaml.ScalarNode):
         return "a key must be a name, not a list or mapping"
-    kind = {bool: "a boolean", int: "a number", float: "a number"}.get(type(key), "null")
+    if key is None:
+        kind = "null"
+    elif isinstance(key, date):  # datetime too
+        kind = "a date"
+    else:
+        kind = {bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(key), f"a {type(key).__name__}"
+        )
     return f"key {node.value!r} is read as {kind}: quote it ('{node.value}')"
 
 

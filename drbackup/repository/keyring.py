@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from drbackup.codec import keys
 from drbackup.codec.aead import ObjectHeader
-from drbackup.errors import ConfigError, EncryptionKeyError
+from drbackup.errors import ConfigError, DrbackupError, EncryptionKeyError
 from drbackup.threads import Background
 
 
@@ -67,7 +67,10 @@ class KeyRing:
         if isinstance(self._master, Background):
             with self._resolving:  # several threads may ask first: resolve once
                 if isinstance(self._master, Background):
-                    master = self._master.result()
+                    try:
+                        master = self._master.result()
+                    except DrbackupError as exc:  # a fresh one per use: threads may share it
+                        raise type(exc)(exc.message, hint=exc.hint) from None
                     self._check_keys(master)  # raises, and again on the next use
                     self._master = master
         return self._master

@@ -7,6 +7,7 @@ Exit codes (``drbackup --help``): 1 the operation failed, 2 usage or configurati
 
 from __future__ import annotations
 
+from drbackup.actions import backup_postgres
 from tests.e2e.conftest import PASSPHRASE
 from tests.fixtures.s3server import free_port
 
@@ -29,9 +30,18 @@ def test_wrong_passphrase_fails_reads_and_writes(local_repo_config, run_cli, mon
     listed = run_cli("list")
     assert (listed.code, listed.stdout, listed.error_lines) == (1, "", WRONG_PASSPHRASE)
     # Backup and restore stretch the passphrase while they start pg_dump or look at the
-    # target: the key's error still comes first, before the target's "not empty".
+    # target: a wrong one stops the backup before its fingerprint scans any table, and
+    # the restore before the target's "not empty".
+    fingerprints = []
+    real_fingerprint = backup_postgres._fingerprint
+    monkeypatch.setattr(
+        backup_postgres,
+        "_fingerprint",
+        lambda *a: fingerprints.append(a) or real_fingerprint(*a),
+    )
     backup = run_cli("backup", "postgres", "app")
     assert (backup.code, backup.stdout, backup.error_lines) == (1, "", WRONG_PASSPHRASE)
+    assert fingerprints == []
     restore = run_cli("restore", "postgres", "app", "--into", pg_db.dsn)
     assert (restore.code, restore.stdout, restore.error_lines) == (1, "", WRONG_PASSPHRASE)
 

@@ -339,3 +339,31 @@ def test_background_wrong_passphrase_raises_at_every_use_not_at_open():
         with pytest.raises(EncryptionKeyError) as info:
             use()
         assert str(info.value) == WRONG_PASSPHRASE
+
+
+def test_background_key_resolved_by_several_threads_at_once():
+    import threading
+
+    for passphrase, expected in (("right", MASTER), ("wrong", EncryptionKeyError)):
+        ring = _keyring(passphrase, background=True)
+        results: list = []
+        barrier = threading.Barrier(4)
+
+        def use(ring=ring, results=results, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                results.append(ring.master_key)
+            except EncryptionKeyError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if expected is MASTER:
+            assert results == [MASTER] * 4
+        else:  # each thread gets its own error object, with the message and hint
+            assert all(isinstance(r, EncryptionKeyError) for r in results)
+            assert len({id(r) for r in results}) == 4
+            assert {(str(r), r.hint) for r in results} == {(WRONG_PASSPHRASE, WRONG_HINT)}

@@ -101,6 +101,11 @@ def test_missing_file(tmp_path):
             "invalid yaml at line 2, column 3: key '2024' is read as a number: quote it ('2024')",
         ),
         (
+            "postgres:\n  2026-11-01: {dsn: x}\n",
+            "invalid yaml at line 2, column 3: key '2026-11-01' is read as a date: "
+            "quote it ('2026-11-01')",
+        ),
+        (
             "minio:\n  ~: {}\n",
             "invalid yaml at line 2, column 3: key '~' is read as null: quote it ('~')",
         ),
