@@ -80,6 +80,14 @@ def kinds_and_objects(differences) -> list[tuple[str, str]]:
     return [(d.kind, d.object) for d in differences]
 
 
+def differences_after(db, *statements: str) -> list:
+    """What the fingerprint of ``db`` says changed when ``statements`` run."""
+    before = fingerprint_of(db.dsn)
+    for statement in statements:
+        db.execute(statement)
+    return compare_fingerprints(before, fingerprint_of(db.dsn))
+
+
 # ------------------------------------------------------------------- (1) determinism
 
 
@@ -188,20 +196,19 @@ def test_one_changed_value_changes_exactly_that_tables_hash(awkward_db):
 def test_values_swapped_between_rows_change_the_hash(awkward_db):
     # hash_record_extended alone is a weighted sum of column hashes: summed over rows it
     # would not see two rows exchanging a value.  The outer hash must.
-    before = fingerprint_of(awkward_db.dsn)
-    awkward_db.execute(
+    differences = differences_after(
+        awkward_db,
         'UPDATE "Ünïcode schema".customers c SET name = o.name FROM "Ünïcode schema".customers o'
-        " WHERE (c.id, o.id) IN ((1, 2), (2, 1))"
+        " WHERE (c.id, o.id) IN ((1, 2), (2, 1))",
     )
-    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
     assert kinds_and_objects(differences) == [("content_hash", "Ünïcode schema.customers")]
 
 
 def test_numeric_scale_is_seen_although_the_values_are_equal(awkward_db):
     awkward_db.execute("UPDATE public.measurements SET n = 1.5 WHERE id = 1")
-    before = fingerprint_of(awkward_db.dsn)
-    awkward_db.execute("UPDATE public.measurements SET n = 1.50 WHERE id = 1")
-    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    differences = differences_after(
+        awkward_db, "UPDATE public.measurements SET n = 1.50 WHERE id = 1"
+    )
     assert kinds_and_objects(differences) == [("content_hash", "public.measurements")]
 
 
@@ -233,16 +240,14 @@ def test_a_drill_recomputes_an_old_md5_fingerprint_the_same_way(awkward_db, monk
 
 
 def test_column_named_like_the_table_alias_is_hashed(awkward_db):
-    before = fingerprint_of(awkward_db.dsn)
-    awkward_db.execute('UPDATE public.t SET "T" = "T" + 100 WHERE "T" = 1')
-    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    differences = differences_after(awkward_db, 'UPDATE public.t SET "T" = "T" + 100 WHERE "T" = 1')
     assert kinds_and_objects(differences) == [("content_hash", "public.t")]
 
 
 def test_deleted_row_is_a_row_count_difference(awkward_db):
-    before = fingerprint_of(awkward_db.dsn)
-    awkward_db.execute(f'DELETE FROM "{UNICODE}"."order items" WHERE order_id = 7 AND line = 1')
-    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    differences = differences_after(
+        awkward_db, f'DELETE FROM "{UNICODE}"."order items" WHERE order_id = 7 AND line = 1'
+    )
     assert kinds_and_objects(differences) == [("row_count", f"{UNICODE}.order items")]
     assert differences[0].message == (
         f"row count of table {UNICODE}.order items differs: expected 3000, actual 2999"
@@ -273,10 +278,11 @@ def test_duplicate_rows_count_and_do_not_cancel_out(awkward_db):
 
 
 def test_schema_change_is_named(awkward_db):
-    before = fingerprint_of(awkward_db.dsn)
-    awkward_db.execute(f'DROP INDEX "{UNICODE}"."orders note GIN"')
-    awkward_db.execute("ALTER TABLE public.scratchpad ALTER COLUMN v SET NOT NULL")
-    differences = compare_fingerprints(before, fingerprint_of(awkward_db.dsn))
+    differences = differences_after(
+        awkward_db,
+        f'DROP INDEX "{UNICODE}"."orders note GIN"',
+        "ALTER TABLE public.scratchpad ALTER COLUMN v SET NOT NULL",
+    )
     assert kinds_and_objects(differences) == [
         ("changed_object", "public.scratchpad"),
         ("missing_object", f"{UNICODE}.orders.orders note GIN"),
