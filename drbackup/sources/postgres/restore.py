@@ -20,6 +20,7 @@ from pathlib import Path
 
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import IntegrityError, RestoreError, SourceError
+from drbackup.sources.postgres.archive import DataOffsets
 from drbackup.threads import Background
 
 _DATA_RE = re.compile(
@@ -77,6 +78,7 @@ class RestoreRun:
     fetch_decrypt_s: float
     bytes: int
     elapsed_s: float
+    offsets_filled: int = 0  # data offsets written into a spooled archive's TOC
 
 
 def run_pg_restore(
@@ -127,29 +129,32 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
     helper = Background(alongside, "drbackup-prepare") if alongside is not None else None
     try:
         archive = tmpdir / "archive.dump"
+        offsets = DataOffsets()
         try:
-            size = _spool(reader, archive, helper)
+            size = _spool(reader, archive, helper, offsets)
         except Exception:
             if helper is not None:
                 helper.result()  # its error first, else the spool's
             raise
-        fetch = time.monotonic() - started
         if helper is not None:
             helper.result()
+        filled = offsets.patch(archive)
+        fetch = time.monotonic() - started
         clock = PhaseClock()
         proc = _spawn(argv[:-1] + [str(archive)], env, stdin=subprocess.DEVNULL)
         _collect(proc, clock)
         code = proc.wait()
         clock.end = time.monotonic()
         _raise_on_errors(code, clock, what)
-        return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
+        return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started, filled)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _spool(reader, archive: Path, helper: Background | None) -> int:
-    """Write the plaintext of ``reader`` to ``archive``; its size.  Stops early (returns
-    what it wrote) if ``helper`` has failed: nothing will be restored."""
+def _spool(reader, archive: Path, helper: Background | None, offsets: DataOffsets) -> int:
+    """Write the plaintext of ``reader`` to ``archive``; its size.  ``offsets`` is fed every
+    block, to find where the data blocks start (see archive.py).  Stops early (returns what
+    it wrote) if ``helper`` has failed: nothing will be restored."""
     size = 0
     with open(archive, "wb") as out:
         # Reading (decrypting, decompressing) runs in a reader thread, overlapping the
@@ -158,6 +163,7 @@ def _spool(reader, archive: Path, helper: Background | None) -> int:
             if helper is not None and helper.failed:
                 break
             out.write(block)
+            offsets.feed(block)
             size += len(block)
     return size
 
