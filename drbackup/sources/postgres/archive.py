@@ -85,13 +85,13 @@ class _Cursor:
     def byte(self) -> int:
         return self.take(1)[0]
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         sign = self.byte()
         value = int.from_bytes(self.take(self.int_size), "little")
         return -value if sign else value
 
-    def str(self) -> bytes | None:
-        n = self.int()
+    def read_str(self) -> bytes | None:
+        n = self.read_int()
         if n < -1:
             raise ArchiveFormatError(f"negative string length {n} in the TOC")
         return None if n == -1 else self.take(n)
@@ -112,29 +112,29 @@ def parse_toc(buf: bytes | bytearray) -> Toc:
     cur.int_size, off_size, fmt = cur.byte(), cur.byte(), cur.byte()
     if fmt != FORMAT_CUSTOM or not 1 <= cur.int_size <= 8 or not 1 <= off_size <= 8:
         raise ArchiveFormatError("not a custom-format archive with sane integer sizes")
-    compressed = cur.byte() != 0 if version[:2] >= (1, 15) else cur.int() != 0
+    compressed = cur.byte() != 0 if version[:2] >= (1, 15) else cur.read_int() != 0
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
-        cur.int()
+        cur.read_int()
     for _ in range(3):  # database name, server version, pg_dump version
-        cur.str()
-    count = cur.int()
+        cur.read_str()
+    count = cur.read_int()
     if count < 0:
         raise ArchiveFormatError(f"negative TOC entry count {count}")
     data = []
     for _ in range(count):
-        dump_id = cur.int()
-        cur.int()  # had dumper
+        dump_id = cur.read_int()
+        cur.read_int()  # had dumper
         for _ in range(3):  # tableoid, oid, tag
-            cur.str()
-        desc = (cur.str() or b"").decode("utf-8", "replace")
-        cur.int()  # section
+            cur.read_str()
+        desc = (cur.read_str() or b"").decode("utf-8", "replace")
+        cur.read_int()  # section
         for _ in range(6 if version[:2] >= (1, 14) else 5):
-            cur.str()  # defn, drop, copy, namespace, tablespace[, table access method]
+            cur.read_str()  # defn, drop, copy, namespace, tablespace[, table access method]
         if version[:2] >= (1, 16):
-            cur.int()  # relkind
-        cur.str()  # owner
-        cur.str()  # "with oids"
-        while cur.str() is not None:  # dependencies, ended by a null string
+            cur.read_int()  # relkind
+        cur.read_str()  # owner
+        cur.read_str()  # "with oids"
+        while cur.read_str() is not None:  # dependencies, ended by a null string
             pass
         field = cur.pos
         flag = cur.byte()
