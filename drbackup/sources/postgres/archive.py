@@ -34,10 +34,11 @@ MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1
 BLK_DATA, BLK_BLOBS = 1, 3
 OFFSET_NOT_SET, OFFSET_SET, OFFSET_NO_DATA = 1, 2, 3
-# (major, minor) of the archive versions written by pg_dump 12 to 17.  1.15 (pg_dump 16)
-# names the compression algorithm in one byte; 1.16 (17) adds relkind to each entry.
-SUPPORTED = ((1, 14), (1, 15), (1, 16))
-SUPPORTED_LEGACY = ((1, 12), (1, 13))
+# (major, minor) of the archive versions this module reads: 1.12 and 1.13 (pg_dump before
+# 12), then 1.14 (pg_dump 12) adds
+# the table access method to each entry, 1.15 (16) names the compression algorithm in one
+# byte, 1.16 (17) adds relkind to each entry.
+SUPPORTED = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
 TOC_LIMIT = 8 << 20  # bytes of head kept in memory to parse the TOC; beyond, no offsets
 
 
@@ -107,7 +108,7 @@ def parse_toc(buf: bytes | bytearray) -> Toc:
     if cur.take(5) != MAGIC:
         raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
     version = (cur.byte(), cur.byte(), cur.byte())
-    if version[:2] not in SUPPORTED + SUPPORTED_LEGACY:
+    if version[:2] not in SUPPORTED:
         raise ArchiveFormatError(f"archive version {version[0]}.{version[1]} not supported")
     cur.int_size, off_size, fmt = cur.byte(), cur.byte(), cur.byte()
     if fmt != FORMAT_CUSTOM or not 1 <= cur.int_size <= 8 or not 1 <= off_size <= 8:

@@ -78,7 +78,6 @@ class RestoreRun:
     fetch_decrypt_s: float
     bytes: int
     elapsed_s: float
-    offsets_filled: int = 0  # data offsets written into a spooled archive's TOC
 
 
 def run_pg_restore(
@@ -138,7 +137,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
             raise
         if helper is not None:
             helper.result()
-        filled = offsets.patch(archive)
+        offsets.patch(archive)
         fetch = time.monotonic() - started
         clock = PhaseClock()
         proc = _spawn(argv[:-1] + [str(archive)], env, stdin=subprocess.DEVNULL)
@@ -146,7 +145,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
         code = proc.wait()
         clock.end = time.monotonic()
         _raise_on_errors(code, clock, what)
-        return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started, filled)
+        return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
