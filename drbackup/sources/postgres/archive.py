@@ -35,9 +35,8 @@ FORMAT_CUSTOM = 1
 BLK_DATA, BLK_BLOBS = 1, 3
 OFFSET_NOT_SET, OFFSET_SET, OFFSET_NO_DATA = 1, 2, 3
 # (major, minor) of the archive versions this module reads: 1.12 and 1.13 (pg_dump before
-# 12), then 1.14 (pg_dump 12) adds
-# the table access method to each entry, 1.15 (16) names the compression algorithm in one
-# byte, 1.16 (17) adds relkind to each entry.
+# 12); 1.14 (pg_dump 12) adds the table access method to each entry, 1.15 (16) names the
+# compression algorithm in one byte, 1.16 (17) adds relkind to each entry.
 SUPPORTED = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
 TOC_LIMIT = 8 << 20  # bytes of head kept in memory to parse the TOC; beyond, no offsets
 
