@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from psycopg import IsolationLevel
 
-from drbackup.codec.pipeline import iter_blocks_threaded
+from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
 from drbackup.errors import DrbackupError, LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.postgres import commands
@@ -327,6 +327,7 @@ class _Process:
         except OSError as exc:
             raise SourceError(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
         self.stdout = self.proc.stdout
+        widen_pipe(self.stdout.fileno())
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
         return self

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drbackup.codec.pipeline import iter_blocks_threaded
+from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
 from drbackup.errors import IntegrityError, RestoreError, SourceError
 from drbackup.sources.postgres.archive import DataOffsets
 from drbackup.threads import Background
@@ -108,6 +108,7 @@ def run_pg_restore(
     started = time.monotonic()
     clock = PhaseClock()
     proc = _spawn(argv, env, stdin=subprocess.PIPE)
+    widen_pipe(proc.stdin.fileno())
     feeder = _Feeder(reader, proc)
     feeder.start()
     _collect(proc, clock)
