@@ -13,10 +13,12 @@ the PostgreSQL server meanwhile, peak RSS; see common.py):
 
 then prints a table of figures and PASS/MISS against the targets (backup <= 1.3x the floor
 and faster than pg_dump -Fc; restore <= 1.15x pg_restore -j2; RSS < 150 MiB).  Every
-measurement runs ``--repeat`` times (default 2), in rounds (every other one backwards).  A
-ratio is given as fastest over fastest and as the median of each round's own ratio (the two
-sides of a round ran minutes apart, the rounds further); it passes only if both do.  The
-spread between runs says how noisy the machine was.  bench/README.md explains the columns.
+measurement runs ``--repeat`` times (default 2), in rounds (every other one backwards).  The
+floor runs next to every drbackup backup, and pg_restore -j2 next to the spooled restore, so
+that each run of ours has a baseline run beside it.  A ratio is given as fastest over fastest
+and as the median of the runs' ratios to the baseline runs beside them; it passes only if
+both do.  The spread between runs says how noisy the machine was.  bench/README.md explains
+the columns.
 
 Usage (as root or not; the server runs as user postgres under root)::
 
@@ -289,8 +291,8 @@ LABELS.update(
 )
 
 
-RESTORE_ONLY = {
-    "restore": ("pg_restore_j2", "pg_restore_j1", "restore_j1", "restore_j2"),
+RESTORE_ONLY = {  # in round order: the spooled restore beside pg_restore -j2, its baseline
+    "restore": ("pg_restore_j1", "restore_j1", "pg_restore_j2", "restore_j2"),
     "restore-j2": ("pg_restore_j2", "restore_j2"),
 }
 
@@ -309,28 +311,29 @@ def measurement_plan(bench: Bench, archive: Path) -> list[tuple[str, Callable[[]
             "restore_j2": lambda: measure_drbackup_restore(bench, 2),
         }
         return [(name, plan[name]) for name in RESTORE_ONLY[args.only]]
-    plan = [("floor", lambda: measure_pg_dump(bench, None))]
-    if args.only == "all":
-        plan.append(("pg_dump_fc", lambda: measure_pg_dump(bench, archive)))
+    floor = ("floor", lambda: measure_pg_dump(bench, None))
+    plan = [("pg_dump_fc", lambda: measure_pg_dump(bench, archive))] if args.only == "all" else []
     levels = dict.fromkeys([args.zstd_level, args.compare_level])
     for level in levels:
         for fp in dict.fromkeys([args.fingerprint, "off"]):
             name = f"backup_{fp}" + ("" if level == args.zstd_level else f"_z{level}")
-            plan.append((name, lambda fp=fp, lv=level: measure_drbackup_backup(bench, lv, fp)))
+            # A floor run beside every backup: the VM's speed drifts within a minute.
+            plan += [floor, (name, lambda fp=fp, lv=level: measure_drbackup_backup(bench, lv, fp))]
     if (
         not args.skip_restore and args.only == "all"
     ):  # after the backups: restores read the latest one
         plan += [
-            ("pg_restore_j2", lambda: measure_pg_restore(bench, archive, 2)),
             ("pg_restore_j1", lambda: measure_pg_restore(bench, archive, 1)),
             ("restore_j1", lambda: measure_drbackup_restore(bench, 1)),
+            ("pg_restore_j2", lambda: measure_pg_restore(bench, archive, 2)),
             ("restore_j2", lambda: measure_drbackup_restore(bench, 2)),
         ]
     return plan  # fmt: skip
 
 
-def measure_all(bench: Bench) -> dict[str, Result]:
-    """Every measurement, ``repeat`` rounds; returns results by short name."""
+def measure_all(bench: Bench) -> tuple[dict[str, Result], list[str]]:
+    """Every measurement, ``repeat`` rounds; returns results by short name, and the names
+    in the order the runs were made (see :func:`paired`)."""
     subprocess.run(
         [*DRBACKUP, "init"],
         env=drbackup_env(write_config(bench, bench.args.zstd_level)),
@@ -340,12 +343,14 @@ def measure_all(bench: Bench) -> dict[str, Result]:
     archive = bench.run_dir / "bench.dump"
     plan = measurement_plan(bench, archive)
     results = {name: Result(name) for name, _ in plan}
+    order: list[str] = []
     for round_no in range(bench.args.repeat):  # rounds: a busy spell hits every measurement
         print(f"round {round_no + 1}/{bench.args.repeat}", flush=True)
         # Every other round runs backwards: neither side of a ratio always goes first.
         for name, run_once in plan if round_no % 2 == 0 else plan[::-1]:
             settle(bench)
             results[name].runs.extend(best_of(name, 1, run_once).runs)
+            order.append(name)
     if "pg_dump_fc" in results:
         results["pg_dump_fc"].extra["output"] = archive.stat().st_size
     for name in (n for n in results if n.startswith("backup_")):
@@ -359,7 +364,7 @@ def measure_all(bench: Bench) -> dict[str, Result]:
             "spool_s": fetch if spooled else 0.0,
             "pg_restore_s": summary["elapsed_s"] - (fetch if spooled else 0.0),
         }
-    return results
+    return results, order
 
 
 def settle(bench: Bench) -> None:
@@ -385,18 +390,29 @@ def figures_table(results: dict[str, Result]) -> str:
     return render_table(headers, rows)
 
 
-def paired(results: dict[str, Result], ours: str, base: str) -> list[float]:
-    """``ours`` / ``base`` in each round: the machine's speed drifts between rounds (this
-    2-vCPU VM's server CPU for one restore ranged 24-31 s), less within one."""
-    return [
-        a.wall_s / b.wall_s for a, b in zip(results[ours].runs, results[base].runs, strict=True)
-    ]
+def paired(results: dict[str, Result], order: list[str], ours: str, base: str) -> list[float]:
+    """Each run of ``ours`` over the mean of the ``base`` runs right beside it in ``order``
+    (the nearest ones if none is beside it): the machine's speed drifts within minutes (the
+    floor took 6.1-8.2 s in one day), less from one run to the next."""
+    runs = {name: iter(r.runs) for name, r in results.items()}
+    timeline = [(name, next(runs[name])) for name in order]
+    bases = [i for i, (name, _) in enumerate(timeline) if name == base]
+    ratios = []
+    for i, (name, m) in enumerate(timeline):
+        if name != ours:
+            continue
+        beside = [j for j in (i - 1, i + 1) if j in bases]
+        if not beside:
+            gap = min(abs(j - i) for j in bases)
+            beside = [j for j in bases if abs(j - i) == gap]
+        ratios.append(m.wall_s / statistics.fmean(timeline[j][1].wall_s for j in beside))
+    return ratios
 
 
-def verdicts(results: dict[str, Result], fingerprint: str) -> list[list[str]]:
+def verdicts(results: dict[str, Result], order: list[str], fingerprint: str) -> list[list[str]]:
     """Rows of (target, value, goal, PASS/MISS).  A time ratio is given twice: fastest run
-    over fastest run, and the median of the rounds' own ratios (with their range); it
-    passes only if both are within the goal."""
+    over fastest run, and the median of each run's ratio to the baseline beside it (with
+    their range; :func:`paired`); it passes only if both are within the goal."""
     wall = {name: r.best.wall_s for name, r in results.items()}
     rows = []
 
@@ -405,9 +421,9 @@ def verdicts(results: dict[str, Result], fingerprint: str) -> list[list[str]]:
 
     def ratio(ours: str, base: str, limit: float, what: str, *, strict: bool = False) -> None:
         best = wall[ours] / wall[base]
-        rounds = sorted(paired(results, ours, base))
+        rounds = sorted(paired(results, order, ours, base))
         median = statistics.median(rounds)
-        shown = f"{best:.2f}; rounds {median:.2f} ({rounds[0]:.2f}-{rounds[-1]:.2f})"
+        shown = f"{best:.2f}; beside {median:.2f} ({rounds[0]:.2f}-{rounds[-1]:.2f})"
         ok = all((v < limit) if strict else (v <= limit) for v in (best, median))
         rows.append([what, shown, f"{'<' if strict else '<='} {limit}", "PASS" if ok else "MISS"])
 
@@ -447,17 +463,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         size = database_size(bench)
         print(f"database {DBNAME}: {fmt_size(size)}; {machine}", flush=True)
-        results = measure_all(bench)
+        results, order = measure_all(bench)
     finally:
         cluster.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
         if not args.reuse:
             shutil.rmtree(cluster.base_dir, ignore_errors=True)
-    rows = report(args, results, size, machine, started)
+    rows = report(args, results, order, size, machine, started)
     return 1 if args.strict and any(row[-1] == "MISS" for row in rows) else 0
 
 
-def report(args, results: dict[str, Result], size: int, machine: str, started) -> list[list[str]]:
+def report(
+    args, results: dict[str, Result], order: list[str], size: int, machine: str, started
+) -> list[list[str]]:
     """Print the figures, the verdicts and the noise; write --json if asked; return the
     verdict rows."""
     dump = results["backup_off"].extra["dump"] if "backup_off" in results else None
@@ -470,7 +488,7 @@ def report(args, results: dict[str, Result], size: int, machine: str, started) -
         "RSS max = largest single process (ru_maxrss); RSS tree = summed process tree (sampled)\n"
     )
     print(figures_table(results) + "\n")
-    rows = verdicts(results, args.fingerprint)
+    rows = verdicts(results, order, args.fingerprint)
     print(render_table(["target", "value", "goal", "result"], rows))
     worst = max(results.values(), key=lambda r: r.spread)
     if "backup_off" in results:
@@ -497,7 +515,8 @@ def report(args, results: dict[str, Result], size: int, machine: str, started) -
         f"noise: largest spread {worst.spread:.0%} ({LABELS[worst.name]}); load now {os.getloadavg()[0]:.1f}"
     )
     if args.json:
-        args.json.write_text(json.dumps(to_json(args, results, size, machine, started), indent=2))
+        data = to_json(args, results, size, machine, started) | {"order": order}
+        args.json.write_text(json.dumps(data, indent=2))
     return rows
 
 
