@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from drbackup import __version__
 from drbackup.codec import keys
-from drbackup.codec.aead import DEFAULT_CHUNK_SIZE
+from drbackup.codec.aead import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from drbackup.codec.keys import DataKey
 from drbackup.codec.pipeline import CodecSettings, ObjectRecord, encode_to_storage, open_decoded
 from drbackup.errors import (
@@ -56,7 +56,13 @@ class Repository:
         self.header = header
         self.keyring = keyring
         self.id = header["repository_id"]
-        self.codec = codec or CodecSettings(chunk_size=header.get("chunk_size", DEFAULT_CHUNK_SIZE))
+        chunk_size = header.get("chunk_size", DEFAULT_CHUNK_SIZE)
+        # chunk_size is clear and unauthenticated, and only used for writing (every object
+        # names its own): a damaged one leaves restores working and refuses new writes
+        self._bad_chunk_size: str | None = None
+        if not (type(chunk_size) is int and 0 < chunk_size <= MAX_CHUNK_SIZE):
+            self._bad_chunk_size, chunk_size = repr(chunk_size)[:40], DEFAULT_CHUNK_SIZE
+        self.codec = codec or CodecSettings(chunk_size=chunk_size)
         self.segment_size = DEFAULT_SEGMENT_SIZE
         self._blob_id_key: bytes | None = None
 
@@ -167,7 +173,17 @@ class Repository:
 
     def new_backup(self, target: str, kind: str) -> BackupWriter:
         """Start a backup; data goes under keys nothing references until :meth:`commit`."""
+        self._check_writable()
         return BackupWriter(self, target, kind)
+
+    def _check_writable(self) -> None:
+        if self._bad_chunk_size:
+            raise RepositoryError(
+                f"{self.url}: repository header has an invalid chunk_size "
+                f"{self._bad_chunk_size} (damaged header); not writing to it",
+                hint=f"restore {hdr.HEADER_KEY} from a copy, or set chunk_size to "
+                f"{DEFAULT_CHUNK_SIZE} in it; restores still work",
+            )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -247,6 +263,7 @@ class Repository:
         The key names what it is (e.g. ``reports/<target>/<id>``); the content is bound to
         it, so a document moved to another key fails to authenticate.
         """
+        self._check_writable()
         dk = self.keyring.new_data_key()
         body = json.dumps(doc, sort_keys=True).encode()
         return encode_to_storage(

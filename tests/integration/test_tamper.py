@@ -291,6 +291,24 @@ def test_damaged_repository_id_fails_cleanly(setup, damage):
         reopen(setup.storage)
 
 
+@pytest.mark.parametrize("value", ["abc", 0, -1, 1 << 40, True, None])
+def test_damaged_chunk_size_still_restores_and_refuses_writes(setup, value):
+    """chunk_size is the one header field used only for writing (every object names its
+    own): a damaged one must not stand between the operator and a restore, and must not
+    reach the writer as a traceback."""
+    rewrite(setup.storage, HEADER_KEY, lambda raw: json.dumps(
+        json.loads(raw) | {"chunk_size": value}).encode())  # fmt: skip
+    repo = reopen(setup.storage)
+    with repo.open_item(setup.item) as reader:
+        assert b"".join(reader) == setup.data
+    with pytest.raises(RepositoryError, match="invalid chunk_size") as raised:
+        repo.new_backup("app", "postgres")
+    assert_one_line(str(raised.value), "damaged header")
+    with pytest.raises(RepositoryError, match="invalid chunk_size"):
+        repo.put_document("reports/app/x", {"ok": True})
+    assert not setup.storage.exists("reports/app/x")
+
+
 @pytest.mark.parametrize("damage", ["missing", "not-base64"])
 def test_damaged_public_key_fails_cleanly(storage, damage):
     repo = Repository.init(
