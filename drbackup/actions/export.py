@@ -19,8 +19,11 @@ def export_backup(app, backup_id: str, output: str, *, database: str | None = No
     repo = app.repository()
     manifest = repo.load_manifest(repo.resolve(backup_id))
     out = Path(output)
-    if out.exists():
-        raise UsageError(f"{out} exists; refusing to overwrite")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    for path in (out, out.with_name(out.name + ".globals.sql")):
+        if path.exists():
+            raise UsageError(f"{path} exists; refusing to overwrite")
     written = []
     if manifest.kind == "postgres":
         item = pick_item(manifest, database)
@@ -34,9 +37,13 @@ def export_backup(app, backup_id: str, output: str, *, database: str | None = No
 
 
 def _write(repo, item, path: Path) -> Path:
+    """Write one item, readable by its owner only: the data is decrypted, and the globals
+    hold the roles' password hashes."""
     partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)  # a previous run's leftover, perhaps with wider mode
     try:
-        with repo.open_item(item) as reader, open(partial, "wb") as f:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as f, repo.open_item(item) as reader:
             for block in reader:
                 f.write(block)
             f.flush()

@@ -36,7 +36,9 @@ def restore() -> None:
     help="Parallel pg_restore; >1 spools the decrypted archive to --spool-dir.",
 )
 @click.option(
-    "--spool-dir", type=click.Path(file_okay=False), help="Where --jobs spools (default: TMPDIR)."
+    "--spool-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Where --jobs spools (default: TMPDIR).",
 )
 @click.option("--create", is_flag=True, help="Create the target database if it does not exist.")
 @click.option(
@@ -111,10 +113,13 @@ def postgres(
                 "elapsed_s": round(run.elapsed_s, 3),
                 "bytes": run.bytes,
                 "roles_created": result.globals.created if result.globals else [],
+                "dropped": result.dropped,
             }
         )
         return
     click.echo(f"using {result.selection.note}")
+    if result.dropped:
+        click.echo(result.dropped)
     if result.globals:
         g = result.globals
         click.echo(

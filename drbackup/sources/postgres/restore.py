@@ -125,7 +125,14 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
     # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
     started = time.monotonic()
-    tmpdir = Path(tempfile.mkdtemp(prefix="drbackup-spool-", dir=spool_dir))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix="drbackup-spool-", dir=spool_dir))
+    except OSError as exc:
+        where = spool_dir or tempfile.gettempdir()
+        raise RestoreError(
+            f"cannot spool the archive in {where}: {exc.strerror or exc}",
+            hint="--jobs > 1 needs room for the decrypted archive: choose --spool-dir",
+        ) from None
     helper = Background(alongside, "drbackup-prepare") if alongside is not None else None
     try:
         archive = tmpdir / "archive.dump"
