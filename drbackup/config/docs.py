@@ -80,7 +80,9 @@ DRBACKUP__MINIO__MEDIA__SECRET_KEY="$(cat /run/secrets/minio-secret-key)"
 Values are parsed as YAML (`true`, `16MiB`, `[app, billing]`), except secrets, which are
 taken verbatim. Precedence, later wins: built-in defaults, the file, `DRBACKUP_PASSPHRASE` /
 `DRBACKUP_KEY_FILE`, `DRBACKUP__*` overrides; the `AWS_*` variables only fill what is left
-unset. Target names holding `-` or `.` cannot be spelled in most shells' variable names.
+unset. The key is the exception: the repository has one key source, so
+`DRBACKUP_PASSPHRASE` or `DRBACKUP_KEY_FILE` together with a `passphrase_file` or `key_file`
+in the file is an error ("set only one ..."), never a silent choice. Target names holding `-` or `.` cannot be spelled in most shells' variable names.
 
 ## Values
 

@@ -1,7 +1,8 @@
 """Loading the config: the YAML file (or built-in defaults), the environment, validation.
 
 Precedence, later wins: built-in defaults < the YAML file < ``DRBACKUP_PASSPHRASE`` and
-``DRBACKUP_KEY_FILE`` < ``DRBACKUP__SECTION__KEY`` overrides.  ``AWS_*`` variables only
+``DRBACKUP_KEY_FILE`` < ``DRBACKUP__SECTION__KEY`` overrides; but a key from the environment
+beside another key source in the file is an error, not a silent choice.  ``AWS_*`` variables only
 fill ``repository.s3`` keys that are still unset, and only for an ``s3://`` repository.
 Every problem found is reported at once, each with its path, in one :class:`ConfigError`.
 """
@@ -328,7 +329,7 @@ def _finding(error: Any, origins: Mapping[KeyPath, str]) -> str:
     path = tuple(p for p in error["loc"] if p != "[key]")
     text = _message(error, path)
     # Variables that set this key, a parent of it, or a key directly under it.
-    env = [var for where, var in origins.items() if _related(path, where)]
+    env = [var for where, var in origins.items() if _related(path, where) and var not in text]
     text += f" (from {', '.join(env)})" if env else ""
     return f"at '{dotted(path)}': {text}" if path else text
 

@@ -242,7 +242,7 @@ def test_passphrase_from_env_conflicts_with_passphrase_file(tmp_path, home):
     text = f"repository:\n  encryption: {{passphrase_file: {passphrase}}}\n"
     assert error_lines(tmp_path, text, env)[1:] == [
         "at 'repository.encryption': set only one of 'passphrase' (DRBACKUP_PASSPHRASE) and "
-        "'passphrase_file' (from DRBACKUP_PASSPHRASE)"
+        "'passphrase_file'"
     ]
     cfg = load_config(env=env)
     assert cfg.repository.encryption.passphrase.get_secret_value() == "env-pass"
