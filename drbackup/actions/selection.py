@@ -5,8 +5,9 @@ Works from the repository alone (manifests), never from the catalog.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from drbackup.errors import UsageError
 from drbackup.repository.manifest import Manifest
@@ -43,12 +44,22 @@ def select_backup(
     refs = repo.list_refs(target)
     if not refs:
         raise UsageError(
-            f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
+            f"no backups of target {target} in {repo.url}", hint=_other_targets(repo, target)
         )
     if point_in_time is None:
         m = max(_load_second(repo, _seconds(refs)[-1]), key=_point)
         return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
     return _select_at(repo, target, refs, point_in_time)
+
+
+def _other_targets(repo, target: str) -> str:
+    targets = sorted({r.target for r in repo.list_refs()})
+    if not targets:
+        return "the repository holds no backups yet"
+    close = difflib.get_close_matches(target, targets, n=1)
+    if close:
+        return f"did you mean {close[0]}? ('drbackup list' shows what exists)"
+    return f"targets with backups: {', '.join(targets[:10])}"
 
 
 def _seconds(refs) -> list[list]:
@@ -81,20 +92,27 @@ def _select_at(repo, target, refs, when: datetime) -> Selection:
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     groups = _seconds([r for r in refs if r.backup_id[:16] <= stamp])
     for group in reversed(groups):
-        candidates = [m for m in _load_second(repo, group) if _point(m) <= when]
+        candidates = [m for m in _load_second(repo, group) if _at_or_before(_point(m), when)]
         if candidates:
             m = max(candidates, key=_point)
             gap = when - _point(m)
+            where = "within" if gap < timedelta(0) else f"{_human_delta(gap)} before"
             return Selection(
                 m,
                 f"backup {m.backup_id}: recovery point {m.recovery_point}, "
-                f"{_human_delta(gap)} before the requested {when.isoformat()}",
+                f"{where} the requested {when.isoformat()}",
             )
     oldest = min(_load_second(repo, _seconds(refs)[0]), key=_point)
     raise UsageError(
         f"no backup of {target} has a recovery point at or before {when.isoformat()}",
         hint=f"the oldest restore point is {oldest.recovery_point} (backup {oldest.backup_id})",
     )
+
+
+def _at_or_before(point: datetime, when: datetime) -> bool:
+    """``point <= when``, where a time given to the whole second covers that second: ``list``
+    shows recovery points to the second, and a time copied from it must select that backup."""
+    return (point.replace(microsecond=0) if when.microsecond == 0 else point) <= when
 
 
 def _human_delta(delta) -> str:

@@ -201,6 +201,13 @@ class Repository:
         if "/" in text:
             target, text = text.split("/", 1)
         refs = [r for r in self.list_refs(target) if r.backup_id.startswith(text)]
+        if not refs and target is not None:
+            elsewhere = sorted({r.target for r in self.list_refs() if r.backup_id.startswith(text)})
+            if elsewhere:
+                raise UsageError(
+                    f"backup {text} is not a backup of target {target}",
+                    hint=f"it belongs to {', '.join(elsewhere)}: check the target name",
+                )
         if not refs:
             raise UsageError(f"unknown backup id: {text}", hint="'drbackup list' shows the backups")
         if len({r.backup_id for r in refs}) > 1 or len(refs) > 1:

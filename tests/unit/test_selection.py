@@ -61,5 +61,16 @@ def test_latest_within_one_second_is_the_newest_recovery_point():
 
 def test_too_early_names_the_oldest_recovery_point():
     with pytest.raises(UsageError) as exc:
-        select_backup(REPO, "app", point_in_time=T0)
+        select_backup(REPO, "app", point_in_time=T0 - timedelta(microseconds=1))
     assert "backup 20261123T043056Z-cccccc" in exc.value.hint
+
+
+def test_a_time_to_the_whole_second_covers_that_second():
+    """``list`` shows recovery points to the second: that time, copied, must select the
+    newest backup of that second, not an older one."""
+    chosen = select_backup(REPO, "app", point_in_time=T0)
+    assert chosen.manifest.backup_id == "20261123T043056Z-bbbbbb"
+    assert chosen.note.endswith(", within the requested 2026-11-23T04:30:56+00:00")
+    # with a fraction, the time is exact
+    exact = select_backup(REPO, "app", point_in_time=T0 + timedelta(microseconds=150_000))
+    assert exact.manifest.backup_id == "20261123T043056Z-cccccc"
