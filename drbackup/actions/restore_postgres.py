@@ -38,6 +38,7 @@ class RestoreResult:
     run: RestoreRun
     globals: GlobalsResult | None
     created: bool
+    dropped: str | None = None  # what --force dropped, said to the user
 
 
 def pick_item(manifest: Manifest, database: str | None) -> Item:
@@ -122,7 +123,13 @@ def restore_postgres(
             alongside=prepare,
         )
     return RestoreResult(
-        selection, item.name, commands.mask_dsn(into), run, prepared.globals, prepared.created
+        selection,
+        item.name,
+        commands.mask_dsn(into),
+        run,
+        prepared.globals,
+        prepared.created,
+        found.dropped() if found.exists and found.objects else None,
     )
 
 
@@ -134,6 +141,14 @@ class _Found:
     exists: bool
     objects: int
     server_version: int
+    sessions: int = 0  # other sessions on a non-empty target, which --force ends
+
+    def dropped(self) -> str:
+        noun = "object" if self.objects == 1 else "objects"
+        text = f"dropped the existing database {self.dbname} ({self.objects} {noun})"
+        if self.sessions:
+            text += f" and ended its {self.sessions} open session(s)"
+        return text
 
 
 @dataclass
@@ -151,6 +166,10 @@ def _check_target(into: str, dbname: str, password, *, create: bool, force: bool
     with connect(dsn_for_database(into, "postgres"), password) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         server_version = admin.info.server_version
+        sessions = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchone()[0]
     if not exists and not create:
         raise RestoreError(
             f"target database {dbname} does not exist", hint="add --create to create it"
@@ -166,7 +185,7 @@ def _check_target(into: str, dbname: str, password, *, create: bool, force: bool
                 hint="restore into an empty or new database (--create), "
                 "or pass --force to drop and recreate it",
             )
-    return _Found(dbname, bool(exists), objects, server_version)
+    return _Found(dbname, bool(exists), objects, server_version, sessions)
 
 
 def _make_target(into: str, found: _Found, password, *, encoding) -> bool:

@@ -127,6 +127,18 @@ def test_awkward_database_round_trip(repo_config, pg_db, run_cli, scratch_db, tm
     assert toc.returncode == 0, toc.stderr
     assert "TABLE DATA Ünïcode schema order items postgres" in toc.stdout
     assert "CREATE ROLE postgres;" in (tmp_path / "app.dump.globals.sql").read_text()
+    # decrypted data and role password hashes: readable by their owner only, whatever umask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("app.dump*")} == {0o600}
+    again = run_cli("export", backup_id, "-o", archive)
+    assert (again.code, again.stderr) == (
+        2,
+        f"drbackup: error: {archive} exists; refusing to overwrite\n",
+    )
+    nowhere = tmp_path / "no-such-dir" / "app.dump"
+    missing = run_cli("export", backup_id, "-o", nowhere)
+    assert missing.code == 2 and missing.stderr.strip() == (
+        f"drbackup: error: cannot write {nowhere}: directory {nowhere.parent} does not exist"
+    )
 
 
 # --------------------------------------------------------------------------- 2. under writes
@@ -243,6 +255,17 @@ def test_point_in_time_restores_the_newest_backup_at_or_before(
         "hint: 'drbackup list' shows the backups",
     ]
 
+    # a mistyped target name: said as such, not as an unknown id or an empty repository
+    bid = first["backup_id"]
+    wrong = run_cli("restore", "postgres", "ap", "--into", into, "--backup", bid)
+    assert (wrong.code, wrong.error_lines) == (2, [
+        f"drbackup: error: backup {bid} is not a backup of target ap",
+        "hint: it belongs to app: check the target name",
+    ])  # fmt: skip
+    empty = run_cli("restore", "postgres", "ap", "--into", into)
+    assert empty.code == 2
+    assert empty.error_lines[-1] == "hint: did you mean app? ('drbackup list' shows what exists)"
+
 
 # --------------------------------------------------------------------------- 4. target guard
 
@@ -290,8 +313,13 @@ def test_restore_target_must_exist_and_be_empty_unless_forced(
     ]
     assert scalar(into, "SELECT count(*) FROM orders") == 1000  # untouched
 
-    forced = restore(run_cli, into, "--force")
+    # --force drops it even with a session open in it, and says so
+    with psycopg.connect(into, autocommit=True):
+        forced = restore(run_cli, into, "--force")
     assert forced.code == 0, forced.stderr
+    assert forced.stdout.splitlines()[1] == (
+        f"dropped the existing database {name} (9 objects) and ended its 1 open session(s)"
+    )
     assert_restored_equal(manifest, into)
 
 

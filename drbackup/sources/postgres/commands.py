@@ -144,5 +144,7 @@ def pg_restore_argv(
 
 
 def mask_dsn(dsn: str) -> str:
-    """Hide a password embedded in a URL-style DSN (for messages and logs)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    """Hide a password in a DSN (for messages and logs): ``user:PASSWORD@`` in a URL, and
+    ``password=...`` in key=value form or a URL's query."""
+    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", dsn, flags=re.I)

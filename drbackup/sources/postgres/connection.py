@@ -16,14 +16,22 @@ def dsn_for_database(dsn: str, dbname: str) -> str:
     try:
         return make_conninfo(dsn, dbname=dbname)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+        raise _invalid(dsn, exc) from None
 
 
 def database_of(dsn: str) -> str | None:
     try:
         return conninfo_to_dict(dsn).get("dbname")
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+        raise _invalid(dsn, exc) from None
+
+
+def _invalid(dsn: str, exc: Exception) -> ConfigError:
+    reason = " ".join(str(exc).split())  # libpq's messages end with a newline
+    return ConfigError(
+        f"invalid postgres dsn {mask_dsn(dsn)}: {reason}",
+        hint="e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'",
+    )
 
 
 def client_env(password: str | None) -> dict[str, str]:
@@ -47,7 +55,7 @@ def connect(
     except psycopg.OperationalError as exc:
         raise _connect_error(dsn, exc) from None
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid postgres dsn {mask_dsn(dsn)}: {exc}") from None
+        raise _invalid(dsn, exc) from None
 
 
 def _connect_error(dsn: str, exc: Exception) -> SourceError:
