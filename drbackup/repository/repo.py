@@ -136,7 +136,8 @@ class Repository:
         except ObjectNotFoundError:
             raise RepositoryError(
                 f"no repository at {storage.url}",
-                hint="run 'drbackup init' first, or check repository.url",
+                hint="check repository.url (-c FILE or DRBACKUP_CONFIG); "
+                "'drbackup init' makes a new repository",
             ) from None
         header = hdr.parse_header(raw, storage.url)
         return cls(storage, header, KeyRing(header, secrets, background=background_key))

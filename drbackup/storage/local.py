@@ -14,7 +14,10 @@ from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
 
 _TMP_PREFIX = ".tmp-"
 _COPY_BUFSIZE = 1 << 20
-_MISSING_ROOT_HINT = "create it, or run 'drbackup init' with the right repository url"
+_MISSING_ROOT_HINT = (
+    "check repository.url in the config you meant (-c FILE or DRBACKUP_CONFIG; without one "
+    "the built-in default is used) and that its disk is mounted; 'drbackup init' makes a new one"
+)
 
 
 # Written data is handed to the disk every this many bytes, so that the fsync that makes an
@@ -69,8 +72,9 @@ class LocalStorage:
 
     def check(self) -> None:
         if not self.root.is_dir():
+            what = "path is not a directory" if self.root.exists() else "directory does not exist"
             raise StorageUnreachableError(
-                f"repository directory does not exist: {self.root}", hint=_MISSING_ROOT_HINT
+                f"repository {what}: {self.root}", hint=_MISSING_ROOT_HINT
             )
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageUnreachableError(f"repository directory is not writable: {self.root}")

@@ -80,7 +80,8 @@ def test_missing_repository(local_repo_config, run_cli, tmp_path):
     assert result.code == 2
     assert result.error_lines == [
         f"drbackup: error: no repository at {empty}",
-        "hint: run 'drbackup init' first, or check repository.url",
+        "hint: check repository.url (-c FILE or DRBACKUP_CONFIG); "
+        "'drbackup init' makes a new repository",
     ]
 
     gone = tmp_path / "unmounted"
@@ -90,9 +91,19 @@ def test_missing_repository(local_repo_config, run_cli, tmp_path):
     assert result.code == 4
     assert result.error_lines == [
         f"drbackup: error: repository directory does not exist: {gone}",
-        "hint: create it, or run 'drbackup init' with the right repository url",
+        "hint: check repository.url in the config you meant (-c FILE or DRBACKUP_CONFIG; "
+        "without one the built-in default is used) and that its disk is mounted; "
+        "'drbackup init' makes a new one",
     ]
     assert not gone.exists()  # never silently created on the wrong disk
+
+    a_file = tmp_path / "passphrase.txt"
+    a_file.write_text("not a repository")
+    local_repo_config.data["repository"]["url"] = str(a_file)
+    local_repo_config.write()
+    result = run_cli("list")
+    assert result.code == 4
+    assert result.error_lines[0] == f"drbackup: error: repository path is not a directory: {a_file}"
 
 
 def test_s3_endpoint_down_exits_4(s3_repo_config, run_cli):
