@@ -134,9 +134,11 @@ def open_master_key(
             "has unreadable kdf parameters or wrapped key, and no other slot opens",
             hint="restore drbackup.repo from a copy, or open with another passphrase or key file",
         )
+    hint = "check repository.encryption in the config (or DRBACKUP_PASSPHRASE)"
+    if passphrase is not None and passphrase != passphrase.strip():
+        hint = "the passphrase begins or ends with white space (a copied newline?); " + hint
     raise EncryptionKeyError(
-        f"wrong {what}: it opens none of the repository's access slots",
-        hint="check repository.encryption in the config (or DRBACKUP_PASSPHRASE)",
+        f"wrong {what}: it opens none of the repository's access slots", hint=hint
     )
 
 

@@ -61,6 +61,18 @@ def test_wrong_passphrase():
     assert info.value.hint == WRONG_HINT
 
 
+def test_wrong_passphrase_with_stray_white_space_says_so():
+    """Passphrases are taken verbatim (spaces may be part of one), so a copied newline
+    makes a wrong passphrase: the hint points at it."""
+    with pytest.raises(EncryptionKeyError) as info:
+        open_with([passphrase_slot("pw")], passphrase="pw\n")
+    assert str(info.value) == WRONG_PASSPHRASE
+    assert (
+        info.value.hint
+        == "the passphrase begins or ends with white space (a copied newline?); " + WRONG_HINT
+    )
+
+
 def test_key_file_slot_opens():
     key_file = os.urandom(32)
     slot = keys.new_access_slot(MASTER, REPO_ID, key_file=key_file)
