@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
-from drbackup.errors import RestoreError, UsageError
+from drbackup.errors import RestoreError, SourceError, UsageError
 from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
@@ -97,6 +97,12 @@ def restore_postgres(
     found = checked.result()
     globals_item = _globals_item(selection.manifest) if with_globals else None
     bin_dir = commands.find_client_bin_dir(found.server_version, None)
+    if not (bin_dir / "pg_restore").is_file():  # before the target is created or dropped
+        raise SourceError(
+            f"pg_restore not found in {bin_dir}",
+            hint=f"install the PostgreSQL client tools, or set {commands.CLIENT_BIN_ENV} "
+            "to the directory holding them",
+        )
     argv = commands.pg_restore_argv(
         bin_dir,
         into,

@@ -434,7 +434,7 @@ def test_restore_fails_when_pg_restore_ignores_errors(
 
 
 def test_pg_dump_older_than_the_server_is_refused(
-    local_repo_config, pg_db, run_cli, tmp_path, monkeypatch
+    local_repo_config, pg_db, run_cli, tmp_path, monkeypatch, scratch_db
 ):
     fake = tmp_path / "old-client"
     fake.mkdir()
@@ -455,6 +455,16 @@ def test_pg_dump_older_than_the_server_is_refused(
 
     monkeypatch.delenv("DRBACKUP_PG_CLIENT_BIN")
     backup(run_cli)  # the lock was released, the real client works
+
+    # a client directory without pg_restore: refused before the target is created
+    monkeypatch.setenv("DRBACKUP_PG_CLIENT_BIN", str(fake))
+    name, into = scratch_db()
+    refused = restore(run_cli, into, "--create")
+    assert (refused.code, refused.error_lines[0]) == (
+        1, f"drbackup: error: pg_restore not found in {fake}"
+    )  # fmt: skip
+    with psycopg.connect(pg_db.cluster.dsn("postgres")) as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
 
 
 # --------------------------------------------------------------------------- 8. one at a time
