@@ -17,7 +17,7 @@ from datetime import datetime
 from drbackup.actions.selection import Selection, select_backup
 from drbackup.actions.snapshot_minio import minio_target
 from drbackup.drill.bucket import BucketDrillResult, run_bucket_drill
-from drbackup.errors import DrbackupError, RestoreError, UsageError
+from drbackup.errors import DrbackupError, RestoreError, StorageUnreachableError, UsageError
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
@@ -197,6 +197,8 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
         try:
             with repo.open_blob(entry.blob) as blob:
                 VerifyingReader(blob, entry, f"object {entry.key}").verify_all()
+        except StorageUnreachableError:
+            raise  # the storage went away: no conclusion about this blob
         except DrbackupError as exc:
             return exc.message if entry.key in exc.message else f"object {entry.key}: {exc.message}"
         return None

@@ -29,6 +29,7 @@ from drbackup.errors import (
     ObjectNotFoundError,
     RepositoryError,
     StorageError,
+    StorageUnreachableError,
     UsageError,
 )
 from drbackup.repository import header as hdr
@@ -259,6 +260,8 @@ class Repository:
                     for block in reader:
                         if progress:
                             progress(len(block))
+            except StorageUnreachableError:
+                raise  # nothing can be concluded about the backup: not damage
             except (IntegrityError, ObjectNotFoundError, StorageError) as exc:
                 problems.append(f"{item.name}: {exc.message}")
         return problems

@@ -26,12 +26,14 @@ from drbackup.errors import (
     IntegrityError,
     ObjectNotFoundError,
     RepositoryError,
+    StorageUnreachableError,
 )
 from drbackup.repository.header import HEADER_KEY
 from drbackup.repository.keyring import Secrets
 from drbackup.repository.manifest import Manifest
 from drbackup.repository.repo import Repository
 from drbackup.storage.local import LocalStorage
+from tests.fixtures.s3server import free_port
 
 FAST = {"n": 1024, "r": 8, "p": 1}
 BACKENDS = ["local", "s3"]
@@ -419,6 +421,24 @@ def test_verify_lists_every_damaged_item(setup):
         f"a: {a_key}: chunk 0 failed authentication {MID}",
         f"c: object not found: {c_key}",
     ]
+
+
+def test_verify_with_the_storage_gone_is_unreachable_not_damage(setup, tmp_path):
+    """A server or disk that goes away mid-verify says nothing about the backup: verify
+    must fail as unreachable (exit 4), not report the backup damaged (exit 3, and marked
+    so in the catalog)."""
+    repo = reopen(setup.storage)
+    if isinstance(setup.storage, LocalStorage):
+        repo.storage = LocalStorage(tmp_path / "unmounted")
+    else:  # the same bucket, through an endpoint nothing listens on
+        from drbackup.storage.s3 import S3Storage
+
+        s3 = setup.storage
+        dead = f"http://127.0.0.1:{free_port()}"
+        options = {"access_key_id": "k", "secret_access_key": "s", "max_attempts": 1}
+        repo.storage = S3Storage(s3.bucket, s3.prefix, endpoint_url=dead, **options)
+    with pytest.raises(StorageUnreachableError):
+        repo.verify(setup.manifest)
 
 
 # -- keys and the header ---------------------------------------------------------------------
