@@ -22,6 +22,7 @@ from botocore.exceptions import (
     ClientError,
     CredentialRetrievalError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     SSLError,
@@ -63,6 +64,7 @@ _CONNECTION_REASONS = {
     "ConnectionClosedError": "connection closed",
     "ProxyConnectionError": "proxy connection failed",
     "ResponseStreamingError": "response interrupted",
+    "IncompleteReadError": "connection lost mid-object",
 }
 
 
@@ -340,7 +342,7 @@ def _translate_error(
     what = f"cannot {action} {name}"
     if isinstance(exc, SSLError):
         return StorageUnreachableError(f"{what}: tls error talking to {endpoint}", hint=_TLS_HINT)
-    if isinstance(exc, BotoConnectionError | HTTPClientError):
+    if isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError):
         reason = _CONNECTION_REASONS.get(type(exc).__name__, "connection failed")
         return StorageUnreachableError(
             f"{what}: s3 endpoint {endpoint} unreachable ({reason})", hint=_ENDPOINT_HINT

@@ -40,6 +40,8 @@ def translate(exc: Exception, bucket_op: bool = False) -> StorageError:
         (EndpointConnectionError(endpoint_url=ENDPOINT), "connection refused or no route"),
         (ConnectTimeoutError(endpoint_url=ENDPOINT), "connect timed out"),
         (ReadTimeoutError(endpoint_url=ENDPOINT), "read timed out"),
+        # the server went away in the middle of an object's body
+        (IncompleteReadError(actual_bytes=52, expected_bytes=106), "connection lost mid-object"),
     ],
 )
 def test_connection_failures_are_unreachable(exc, reason):
