@@ -9,6 +9,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     IncompleteReadError,
     NoCredentialsError,
     ReadTimeoutError,
@@ -106,7 +107,7 @@ def test_other_server_errors_are_one_line_storage_errors():
 
 
 def test_other_botocore_errors_are_storage_errors():
-    error = translate(IncompleteReadError(actual_bytes=1, expected_bytes=2))
+    error = translate(FlexibleChecksumError(error_msg="crc32 mismatch"))
     assert type(error) is StorageError
     assert str(error).startswith("cannot read backups/k: ")
     assert "\n" not in str(error)
