@@ -9,9 +9,26 @@ from drbackup.cli.render import echo_json, human_size, progress
 from drbackup.cli.restore import restore
 
 
+def _bucket_name(value: str) -> str:
+    from pydantic_core import PydanticCustomError
+
+    from drbackup.config.types import check_bucket_name
+
+    try:
+        return check_bucket_name(value)
+    except PydanticCustomError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @restore.command("minio")
 @click.argument("target")
-@click.option("--into-bucket", required=True, metavar="BUCKET", help="Bucket to restore into.")
+@click.option(
+    "--into-bucket",
+    required=True,
+    metavar="BUCKET",
+    callback=lambda _ctx, _param, value: _bucket_name(value),
+    help="Bucket to restore into.",
+)
 @click.option("--snapshot", "snapshot_id", metavar="ID", help="Snapshot id (or unique prefix).")
 @click.option(
     "--point-in-time",

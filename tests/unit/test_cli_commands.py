@@ -35,3 +35,11 @@ def test_help_lists_every_command_and_the_exit_codes(capsys):
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["frobnicate"]) == 2
     assert "No such command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_an_invalid_restore_bucket_name_is_a_usage_error(capsys):
+    """Checked before any repository or server is touched (minio's client would raise a
+    bare ValueError deep inside the restore)."""
+    for name in ("r4", "Bad_Name"):
+        assert main(["restore", "minio", "media", "--into-bucket", name]) == 2
+        assert f"invalid bucket name '{name}'" in capsys.readouterr().err
