@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from drbackup.errors import CheckFailedError
+from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
 
@@ -70,12 +70,18 @@ def _public_meta(meta: dict) -> dict:
     return out
 
 
-def list_backups(app, target: str | None = None) -> list[Manifest]:
-    """Every backup in the repository (decrypting manifests), oldest first."""
+def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[str]]:
+    """Every backup in the repository (decrypting manifests), oldest first, and one line per
+    manifest that failed authentication: one damaged manifest must not hide the others."""
     repo = app.repository()
-    manifests = list(repo.iter_manifests(target))
+    manifests, damaged = [], []
+    for ref in repo.list_refs(target):
+        try:
+            manifests.append(repo.load_manifest(ref))
+        except IntegrityError as exc:
+            damaged.append(f"{ref.target}/{ref.backup_id}: {exc.message}")
     _try_catalog(app, lambda cat: [cat.record_backup(repo.id, repo.url, m) for m in manifests])
-    return manifests
+    return manifests, damaged
 
 
 def show_backup(app, backup_id: str) -> Manifest:

@@ -6,6 +6,7 @@ import click
 
 from drbackup.actions.repository import backup_summary, list_backups, show_backup, verify_backup
 from drbackup.cli.render import echo_json, echo_table, human_size, progress
+from drbackup.errors import CheckFailedError
 
 
 @click.command("list")
@@ -14,10 +15,20 @@ from drbackup.cli.render import echo_json, echo_table, human_size, progress
 @click.pass_obj
 def list_(state, target: str | None, as_json: bool) -> None:
     """List backups in the repository, oldest first."""
-    manifests = list_backups(state.app, target)
+    manifests, damaged = list_backups(state.app, target)
     if as_json:
         echo_json([backup_summary(m) for m in manifests])
-        return
+    else:
+        _list_table(manifests)
+    if damaged:
+        lines = "\n".join(f"  {line}" for line in damaged)
+        raise CheckFailedError(
+            f"{len(damaged)} backup manifest(s) are damaged and not listed:\n{lines}",
+            hint="those backups cannot be restored; every other backup listed is unaffected",
+        )
+
+
+def _list_table(manifests) -> None:
     rows = [
         [
             m.target + "/" + m.backup_id,

@@ -173,3 +173,30 @@ def test_console_script_exit_codes_and_complete_output(tmp_path):
     missing = console("--config", str(tmp_path / "nope.yaml"), "list")
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"drbackup: error: config file not found: {tmp_path}")
+
+
+def test_one_damaged_manifest_hides_no_other_backup(local_repo_config, run_cli, pg_db):
+    """list shows every readable backup, names the damaged manifest, and exits 3."""
+    pg_db.execute("CREATE TABLE t (n integer)")
+    ids = []
+    for _ in range(2):
+        done = run_cli("backup", "postgres", "app", "--json")
+        assert done.code == 0, done.stderr
+        ids.append(done.json()["backup_id"])
+    manifest = local_repo_config.local_root / "manifests" / "app" / ids[0]
+    data = bytearray(manifest.read_bytes())
+    data[-5] ^= 0x01
+    manifest.write_bytes(bytes(data))
+
+    listed = run_cli("list")
+    assert listed.code == 3
+    assert f"app/{ids[1]}" in listed.stdout and ids[0] not in listed.stdout
+    assert (
+        listed.error_lines[0] == "drbackup: error: 1 backup manifest(s) are damaged and not listed:"
+    )
+    assert listed.error_lines[1].startswith(
+        f"  app/{ids[0]}: manifests/app/{ids[0]}: chunk 0 failed"
+    )
+    assert listed.error_lines[-1].startswith("hint: those backups cannot be restored")
+    as_json = run_cli("list", "--json")
+    assert as_json.code == 3 and [r["backup_id"] for r in as_json.json()] == [ids[1]]
