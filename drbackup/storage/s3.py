@@ -42,7 +42,10 @@ MIN_PART_SIZE = 5 * MIB  # S3 rejects smaller parts (except the last one)
 OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 
 _ENDPOINT_HINT = "check repository.s3.endpoint_url and that the server is running"
-_CREDENTIALS_HINT = "check repository.s3.access_key_id / secret_access_key and the bucket policy"
+_CREDENTIALS_HINT = (
+    "check repository.s3.access_key_id_file / secret_access_key_file (or AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY) and the bucket policy"
+)
 _BUCKET_HINT = "create the bucket, or fix the bucket name in the repository url"
 _TLS_HINT = "check repository.s3.verify_tls (a CA bundle path, or false for a test server)"
 _ACCESS_DENIED_CODES = frozenset(
