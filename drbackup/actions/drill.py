@@ -530,6 +530,11 @@ def _store(app, repo, result: DrillResult) -> None:
         catalog = app.catalog
         record_drill(catalog, report)
         for target in report["targets"]:
+            failed = [
+                f"{check['name']}: {check['summary']}"
+                for check in report["checks"]
+                if check["target"] == target["target"] and check["status"] == c.FAIL
+            ]
             catalog.record_run(
                 "drill",
                 target["target"],
@@ -537,6 +542,7 @@ def _store(app, repo, result: DrillResult) -> None:
                 datetime.fromisoformat(report["finished_at"]),
                 "failed" if target["status"] == c.FAIL else "ok",
                 backup_id=target.get("backup_id"),
+                error="; ".join(failed)[:500] or None,  # what report shows for the run
                 details={"drill_id": report["drill_id"], "status": target["status"]},
             )
     except Exception as exc:  # noqa: BLE001 - the catalog is an index; the repository has it

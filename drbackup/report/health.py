@@ -153,7 +153,13 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
 
 def _backup_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
     findings = []
-    if facts.newest is None:
+    if facts.newest is None and facts.restore_points:
+        n = facts.restore_points
+        text = f"none of the {n} backups is usable" if n > 1 else "the only backup is not usable"
+        findings.append(
+            Finding(Status.CRITICAL, text + " (damaged as 'drbackup verify' found, or unreadable)")
+        )
+    elif facts.newest is None:
         findings.append(Finding(Status.CRITICAL, "no backup in the repository"))
     else:
         age = now - facts.newest.recovery_point

@@ -105,6 +105,12 @@ def test_a_failing_drill_exits_3_naming_the_cause(local_repo_config, pg_db, run_
     assert history.code == 0
     assert "FAIL" in history.stdout and "restore, tables, rto" in history.stdout
     assert history.stdout.splitlines()[-1].startswith("rto trend app: ")
+    # the page names the failed checks, not "no message"
+    (app,) = run_cli("report", "--target", "app", "--format", "json").json()["targets"]
+    (failed_runs,) = [f["message"] for f in app["findings"] if "failed run" in f["message"]]
+    assert (
+        "restore: pg_restore reported 1 error(s)" in failed_runs and "no message" not in failed_runs
+    )
 
 
 def test_usage_errors(local_repo_config, run_cli, tmp_path):

@@ -76,6 +76,16 @@ def test_no_backup_is_critical():
     assert status == Status.CRITICAL and found[0] == "CRITICAL: no backup in the repository"
 
 
+def test_backups_all_damaged_are_not_reported_as_none():
+    """Backups exist but verify marked them damaged (or they cannot be read): the page must
+    say so, not send the operator looking for a backup job that never ran."""
+    status, found = messages(healthy(newest=None, oldest=None, restore_points=3))
+    assert status == Status.CRITICAL
+    assert found[0] == (
+        "CRITICAL: none of the 3 backups is usable (damaged as 'drbackup verify' found, or unreadable)"
+    )
+
+
 def test_failed_last_drill_is_critical_even_after_a_passing_one():
     facts = healthy(drills=[drill(10), drill(1, "fail", None, ["foreign_keys", "rto"])])
     assert messages(facts) == (
