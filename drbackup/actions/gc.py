@@ -203,9 +203,12 @@ def _conflict_message(kind: str, live: list[LockInfo]) -> str:
 
 
 def _conflict_hint(kind: str) -> str:
+    dead = (
+        f"a lock not refreshed for {LOCK_STALE_S / 60:.0f} minutes is a dead process's and ignored"
+    )
     if kind == "gc":
-        return "run gc when no snapshot is running (gc --dry-run only reports)"
-    return "wait for gc to finish, then run the snapshot again"
+        return f"run gc when no snapshot is running (gc --dry-run only reports); {dead}"
+    return f"wait for gc to finish, then run the snapshot again; {dead}"
 
 
 # --- mark and sweep ---------------------------------------------------------------------

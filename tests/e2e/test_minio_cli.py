@@ -172,7 +172,8 @@ def test_gc_dry_run_and_refusal_while_a_snapshot_runs(setup, run_cli):
         "(snapshot 20261123T000000Z-abcdef (live, refreshed "
     )
     assert refused.error_lines[1] == (
-        "hint: run gc when no snapshot is running (gc --dry-run only reports)"
+        "hint: run gc when no snapshot is running (gc --dry-run only reports); "
+        "a lock not refreshed for 15 minutes is a dead process's and ignored"
     )
     done = run_cli("gc", "--grace", "1h")
     assert done.code == 0, done.stderr
