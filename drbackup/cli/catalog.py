@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from drbackup.actions.repository import rebuild_catalog
+from drbackup.errors import CheckFailedError
 
 
 @click.group("catalog")
@@ -20,7 +21,14 @@ def rebuild(state) -> None:
     click.echo(
         f"catalog rebuilt from {state.app.storage.url}: {result.added} added, "
         f"{result.removed} removed, {result.unchanged} unchanged"
+        + (f", {result.updated} updated" if result.updated else "")
     )
+    if result.unreadable:
+        lines = "\n".join(f"  {line}" for line in result.unreadable)
+        raise CheckFailedError(
+            f"{len(result.unreadable)} backup manifest(s) are damaged:\n{lines}",
+            hint="those backups cannot be restored; 'drbackup list' shows the others",
+        )
 
 
 COMMANDS = [catalog]

@@ -200,3 +200,7 @@ def test_one_damaged_manifest_hides_no_other_backup(local_repo_config, run_cli, 
     assert listed.error_lines[-1].startswith("hint: those backups cannot be restored")
     as_json = run_cli("list", "--json")
     assert as_json.code == 3 and [r["backup_id"] for r in as_json.json()] == [ids[1]]
+    rebuilt = run_cli("catalog", "rebuild")
+    assert rebuilt.code == 3  # not a silent "1 unchanged"
+    assert rebuilt.error_lines[0] == "drbackup: error: 1 backup manifest(s) are damaged:"
+    assert rebuilt.error_lines[1].startswith(f"  app/{ids[0]}: ")
