@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
-from drbackup.errors import RestoreError, SourceError, UsageError
+from drbackup.errors import IntegrityError, RestoreError, SourceError, StorageError, UsageError
 from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
@@ -113,21 +113,28 @@ def restore_postgres(
     prepared = _Prepared()
 
     def prepare() -> None:  # with jobs > 1, in a thread while the archive is spooled
+        prepared.started = True
         prepared.created = _make_target(into, found, password, encoding=item.meta.get("encoding"))
         if globals_item is not None:
             prepared.globals = _restore_globals(repo, globals_item, into, password, force)
         with connect(into, password):  # pg_restore connects like this: fail here if it cannot
             pass
 
-    with repo.open_item(item) as reader:
-        run = run_pg_restore(
-            argv,
-            client_env(password),
-            reader,
-            spool_dir=spool_dir,
-            what=f"restore of {item.name} into {dbname}",
-            alongside=prepare,
-        )
+    try:
+        with repo.open_item(item) as reader:
+            run = run_pg_restore(
+                argv,
+                client_env(password),
+                reader,
+                spool_dir=spool_dir,
+                what=f"restore of {item.name} into {dbname}",
+                alongside=prepare,
+            )
+    except (StorageError, IntegrityError) as exc:  # the archive stopped part-way
+        if prepared.started and jobs == 1:  # pg_restore was loading what had arrived
+            incomplete = f"the target database {dbname} is incomplete: restore again with --force"
+            exc.hint = f"{incomplete}; {exc.hint}" if exc.hint else incomplete
+        raise
     return RestoreResult(
         selection,
         item.name,
@@ -159,6 +166,7 @@ class _Found:
 
 @dataclass
 class _Prepared:
+    started: bool = False  # the target may have been dropped, created or partly loaded
     created: bool = False
     globals: GlobalsResult | None = None
 

@@ -556,3 +556,7 @@ def test_damaged_object_fails_verify_and_restore(local_repo_config, pg_db, run_c
     assert restored.stdout == ""
     assert restored.error_lines[0].startswith(f"drbackup: error: {key}: chunk ")
     assert "failed authentication" in restored.error_lines[0]
+    # streamed: pg_restore loaded what came before the damage; the operator is told
+    assert restored.error_lines[-1] == (
+        f"hint: the target database {name} is incomplete: restore again with --force"
+    )
