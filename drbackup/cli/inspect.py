@@ -66,7 +66,7 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
     click.echo(f"size:            {human_size(m.size)} ({human_size(m.stored_size)} stored)")
     for key, value in sorted(s["meta"].items()):
         if key != "server_version_num":
-            click.echo(f"{key + ':':<17}{', '.join(value) if isinstance(value, list) else value}")
+            click.echo(f"{key + ':':<17}{_shown(value)}")
     click.echo("items:")
     for item in s["items"]:
         extra = ", ".join(
@@ -75,6 +75,20 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
         click.echo(
             f"  {item['name']:<20} {item['type']:<10} {human_size(item['size']):>10}  {extra}"
         )
+
+
+def _shown(value) -> str:
+    """A manifest meta value on one line: lists joined, mappings as ``k=v``, none as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{k} ({_shown(v)})" if isinstance(v, dict) else f"{k}={_shown(v)}"
+            for k, v in value.items()
+        )
+    return str(value)
 
 
 @click.command("verify")

@@ -88,6 +88,14 @@ def test_snapshot_then_restore_with_dry_run_and_refusal(setup, run_cli):
         409,
     )
 
+    shown = run_cli("show", record["backup_id"])
+    assert shown.code == 0, shown.stderr
+    meta = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in shown.stdout.splitlines()
+    }
+    assert meta["previous_snapshot"] == "-"  # not Python's None
+    assert "{" not in shown.stdout and "None" not in shown.stdout
+
     second = run_cli("snapshot", "minio", "--all")
     assert second.code == 0, second.stderr
     assert second.stdout.startswith("snapshot files/")
