@@ -28,13 +28,21 @@ def list_(state, target: str | None, as_json: bool) -> None:
         )
 
 
+def _content_size(m) -> int:
+    """What the backup holds: the dump's size, or for a bucket snapshot the objects' bytes
+    (its own items are only the index; the content is in shared blobs)."""
+    if m.kind == "bucket" and isinstance(m.meta.get("bytes"), int):
+        return m.meta["bytes"]
+    return m.size
+
+
 def _list_table(manifests) -> None:
     rows = [
         [
             m.target + "/" + m.backup_id,
             m.kind,
             (m.recovery_point or m.finished_at)[:19] + "Z",
-            human_size(m.size),
+            human_size(_content_size(m)),
             human_size(m.stored_size),
             ", ".join(i.name for i in m.items),
         ]

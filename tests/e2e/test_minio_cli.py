@@ -95,6 +95,8 @@ def test_snapshot_then_restore_with_dry_run_and_refusal(setup, run_cli):
     }
     assert meta["previous_snapshot"] == "-"  # not Python's None
     assert "{" not in shown.stdout and "None" not in shown.stdout
+    (line,) = [line for line in run_cli("list").stdout.splitlines() if record["backup_id"] in line]
+    assert " 409 B " in line  # the bucket's content, not the size of the snapshot's index
 
     second = run_cli("snapshot", "minio", "--all")
     assert second.code == 0, second.stderr
