@@ -114,6 +114,12 @@ class S3Settings(Section):
     """Multipart upload part size, 5MiB to 5GiB."""
     max_concurrency: int = Field(4, ge=1, le=64)
     """Parallel part uploads per object."""
+    connect_timeout: Duration = timedelta(seconds=10)
+    """Give up connecting to the endpoint after this long (per attempt)."""
+    read_timeout: Duration = timedelta(seconds=60)
+    """Give up waiting for an answer after this long (per attempt)."""
+    max_attempts: int = Field(5, ge=1, le=20)
+    """Attempts per request, retries with backoff included; 1 means no retry."""
 
     secret_files: ClassVar[dict[str, str]] = {
         "access_key_id": "access_key_id_file",
@@ -226,6 +232,9 @@ class RepositorySettings(Section):
             "verify_tls": s3.verify_tls,
             "part_size": s3.part_size,
             "max_concurrency": s3.max_concurrency,
+            "connect_timeout": s3.connect_timeout.total_seconds(),
+            "read_timeout": s3.read_timeout.total_seconds(),
+            "max_attempts": s3.max_attempts,
         }
 
 

@@ -310,7 +310,10 @@ def test_aws_env_fills_unset_s3_keys(tmp_path, home):
         "AWS_ENDPOINT_URL": "http://env:9000",
         "AWS_REGION": "eu-west-1",
     }
-    text = "repository:\n  url: s3://drbackup/prod\n  s3: {region: us-east-1, max_concurrency: 8}\n"
+    text = (
+        "repository:\n  url: s3://drbackup/prod\n"
+        "  s3: {region: us-east-1, max_concurrency: 8, read_timeout: 20s, max_attempts: 2}\n"
+    )
     assert load_config(write(tmp_path, text), env=env).repository.s3_kwargs() == {
         "endpoint_url": "http://env:9000",
         "region": "us-east-1",
@@ -321,6 +324,9 @@ def test_aws_env_fills_unset_s3_keys(tmp_path, home):
         "verify_tls": True,
         "part_size": 8 * 2**20,
         "max_concurrency": 8,
+        "connect_timeout": 10.0,
+        "read_timeout": 20.0,  # a server that never answers fails after 2 x 20 s
+        "max_attempts": 2,
     }
     assert load_config(env=env).repository.s3.access_key_id is None  # local repository
 
