@@ -27,7 +27,13 @@ from drbackup.actions.restore_postgres import parse_time
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_target, take_snapshot
 from drbackup.config import load_config
 from drbackup.drill.bucket import SCRATCH_PREFIX, find_missing_objects, run_bucket_drill
-from drbackup.errors import LockedError, RestoreError, SourceError, UsageError
+from drbackup.errors import (
+    LockedError,
+    RestoreError,
+    SourceError,
+    StorageUnreachableError,
+    UsageError,
+)
 from drbackup.repository.keyring import Secrets
 from drbackup.repository.manifest import LOCK_PREFIX, blob_key
 from drbackup.repository.repo import Repository
@@ -388,6 +394,32 @@ def test_point_in_time_picks_the_newest_snapshot_at_or_before(app, repo, source,
         before = parse_time(monday.recovery_point) - timedelta(seconds=1)
         restore_minio(app, "files", into_bucket="nothing", point_in_time=before)
     assert exc.value.message.startswith("no backup of files has a recovery point at or before")
+
+
+class _BlobsGone:
+    """The repository's storage, whose blob reads fail as a server gone away would."""
+
+    def __init__(self, storage):
+        self._storage = storage
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def open(self, key: str):
+        if key.startswith("blobs/"):
+            raise StorageUnreachableError(f"cannot read {key}: s3 endpoint unreachable (test)")
+        return self._storage.open(key)
+
+
+def test_repository_gone_mid_restore_stops_as_unreachable(app, s3, photos):
+    """Not 'N objects failed' (exit 1, 'verify shows what is damaged') for every object
+    left: the run stops as unreachable (exit 4), naming the endpoint problem."""
+    put_many(s3, photos, 20)
+    snapshot_target(app, "files")
+    repo = app.repository()
+    repo.storage = _BlobsGone(repo.storage)
+    with pytest.raises(StorageUnreachableError, match="unreachable"):
+        restore_minio(app, "files", into_bucket="half")
 
 
 # --- drills -----------------------------------------------------------------------------

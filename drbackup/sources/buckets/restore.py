@@ -12,7 +12,12 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from drbackup.errors import DrbackupError, IntegrityError
+from drbackup.errors import (
+    DrbackupError,
+    IntegrityError,
+    SourceUnreachableError,
+    StorageUnreachableError,
+)
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import IndexEntry
 from drbackup.sources.buckets.pool import ordered_map
@@ -117,14 +122,17 @@ def restore_entries(
     """Restore every entry, ``workers`` at a time; go on past objects that fail.
 
     Returns the summary; the caller decides whether failures fail the run (a restore
-    raises, a drill records them).  Errors that are not per-object (the destination
-    unreachable) are recorded per object too, so the summary stays complete.
+    raises, a drill records them).  A repository or destination that becomes unreachable
+    stops the run instead (raised as it is: exit 4): every remaining object would fail the
+    same way, and calling them failures would send the operator looking for damage.
     """
     summary = RestoreSummary()
 
     def one(entry: IndexEntry) -> str | None:
         try:
             restore_entry(client, bucket, entry, open_content)
+        except (StorageUnreachableError, SourceUnreachableError):
+            raise
         except DrbackupError as exc:
             message = exc.message
             return message if entry.key in message else f"object {entry.key}: {message}"
