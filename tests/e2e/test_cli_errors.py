@@ -1,7 +1,7 @@
 """What the user sees when things go wrong: exact lines on stderr and the exit code.
 
 Exit codes (``drbackup --help``): 1 the operation failed, 2 usage or configuration error,
-4 storage or server unreachable.  Every error is ``drbackup: error: <one line>`` and a
+3 a check found damage, 4 storage or server unreachable.  Every error is ``drbackup: error: <one line>`` and a
 ``hint:`` line when the fix is known; a traceback appears only with ``--debug``.
 """
 
