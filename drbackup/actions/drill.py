@@ -40,6 +40,7 @@ from drbackup.drill.report import (
     REPORT_PREFIX,
     build_report,
     expand_output_path,
+    failed_checks,
     format_for_path,
     report_key,
     write_report_file,
@@ -532,8 +533,8 @@ def _store(app, repo, result: DrillResult) -> None:
         for target in report["targets"]:
             failed = [
                 f"{check['name']}: {check['summary']}"
-                for check in report["checks"]
-                if check["target"] == target["target"] and check["status"] == c.FAIL
+                for check in failed_checks(report)
+                if check["target"] == target["target"]
             ]
             catalog.record_run(
                 "drill",

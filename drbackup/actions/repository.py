@@ -120,12 +120,18 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
     _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, problems))
     result = VerifyResult(manifest, problems, total[0], seconds)
     if problems:
-        lines = "\n".join(f"  {p}" for p in problems)
-        raise CheckFailedError(
-            f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)\n{lines}",
+        raise damage_found(
+            f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)",
+            problems,
             hint="restore from another backup; 'drbackup list' shows them",
         )
     return result
+
+
+def damage_found(headline: str, problems: list[str], *, hint: str) -> CheckFailedError:
+    """The exit-3 error naming every problem found, one indented line each."""
+    lines = "".join(f"\n  {p}" for p in problems)
+    return CheckFailedError(headline + lines, hint=hint)
 
 
 def rebuild_catalog(app):

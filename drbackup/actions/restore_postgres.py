@@ -142,7 +142,7 @@ def restore_postgres(
         run,
         prepared.globals,
         prepared.created,
-        found.dropped() if found.exists and found.objects else None,
+        found.dropped(),
     )
 
 
@@ -156,7 +156,10 @@ class _Found:
     server_version: int
     sessions: int = 0  # other sessions on a non-empty target, which --force ends
 
-    def dropped(self) -> str:
+    def dropped(self) -> str | None:
+        """What --force drops, said to the user; None when nothing is dropped."""
+        if not (self.exists and self.objects):
+            return None
         noun = "object" if self.objects == 1 else "objects"
         text = f"dropped the existing database {self.dbname} ({self.objects} {noun})"
         if self.sessions:
@@ -180,10 +183,7 @@ def _check_target(into: str, dbname: str, password, *, create: bool, force: bool
     with connect(dsn_for_database(into, "postgres"), password) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         server_version = admin.info.server_version
-        sessions = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,),
-        ).fetchone()[0]
+        sessions = _other_sessions(admin, dbname) if exists and force else 0
     if not exists and not create:
         raise RestoreError(
             f"target database {dbname} does not exist", hint="add --create to create it"
@@ -200,6 +200,11 @@ def _check_target(into: str, dbname: str, password, *, create: bool, force: bool
                 "or pass --force to drop and recreate it",
             )
     return _Found(dbname, bool(exists), objects, server_version, sessions)
+
+
+def _other_sessions(admin, dbname: str) -> int:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    return admin.execute(query, (dbname,)).fetchone()[0]
 
 
 def _make_target(into: str, found: _Found, password, *, encoding) -> bool:

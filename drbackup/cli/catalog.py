@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from drbackup.actions.repository import rebuild_catalog
-from drbackup.errors import CheckFailedError
+from drbackup.actions.repository import damage_found, rebuild_catalog
 
 
 @click.group("catalog")
@@ -24,9 +23,9 @@ def rebuild(state) -> None:
         + (f", {result.updated} updated" if result.updated else "")
     )
     if result.unreadable:
-        lines = "\n".join(f"  {line}" for line in result.unreadable)
-        raise CheckFailedError(
-            f"{len(result.unreadable)} backup manifest(s) are damaged:\n{lines}",
+        raise damage_found(
+            f"{len(result.unreadable)} backup manifest(s) are damaged:",
+            result.unreadable,
             hint="those backups cannot be restored; 'drbackup list' shows the others",
         )
 

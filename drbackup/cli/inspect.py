@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import click
 
-from drbackup.actions.repository import backup_summary, list_backups, show_backup, verify_backup
+from drbackup.actions.repository import (
+    backup_summary,
+    damage_found,
+    list_backups,
+    show_backup,
+    verify_backup,
+)
 from drbackup.cli.render import echo_json, echo_table, human_size, progress
-from drbackup.errors import CheckFailedError
 
 
 @click.command("list")
@@ -21,9 +26,9 @@ def list_(state, target: str | None, as_json: bool) -> None:
     else:
         _list_table(manifests)
     if damaged:
-        lines = "\n".join(f"  {line}" for line in damaged)
-        raise CheckFailedError(
-            f"{len(damaged)} backup manifest(s) are damaged and not listed:\n{lines}",
+        raise damage_found(
+            f"{len(damaged)} backup manifest(s) are damaged and not listed:",
+            damaged,
             hint="those backups cannot be restored; every other backup listed is unaffected",
         )
 

@@ -82,7 +82,8 @@ taken verbatim. Precedence, later wins: built-in defaults, the file, `DRBACKUP_P
 `DRBACKUP_KEY_FILE`, `DRBACKUP__*` overrides; the `AWS_*` variables only fill what is left
 unset. The key is the exception: the repository has one key source, so
 `DRBACKUP_PASSPHRASE` or `DRBACKUP_KEY_FILE` together with a `passphrase_file` or `key_file`
-in the file is an error ("set only one ..."), never a silent choice. Target names holding `-` or `.` cannot be spelled in most shells' variable names.
+in the file is an error ("set only one ..."), never a silent choice. Target names holding
+`-` or `.` cannot be spelled in most shells' variable names.
 
 ## Values
 

@@ -2,8 +2,9 @@
 
 Precedence, later wins: built-in defaults < the YAML file < ``DRBACKUP_PASSPHRASE`` and
 ``DRBACKUP_KEY_FILE`` < ``DRBACKUP__SECTION__KEY`` overrides; but a key from the environment
-beside another key source in the file is an error, not a silent choice.  ``AWS_*`` variables only
-fill ``repository.s3`` keys that are still unset, and only for an ``s3://`` repository.
+beside another key source in the file is an error, not a silent choice.  ``AWS_*``
+variables only fill ``repository.s3`` keys that are still unset, and only for an
+``s3://`` repository.
 Every problem found is reported at once, each with its path, in one :class:`ConfigError`.
 """
 

@@ -231,10 +231,6 @@ class Repository:
             raise IntegrityError(f"{ref.manifest_key}: manifest is not valid json") from None
         return Manifest.from_dict(doc, expected=ref, repository_id=self.id)
 
-    def iter_manifests(self, target: str | None = None) -> Iterator[Manifest]:
-        for ref in self.list_refs(target):
-            yield self.load_manifest(ref)
-
     def _open(self, key: str, expected: ObjectRecord | None = None, plain_sha=None):
         return open_decoded(
             self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
