@@ -149,14 +149,20 @@ def test_force_when_pg_restore_reports_errors_leaves_the_target_intact(
 
 
 def test_force_replaces_the_data_keeps_the_comment_and_drops_the_old(
-    local_repo_config, pg_db, pg_cluster, run_cli, target_db
+    local_repo_config, pg_db, pg_cluster, run_cli, target_db, tmp_path
 ):
+    """Spooled (--jobs 2) and with --with-globals: the new database is prepared (created,
+    marked, roles checked) while the archive is spooled, and swapped in after."""
     manifest, name, into = shop_in_use(run_cli, pg_db, target_db)
     pg_cluster.execute(f"COMMENT ON DATABASE {name} IS 'the shop, restored for audits'")
 
-    forced = restore(run_cli, into, "--force", "--json")
+    forced = restore(
+        run_cli, into, "--force", "--with-globals", "--jobs", "2", "--spool-dir", tmp_path,
+        "--json",
+    )  # fmt: skip
     assert forced.code == 0, forced.stderr
     record = forced.json()
+    assert record["roles_created"] == []  # the same server: every role is there
     assert record["replaced"] == (
         f"replaced the existing database {name} (9 objects) after the restore succeeded"
     )
