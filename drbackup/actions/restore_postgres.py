@@ -49,7 +49,7 @@ class RestoreResult:
     into: str  # masked dsn
     run: RestoreRun
     globals: GlobalsResult | None
-    created: bool
+    created: bool = False  # the target database was created (--create)
     replaced: str | None = None  # what --force replaced, said to the user
     kept_old: str | None = None  # --keep-old: the name the previous database has now
     removed: list[str] = field(default_factory=list)  # leftovers of interrupted restores
@@ -123,18 +123,10 @@ def restore_postgres(
         removed = _remove_leftovers(server)
         marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
-        argv = commands.pg_restore_argv(
-            bin_dir,
-            job.dsn,
-            jobs=jobs,
-            archive="{archive}" if jobs > 1 else None,
-            no_owner=no_owner,
-        )
+        argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
         run = job.load(argv, jobs, spool_dir)
-        result = RestoreResult(
-            selection, item.name, commands.mask_dsn(into), run, job.globals, job.created
-        )
-        result.removed = removed
+        result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
+        result.created, result.removed = job.created, removed
         job.finish(result)
         return result
 
@@ -229,6 +221,13 @@ class _Job:
         self.dsn = server.dsn(self.database)
         self.started = self.created = self.marked = False
         self.globals: GlobalsResult | None = None
+
+    def argv(self, bin_dir, *, jobs: int, no_owner: bool) -> list[str]:
+        """pg_restore into the database this job loads (spooled with ``jobs`` > 1)."""
+        archive = "{archive}" if jobs > 1 else None
+        return commands.pg_restore_argv(
+            bin_dir, self.dsn, jobs=jobs, archive=archive, no_owner=no_owner
+        )
 
     def prepare(self) -> None:
         """Create or mark the database to load, apply the globals; with jobs > 1 in a
