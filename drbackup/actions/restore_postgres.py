@@ -298,7 +298,7 @@ class _Job:
             if isinstance(exc, DrbackupError):
                 left = (
                     f"the partial database {self.database} is left ({failed.message}); "
-                    "the next restore into it removes it"
+                    f"the next restore into {self.plan.state.name} removes it"
                 )
                 exc.hint = f"{exc.hint}; {left}" if exc.hint else left
 
