@@ -27,17 +27,31 @@ EXIT_CODE_TABLE: list[tuple[int, str]] = [
 
 
 class DrbackupError(Exception):
-    """Base of every deliberate drbackup error."""
+    """Base of every deliberate drbackup error.
+
+    ``redacted``: the message without bucket object keys, when it names any.  Object keys
+    are the users' data (names of people, of files); the operator sees them on stderr, but
+    what is stored or sent (the catalog's runs, ``report``, notifications to chat) takes
+    :func:`shareable` instead.
+    """
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, message: str, *, hint: str | None = None):
+    def __init__(self, message: str, *, hint: str | None = None, redacted: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.redacted = redacted
 
     def __str__(self) -> str:
         return self.message
+
+
+def shareable(exc: BaseException) -> str:
+    """The text of ``exc`` fit to store or send: its message without bucket object keys."""
+    if isinstance(exc, DrbackupError):
+        return exc.redacted or exc.message
+    return str(exc) or type(exc).__name__
 
 
 class UsageError(DrbackupError):

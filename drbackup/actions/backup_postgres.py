@@ -203,7 +203,9 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
             extra=target.pg_dump_options,
         )
         sequences = _sequence_states(snap) if target.fingerprint != "off" else {}
-        with _Process(argv, client_env(target.password), f"pg_dump of database {db}") as proc:
+        with _Process(
+            argv, client_env(target.password, target.dsn), f"pg_dump of database {db}"
+        ) as proc:
             # The key (stretched in the background while pg_dump starts) before the
             # fingerprint: a wrong passphrase stops here, before any table is scanned.
             writer.data_key  # noqa: B018 - waits for it, or raises
@@ -283,7 +285,7 @@ def _pin_sequences(fingerprint: dict | None, states: dict[str, tuple[int, bool]]
 
 def _dump_globals(writer, target: PgTarget, bin_dir) -> None:
     """Roles, memberships and tablespaces; without superuser, role passwords are left out."""
-    env = client_env(target.password)
+    env = client_env(target.password, target.dsn)
     meta = {"role_passwords": True}
     result = _run(commands.pg_dumpall_globals_argv(bin_dir, target.dsn), env)
     if result.returncode != 0 and "permission denied" in result.stderr:

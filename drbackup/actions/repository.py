@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -110,22 +111,31 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
             progress(n)
 
     start = datetime.now(UTC)
-    problems = repo.verify(manifest, tick)
+    problems = kept = repo.verify(manifest, tick)
     if manifest.kind == "bucket" and not problems:
         # A snapshot's items are its indexes; the objects' content lives in shared blobs.
         from drbackup.actions.restore_minio import verify_snapshot_blobs
 
         problems = verify_snapshot_blobs(repo, manifest)
+        kept = _per_bucket(problems)  # they name object keys (users' data): counts are kept
     seconds = (datetime.now(UTC) - start).total_seconds()
-    _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, problems))
+    _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, kept))
     result = VerifyResult(manifest, problems, total[0], seconds)
     if problems:
-        raise damage_found(
-            f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)",
-            problems,
-            hint="restore from another backup; 'drbackup list' shows them",
+        headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
+        error = damage_found(
+            headline, problems, hint="restore from another backup; 'drbackup list' shows them"
         )
+        error.redacted = damage_found(headline, kept, hint="").message
+        raise error
     return result
+
+
+def _per_bucket(problems: list[str]) -> list[str]:
+    """``<bucket>: N damaged object(s)`` from lines ``<bucket>: object <key>: ...`` (a
+    bucket name holds no colon)."""
+    counts = Counter(p.split(": ", 1)[0] for p in problems)
+    return [f"{bucket}: {n} damaged object(s)" for bucket, n in counts.items()]
 
 
 def damage_found(headline: str, problems: list[str], *, hint: str) -> CheckFailedError:

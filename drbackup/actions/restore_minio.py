@@ -148,7 +148,12 @@ def restore_minio(
     result.objects, result.bytes = summary.objects, summary.bytes
     result.elapsed_s = time.monotonic() - started
     if summary.failed:
-        raise RestoreError(_failure_message(summary, into_bucket), hint=_failure_hint(summary))
+        total = summary.objects + summary.failed
+        raise RestoreError(
+            _failure_message(summary, into_bucket),
+            hint=_failure_hint(summary),
+            redacted=f"{summary.failed} of {total} objects failed to restore into {into_bucket}",
+        )
     return result
 
 

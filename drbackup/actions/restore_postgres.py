@@ -2,32 +2,44 @@
 
 Works with only the repository and the key: the backup is chosen from manifests, never
 from the catalog.
+
+The target is never destroyed before the backup is restored (docs/operations.md).  Into an
+existing empty database, or one ``--create`` makes, the restore loads in place, the
+database marked as a restore in progress until it succeeded.  ``--force`` over a non-empty
+database loads a new database with a generated name, and only once pg_restore succeeded
+swaps the names (in one transaction); the previous database is dropped after the swap, or
+kept with ``keep_old``.  If the restore fails, the new database is dropped and the target
+is as it was.  Every database statement is in ``sources/postgres/target.py``; the markers
+and generated names in ``sources/postgres/restore_marker.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import psycopg
-from psycopg import sql
+import contextlib
+from dataclasses import dataclass, field
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
-from drbackup.errors import IntegrityError, RestoreError, SourceError, StorageError, UsageError
+from drbackup.errors import (
+    DrbackupError,
+    IntegrityError,
+    RestoreError,
+    SourceError,
+    StorageError,
+    UsageError,
+)
 from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands
-from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
+from drbackup.sources.postgres.connection import client_env, connect, database_of
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
-from drbackup.sources.postgres.restore import RestoreRun, run_pg_restore
+from drbackup.sources.postgres.restore import INCOMPLETE_HINT, RestoreRun, run_pg_restore
+from drbackup.sources.postgres.restore_marker import (
+    new_database_name,
+    old_database_name,
+    start_marker,
+    user_comment,
+)
+from drbackup.sources.postgres.target import ADMIN_DATABASE, TargetServer, TargetState
 from drbackup.threads import Background
-
-_NON_EMPTY_SQL = """
-SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%')
-     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
-     + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
-"""
 
 
 @dataclass
@@ -37,8 +49,11 @@ class RestoreResult:
     into: str  # masked dsn
     run: RestoreRun
     globals: GlobalsResult | None
-    created: bool
-    dropped: str | None = None  # what --force dropped, said to the user
+    created: bool = False  # the target database was created (--create)
+    replaced: str | None = None  # what --force replaced, said to the user
+    kept_old: str | None = None  # --keep-old: the name the previous database has now
+    removed: list[str] = field(default_factory=list)  # leftovers of interrupted restores
+    warnings: list[str] = field(default_factory=list)
 
 
 def pick_item(manifest: Manifest, database: str | None) -> Item:
@@ -70,6 +85,7 @@ def restore_postgres(
     jobs: int = 1,
     create: bool = False,
     force: bool = False,
+    keep_old: bool = False,
     with_globals: bool = False,
     no_owner: bool = False,
     password: str | None = None,
@@ -78,9 +94,12 @@ def restore_postgres(
     """Restore one database of a backup into the database named by ``into``.
 
     Everything that can refuse the restore is checked before any data is read: the backup,
-    the target database (exists, or ``create``; empty, or ``force``) and the globals item.
-    With ``jobs`` > 1 the target is then prepared (dropped, created, globals applied) while
-    the archive is spooled; pg_restore starts once both are done.
+    the target database (exists, or ``create``; empty, or ``force``; no other restore into
+    it) and the globals item.  With ``jobs`` > 1 the database is then prepared (created,
+    marked, globals applied) while the archive is spooled; pg_restore starts once both are
+    done.  ``force`` over a non-empty database restores into a new database and swaps it in
+    only after pg_restore succeeded (see the module docstring); ``keep_old`` keeps the
+    previous one under a generated name.
     """
     dbname = database_of(into)
     if not dbname:
@@ -88,152 +107,251 @@ def restore_postgres(
     # The target is looked at while the passphrase is stretched and the backup chosen; the
     # backup's errors (wrong key, unknown id) still come first.
     repo = app.repository(background_key=True)
-    checked = Background(
-        lambda: _check_target(into, dbname, password, create=create, force=force),
-        "drbackup-target-check",
-    )
-    selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
-    item = pick_item(selection.manifest, database)
-    found = checked.result()
-    globals_item = _globals_item(selection.manifest) if with_globals else None
-    bin_dir = commands.find_client_bin_dir(found.server_version, None)
-    if not (bin_dir / "pg_restore").is_file():  # before the target is created or dropped
+    opened = Background(lambda: _open_target(into, password), "drbackup-target-check")
+    try:
+        selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
+        item = pick_item(selection.manifest, database)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            opened.result()[0].close()
+        raise
+    server, state = opened.result()
+    with server:
+        plan = _Plan(state, swap=_refuse(state, create=create, force=force), keep_old=keep_old)
+        globals_item = _globals_item(selection.manifest) if with_globals else None
+        bin_dir = _client_bin_dir(state.server_version)
+        removed = _remove_leftovers(server)
+        marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
+        job = _Job(repo, item, globals_item, server, plan, marker, password, force)
+        argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
+        run = job.load(argv, jobs, spool_dir)
+        result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
+        result.created, result.removed = job.created, removed
+        job.finish(result)
+        return result
+
+
+def _open_target(into: str, password) -> tuple[TargetServer, TargetState]:
+    server = TargetServer.open(into, password)
+    try:
+        return server, server.state()
+    except BaseException:
+        server.close()
+        raise
+
+
+def _client_bin_dir(server_version: int):
+    bin_dir = commands.find_client_bin_dir(server_version, None)
+    if not (bin_dir / "pg_restore").is_file():  # before any database is created or marked
         raise SourceError(
             f"pg_restore not found in {bin_dir}",
             hint=f"install the PostgreSQL client tools, or set {commands.CLIENT_BIN_ENV} "
             "to the directory holding them",
         )
-    argv = commands.pg_restore_argv(
-        bin_dir,
-        into,
-        jobs=jobs,
-        archive="{archive}" if jobs > 1 else None,
-        no_owner=no_owner,
-    )
-    prepared = _Prepared()
-
-    def prepare() -> None:  # with jobs > 1, in a thread while the archive is spooled
-        prepared.started = True
-        prepared.created = _make_target(into, found, password, encoding=item.meta.get("encoding"))
-        if globals_item is not None:
-            prepared.globals = _restore_globals(repo, globals_item, into, password, force)
-        with connect(into, password):  # pg_restore connects like this: fail here if it cannot
-            pass
-
-    try:
-        with repo.open_item(item) as reader:
-            run = run_pg_restore(
-                argv,
-                client_env(password),
-                reader,
-                spool_dir=spool_dir,
-                what=f"restore of {item.name} into {dbname}",
-                alongside=prepare,
-            )
-    except (StorageError, IntegrityError) as exc:  # the archive stopped part-way
-        if prepared.started and jobs == 1:  # pg_restore was loading what had arrived
-            incomplete = f"the target database {dbname} is incomplete: restore again with --force"
-            exc.hint = f"{incomplete}; {exc.hint}" if exc.hint else incomplete
-        raise
-    return RestoreResult(
-        selection,
-        item.name,
-        commands.mask_dsn(into),
-        run,
-        prepared.globals,
-        prepared.created,
-        found.dropped(),
-    )
+    return bin_dir
 
 
-@dataclass(frozen=True)
-class _Found:
-    """What :func:`_check_target` saw of the target database."""
-
-    dbname: str
-    exists: bool
-    objects: int
-    server_version: int
-    sessions: int = 0  # other sessions on a non-empty target, which --force ends
-
-    def dropped(self) -> str | None:
-        """What --force drops, said to the user; None when nothing is dropped."""
-        if not (self.exists and self.objects):
-            return None
-        noun = "object" if self.objects == 1 else "objects"
-        text = f"dropped the existing database {self.dbname} ({self.objects} {noun})"
-        if self.sessions:
-            text += f" and ended its {self.sessions} open session(s)"
-        return text
-
-
-@dataclass
-class _Prepared:
-    started: bool = False  # the target may have been dropped, created or partly loaded
-    created: bool = False
-    globals: GlobalsResult | None = None
-
-
-def _check_target(into: str, dbname: str, password, *, create: bool, force: bool) -> _Found:
-    """Look at the target database without changing anything.
-
-    Raises :class:`RestoreError` if it does not exist and not ``create``, or holds objects
-    and not ``force``.
-    """
-    with connect(dsn_for_database(into, "postgres"), password) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-        server_version = admin.info.server_version
-        sessions = _other_sessions(admin, dbname) if exists and force else 0
-    if not exists and not create:
+def _refuse(state: TargetState, *, create: bool, force: bool) -> bool:
+    """Raise RestoreError if the restore may not go into ``state``; True if it must load a
+    new database and swap it in (``force`` over a non-empty target)."""
+    if not state.exists and not create:
         raise RestoreError(
-            f"target database {dbname} does not exist", hint="add --create to create it"
+            f"target database {state.name} does not exist", hint="add --create to create it"
         )
-    objects = 0
-    if exists:
-        with connect(into, password) as conn:
-            objects = conn.execute(_NON_EMPTY_SQL).fetchone()[0]
-        if objects and not force:
-            noun = "object" if objects == 1 else "objects"
-            raise RestoreError(
-                f"target database {dbname} is not empty ({objects} {noun})",
-                hint="restore into an empty or new database (--create), "
-                "or pass --force to drop and recreate it",
-            )
-    return _Found(dbname, bool(exists), objects, server_version, sessions)
-
-
-def _other_sessions(admin, dbname: str) -> int:
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-    return admin.execute(query, (dbname,)).fetchone()[0]
-
-
-def _make_target(into: str, found: _Found, password, *, encoding) -> bool:
-    """Make sure the target database exists and is empty; True if (re)created.
-
-    A non-empty target (allowed by ``force``) is dropped and created anew.
-    (``pg_restore --clean`` cannot drop everything a dump holds: a partition's inherited
-    constraints, for one.)
-    """
-    if found.exists and not found.objects:
+    if not state.objects:
         return False
-    name = sql.Identifier(found.dbname)
-    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name)
-    if encoding:
-        stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
-    with connect(dsn_for_database(into, "postgres"), password) as admin:
-        if found.exists:
-            _execute(admin, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name), "drop", found)
-        _execute(admin, stmt, "create", found)
+    partial = state.partial
+    if not force and partial is not None:
+        raise RestoreError(
+            f"target database {state.name} holds a partial restore by drbackup "
+            f"({partial.describe()}) that did not finish",
+            hint="restore again with --force to replace it (swapped in once the new restore "
+            f'succeeded), or drop it: DROP DATABASE "{state.name}"',
+        )
+    if not force:
+        raise RestoreError(
+            f"target database {state.name} is not empty ({_objects(state.objects)})",
+            hint="restore into an empty or new database (--create), or pass --force to "
+            "replace it once the restore succeeded",
+        )
+    if state.name == ADMIN_DATABASE:
+        raise RestoreError(
+            f"--force cannot replace the {ADMIN_DATABASE} database: drbackup works from it",
+            hint="restore into another database",
+        )
     return True
 
 
-def _execute(conn, stmt, verb: str, found: _Found) -> None:
-    # Runs in the preparation thread: its failure must read as one line, like every error.
-    try:
-        conn.execute(stmt)
-    except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RestoreError(f"cannot {verb} target database {found.dbname}: {reason}") from None
+def _objects(count: int) -> str:
+    return f"{count} object" + ("" if count == 1 else "s")
+
+
+def _remove_leftovers(server: TargetServer) -> list[str]:
+    """Drop what interrupted restores into this target left (holding its lock, no restore
+    that made them runs); one line each, said to the user."""
+    removed = []
+    for leftover in server.leftovers():
+        try:
+            server.drop(leftover.name)
+        except DrbackupError as exc:  # not ours to drop after all (another user's): say so
+            removed.append(f"could not remove {leftover.describe()}: {exc.message}")
+            continue
+        removed.append(f"removed {leftover.describe()}, left by an interrupted restore")
+    return removed
+
+
+@dataclass(frozen=True)
+class _Plan:
+    state: TargetState
+    swap: bool  # load a new database, swap it in after the restore succeeded
+    keep_old: bool
+
+
+class _Job:
+    """One restore's database work: prepare, load, then finish (swap, unmark) or undo."""
+
+    def __init__(self, repo, item, globals_item, server, plan: _Plan, marker, password, force):
+        self.repo, self.item, self.globals_item = repo, item, globals_item
+        self.server, self.plan, self.password, self.force = server, plan, password, force
+        name = plan.state.name
+        # The comment the database had, put back when done (under an old marker: its own).
+        self.previous_comment = user_comment(plan.state.comment)
+        self.marker = marker.as_role("target", previous_comment=self.previous_comment)
+        self.database = new_database_name(marker.restore_id) if plan.swap else name
+        self.dsn = server.dsn(self.database)
+        self.started = self.created = self.marked = False
+        self.globals: GlobalsResult | None = None
+
+    def argv(self, bin_dir, *, jobs: int, no_owner: bool) -> list[str]:
+        """pg_restore into the database this job loads (spooled with ``jobs`` > 1)."""
+        archive = "{archive}" if jobs > 1 else None
+        return commands.pg_restore_argv(
+            bin_dir, self.dsn, jobs=jobs, archive=archive, no_owner=no_owner
+        )
+
+    def prepare(self) -> None:
+        """Create or mark the database to load, apply the globals; with jobs > 1 in a
+        thread while the archive is spooled."""
+        self.started = True
+        state, encoding = self.plan.state, self.item.meta.get("encoding")
+        if self.plan.swap:
+            self.server.create(self.database, self.marker.as_role("new"), encoding=encoding)
+        elif not state.exists:
+            self.server.create(self.database, self.marker, encoding=encoding)
+            self.created = self.marked = True
+        else:
+            self.marked = self.server.mark(self.database, self.marker)
+        if self.globals_item is not None:
+            self.globals = _restore_globals(self.repo, self.globals_item, self.dsn, self)
+        with connect(self.dsn, self.password):  # pg_restore connects like this: fail here
+            pass
+
+    def load(self, argv: list[str], jobs: int, spool_dir) -> RestoreRun:
+        name = self.plan.state.name
+        try:
+            with self.repo.open_item(self.item) as reader:
+                return run_pg_restore(
+                    argv,
+                    client_env(self.password, self.dsn),
+                    reader,
+                    spool_dir=spool_dir,
+                    what=f"restore of {self.item.name} into {name}",
+                    alongside=self.prepare,
+                    failed_hint=self._failed_hint(),
+                )
+        except BaseException as exc:
+            if isinstance(exc, DrbackupError):
+                self._add_hint(exc, streamed=jobs == 1)
+            self.undo(exc)
+            raise
+
+    def _failed_hint(self) -> str:
+        if self.plan.swap:
+            return f"{self._unchanged()}; fix the cause"
+        return INCOMPLETE_HINT
+
+    def _unchanged(self) -> str:
+        return f"the target database {self.plan.state.name} was not changed"
+
+    def _add_hint(self, exc: DrbackupError, *, streamed: bool) -> None:
+        """Say what the target is now: unchanged (swap), or incomplete when pg_restore was
+        loading a stream that stopped part-way."""
+        if self.plan.swap:
+            if self._unchanged() in (exc.hint or ""):
+                return
+            note = self._unchanged()
+        elif self.started and streamed and isinstance(exc, StorageError | IntegrityError):
+            name = self.plan.state.name
+            note = f"the target database {name} is incomplete: restore again with --force"
+        else:
+            return
+        exc.hint = f"{note}; {exc.hint}" if exc.hint else note
+
+    def undo(self, exc: BaseException) -> None:
+        """After a failure: drop the new database of a swap (the target was never touched).
+        In place, the database keeps its marker: the next restore names it as partial."""
+        if not (self.plan.swap and self.started):
+            return
+        try:
+            self.server.drop_if_marked(self.database, self.marker)
+        except DrbackupError as failed:
+            if isinstance(exc, DrbackupError):
+                left = (
+                    f"the partial database {self.database} is left ({failed.message}); "
+                    f"the next restore into {self.plan.state.name} removes it"
+                )
+                exc.hint = f"{exc.hint}; {left}" if exc.hint else left
+
+    def finish(self, result: RestoreResult) -> None:
+        """After pg_restore succeeded: swap the new database in, or clear the marker."""
+        if self.plan.swap:
+            self._swap(result)
+        elif self.marked:
+            self.server.set_comment(self.database, self.previous_comment)
+        elif self.plan.state.exists:
+            result.warnings.append(
+                f"could not mark {self.database} as a restore in progress (only its owner "
+                "may comment on it): an interrupted restore would not have been recognised"
+            )
+
+    def _swap(self, result: RestoreResult) -> None:
+        state, name = self.plan.state, self.plan.state.name
+        old = old_database_name(name, self.marker.restore_id)
+        old_marker = self.marker.as_role("old", keep=self.plan.keep_old)
+        try:
+            ended = self.server.swap(
+                self.database,
+                old,
+                target_comment=self.previous_comment,
+                old_comment=old_marker.comment(),
+            )
+        except BaseException as exc:
+            self.undo(exc)
+            raise
+        result.replaced = _replaced_text(state, ended)
+        if self.plan.keep_old:
+            result.kept_old = old
+            return
+        try:
+            self.server.drop(old)
+        except DrbackupError as exc:
+            result.warnings.append(
+                f"could not drop the previous database, now {old}: {exc.message} "
+                "(the next restore into it drops it)"
+            )
+
+
+def _replaced_text(state: TargetState, ended: int) -> str:
+    partial = state.partial
+    what = (
+        f"the partial restore in {state.name} ({partial.describe()})"
+        if partial is not None
+        else f"the existing database {state.name} ({_objects(state.objects)})"
+    )
+    text = f"replaced {what} after the restore succeeded"
+    if ended:
+        text += f" and ended its {ended} open session(s)"
+    return text
 
 
 def _globals_item(manifest: Manifest) -> Item:
@@ -243,8 +361,8 @@ def _globals_item(manifest: Manifest) -> Item:
         raise RestoreError(f"backup {manifest.backup_id} holds no globals") from None
 
 
-def _restore_globals(repo, item: Item, into: str, password, force: bool) -> GlobalsResult:
+def _restore_globals(repo, item: Item, dsn: str, job: _Job) -> GlobalsResult:
     with repo.open_item(item) as reader:
         text = b"".join(reader).decode("utf-8")
-    with connect(into, password) as conn:
-        return apply_globals(conn, text, force=force)
+    with connect(dsn, job.password) as conn:
+        return apply_globals(conn, text, force=job.force)

@@ -24,13 +24,14 @@ from itertools import chain
 
 from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
 from drbackup.codec.pipeline import encode_to_storage, iter_blocks
-from drbackup.errors import DrbackupError, SourceError, UsageError
+from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
 from drbackup.sources.buckets.client import (
     BucketClient,
     ListedObject,
     ObjectChangedError,
     ObjectGoneError,
+    redact_key,
 )
 from drbackup.sources.buckets.index import (
     INDEX_ITEM_TYPE,
@@ -273,7 +274,8 @@ class BucketSnapshot:
     def _small(self, obj) -> tuple[str, int | None, int]:
         data = b"".join(iter_blocks(obj))
         if len(data) != obj.size:
-            raise SourceError(f"{self.bucket}/{obj.key}: read {len(data)} of {obj.size} bytes")
+            message = f"{self.bucket}/{obj.key}: read {len(data)} of {obj.size} bytes"
+            raise SourceError(message, redacted=redact_key(message, self.bucket, obj.key))
         digest = hashlib.sha256(data).hexdigest()
         return digest, self._store(self.repo.blob_id(digest), lambda: iter([data])), len(data)
 
@@ -294,7 +296,10 @@ class BucketSnapshot:
                     again.update(block)
                     yield block
             if again.hexdigest() != digest:
-                raise ObjectChangedError(f"{self.bucket}/{obj.key}: content changed between reads")
+                message = f"{self.bucket}/{obj.key}: content changed between reads"
+                raise ObjectChangedError(
+                    message, redacted=redact_key(message, self.bucket, obj.key)
+                )
 
         return digest, self._store(self.repo.blob_id(digest), second_pass), size
 
@@ -461,7 +466,7 @@ def snapshot_target(
             progress=progress,
         )
     except BaseException as exc:
-        _record(app, name, started, "failed", error=str(exc))
+        _record(app, name, started, "failed", error=shareable(exc))  # no object keys
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs
@@ -484,11 +489,13 @@ def snapshot_targets(
                 raise
             failures.append((name, exc))
     if failures:
-        lines = "; ".join(f"{n}: {e.message}" for n, e in failures)
+        head = f"{len(failures)} of {len(names)} snapshots failed: "
         first = failures[0][1]
-        raise type(first)(
-            f"{len(failures)} of {len(names)} snapshots failed: {lines}", hint=first.hint
+        error = type(first)(
+            head + "; ".join(f"{n}: {e.message}" for n, e in failures), hint=first.hint
         )
+        error.redacted = head + "; ".join(f"{n}: {shareable(e)}" for n, e in failures)
+        raise error
     return manifests
 
 

@@ -14,6 +14,7 @@ from drbackup.actions.drill import run_drill
 from drbackup.actions.snapshot_minio import minio_target
 from drbackup.cli.render import echo_json
 from drbackup.drill.plan import BackupChoice, default_plan
+from drbackup.drill.report import object_details
 from drbackup.errors import CheckFailedError
 
 MARKS = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
@@ -59,6 +60,8 @@ def drill_bucket_command(state, target: str, snapshot_id, workers: int, as_json:
         click.echo(f"bucket drill of {target}/{info['backup_id']}: {report['status']}")
         for check in report["checks"]:
             click.echo(f"  {MARKS[check['status']]}  {check['name']:<9} {check['summary']}")
+            for detail in object_details(check):  # the summary counts; these name objects
+                click.echo(f"{' ' * 17}{detail}")
     for line in result.warnings:
         click.echo(line, err=True)
     if result.failed:

@@ -8,7 +8,12 @@ from drbackup.actions import drill as actions
 from drbackup.cli.render import echo_json, echo_table
 from drbackup.drill.checks import format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
-from drbackup.drill.report import failure_summary, read_report_file, render
+from drbackup.drill.report import (
+    failure_details,
+    failure_summary,
+    read_report_file,
+    render,
+)
 from drbackup.drill.signing import trusted_key, verify_report
 from drbackup.errors import CheckFailedError
 
@@ -61,7 +66,9 @@ def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
     if result.output:
         click.echo(f"report written to {result.output}", err=True)
     if result.failed:
-        raise CheckFailedError(failure_summary(result.report))
+        raise CheckFailedError(
+            failure_details(result.report), redacted=failure_summary(result.report)
+        )
 
 
 @drill.command("verify-report")

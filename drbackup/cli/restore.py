@@ -9,6 +9,7 @@ import click
 
 from drbackup.actions.selection import parse_time
 from drbackup.cli.render import echo_json, human_size
+from drbackup.errors import UsageError
 
 
 @click.group("restore")
@@ -42,7 +43,17 @@ def restore() -> None:
 )
 @click.option("--create", is_flag=True, help="Create the target database if it does not exist.")
 @click.option(
-    "--force", is_flag=True, help="Restore over a non-empty database: drop it and create it anew."
+    "--force",
+    is_flag=True,
+    help="Replace a non-empty database: restore into a new database and swap it in only "
+    "once the restore succeeded (ends the sessions of the old one); if it fails, the target "
+    "is left as it was.",
+)
+@click.option(
+    "--keep-old",
+    is_flag=True,
+    help="With --force: keep the replaced database as <name>_replaced_<restore id> "
+    "(printed) instead of dropping it.",
 )
 @click.option(
     "--with-globals", is_flag=True, help="Recreate missing roles first (existing ones untouched)."
@@ -66,12 +77,23 @@ def postgres(
     spool_dir,
     create,
     force,
+    keep_old,
     with_globals,
     no_owner,
     password_file,
     as_json,
 ) -> None:
-    """Restore a PostgreSQL backup of TARGET into the database at --into."""
+    """Restore a PostgreSQL backup of TARGET into the database at --into.
+
+    The target is never dropped before the backup is restored: --force restores into a
+    new database and swaps names after pg_restore succeeded.  A restore in progress marks
+    its database (a database comment), so one interrupted is named as a partial restore by
+    the next; leftovers of an interrupted --force are removed by the next restore into the
+    same database.  A password in --into is passed to pg_restore in its environment, never
+    on its command line.
+    """
+    if keep_old and not force:
+        raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
     password = (
         Path(password_file).read_text(encoding="utf-8").rstrip("\n")
         if password_file
@@ -93,6 +115,7 @@ def postgres(
         jobs=jobs,
         create=create,
         force=force,
+        keep_old=keep_old,
         with_globals=with_globals,
         no_owner=no_owner,
         password=password,
@@ -113,13 +136,20 @@ def postgres(
                 "elapsed_s": round(run.elapsed_s, 3),
                 "bytes": run.bytes,
                 "roles_created": result.globals.created if result.globals else [],
-                "dropped": result.dropped,
+                "replaced": result.replaced,
+                "kept_old": result.kept_old,
+                "removed": result.removed,
+                "warnings": result.warnings,
             }
         )
         return
     click.echo(f"using {result.selection.note}")
-    if result.dropped:
-        click.echo(result.dropped)
+    for line in result.removed:
+        click.echo(line)
+    if result.replaced:
+        click.echo(result.replaced)
+    if result.kept_old:
+        click.echo(f"the previous database is kept as {result.kept_old}")
     if result.globals:
         g = result.globals
         click.echo(
@@ -132,6 +162,8 @@ def postgres(
         f"(fetch/decrypt {run.fetch_decrypt_s:.1f}s, pre-data {p['pre_data']:.1f}s, "
         f"data {p['data']:.1f}s, post-data {p['post_data']:.1f}s)"
     )
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 COMMANDS = [restore]

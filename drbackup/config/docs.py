@@ -51,6 +51,11 @@ no targets). An empty file means the defaults. Unknown keys are errors.
   config's `repr` nor any error message contains them.
 - PostgreSQL passwords may also come from libpq itself (`PGPASSWORD`, `~/.pgpass`):
   drbackup leaves those to libpq.
+- Child processes (pg_dump, pg_restore, pg_dumpall, initdb, postgres) get an environment
+  without drbackup's secrets: every `DRBACKUP_*` variable but `DRBACKUP_CONFIG`,
+  `DRBACKUP_HOME`, `DRBACKUP_PG_BIN` and `DRBACKUP_PG_CLIENT_BIN`, and the `AWS_*`
+  credentials, are removed. A database password reaches them as `PGPASSWORD`, never on
+  their command line (where `ps` shows it), even when written in a DSN.
 
 | variable | effect |
 |---|---|

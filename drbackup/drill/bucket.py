@@ -35,7 +35,7 @@ from drbackup.drill.checks import (
     worst,
 )
 from drbackup.drill.scratch import signals_deferred
-from drbackup.errors import DrbackupError, UsageError
+from drbackup.errors import DrbackupError, UsageError, shareable
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import (
     IndexEntry,
@@ -49,7 +49,6 @@ from drbackup.sources.buckets.restore import restore_entries
 SCRATCH_PREFIX = "drbackup-drill-"
 STALE_SCRATCH_S = 12 * 3600  # older scratch buckets belong to a crashed drill
 EVIDENCE_LIMIT = 200
-SHOWN = 3
 _SCRATCH_RE = re.compile(r"^drbackup-drill-(\d{14})-[0-9a-f]{6}$")
 
 
@@ -168,7 +167,8 @@ def _restore(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
                 client, scratch, entries, lambda e: repo.open_blob(e.blob), workers=workers
             )
     except DrbackupError as exc:
-        return CheckResult("restore", FAIL, f"{bucket}: {exc.message}", {"bucket": bucket})
+        evidence = {"bucket": bucket, "error": exc.message}
+        return CheckResult("restore", FAIL, f"{bucket}: {shareable(exc)}", evidence)
     evidence = {
         "bucket": bucket,
         "scratch_bucket": scratch,
@@ -178,8 +178,11 @@ def _restore(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
         "failures": [{"key": k, "message": m} for k, m in summary.failures[:EVIDENCE_LIMIT]],
     }
     if summary.failed:
-        messages = [m for _, m in summary.failures]
-        return CheckResult("restore", FAIL, f"{bucket}: {_listing(messages, 'object')}", evidence)
+        # The summary travels (catalog runs, report, chat): counts only; the evidence
+        # names the objects.
+        total = summary.objects + summary.failed
+        message = f"{bucket}: {summary.failed} of {total} objects failed to restore"
+        return CheckResult("restore", FAIL, message, evidence)
     return CheckResult(
         "restore",
         PASS,
@@ -189,9 +192,12 @@ def _restore(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
 
 
 def _read_back(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
-    """Read every restored object back and compare it with the index."""
+    """Read every restored object back and compare it with the index.
+
+    The summary gives counts only (it travels: catalog runs, report, chat); the evidence
+    names the objects."""
     problems: list[str] = []
-    checked = 0
+    checked, stopped = 0, None
     try:
         with open_index(repo.open_item, manifest, bucket) as entries:
             compare = lambda e: _compare_object(client, scratch, e)  # noqa: E731
@@ -200,10 +206,17 @@ def _read_back(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
                 if problem:
                     problems.append(problem)
     except DrbackupError as exc:
-        problems.append(exc.message)
+        stopped = exc
     evidence = {"bucket": bucket, "checked": checked, "problems": problems[:EVIDENCE_LIMIT]}
-    if problems:
-        return CheckResult("checksums", FAIL, f"{bucket}: {_listing(problems, 'object')}", evidence)
+    if stopped is not None:
+        evidence["error"] = stopped.message
+    if problems or stopped is not None:
+        parts = (
+            [f"{len(problems)} of {checked} objects differ from the snapshot"] if problems else []
+        )
+        if stopped is not None:
+            parts.append(f"read-back stopped after {checked} objects: {shareable(stopped)}")
+        return CheckResult("checksums", FAIL, f"{bucket}: " + "; ".join(parts), evidence)
     return CheckResult(
         "checksums",
         PASS,
@@ -247,7 +260,7 @@ def _count_and_bytes(client, bucket, scratch, expected: dict) -> list[CheckResul
             count += 1
             total += obj.size
     except DrbackupError as exc:
-        message = f"{bucket}: cannot list the scratch bucket: {exc.message}"
+        message = f"{bucket}: cannot list the scratch bucket: {shareable(exc)}"
         return [CheckResult("objects", FAIL, message), CheckResult("bytes", FAIL, message)]
     return [
         _equal("objects", bucket, count, expected.get("objects"), "objects"),
@@ -327,13 +340,6 @@ def _check_rpo(repo, manifest, now: datetime, rpo_s: float, how: str) -> CheckRe
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _listing(messages: list[str], noun: str) -> str:
-    shown = "; ".join(messages[:SHOWN])
-    more = len(messages) - SHOWN
-    count = f"{len(messages)} {noun}{'' if len(messages) == 1 else 's'}"
-    return f"{count}: {shown}" + (f"; and {more} more" if more > 0 else "")
 
 
 # --- does the snapshot hold these objects? ----------------------------------------------

@@ -29,7 +29,6 @@ from drbackup.errors import UsageError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.recovery_points import recovery_point_of
 
-SHOWN_DANGLING = 10  # dangling references named in the summary
 CURSOR_ITERSIZE = 5000
 
 
@@ -61,12 +60,14 @@ def check_reference(conn, repo, backup: Manifest | None, ref) -> CheckResult:
     evidence["snapshot_id"] = snapshot.backup_id
     rows = _Counter()
     missing: list[str] = []
+    buckets: dict[str, int] = {}
     dangling = 0
     try:
         with conn.transaction(force_rollback=True):
             refs = rows.count(_stream_rows(conn, ref.query))
             for bucket, key in find_missing_objects(repo, snapshot, refs):
                 dangling += 1
+                buckets[bucket] = buckets.get(bucket, 0) + 1
                 if len(missing) < EVIDENCE_LIMIT:
                     missing.append(f"{bucket}/{key}")
     except psycopg.Error as exc:
@@ -79,11 +80,10 @@ def check_reference(conn, repo, backup: Manifest | None, ref) -> CheckResult:
         return CheckResult(
             name, PASS, f"all {rows.total} referenced objects are in {where}", evidence
         )
-    shown = ", ".join(missing[:SHOWN_DANGLING])
-    more = dangling - min(dangling, SHOWN_DANGLING)
-    summary = f"{dangling} of {rows.total} referenced objects missing from {where}: {shown}" + (
-        f" and {more} more" if more else ""
-    )
+    # The summary travels (catalog runs, report, chat): buckets and counts; the evidence
+    # names the objects.
+    per_bucket = ", ".join(f"{b}: {n}" for b, n in sorted(buckets.items()))
+    summary = f"{dangling} of {rows.total} referenced objects missing from {where} ({per_bucket})"
     return CheckResult(name, FAIL, summary, evidence)
 
 

@@ -79,11 +79,21 @@ def failure_summary(report: dict) -> str:
     )
 
 
+def failure_details(report: dict) -> str:
+    """:func:`failure_summary` followed by the objects failed bucket and reference checks
+    name in their evidence: for the operator's terminal only (the summary alone is what is
+    recorded and sent)."""
+    details = [d for c in failed_checks(report) for d in object_details(c)]
+    return failure_summary(report) + ("; " + "; ".join(details) if details else "")
+
+
 def _where(check: dict) -> str:
     parts = [p for p in (check.get("target"), check.get("database")) if p]
     # A target's own checks (rto, rpo) carry no database.
     return "/".join(dict.fromkeys(parts)) + " " if parts else ""
 
+
+DETAILS_SHOWN = 5  # objects a failed bucket check lists on the terminal
 
 # -- text --------------------------------------------------------------------------------------
 
@@ -105,8 +115,31 @@ def render_text(report: dict) -> str:
             lines.append(
                 f"  {check['status'].upper():4}  {check['name']:<{width}}  {db}{check['summary']}"
             )
+            lines += [f"{' ' * (width + 10)}{d}" for d in object_details(check)]
     lines += ["", _signature_line(report)]
     return "\n".join(lines)
+
+
+def object_details(check: dict, limit: int = DETAILS_SHOWN) -> list[str]:
+    """The objects a failed bucket check names in its evidence (its summary only counts
+    them: summaries travel to the catalog, reports and chat), for the operator's screen."""
+    evidence = check.get("evidence") or {}
+    if check["status"] != FAIL:
+        return []
+    if "dangling_objects" in evidence:  # a reference check: rows naming missing objects
+        found = [f"missing: {o}" for o in evidence["dangling_objects"]]
+        more = evidence.get("dangling", len(found)) - min(len(found), limit)
+        return found[:limit] + ([f"... and {more} more in the report's evidence"] if more else [])
+    if "bucket" not in evidence:
+        return []
+    found = [
+        f["message"] if f["key"] in f["message"] else f"object {f['key']}: {f['message']}"
+        for f in evidence.get("failures", [])
+    ]
+    found += evidence.get("problems", [])
+    found += [evidence["error"]] if evidence.get("error") else []
+    more = len(found) - limit
+    return found[:limit] + ([f"... and {more} more in the report's evidence"] if more > 0 else [])
 
 
 def _many_databases(target: dict) -> bool:

@@ -40,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from drbackup.actions.context import AppContext
 from drbackup.catalog.models import RUN_FAILED, RUN_OK
-from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
+from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError, shareable
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import Coordinator, LocalLocks
@@ -411,7 +411,8 @@ class Daemon:
                     traceback=getattr(exc, "traceback", None),
                 )
                 if final or self._stopping.wait(job.retry.delay(attempt)):
-                    return {"status": "failed", "error": exc.message, "attempts": attempt}
+                    # recorded in the catalog and sent to chat: without object keys
+                    return {"status": "failed", "error": shareable(exc), "attempts": attempt}
                 continue
             duration = time.monotonic() - started
             self.metrics.record_success(job.kind, label, duration, outcome, time.time())
@@ -449,7 +450,7 @@ class Daemon:
                 started,
                 datetime.now(UTC),
                 status,
-                error=exc.message if exc else None,
+                error=shareable(exc) if exc else None,
                 backup_id=outcome.backup_id if outcome else None,
                 details={"job": job.name, **(_small(outcome.details) if outcome else {})},
             )

@@ -228,8 +228,10 @@ class Cancelled(BaseException):  # noqa: N818 - not an error of the action: it w
 class ActionError(DrbackupError):
     """An action run failed; ``kind`` is the original exception's class name."""
 
-    def __init__(self, message: str, *, kind: str = "", hint: str | None = None):
-        super().__init__(message, hint=hint)
+    def __init__(
+        self, message: str, *, kind: str = "", hint: str | None = None, redacted: str | None = None
+    ):
+        super().__init__(message, hint=hint, redacted=redacted)
         self.kind = kind
         self.unwound = True  # the action ran its own error handling (recorded its run)
         self.traceback: str | None = None
@@ -281,6 +283,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
             "kind": type(exc).__name__,
             "message": getattr(exc, "message", None) or str(exc) or type(exc).__name__,
             "hint": getattr(exc, "hint", None),
+            "redacted": getattr(exc, "redacted", None),  # what the catalog and chat get
         }
         if not isinstance(exc, DrbackupError | Cancelled):
             info["traceback"] = traceback.format_exc(limit=8)
@@ -373,7 +376,12 @@ def _result(message) -> Outcome:
     status, payload = message
     if status == "ok":
         return payload
-    error = ActionError(payload["message"], kind=payload["kind"], hint=payload.get("hint"))
+    error = ActionError(
+        payload["message"],
+        kind=payload["kind"],
+        hint=payload.get("hint"),
+        redacted=payload.get("redacted"),
+    )
     error.traceback = payload.get("traceback")
     error.details = payload.get("details") or {}
     raise error
@@ -389,7 +397,9 @@ class InlineRunner:
         try:
             return REGISTRY[job.kind].adapter(app, job, target)
         except DrbackupError as exc:
-            raise ActionError(exc.message, kind=type(exc).__name__, hint=exc.hint) from exc
+            raise ActionError(
+                exc.message, kind=type(exc).__name__, hint=exc.hint, redacted=exc.redacted
+            ) from exc
         finally:
             _close_catalog(app)
 

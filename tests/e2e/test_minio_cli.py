@@ -158,7 +158,9 @@ def test_bucket_drill_passes_then_fails_on_a_corrupted_blob(setup, run_cli):
 
     failed = run_cli("drill-bucket", "files")
     assert failed.code == 3
-    assert "  FAIL  restore   photos: 1 object: object docs/b.txt: " in failed.stdout
+    lines = failed.stdout.splitlines()
+    at = lines.index("  FAIL  restore   photos: 1 of 3 objects failed to restore")
+    assert lines[at + 1].startswith(" " * 17 + "object docs/b.txt: ")  # the operator sees it
     assert failed.error_lines == [
         "drbackup: error: bucket drill of files failed: 5 check(s) failed "
         "(bytes, checksums, objects, restore, rto)"

@@ -309,16 +309,17 @@ def test_restore_target_must_exist_and_be_empty_unless_forced(
         # customers, its sequence and 2 indexes; orders, its sequence and 2 indexes; the view
         f"drbackup: error: target database {name} is not empty (9 objects)",
         "hint: restore into an empty or new database (--create), "
-        "or pass --force to drop and recreate it",
+        "or pass --force to replace it once the restore succeeded",
     ]
     assert scalar(into, "SELECT count(*) FROM orders") == 1000  # untouched
 
-    # --force drops it even with a session open in it, and says so
+    # --force replaces it even with a session open in it, and says so
     with psycopg.connect(into, autocommit=True):
         forced = restore(run_cli, into, "--force")
     assert forced.code == 0, forced.stderr
     assert forced.stdout.splitlines()[1] == (
-        f"dropped the existing database {name} (9 objects) and ended its 1 open session(s)"
+        f"replaced the existing database {name} (9 objects) after the restore succeeded "
+        "and ended its 1 open session(s)"
     )
     assert_restored_equal(manifest, into)
 

@@ -110,7 +110,7 @@ def test_jobs_2_refuses_the_target_before_reading_the_archive_and_force_replaces
     assert refused.error_lines == [
         f"drbackup: error: target database {name} is not empty (9 objects)",
         "hint: restore into an empty or new database (--create), "
-        "or pass --force to drop and recreate it",
+        "or pass --force to replace it once the restore succeeded",
     ]
     assert len(restores) == 1  # no spool was started for either refusal
     assert scalar(into, "SELECT count(*) FROM orders") == 1000  # untouched

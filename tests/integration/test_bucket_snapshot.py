@@ -467,8 +467,12 @@ def test_corrupted_blob_fails_the_drill_naming_the_object(repo, s3_bucket, sourc
     assert result.status == "fail"
     failed = {c.name: c.summary for c in result.failed}
     assert set(failed) == {"restore", "checksums", "objects", "bytes", "rto"}
-    assert failed["restore"].startswith("photos: 1 object: object docs/report.pdf: ")
-    assert "docs/report.pdf" in failed["checksums"]
+    # counts in the summaries (they travel to the catalog and chat); keys in the evidence
+    assert failed["restore"] == "photos: 1 of 7 objects failed to restore"
+    assert failed["checksums"] == "photos: 1 of 7 objects differ from the snapshot"
+    evidence = {c.name: c.evidence for c in result.failed}
+    assert [f["key"] for f in evidence["restore"]["failures"]] == ["docs/report.pdf"]
+    assert evidence["checksums"]["problems"][0].startswith("object docs/report.pdf: ")
     assert failed["objects"] == "photos: 6 objects restored, the manifest says 7"
     assert scratch_buckets(s3) == []  # removed even though the drill failed
 

@@ -21,7 +21,7 @@ from drbackup.codec import keys
 from drbackup.config import load_config
 from drbackup.drill import bucket as bucket_drill
 from drbackup.drill.plan import BackupChoice, DrillPlan
-from drbackup.drill.report import failure_summary, report_key
+from drbackup.drill.report import failure_summary, render_text, report_key
 from drbackup.drill.signing import trusted_key, verify_report
 from drbackup.repository.manifest import blob_key
 from drbackup.sources.buckets.index import open_index
@@ -109,10 +109,17 @@ def test_a_corrupted_blob_fails_the_drill_naming_the_object(setup):
     assert result.failed
     status = {t["target"]: t["status"] for t in report["targets"]}
     assert status["files"] == "fail" and status["app"] != "fail"
-    failed = {c["name"]: c["summary"] for c in report["checks"] if c["status"] == "fail"}
+    failed = {c["name"]: c for c in report["checks"] if c["status"] == "fail"}
     assert set(failed) == {"restore", "checksums", "objects", "bytes", "rto"}
-    assert failed["restore"].startswith("photos: 1 object: object b/d.pdf: ")
-    assert "b/d.pdf" in failure_summary(report)
+    # The summary counts (it is recorded in the catalog and sent to chat); the evidence,
+    # and the drill's own text report, name the object.
+    restore = failed["restore"]
+    assert restore["summary"].startswith("photos: 1 of ") and "b/d.pdf" not in restore["summary"]
+    assert [f["key"] for f in restore["evidence"]["failures"]] == ["b/d.pdf"]
+    assert "b/d.pdf" not in failure_summary(report)
+    assert any("object b/d.pdf: " in line for line in render_text(report).splitlines())
+    runs = [r for r in setup.app.catalog.runs() if r.kind == "drill" and r.target == "files"]
+    assert runs and runs[-1].status == "failed" and "b/d.pdf" not in runs[-1].error
     assert scratch_buckets(setup.s3) == []  # removed although the drill failed
     verify_report(report, trusted_key(None, setup.key_file, None))
 

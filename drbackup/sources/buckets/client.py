@@ -57,6 +57,19 @@ class ListedObject:
     last_modified: str  # ISO 8601 UTC, milliseconds
 
 
+def redact_key(message: str, bucket: str, key: str) -> str:
+    """``message`` with object ``key`` of ``bucket`` taken out (for what is stored or sent,
+    see errors.shareable): ``bucket/key`` becomes "an object in bucket <bucket>"; if the key
+    still appears (a server's own text quoting it), the text stops before it."""
+    phrase = f"an object in bucket {bucket}"
+    parts = message.replace(f"{bucket}/{key}", phrase).split(phrase)
+    for i, part in enumerate(parts):
+        if len(key) > 2 and key in part:  # a key of one or two characters tells nothing
+            cut = part[: part.index(key)].rstrip(" :(/'\"")
+            return phrase.join([*parts[:i], cut + " (the rest names the object)"])
+    return phrase.join(parts)
+
+
 def iso_time(ts: datetime | None) -> str:
     """``2026-11-23T02:44:00.123Z`` (the form stored in snapshot indexes)."""
     if ts is None:
@@ -161,7 +174,10 @@ class BucketClient:
         try:
             yield
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self.translate(exc, action, bucket, key) from exc
+            error = self.translate(exc, action, bucket, key)
+            if key is not None:
+                error.redacted = redact_key(error.message, bucket, key)
+            raise error from exc
 
     def translate(self, exc: Exception, action: str, bucket: str, key: str | None) -> SourceError:
         """The drbackup error for a minio/urllib3 error while doing ``action``."""

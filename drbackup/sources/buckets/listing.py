@@ -51,6 +51,7 @@ def check_sorted(items: Iterable[A], what: str) -> Iterator[A]:
             raise SourceError(
                 f"{what} is not sorted by key ({item.key!r} after {last!r})",
                 hint="the server must list keys in byte order, as S3 does",
+                redacted=f"{what} is not sorted by key",
             )
         last = item.key
         yield item

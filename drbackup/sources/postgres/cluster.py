@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 
 from drbackup.errors import SourceError
+from drbackup.sources.postgres.environment import child_environ
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -85,7 +86,11 @@ def server_major_version(bin_dir: Path) -> int:
     """Major version of ``bin_dir/postgres``; raises SourceError if it cannot be run."""
     try:
         out = subprocess.run(
-            [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=False
+            [str(bin_dir / "postgres"), "--version"],
+            env=child_environ(),
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError as exc:
         raise SourceError(f"cannot run {bin_dir / 'postgres'}: {exc.strerror}") from exc
@@ -103,7 +108,13 @@ def _candidate_bin_dirs() -> list[Path]:
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [pg_config, "--bindir"],
+            env=child_environ(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode == 0 and out.stdout.strip():
             candidates.append(Path(out.stdout.strip()))
     debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
@@ -374,15 +385,18 @@ def cleanup_stale(base_dir: Path) -> list[Path]:
 
 
 def _server_env() -> dict[str, str]:
-    """Environment for initdb and postgres: ours minus PG* variables, English messages."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    """Environment for initdb and postgres: a child's (no secrets of ours), minus PG*
+    variables, English messages."""
+    env = {key: value for key, value in child_environ().items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
     return env
 
 
 def _available_locales() -> list[str]:
     try:
-        out = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["locale", "-a"], env=child_environ(), capture_output=True, text=True, check=False
+        )
     except OSError:
         return []
     return out.stdout.split()

@@ -1,7 +1,8 @@
 """Pure builders for the PostgreSQL client commands drbackup runs, and their version checks.
 
 Nothing here runs a process: argv lists are built from settings so they can be tested
-without a server.  Passwords never go into argv; they travel in ``PGPASSWORD``.
+without a server.  Passwords never go into argv: every builder strips a password from the
+connection string it is given; it travels in ``PGPASSWORD`` (``environment.client_env``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from drbackup.errors import SourceError
+from drbackup.sources.postgres.environment import child_environ, dsn_without_password
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 CLIENT_BIN_ENV = "DRBACKUP_PG_CLIENT_BIN"  # directory of pg_dump/pg_restore to use
@@ -74,6 +76,7 @@ def tool_version(bin_dir: Path, tool: str) -> tuple[int, int]:
     try:
         out = subprocess.run(
             [str(bin_dir / tool), "--version"],
+            env=child_environ(),
             capture_output=True,
             text=True,
             check=True,
@@ -104,14 +107,19 @@ def pg_dump_argv(
     argv += [f"--table={t}" for t in include_tables]
     argv += [f"--exclude-table={t}" for t in exclude_tables]
     argv += list(extra)
-    argv += [f"--dbname={dsn}"]
+    argv += [f"--dbname={dsn_without_password(dsn)}"]
     return argv
 
 
 def pg_dumpall_globals_argv(
     bin_dir: Path, dsn: str, *, no_role_passwords: bool = False
 ) -> list[str]:
-    argv = [str(bin_dir / "pg_dumpall"), "--globals-only", "--no-password", f"--dbname={dsn}"]
+    argv = [
+        str(bin_dir / "pg_dumpall"),
+        "--globals-only",
+        "--no-password",
+        f"--dbname={dsn_without_password(dsn)}",
+    ]
     if no_role_passwords:
         argv.insert(2, "--no-role-passwords")
     return argv
@@ -128,7 +136,12 @@ def pg_restore_argv(
     extra=(),
 ) -> list[str]:
     """Restore into ``dsn``; from stdin unless ``archive`` (a file, needed for ``jobs > 1``)."""
-    argv = [str(bin_dir / "pg_restore"), "--verbose", "--no-password", f"--dbname={dsn}"]
+    argv = [
+        str(bin_dir / "pg_restore"),
+        "--verbose",
+        "--no-password",
+        f"--dbname={dsn_without_password(dsn)}",
+    ]
     if jobs > 1:
         if not archive:
             raise ValueError("parallel pg_restore needs an archive file")

@@ -1,14 +1,18 @@
-"""Connecting to PostgreSQL with one-line errors, and the environment for client tools."""
+"""Connecting to PostgreSQL with one-line errors.
+
+The environment of client tools (``client_env``) is built in ``environment``.
+"""
 
 from __future__ import annotations
-
-import os
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drbackup.errors import ConfigError, SourceError, SourceUnreachableError
 from drbackup.sources.postgres.commands import mask_dsn
+from drbackup.sources.postgres.environment import client_env
+
+__all__ = ["client_env", "connect", "database_of", "dsn_for_database"]
 
 
 def dsn_for_database(dsn: str, dbname: str) -> str:
@@ -32,15 +36,6 @@ def _invalid(dsn: str, exc: Exception) -> ConfigError:
         f"invalid postgres dsn {mask_dsn(dsn)}: {reason}",
         hint="e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'",
     )
-
-
-def client_env(password: str | None) -> dict[str, str]:
-    """Environment for pg_dump/pg_restore: the password travels here, never in argv."""
-    env = dict(os.environ)
-    if password:
-        env["PGPASSWORD"] = password
-    env.setdefault("PGCONNECT_TIMEOUT", "10")
-    return env
 
 
 def connect(

@@ -32,6 +32,7 @@ _POST_RE = re.compile(
 )
 _ERROR_RE = re.compile(r"^pg_restore: error: (.*)$")
 MAX_ERRORS_KEPT = 50
+INCOMPLETE_HINT = "the target database is incomplete; fix the cause and restore again with --force"
 SPOOL_BLOCK = 1 << 20  # bytes per read of the decrypted archive when spooling
 
 
@@ -88,6 +89,7 @@ def run_pg_restore(
     spool_dir: str | None,
     what: str,
     alongside: Callable[[], None] | None = None,
+    failed_hint: str = INCOMPLETE_HINT,
 ) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
@@ -98,11 +100,12 @@ def run_pg_restore(
     raised (it wins over a failed spool: without the overlap the spool would not have
     started).  A streamed restore runs it first.
 
-    Raises :class:`RestoreError` quoting pg_restore's errors, :class:`IntegrityError` if the
-    stream fails authentication mid-way (pg_restore is killed; the target is incomplete).
+    Raises :class:`RestoreError` quoting pg_restore's errors (its hint: ``failed_hint``,
+    what the target database is now), :class:`IntegrityError` if the stream fails
+    authentication mid-way (pg_restore is killed; what it loaded stays).
     """
     if argv and argv[-1] == "{archive}":
-        return _restore_spooled(argv, env, reader, spool_dir, what, alongside)
+        return _restore_spooled(argv, env, reader, spool_dir, what, alongside, failed_hint)
     if alongside is not None:
         alongside()
     started = time.monotonic()
@@ -117,11 +120,11 @@ def run_pg_restore(
     clock.end = time.monotonic()
     if feeder.error is not None:
         raise feeder.error
-    _raise_on_errors(code, clock, what)
+    _raise_on_errors(code, clock, what, failed_hint)
     return RestoreRun(clock.phases(), feeder.read_seconds, feeder.bytes, time.monotonic() - started)
 
 
-def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRun:
+def _restore_spooled(argv, env, reader, spool_dir, what, alongside, failed_hint) -> RestoreRun:
     # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
     started = time.monotonic()
@@ -152,7 +155,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside) -> RestoreRu
         _collect(proc, clock)
         code = proc.wait()
         clock.end = time.monotonic()
-        _raise_on_errors(code, clock, what)
+        _raise_on_errors(code, clock, what, failed_hint)
         return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -189,7 +192,7 @@ def _collect(proc, clock: PhaseClock) -> None:
         clock.feed(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
-def _raise_on_errors(code: int, clock: PhaseClock, what: str) -> None:
+def _raise_on_errors(code: int, clock: PhaseClock, what: str, failed_hint: str) -> None:
     if code == 0 and clock.error_count == 0:
         return
     if clock.errors:
@@ -197,7 +200,7 @@ def _raise_on_errors(code: int, clock: PhaseClock, what: str) -> None:
         more = f"\n  ... and {clock.error_count - 5} more" if clock.error_count > 5 else ""
         raise RestoreError(
             f"{what} failed: pg_restore reported {clock.error_count} error(s)\n{shown}{more}",
-            hint="the target database is incomplete; fix the cause and restore again with --force"
+            hint=failed_hint
             + (
                 " (missing roles: add --with-globals or --no-owner)"
                 if _missing_role(clock.errors)
@@ -205,7 +208,9 @@ def _raise_on_errors(code: int, clock: PhaseClock, what: str) -> None:
             ),
         )
     last = clock.tail[-1] if clock.tail else "(no output)"
-    raise RestoreError(f"{what} failed: pg_restore exited with status {code}: {last}")
+    raise RestoreError(
+        f"{what} failed: pg_restore exited with status {code}: {last}", hint=failed_hint
+    )
 
 
 def _missing_role(errors: list[str]) -> bool:
