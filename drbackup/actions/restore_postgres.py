@@ -14,7 +14,7 @@ from psycopg import sql
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
 from drbackup.errors import IntegrityError, RestoreError, SourceError, StorageError, UsageError
 from drbackup.repository.manifest import Item, Manifest
-from drbackup.sources.postgres import commands
+from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
 from drbackup.sources.postgres.restore import RestoreRun, run_pg_restore
@@ -129,6 +129,7 @@ def restore_postgres(
                 spool_dir=spool_dir,
                 what=f"restore of {item.name} into {dbname}",
                 alongside=prepare,
+                tolerated=_harmless_errors(bin_dir, found.server_version),
             )
     except (StorageError, IntegrityError) as exc:  # the archive stopped part-way
         if prepared.started and jobs == 1:  # pg_restore was loading what had arrived
@@ -144,6 +145,12 @@ def restore_postgres(
         prepared.created,
         found.dropped(),
     )
+
+
+def _harmless_errors(bin_dir, server_version: int) -> frozenset[str]:
+    """What this pg_restore says into this server that changes nothing (versions.py)."""
+    pg_restore_major = commands.tool_version(bin_dir, "pg_restore")[0]
+    return versions.harmless_restore_errors(pg_restore_major, versions.major_of(server_version))
 
 
 @dataclass(frozen=True)

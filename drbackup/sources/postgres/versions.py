@@ -87,3 +87,21 @@ def older_cluster_error(cluster_major: int, backup_major: int) -> ConfigError:
         f"major), set {SERVER_BIN_ENV} to its bin directory, or drill on a server "
         "(scratch.server)",
     )
+
+
+# pg_restore 17 and later start every session with ``SET transaction_timeout = 0`` (its own
+# fixed preamble, not the archive's), which servers before 17 reject.  Nothing else of the
+# restore depends on it: the setting does not exist there.  Exactly this error, as the
+# collector in restore.py joins it, is harmless on such a target.
+_TRANSACTION_TIMEOUT_ERROR = (
+    'could not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"'
+    " | Command was: SET transaction_timeout = 0;"
+)
+
+
+def harmless_restore_errors(pg_restore_major: int, target_major: int) -> frozenset[str]:
+    """pg_restore error messages that a restore by ``pg_restore_major`` into a server of
+    ``target_major`` may ignore, because the client made them and they change nothing."""
+    if pg_restore_major >= 17 > target_major:
+        return frozenset({_TRANSACTION_TIMEOUT_ERROR})
+    return frozenset()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from drbackup.errors import EXIT_USAGE, ConfigError
+from drbackup.errors import EXIT_USAGE, ConfigError, RestoreError
 from drbackup.sources.postgres import versions
+from drbackup.sources.postgres.restore import PhaseClock, _raise_on_errors
 
 
 def test_a_client_as_new_as_or_newer_than_the_server_is_accepted() -> None:
@@ -44,3 +45,58 @@ def test_a_cluster_older_than_the_backup_is_a_config_error_naming_the_package() 
 def test_major_of_reads_server_version_num() -> None:
     assert versions.major_of(170002) == 17
     assert versions.major_of(150018) == 15
+
+
+# -- pg_restore 17+ into an older server ----------------------------------------------------
+
+TIMEOUT_LINES = [
+    "pg_restore: connecting to database for restore",
+    "pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter "
+    '"transaction_timeout"',
+    "Command was: SET transaction_timeout = 0;",
+    'pg_restore: creating TABLE "public.orders"',
+]
+
+
+def clock_of(lines: list[str]) -> PhaseClock:
+    clock = PhaseClock()
+    for line in lines:
+        clock.feed(line)
+    return clock
+
+
+def test_only_pg_restore_17_or_later_into_an_older_server_tolerates_transaction_timeout():
+    assert versions.harmless_restore_errors(17, 17) == frozenset()
+    assert versions.harmless_restore_errors(16, 15) == frozenset()
+    (message,) = versions.harmless_restore_errors(18, 15)
+    assert clock_of(TIMEOUT_LINES).errors == [message]  # exactly as the collector joins it
+
+
+def test_a_restore_whose_only_error_is_the_harmless_one_succeeds():
+    tolerated = versions.harmless_restore_errors(17, 15)
+    lines = [*TIMEOUT_LINES, "pg_restore: warning: errors ignored on restore: 1"]
+    _raise_on_errors(1, clock_of(lines), "restore of app", tolerated)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        (['pg_restore: error: could not execute query: ERROR:  relation "x" does not exist'], 1),
+        ([], 2),  # another exit status: something else went wrong
+        (["pg_restore: warning: errors ignored on restore: 2"], 1),  # pg_restore counted more
+    ],
+    ids=["another-error", "exit-2", "count-mismatch"],
+)
+def test_any_other_error_still_fails_the_restore(extra, code):
+    tolerated = versions.harmless_restore_errors(17, 15)
+    lines = [*TIMEOUT_LINES, *extra]
+    if not any("errors ignored" in line for line in lines):
+        lines.append("pg_restore: warning: errors ignored on restore: 1")
+    with pytest.raises(RestoreError, match="restore of app failed"):
+        _raise_on_errors(code, clock_of(lines), "restore of app", tolerated)
+
+
+def test_without_tolerance_the_transaction_timeout_error_fails_the_restore():
+    lines = [*TIMEOUT_LINES, "pg_restore: warning: errors ignored on restore: 1"]
+    with pytest.raises(RestoreError, match="pg_restore reported 1 error"):
+        _raise_on_errors(1, clock_of(lines), "restore of app")
