@@ -4,6 +4,7 @@ the image (a bind-mounted workspace, any command)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("DRBACKUP_IMAGE", "localhost/drbackup:dev")
+# A tag of this checkout's own: checkouts building at once on one machine never share one.
+_CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+IMAGE = os.environ.get("DRBACKUP_IMAGE", f"localhost/drbackup:test-{_CHECKOUT}")
 IMAGE_UID = 10001  # the image's drbackup user (Dockerfile)
 ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy" / "podman" / "containers.conf")}
 
@@ -36,7 +39,7 @@ def build_image() -> str:
         pytest.fail("podman is not installed: run 'scripts/image setup' (as root)")
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "image"), "build"], capture_output=True, text=True,
-        timeout=1800, stdin=subprocess.DEVNULL,
+        timeout=1800, stdin=subprocess.DEVNULL, env={**ENV, "IMAGE": IMAGE},
     )  # fmt: skip
     if proc.returncode != 0:
         pytest.fail(f"scripts/image build failed:\n{proc.stdout}\n{proc.stderr}")
