@@ -84,6 +84,16 @@ class StorageUnreachableError(StorageError):
     exit_code = EXIT_UNREACHABLE
 
 
+class BucketMissingError(StorageUnreachableError):
+    """The repository's bucket does not exist: a configuration error, not worth retrying.
+
+    A subclass of StorageUnreachableError, so that nothing concludes damage from it; exit 2
+    because retrying cannot help (the url names a bucket that is not there).
+    """
+
+    exit_code = EXIT_USAGE
+
+
 class ObjectNotFoundError(StorageError):
     """A named object does not exist in the storage backend."""
 

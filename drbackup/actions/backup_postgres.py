@@ -24,7 +24,7 @@ from psycopg import IsolationLevel
 from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
 from drbackup.errors import DrbackupError, LockedError, SourceError
 from drbackup.repository.manifest import Manifest
-from drbackup.sources.postgres import commands
+from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.threads import Background
 
@@ -120,7 +120,7 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
         server_num = control.info.server_version
         bin_dir = commands.find_client_bin_dir(server_num, target.pg_bin_dir)
         dump_version = commands.tool_version(bin_dir, "pg_dump")
-        commands.check_client_not_older("pg_dump", dump_version, server_num)
+        versions.require_client_for_server("pg_dump", dump_version, server_num)
         databases = _databases(control, target)
         with repo.new_backup(target.name, "postgres") as writer:
             points = []

@@ -72,6 +72,7 @@ from drbackup.errors import (
 )
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import snapshot_buckets
+from drbackup.sources.postgres import versions
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
@@ -175,7 +176,7 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
     drill_time = datetime.now(UTC)
     manifest, how, newest = _select(repo, name, plan.backup)
     notify(f"{name}: restoring backup {manifest.backup_id} ({how})")
-    scratch = scratches.for_target(target)
+    scratch = scratches.for_target(target, manifest.meta.get("server_version_num"))
     dumps = [i for i in manifest.items if i.type == "pg_dump"]
     results, databases = [], []
     timings = dict.fromkeys(
@@ -438,10 +439,11 @@ class _Scratches:
     def __enter__(self) -> _Scratches:
         return self
 
-    def for_target(self, target: PgTarget) -> _TargetScratch:
+    def for_target(self, target: PgTarget, backup_server: int | None = None) -> _TargetScratch:
+        """The scratch of ``target``; ``backup_server``: the backup's server_version_num."""
         plan_scratch = self.plan.scratch
         if plan_scratch is not None and plan_scratch.ephemeral:
-            return self._ephemeral(plan_scratch)
+            return self._ephemeral(plan_scratch, backup_server)
         if plan_scratch is not None and plan_scratch.server:
             dsn, password = plan_scratch.server, None
         elif self.app.config.drill.scratch_dsn:
@@ -464,13 +466,18 @@ class _Scratches:
             self.servers[key] = _TargetScratch(kind, server, password, with_globals, no_owner)
         return self.servers[key]
 
-    def _ephemeral(self, plan_scratch) -> _TargetScratch:
-        if self.ephemeral is None:
+    def _ephemeral(self, plan_scratch, backup_server: int | None) -> _TargetScratch:
+        if self.ephemeral is not None:  # one cluster per drill: it must fit every backup
+            versions.require_cluster_for_backup(self.ephemeral.major, backup_server)
+        else:
+            bin_dir = versions.server_bin_dir_for_backup(backup_server)  # before any cleanup
             base = plan_scratch.base_dir or default_base_dir()
             removed = remove_stale_clusters(base)
             if removed:
                 self.notify(f"removed leftover scratch clusters: {', '.join(map(str, removed))}")
-            self.ephemeral = EphemeralScratch(base, self.drill_id, keep=self.plan.keep)
+            self.ephemeral = EphemeralScratch(
+                base, self.drill_id, keep=self.plan.keep, bin_dir=bin_dir
+            )
             self.notify(f"starting an ephemeral postgresql cluster in {self.ephemeral.directory}")
             self.ephemeral.start()
         with_globals = plan_scratch.with_globals is not False

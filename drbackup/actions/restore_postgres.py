@@ -28,7 +28,7 @@ from drbackup.errors import (
     UsageError,
 )
 from drbackup.repository.manifest import Item, Manifest
-from drbackup.sources.postgres import commands
+from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
 from drbackup.sources.postgres.restore import INCOMPLETE_HINT, RestoreRun, run_pg_restore
@@ -124,7 +124,7 @@ def restore_postgres(
         marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
         argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
-        run = job.load(argv, jobs, spool_dir)
+        run = job.load(argv, jobs, spool_dir, _harmless_errors(bin_dir, state.server_version))
         result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
         result.created, result.removed = job.created, removed
         job.finish(result)
@@ -149,6 +149,12 @@ def _client_bin_dir(server_version: int):
             "to the directory holding them",
         )
     return bin_dir
+
+
+def _harmless_errors(bin_dir, server_version: int) -> frozenset[str]:
+    """What this pg_restore says into this server that changes nothing (versions.py)."""
+    pg_restore_major = commands.tool_version(bin_dir, "pg_restore")[0]
+    return versions.harmless_restore_errors(pg_restore_major, versions.major_of(server_version))
 
 
 def _refuse(state: TargetState, *, create: bool, force: bool) -> bool:
@@ -246,7 +252,7 @@ class _Job:
         with connect(self.dsn, self.password):  # pg_restore connects like this: fail here
             pass
 
-    def load(self, argv: list[str], jobs: int, spool_dir) -> RestoreRun:
+    def load(self, argv: list[str], jobs: int, spool_dir, tolerated: frozenset[str]) -> RestoreRun:
         name = self.plan.state.name
         try:
             with self.repo.open_item(self.item) as reader:
@@ -258,6 +264,7 @@ class _Job:
                     what=f"restore of {self.item.name} into {name}",
                     alongside=self.prepare,
                     failed_hint=self._failed_hint(),
+                    tolerated=tolerated,
                 )
         except BaseException as exc:
             if isinstance(exc, DrbackupError):

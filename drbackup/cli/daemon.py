@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from drbackup.errors import DrbackupError
-from drbackup.scheduler.http import DEFAULT_LISTEN
+from drbackup.scheduler.http import DEFAULT_LISTEN, LISTEN_ENV
 
 
 @click.command("daemon")
@@ -20,10 +20,12 @@ from drbackup.scheduler.http import DEFAULT_LISTEN
 )
 @click.option(
     "--listen",
+    envvar=LISTEN_ENV,
     default=DEFAULT_LISTEN,
     show_default=True,
     metavar="HOST:PORT",
-    help="Address of /healthz, /readyz and /metrics; 'off' disables it, port 0 picks one.",
+    help="Address of /healthz, /readyz and /metrics; 'off' disables it, port 0 picks one. "
+    "Env DRBACKUP_LISTEN (the container image sets 0.0.0.0:9612).",
 )
 @click.option(
     "--once",

@@ -40,7 +40,11 @@ from pathlib import Path
 from psycopg import sql
 
 from drbackup.errors import SourceError, UsageError
-from drbackup.sources.postgres.cluster import EphemeralCluster, cleanup_stale
+from drbackup.sources.postgres.cluster import (
+    EphemeralCluster,
+    cleanup_stale,
+    server_major_version,
+)
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import connect, database_of, dsn_for_database
 
@@ -258,12 +262,18 @@ class EphemeralScratch:
     base_dir: Path
     drill_id: str
     keep: bool = False
+    bin_dir: Path | None = None  # server binaries; None: the newest found
     cluster: EphemeralCluster | None = None
     _lock: object | None = field(default=None, repr=False)
 
     @property
     def directory(self) -> Path:
         return self.base_dir / self.drill_id
+
+    @property
+    def major(self) -> int:
+        """The cluster's PostgreSQL major version (of its binaries)."""
+        return server_major_version(self.bin_dir or self.cluster.bin_dir)
 
     def start(self) -> EphemeralCluster:
         """Lock, initdb and start the cluster (tied to this process unless ``keep``)."""
@@ -273,7 +283,9 @@ class EphemeralScratch:
             self.base_dir.mkdir(parents=True)
             self.base_dir.chmod(0o755)  # the server's user must traverse it when we are root
         self._lock = _flock(self.base_dir / f"{self.drill_id}.lock", blocking=True)
-        self.cluster = EphemeralCluster(self.directory, fast=True, detach=self.keep)
+        self.cluster = EphemeralCluster(
+            self.directory, fast=True, detach=self.keep, bin_dir=self.bin_dir
+        )
         self.cluster.start()
         return self.cluster
 

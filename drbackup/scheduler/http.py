@@ -27,7 +27,11 @@ from prometheus_client import (
 
 from drbackup.errors import UsageError
 
-DEFAULT_LISTEN = "127.0.0.1:9187"
+# 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
+# default; the container image sets DRBACKUP_LISTEN=0.0.0.0:9612 so the port is reachable there.
+DEFAULT_PORT = 9612
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+LISTEN_ENV = "DRBACKUP_LISTEN"
 
 
 class Metrics:
@@ -220,7 +224,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise UsageError(
-            f"invalid listen address '{text}'", hint="use host:port, e.g. 127.0.0.1:9187"
+            f"invalid listen address '{text}'", hint=f"use host:port, e.g. {DEFAULT_LISTEN}"
         )
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -30,6 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from drbackup.errors import (
+    BucketMissingError,
     ConfigError,
     ObjectNotFoundError,
     StorageError,
@@ -47,6 +48,11 @@ _CREDENTIALS_HINT = (
     "AWS_SECRET_ACCESS_KEY) and the bucket policy"
 )
 _BUCKET_HINT = "create the bucket, or fix the bucket name in the repository url"
+_OBJECT_LOCK_HINT = (
+    "enable it (AWS, versioned bucket: aws s3api put-object-lock-configuration --bucket "
+    "{bucket} --object-lock-configuration ObjectLockEnabled=Enabled; MinIO: only at creation, "
+    "mc mb --with-lock), or remove repository.object_lock"
+)
 _TLS_HINT = "check repository.s3.verify_tls (a CA bundle path, or false for a test server)"
 _ACCESS_DENIED_CODES = frozenset(
     {
@@ -148,7 +154,32 @@ class S3Storage:
             raise _translate_error(exc, action, name, endpoint, bucket_op) from exc
 
     def prepare(self) -> None:
-        """Nothing to create: the bucket must exist (creating buckets is an operator's call)."""
+        """Nothing to create: the bucket must exist (creating buckets is an operator's call).
+
+        With object lock configured, raise ``ConfigError`` unless the bucket has S3 Object
+        Lock enabled: without it every put would fail (or, on some servers, silently store
+        unlocked objects).
+        """
+        if self._object_lock is not None:
+            self._require_object_lock()
+
+    def _require_object_lock(self) -> None:
+        try:
+            response = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                endpoint = self._client.meta.endpoint_url
+                raise _translate_error(exc, "access", self.url, endpoint, True) from exc
+            response = {}
+        except BotoCoreError as exc:
+            endpoint = self._client.meta.endpoint_url
+            raise _translate_error(exc, "access", self.url, endpoint, True) from exc
+        if response.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise ConfigError(
+                f"bucket {self.bucket} does not have object lock enabled "
+                "(repository.object_lock needs it)",
+                hint=_OBJECT_LOCK_HINT.format(bucket=self.bucket),
+            )
 
     def check(self) -> None:
         """Raise ``StorageUnreachableError`` unless the bucket exists and is accessible."""
@@ -339,7 +370,8 @@ def _translate_error(
     """The drbackup error for a botocore error during ``action`` on ``name``.
 
     Unreachable (with a hint): connection failures and timeouts, TLS errors, missing or
-    refused credentials, a missing bucket.  Not found: 404 / NoSuchKey on an object
+    refused credentials; a missing bucket too, as ``BucketMissingError`` (exit 2: retrying
+    cannot help).  Not found: 404 / NoSuchKey on an object
     operation.  Anything else: ``StorageError`` with S3's error code.
     """
     what = f"cannot {action} {name}"
@@ -365,7 +397,7 @@ def _translate_client_error(
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "NoSuchBucket" or (bucket_op and (status == 404 or code in _NOT_FOUND_CODES)):
-        return StorageUnreachableError(f"{what}: bucket does not exist", hint=_BUCKET_HINT)
+        return BucketMissingError(f"{what}: bucket does not exist", hint=_BUCKET_HINT)
     if status == 403 or code in _ACCESS_DENIED_CODES:
         return StorageUnreachableError(
             f"{what}: access denied ({code or status})", hint=_CREDENTIALS_HINT

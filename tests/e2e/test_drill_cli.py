@@ -211,3 +211,30 @@ def test_sigkill_of_an_ephemeral_drill_then_next_drill_removes_the_cluster(
         assert list(base.iterdir()) == []
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_ephemeral_cluster_older_than_the_backup_is_refused_before_it_starts(
+    local_repo_config, pg_db, run_cli, tmp_path, monkeypatch
+):
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    assert run_cli("backup", "postgres", "app").code == 0
+    major = pg_db.cluster.server_version_num // 10000
+    old = tmp_path / "old-bin"  # server binaries of an older major than the backup's server
+    old.mkdir()
+    for name in ("initdb", "postgres"):
+        (old / name).write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 9.6.24'\n")
+        (old / name).chmod(0o755)
+    monkeypatch.setenv("DRBACKUP_PG_BIN", str(old))
+    base = tmp_path / "clusters"
+    plan = tmp_path / "eph.yaml"
+    plan.write_text(f"targets: [app]\nscratch: {{ephemeral: true, base_dir: {base}}}\n")
+
+    result = run_cli("drill", "run", plan)
+    assert result.code == 2
+    assert result.error_lines[-2:] == [
+        "drbackup: error: the ephemeral drill cluster would be PostgreSQL 9, older than the "
+        f"backup's server (PostgreSQL {major})",
+        f"hint: install postgresql-{major} (or newer; apt.postgresql.org has every major), "
+        "set DRBACKUP_PG_BIN to its bin directory, or drill on a server (scratch.server)",
+    ]
+    assert not base.exists()  # nothing was created

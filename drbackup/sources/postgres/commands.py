@@ -1,4 +1,4 @@
-"""Pure builders for the PostgreSQL client commands drbackup runs, and their version checks.
+"""Pure builders for the PostgreSQL client commands drbackup runs (version rules: versions.py).
 
 Nothing here runs a process: argv lists are built from settings so they can be tested
 without a server.  Passwords never go into argv: every builder strips a password from the
@@ -26,23 +26,6 @@ def parse_tool_version(text: str) -> tuple[int, int]:
     if not m:
         raise SourceError(f"cannot parse a PostgreSQL version from {text.strip()!r}")
     return int(m.group(1)), int(m.group(2) or 0)
-
-
-def server_major(server_version_num: int) -> int:
-    return server_version_num // 10000
-
-
-def check_client_not_older(
-    tool: str, tool_version: tuple[int, int], server_version_num: int
-) -> None:
-    """pg_dump refuses servers newer than itself; say so clearly before it does."""
-    if tool_version[0] < server_major(server_version_num):
-        raise SourceError(
-            f"{tool} {tool_version[0]}.{tool_version[1]} is older than the server "
-            f"(PostgreSQL {server_major(server_version_num)})",
-            hint=f"install the PostgreSQL {server_major(server_version_num)} client tools, "
-            f"or set {CLIENT_BIN_ENV} to the directory holding them",
-        )
 
 
 def find_client_bin_dir(

@@ -2,7 +2,9 @@
 
 pg_restore keeps going after errors, prints "errors ignored on restore: N" and exits 1,
 leaving tables empty.  We treat *any* error line or non-zero exit as a failed restore and
-quote pg_restore's own messages.
+quote pg_restore's own messages.  The one exception is a ``tolerated`` set of exact messages
+the client itself causes and that change nothing (``versions.harmless_restore_errors``): a
+restore whose every error is one of them, and counted as such by pg_restore, succeeds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _POST_RE = re.compile(
     r"|processing item \d+ (INDEX|CONSTRAINT|FK CONSTRAINT|TRIGGER))"
 )
 _ERROR_RE = re.compile(r"^pg_restore: error: (.*)$")
+_IGNORED_RE = re.compile(r"^pg_restore: warning: errors ignored on restore: (\d+)$")
 MAX_ERRORS_KEPT = 50
 INCOMPLETE_HINT = "the target database is incomplete; fix the cause and restore again with --force"
 SPOOL_BLOCK = 1 << 20  # bytes per read of the decrypted archive when spooling
@@ -90,6 +93,7 @@ def run_pg_restore(
     what: str,
     alongside: Callable[[], None] | None = None,
     failed_hint: str = INCOMPLETE_HINT,
+    tolerated: frozenset[str] = frozenset(),
 ) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
@@ -98,14 +102,17 @@ def run_pg_restore(
     archive (preparing the target database).  A spooled restore runs it in a thread while
     the archive is spooled; if it fails, the spool stops and is removed and its exception is
     raised (it wins over a failed spool: without the overlap the spool would not have
-    started).  A streamed restore runs it first.
+    started).  A streamed restore runs it first.  ``tolerated``: exact error messages that
+    do not fail the restore (see the module docstring).
 
     Raises :class:`RestoreError` quoting pg_restore's errors (its hint: ``failed_hint``,
     what the target database is now), :class:`IntegrityError` if the stream fails
     authentication mid-way (pg_restore is killed; what it loaded stays).
     """
     if argv and argv[-1] == "{archive}":
-        return _restore_spooled(argv, env, reader, spool_dir, what, alongside, failed_hint)
+        return _restore_spooled(
+            argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated
+        )
     if alongside is not None:
         alongside()
     started = time.monotonic()
@@ -120,11 +127,13 @@ def run_pg_restore(
     clock.end = time.monotonic()
     if feeder.error is not None:
         raise feeder.error
-    _raise_on_errors(code, clock, what, failed_hint)
+    _raise_on_errors(code, clock, what, failed_hint, tolerated)
     return RestoreRun(clock.phases(), feeder.read_seconds, feeder.bytes, time.monotonic() - started)
 
 
-def _restore_spooled(argv, env, reader, spool_dir, what, alongside, failed_hint) -> RestoreRun:
+def _restore_spooled(
+    argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated
+) -> RestoreRun:
     # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
     started = time.monotonic()
@@ -155,7 +164,7 @@ def _restore_spooled(argv, env, reader, spool_dir, what, alongside, failed_hint)
         _collect(proc, clock)
         code = proc.wait()
         clock.end = time.monotonic()
-        _raise_on_errors(code, clock, what, failed_hint)
+        _raise_on_errors(code, clock, what, failed_hint, tolerated)
         return RestoreRun(clock.phases(), fetch, size, time.monotonic() - started)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -192,8 +201,16 @@ def _collect(proc, clock: PhaseClock) -> None:
         clock.feed(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
-def _raise_on_errors(code: int, clock: PhaseClock, what: str, failed_hint: str) -> None:
+def _raise_on_errors(
+    code: int,
+    clock: PhaseClock,
+    what: str,
+    failed_hint: str,
+    tolerated: frozenset[str] = frozenset(),
+) -> None:
     if code == 0 and clock.error_count == 0:
+        return
+    if _only_tolerated(code, clock, tolerated):
         return
     if clock.errors:
         shown = "\n".join(f"  {e}" for e in clock.errors[:5])
@@ -211,6 +228,17 @@ def _raise_on_errors(code: int, clock: PhaseClock, what: str, failed_hint: str) 
     raise RestoreError(
         f"{what} failed: pg_restore exited with status {code}: {last}", hint=failed_hint
     )
+
+
+def _only_tolerated(code: int, clock: PhaseClock, tolerated: frozenset[str]) -> bool:
+    """True when every error is tolerated and pg_restore's own count says so: exit 1 and
+    "errors ignored on restore: N" with N the errors seen (all of them kept)."""
+    if not tolerated or code != 1 or clock.error_count != len(clock.errors):
+        return False
+    if not clock.errors or any(error not in tolerated for error in clock.errors):
+        return False
+    ignored = next((m for line in reversed(clock.tail) if (m := _IGNORED_RE.match(line))), None)
+    return ignored is not None and int(ignored.group(1)) == clock.error_count
 
 
 def _missing_role(errors: list[str]) -> bool:

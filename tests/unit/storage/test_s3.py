@@ -16,7 +16,12 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from drbackup.errors import ObjectNotFoundError, StorageError, StorageUnreachableError
+from drbackup.errors import (
+    BucketMissingError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageUnreachableError,
+)
 from drbackup.storage.s3 import _BodyReader, _FullReadCounter, _translate_error
 
 ENDPOINT = "http://127.0.0.1:9000"
@@ -82,15 +87,18 @@ def test_refused_credentials_are_unreachable(exc):
     assert "access_key_id" in error.hint
 
 
-def test_missing_bucket_is_unreachable():
+def test_missing_bucket_is_a_configuration_error_never_damage():
+    # issue 19: exit 2 (retrying cannot help), still an unreachable-kind error so that
+    # verify and drills never conclude damage from it.
     error = translate(client_error("NoSuchBucket", 404))
-    assert type(error) is StorageUnreachableError
+    assert type(error) is BucketMissingError
+    assert isinstance(error, StorageUnreachableError) and error.exit_code == 2
     assert str(error) == "cannot read backups/k: bucket does not exist"
     assert error.hint == "create the bucket, or fix the bucket name in the repository url"
 
 
 def test_bare_404_on_a_bucket_operation_is_a_missing_bucket():
-    assert type(translate(client_error("404", 404), bucket_op=True)) is StorageUnreachableError
+    assert type(translate(client_error("404", 404), bucket_op=True)) is BucketMissingError
 
 
 @pytest.mark.parametrize("exc", [client_error("NoSuchKey", 404), client_error("404", 404)])
