@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
-from drbackup.errors import DrbackupError
+from drbackup.errors import DrbackupError, StorageUnreachableError
 
 DRILL_MAX_AGE = timedelta(days=35)
 RTO_WARN_FRACTION = 0.8
@@ -314,6 +314,8 @@ def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact
             continue
         try:
             m = repo.load_manifest(ref)
+        except StorageUnreachableError:
+            raise  # the storage is failing now: nothing is known about this manifest
         except DrbackupError as exc:
             if f"{ref.backup_id}: {exc.message}" not in fact.unreadable:
                 fact.unreadable.append(f"{ref.backup_id}: {exc.message}")
@@ -342,6 +344,8 @@ def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]
             break
         try:
             report = repo.get_document(key)
+        except StorageUnreachableError:
+            raise
         except DrbackupError:
             continue
         found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]

@@ -339,7 +339,19 @@ def s3_error(code: str, message: str = "message\nsecond line") -> S3Error:
             "cannot read photos/a: access denied by http://127.0.0.1:9 (AccessDenied)",
             "check minio.files.access_key_file / secret_key_file and the policy",
         ),
-        ("SlowDown", SourceError, "cannot read photos/a: SlowDown: message second line", None),
+        (
+            "SlowDown",
+            SourceUnreachableError,
+            "cannot read photos/a: http://127.0.0.1:9 kept failing (SlowDown: message second line)",
+            "the server is overloaded or failing: try again later "
+            "(minio.files.max_attempts sets how often each request is tried)",
+        ),
+        (
+            "InvalidArgument",
+            SourceError,
+            "cannot read photos/a: InvalidArgument: message second line",
+            None,
+        ),
     ],
 )
 def test_s3_errors_translate_to_one_line_source_errors(code, kind, message, hint):
