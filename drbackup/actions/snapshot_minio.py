@@ -6,8 +6,9 @@ content stored once as a blob ``blobs/<2 hex>/<HMAC of its sha256>``.  The listi
 merge-joined with the previous snapshot's index (both sorted), so memory does not grow with
 the bucket; objects with the same size, ETag and last-modified reuse their blob without a
 download; others are read (``If-Match`` the listed ETag), hashed, and uploaded unless the
-blob already exists.  Objects that change or vanish while the snapshot runs are recorded
-in the manifest, never a crash.  The manifest is written last; a lock in ``locks/`` keeps
+blob already exists.  Objects that change or vanish while the snapshot runs, and objects
+whose key the S3 client cannot address (a ``.`` or ``..`` segment), are recorded in the
+manifest, never a crash.  The manifest is written last; a lock in ``locks/`` keeps
 gc from deleting blobs under a running snapshot (actions/gc.py).
 """
 
@@ -31,6 +32,7 @@ from drbackup.sources.buckets.client import (
     ListedObject,
     ObjectChangedError,
     ObjectGoneError,
+    unsupported_key_reason,
 )
 from drbackup.sources.buckets.index import (
     INDEX_ITEM_TYPE,
@@ -140,7 +142,7 @@ class SnapshotCancelled(Exception):
 class Transfer:
     """The outcome for one listed object."""
 
-    status: str  # reused | uploaded | deduplicated | vanished | changed_during_snapshot
+    status: str  # reused | uploaded | deduplicated | vanished | changed_during_snapshot | skipped
     entry: IndexEntry | None = None
     downloaded: int = 0
     stored: int = 0
@@ -159,7 +161,8 @@ class BucketStats:
     deduplicated: int = 0
     events: dict[str, dict] = field(
         default_factory=lambda: {
-            k: {"count": 0, "keys": []} for k in ("reread", "changed_during_snapshot", "vanished")
+            k: {"count": 0, "keys": []}
+            for k in ("reread", "changed_during_snapshot", "vanished", "skipped")
         }
     )
 
@@ -227,6 +230,8 @@ class BucketSnapshot:
 
     def _process(self, pair: tuple[ListedObject, IndexEntry | None]) -> Transfer:
         listed, previous = pair
+        if unsupported_key_reason(listed.key):
+            return Transfer("skipped")  # named in the manifest and in the command's output
         if is_unchanged(listed, previous):
             return Transfer("reused", previous)
         try:
