@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import chain
 
 from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
+from drbackup.actions.runs import run_outcome
 from drbackup.codec.pipeline import encode_to_storage, iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError
 from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
@@ -466,7 +467,8 @@ def snapshot_target(
             progress=progress,
         )
     except BaseException as exc:
-        _record(app, name, started, "failed", error=str(exc))
+        status, error = run_outcome(exc)
+        _record(app, name, started, status, error=error)
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs

@@ -39,7 +39,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from drbackup.actions.context import AppContext
-from drbackup.catalog.models import RUN_FAILED, RUN_OK
+from drbackup.catalog.models import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, RUN_REFUSED
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
@@ -47,6 +47,7 @@ from drbackup.scheduler.locks import Coordinator, LocalLocks
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 log = logging.getLogger("drbackup.daemon")
+_NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify")
 
 
@@ -320,7 +321,9 @@ class Daemon:
         return self._finish(job, run_id, results, started)
 
     def _finish(self, job: Job, run_id: int, results: dict, started: float) -> str:
-        failed = {t: r["error"] for t, r in results.items() if r["status"] != "ok"}
+        # A run refused by a target's lock is the lock doing its job: it fails no job and
+        # pages nobody (the results still say it).
+        failed = {t: r["error"] for t, r in results.items() if r["status"] not in _NOT_FAILED}
         status = RUN_FAILED if failed else RUN_OK
         error = "; ".join(f"{t}: {e}" for t, e in failed.items()) or None
         duration = time.monotonic() - started
@@ -367,22 +370,26 @@ class Daemon:
         threading.Thread(target=send, name="notify", daemon=True).start()
 
     def _run_target(self, job: Job, target: str | None, held, run_id: int) -> dict:
-        label = target or "(all)"
         try:
             lock = held.target(target, job.timeout) if held and target else contextlib.nullcontext()
             with lock:
                 return self._attempts(job, target, run_id)
         except LockedError as exc:
-            self.metrics.record_failure(job.kind, label, 0.0, final=True)
-            emit(
-                "run_failed",
-                logging.ERROR,
-                job=job.name,
-                target=target,
-                run_id=run_id,
-                error=exc.message,
-            )
-            return {"status": "failed", "error": exc.message}
+            return self._refused(job, target, run_id, exc.message, attempt=None)
+
+    def _refused(self, job: Job, target: str | None, run_id: int, error: str, attempt) -> dict:
+        """A run declined because another run held its target's lock (not a failure)."""
+        self.metrics.record_refusal(job.kind, target or "(all)")
+        emit(
+            "run_refused",
+            logging.WARNING,
+            job=job.name,
+            target=target,
+            run_id=run_id,
+            attempt=attempt,
+            error=error,
+        )
+        return {"status": RUN_REFUSED, "error": error, "attempts": attempt or 0}
 
     def _attempts(self, job: Job, target: str | None, run_id: int) -> dict:
         label = target or "(all)"
@@ -392,11 +399,16 @@ class Daemon:
             try:
                 outcome = self.runner.run(self.config, job, target, job.timeout, self._cancel_at)
             except jobkinds.ActionError as exc:
+                if exc.kind == LockedError.__name__:  # the action's own lock: final, no retry
+                    self._record_target_run(job, target, wall, RUN_REFUSED, exc)
+                    return self._refused(job, target, run_id, exc.message, attempt)
                 duration = time.monotonic() - started
-                final = attempt == attempts or isinstance(exc, jobkinds.ActionAbandoned)
+                abandoned = isinstance(exc, jobkinds.ActionAbandoned)
+                final = attempt == attempts or abandoned
                 self.metrics.record_failure(job.kind, label, duration, final=final)
                 self.metrics.record_drill(job.kind, label, exc.details)
-                self._record_target_run(job, target, wall, RUN_FAILED, exc)
+                status = RUN_INTERRUPTED if abandoned else RUN_FAILED
+                self._record_target_run(job, target, wall, status, exc)
                 emit(
                     "run_failed",
                     logging.ERROR,
