@@ -43,7 +43,7 @@ from drbackup.catalog.models import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, RUN_REF
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
-from drbackup.scheduler.locks import Coordinator, LocalLocks
+from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 log = logging.getLogger("drbackup.daemon")
@@ -120,6 +120,7 @@ class Daemon:
             self._check_repository, self._repository_size, self.metrics, interval=probe_interval
         )
         self._coord: Coordinator | None = None
+        self._catalog_lock: CatalogLock | None = None
         self._job_locks = LocalLocks()
         self._stopping = threading.Event()
         self._stop_at: float | None = None
@@ -159,8 +160,24 @@ class Daemon:
             self.runner = jobkinds.ProcessRunner(preload=sorted(modules))
         return self.runner
 
+    def lock_catalog(self) -> None:
+        """Hold the SQLite catalog's daemon lock (no-op on PostgreSQL, or when held).
+
+        Raises LockedError when another daemon holds it: before anything else runs, so a
+        second daemon never marks the first one's live runs abandoned.
+        """
+        if self._catalog_lock is None:
+            self._catalog_lock = CatalogLock.for_catalog(self.app.catalog.engine)
+        if self._catalog_lock is not None:
+            self._catalog_lock.acquire()
+
+    def _unlock_catalog(self) -> None:
+        if self._catalog_lock is not None:
+            self._catalog_lock.release()
+
     def start(self) -> None:
         """Load schedules, recover abandoned runs, serve HTTP, start firing, catch up."""
+        self.lock_catalog()
         self.schedule = self.load()
         self._make_runner(self.schedule)
         for run_id in self.coord.recover_abandoned():
@@ -520,6 +537,7 @@ class Daemon:
 
     def serve_forever(self) -> None:
         """Start, then handle signals until SIGTERM/SIGINT; stop gracefully."""
+        self.lock_catalog()  # refused: one line, nothing started, nothing to stop
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
@@ -562,6 +580,7 @@ class Daemon:
         self.probe.stop()
         if self.http:
             self.http.stop()
+        self._unlock_catalog()
         emit("stopped", inflight=self._inflight)
 
     def run_once(self, name: str) -> str:
@@ -574,7 +593,11 @@ class Daemon:
                 f"job '{name}' has no targets", hint="check its 'targets' and the config"
             )
         self._make_runner(schedule)
-        status = self.run_job(job, datetime.now(UTC), "once")
+        self.lock_catalog()
+        try:
+            status = self.run_job(job, datetime.now(UTC), "once")
+        finally:
+            self._unlock_catalog()
         if status == "skipped":
             raise LockedError(f"job '{name}' is already running")
         return status

@@ -4,10 +4,16 @@ nobody; two daemons never share one SQLite catalog (the second is refused in one
 
 from __future__ import annotations
 
+import socket
+import subprocess
+
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from drbackup.catalog import Catalog
-from tests.integration.test_daemon import job_rows, write_schedule
+from drbackup.scheduler.locks import JOB_RUN_KIND
+from tests.e2e.conftest import cli_argv
+from tests.integration.test_daemon import DaemonProcess, job_rows, run_once, write_schedule
 
 
 class RefusingRunner:
@@ -64,3 +70,63 @@ def test_a_refused_run_fails_no_job_is_not_retried_and_is_not_a_failure(tmp_path
     assert ("drbackup_run_failures_total", ("kind", "backup"), ("target", "app")) not in metrics
     with Catalog.open(config.catalog) as catalog:  # backup records its own runs: none here
         assert catalog.runs(kind="backup") == []
+
+
+# -- one daemon per SQLite catalog ------------------------------------------------------------
+
+
+def test_a_second_daemon_on_one_sqlite_catalog_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRBACKUP_HOME", str(tmp_path))
+    database = tmp_path / "catalog.db"
+    config = tmp_path / "drbackup.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "repository": {"url": str(tmp_path / "repo")},
+                "catalog": f"sqlite:///{database}",
+                "postgres": {
+                    "app": {"dsn": "postgresql://x@127.0.0.1:1/app", "databases": ["app"]}
+                },
+            }
+        )
+    )
+    schedules = write_schedule(
+        tmp_path / "schedules", "jobs: {nightly: {kind: backup, cron: '0 1 1 1 *'}}\n"
+    )
+    first = DaemonProcess(config, schedules)
+    try:
+        first.wait_event("started")
+        with Catalog.open(f"sqlite:///{database}") as catalog:  # a run the first daemon is doing
+            live = catalog.start_run(JOB_RUN_KIND, "nightly", details={"replica": "first"})
+
+        second = subprocess.run(
+            cli_argv("--config", str(config), "daemon", "--schedules", str(schedules), "--listen", "off"),
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.splitlines()
+        assert len(lines) == 2, second.stderr
+        prefix = (
+            f"drbackup: error: another drbackup daemon is running on the catalog {database} "
+            f"(pid {first.proc.pid} on {socket.gethostname()}, since "
+        )
+        assert lines[0].startswith(prefix) and lines[0].endswith("+00:00)")
+        assert lines[1] == (
+            "hint: run one daemon per SQLite catalog; several replicas need a PostgreSQL catalog "
+            "(catalog: postgresql://...)"
+        )
+        once = run_once(config, schedules, "nightly")
+        assert once.returncode == 1 and once.stderr.splitlines()[0].startswith(prefix)
+        with Catalog.open(f"sqlite:///{database}") as catalog:
+            (row,) = [r for r in catalog.runs(kind=JOB_RUN_KIND) if r.id == live]
+            assert row.status == "running"  # the live run was not marked abandoned
+        assert first.proc.poll() is None
+    finally:
+        assert first.stop() == 0
+
+    third = DaemonProcess(config, schedules)  # the lock went with the first daemon
+    try:
+        third.wait_event("started")
+        third.wait_event("run_abandoned", run_id=live)  # now it really was
+    finally:
+        third.stop()
