@@ -253,3 +253,31 @@ def test_report_through_5xx_is_unknown_not_an_unreadable_manifest(proxied, fault
     last = result.stdout.splitlines()[-1]
     assert last.startswith("UNKNOWN   (all): repository unreachable: cannot read manifests/files/")
     assert last.endswith(f": s3 server kept failing (SlowDown: {INJECTED}; 2 attempts)")
+
+
+def test_with_30_percent_5xx_everything_succeeds_or_is_unreachable(proxied, fault_proxy, run_cli):
+    """Snapshot, verify and restore under a steady 30% of 503 SlowDown on both sides: each
+    either succeeds (the retries absorb it) or exits 4 leaving nothing that looks valid."""
+    proxied["write"](max_attempts=4)
+    fault_proxy.fail_rate(0.3)
+    snap = run_cli("snapshot", "minio", "files", "--json")
+    assert snap.code in (0, 4), snap.stderr
+    fault_proxy.clear()
+    listed = run_cli("list", "--json").json()
+    if snap.code == 4:
+        assert listed == []
+        snap = run_cli("snapshot", "minio", "files", "--json")
+        assert snap.code == 0, snap.stderr
+    backup_id = snap.json()["backup_id"]
+
+    fault_proxy.fail_rate(0.3)
+    verified = run_cli("verify", backup_id)
+    restored = run_cli("restore", "minio", "files", "--into-bucket", "restored")
+    fault_proxy.clear()
+    assert verified.code in (0, 4), verified.stderr
+    assert restored.code in (0, 4), restored.stderr
+    assert catalog_row(proxied, backup_id).status == "ok"  # never marked damaged
+    assert run_cli("verify", backup_id).code == 0
+    forced = run_cli("restore", "minio", "files", "--into-bucket", "restored", "--force")
+    assert forced.code == 0, forced.stderr
+    assert proxied["s3"].get_object(Bucket="restored", Key="docs/a.txt")["Body"].read() == b"alpha"
