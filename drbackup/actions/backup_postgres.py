@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from psycopg import IsolationLevel
 
+from drbackup.actions.runs import run_outcome
 from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
 from drbackup.errors import DrbackupError, LockedError, SourceError
 from drbackup.repository.manifest import Manifest
@@ -95,7 +96,8 @@ def backup_target(app, name: str, *, progress=None) -> Manifest:
     try:
         manifest = _backup(app, target, progress)
     except BaseException as exc:
-        _record(app, name, started, "failed", error=str(exc))
+        status, error = run_outcome(exc)
+        _record(app, name, started, status, error=error)
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).

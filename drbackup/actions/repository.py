@@ -73,10 +73,16 @@ def _public_meta(meta: dict) -> dict:
 
 def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[str]]:
     """Every backup in the repository (decrypting manifests), oldest first, and one line per
-    manifest that failed authentication: one damaged manifest must not hide the others."""
+    manifest that failed authentication: one damaged manifest must not hide the others.
+
+    ``target`` limits the listing; a target that is neither configured nor in the
+    repository is a UsageError naming the closest configured one."""
     repo = app.repository()
     manifests, damaged = [], []
-    for ref in repo.list_refs(target):
+    refs = repo.list_refs(target)
+    if target is not None and not refs and target not in app.config.targets:
+        app.config.target(target)  # a mistyped name: the did-you-mean UsageError (exit 2)
+    for ref in refs:
         try:
             manifests.append(repo.load_manifest(ref))
         except IntegrityError as exc:

@@ -6,8 +6,9 @@ content stored once as a blob ``blobs/<2 hex>/<HMAC of its sha256>``.  The listi
 merge-joined with the previous snapshot's index (both sorted), so memory does not grow with
 the bucket; objects with the same size, ETag and last-modified reuse their blob without a
 download; others are read (``If-Match`` the listed ETag), hashed, and uploaded unless the
-blob already exists.  Objects that change or vanish while the snapshot runs are recorded
-in the manifest, never a crash.  The manifest is written last; a lock in ``locks/`` keeps
+blob already exists.  Objects that change or vanish while the snapshot runs, and objects
+whose key the S3 client cannot address (a ``.`` or ``..`` segment), are recorded in the
+manifest, never a crash.  The manifest is written last; a lock in ``locks/`` keeps
 gc from deleting blobs under a running snapshot (actions/gc.py).
 """
 
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import chain
 
 from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
+from drbackup.actions.runs import run_outcome
 from drbackup.codec.pipeline import encode_to_storage, iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
@@ -32,6 +34,7 @@ from drbackup.sources.buckets.client import (
     ObjectChangedError,
     ObjectGoneError,
     redact_key,
+    unsupported_key_reason,
 )
 from drbackup.sources.buckets.index import (
     INDEX_ITEM_TYPE,
@@ -141,7 +144,7 @@ class SnapshotCancelled(Exception):
 class Transfer:
     """The outcome for one listed object."""
 
-    status: str  # reused | uploaded | deduplicated | vanished | changed_during_snapshot
+    status: str  # reused | uploaded | deduplicated | vanished | changed_during_snapshot | skipped
     entry: IndexEntry | None = None
     downloaded: int = 0
     stored: int = 0
@@ -160,7 +163,8 @@ class BucketStats:
     deduplicated: int = 0
     events: dict[str, dict] = field(
         default_factory=lambda: {
-            k: {"count": 0, "keys": []} for k in ("reread", "changed_during_snapshot", "vanished")
+            k: {"count": 0, "keys": []}
+            for k in ("reread", "changed_during_snapshot", "vanished", "skipped")
         }
     )
 
@@ -228,6 +232,8 @@ class BucketSnapshot:
 
     def _process(self, pair: tuple[ListedObject, IndexEntry | None]) -> Transfer:
         listed, previous = pair
+        if unsupported_key_reason(listed.key):
+            return Transfer("skipped")  # named in the manifest and in the command's output
         if is_unchanged(listed, previous):
             return Transfer("reused", previous)
         try:
@@ -466,7 +472,8 @@ def snapshot_target(
             progress=progress,
         )
     except BaseException as exc:
-        _record(app, name, started, "failed", error=shareable(exc))  # no object keys
+        status, error = run_outcome(exc)  # its error text names no object keys
+        _record(app, name, started, status, error=error)
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs

@@ -30,8 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drbackup.catalog.engine import create_catalog_engine, first_line, parse_catalog_url
 from drbackup.catalog.models import (
     MANIFEST_COLUMNS,
-    RUN_FAILED,
-    RUN_OK,
+    RUN_FINISHED,
     RUN_RUNNING,
     SCHEMA_VERSION,
     STATUS_DAMAGED,
@@ -392,5 +391,7 @@ def _update(row: BackupRow, values: dict[str, Any]) -> bool:
 
 
 def _check_finished_status(status: str) -> None:
-    if status not in (RUN_OK, RUN_FAILED):
-        raise ValueError(f"a finished run's status is {RUN_OK} or {RUN_FAILED}, not {status!r}")
+    if status not in RUN_FINISHED:
+        raise ValueError(
+            f"a finished run's status is one of {', '.join(RUN_FINISHED)}, not {status!r}"
+        )

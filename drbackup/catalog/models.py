@@ -42,7 +42,12 @@ STATUS_DAMAGED = "damaged"
 RUN_RUNNING = "running"
 RUN_OK = "ok"
 RUN_FAILED = "failed"
-RUN_STATUSES = (RUN_RUNNING, RUN_OK, RUN_FAILED)
+RUN_INTERRUPTED = (
+    "interrupted"  # stopped by Ctrl-C, SIGTERM or the daemon: not a failure of its own
+)
+RUN_REFUSED = "refused"  # declined because another run held the lock: correct, not a failure
+RUN_FINISHED = (RUN_OK, RUN_FAILED, RUN_INTERRUPTED, RUN_REFUSED)
+RUN_STATUSES = (RUN_RUNNING, *RUN_FINISHED)
 
 
 def as_utc(value: datetime) -> datetime:

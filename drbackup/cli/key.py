@@ -38,20 +38,41 @@ def generate(path: str, x25519: bool) -> None:
 @key.command("list")
 @click.pass_obj
 def list_slots(state) -> None:
-    """List the access slots that open the repository's master key."""
+    """List the access slots that open the repository's master key.
+
+    'current' marks the slot the configured passphrase or key file opens; slots made
+    before drbackup recorded dates and labels show '-'.
+    """
     repo = state.app.repository()
-    rows = [
-        [s["id"], s["kind"], s["kdf"]["name"], str(s["kdf"].get("n", "-"))]
-        for s in repo.header["encryption"]["access_slots"]
+    current = repo.keyring.opened_slot
+    rows = [_slot_row(s, current) for s in repo.header["encryption"]["access_slots"]]
+    echo_table(["id", "kind", "kdf", "scrypt n", "created", "label", "current"], rows)
+
+
+def _slot_row(slot: dict, current: str | None) -> list[str]:
+    kdf = slot.get("kdf") if isinstance(slot.get("kdf"), dict) else {}
+    created = str(slot.get("created_at") or "-")
+    return [
+        str(slot.get("id", "?")),
+        str(slot.get("kind", "?")),
+        str(kdf.get("name", "-")),
+        str(kdf.get("n", "-")),
+        created.replace("T", " ").replace("+00:00", "Z"),
+        str(slot.get("label") or "-"),
+        "yes" if current is not None and slot.get("id") == current else "-",
     ]
-    echo_table(["id", "kind", "kdf", "scrypt n"], rows)
 
 
 @key.command("add")
 @click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--label",
+    metavar="TEXT",
+    help="Who or what holds the new secret (e.g. 'break-glass safe'); stored in clear.",
+)
 @click.pass_obj
-def add(state, passphrase_file: str | None, key_file: str | None) -> None:
+def add(state, passphrase_file: str | None, key_file: str | None, label: str | None) -> None:
     """Add a passphrase or key file that opens the repository (needs the current key)."""
     if bool(passphrase_file) == bool(key_file):
         raise UsageError("give exactly one of --passphrase-file or --key-file")
@@ -60,19 +81,37 @@ def add(state, passphrase_file: str | None, key_file: str | None) -> None:
         passphrase = Path(passphrase_file).read_text(encoding="utf-8").rstrip("\n")
         if not passphrase:
             raise UsageError(f"{passphrase_file} is empty")
-        slot = repo.add_access_slot(passphrase=passphrase)
+        slot = repo.add_access_slot(passphrase=passphrase, label=label)
     else:
-        slot = repo.add_access_slot(key_file=keys.read_key_file(key_file))
+        slot = repo.add_access_slot(key_file=keys.read_key_file(key_file), label=label)
     click.echo(f"added access slot {slot['id']} ({slot['kind']})")
 
 
 @key.command("remove")
 @click.argument("slot_id")
+@click.option(
+    "--remove-current",
+    is_flag=True,
+    help="Remove it even if the configured passphrase or key file opens the repository "
+    "with it (the config then needs another slot's secret).",
+)
 @click.pass_obj
-def remove(state, slot_id: str) -> None:
-    """Remove an access slot (the old passphrase stops working)."""
-    state.app.repository().remove_access_slot(slot_id)
+def remove(state, slot_id: str, remove_current: bool) -> None:
+    """Remove an access slot (the old passphrase stops working).
+
+    Refuses the slot the configured passphrase or key file opens (see 'key list')
+    unless --remove-current is given.
+    """
+    repo = state.app.repository()
+    was_current = slot_id == repo.keyring.opened_slot
+    repo.remove_access_slot(slot_id, remove_current=remove_current)
     click.echo(f"removed access slot {slot_id}")
+    if was_current:
+        click.echo(
+            "drbackup: warning: the configured passphrase or key file opened the repository "
+            "with that slot: set repository.encryption to another slot's secret",
+            err=True,
+        )
 
 
 COMMANDS = [key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from drbackup.actions.repository import init_repository
+from drbackup.codec.keys import MAX_SCRYPT_LOG_N
 
 
 @click.command("init")
@@ -15,7 +16,7 @@ from drbackup.actions.repository import init_repository
 )
 @click.option(
     "--scrypt-log-n",
-    type=click.IntRange(10, 22),
+    type=click.IntRange(10, MAX_SCRYPT_LOG_N),
     default=16,
     show_default=True,
     help="scrypt cost for the passphrase (memory = 128 * 8 * 2^N bytes).",

@@ -8,6 +8,7 @@ from drbackup.actions.repository import backup_summary
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_targets
 from drbackup.cli.render import echo_json, human_size, progress
 
+SKIPPED_SHOWN = 10  # keys named in the warning (the manifest keeps up to 100)
 EVENTS = (
     ("changed_during_snapshot", "changed while being read (not in the snapshot)"),
     ("vanished", "vanished before they could be read"),
@@ -49,6 +50,8 @@ def minio(
     options = SnapshotOptions(workers=workers, full=full)
     with progress(app.progress and len(names) == 1, None, f"snapshot {names[0]}") as tick:
         manifests = snapshot_targets(app, names, options=options, progress=tick)
+    for m in manifests:
+        _warn_skipped(m)
     if as_json:
         records = [backup_summary(m) for m in manifests]
         echo_json(records if len(records) > 1 else records[0])
@@ -79,6 +82,24 @@ def _render(m) -> None:
                     f"  {name}: {record['count']} object(s) {text}: {keys}"
                     + (f" and {more} more" if more else "")
                 )
+
+
+def _warn_skipped(m) -> None:
+    """A warning on stderr per bucket with objects left out because of their key."""
+    for name, stats in m.meta.get("buckets", {}).items():
+        record = stats.get("skipped") or {}
+        if not record.get("count"):
+            continue
+        shown = record["keys"][:SKIPPED_SHOWN]
+        more = record["count"] - len(shown)
+        click.echo(
+            f"drbackup: warning: {name}: {record['count']} object(s) not in the snapshot: "
+            "their keys have a '.' or '..' path segment, which the s3 client cannot address: "
+            + ", ".join(repr(k) for k in shown)
+            + (f" and {more} more" if more else ""),
+            err=True,
+        )
+        click.echo("hint: rename them on the source to have them backed up", err=True)
 
 
 COMMANDS = [snapshot]

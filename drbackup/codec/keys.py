@@ -19,6 +19,7 @@ import base64
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +36,14 @@ KEY_SIZE = 32
 NONCE_SIZE = 12
 # scrypt cost: N=2^16, r=8 → 64 MiB of memory per derivation (~0.2-0.4 s).
 DEFAULT_SCRYPT = {"n": 1 << 16, "r": 8, "p": 1}
+# The most a slot may ask for (docs/crypto.md): N=2^20, r=8, p=1, the scrypt paper's
+# file-encryption setting and libsodium's "sensitive" one: 1 GiB and a few seconds.  The
+# header is clear JSON; without a bound, a planted slot could make every command take
+# minutes and gigabytes before any key is tried.
+MAX_SCRYPT_MEMORY = 128 * 8 * (1 << 20)  # bytes: 128 * r * N
+MAX_SCRYPT_WORK = 8 * (1 << 20)  # N * r * p
+MAX_SCRYPT_LOG_N = 20  # what `drbackup init --scrypt-log-n` accepts at most (with r=8, p=1)
+LABEL_MAX = 64
 _HASHLIB_MAXMEM = (1 << 31) - 1  # hashlib.scrypt takes at most INT_MAX
 _DK_AAD = b"drbackup/v1/data-key\x00"
 _MK_AAD = b"drbackup/v1/master-key\x00"
@@ -54,8 +63,40 @@ def unb64(text: str, what: str) -> bytes:
 # --- access slots: wrapping the master key ---------------------------------------------
 
 
+def scrypt_over_limit(kdf) -> str | None:
+    """Why the scrypt parameters in ``kdf`` exceed the bound, or None if they do not.
+
+    Malformed parameters are not judged here (the derivation reports them as damage).
+    """
+    try:
+        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    memory = 128 * r * n
+    if memory > MAX_SCRYPT_MEMORY or n * r * p > MAX_SCRYPT_WORK:
+        return (
+            f"scrypt n={n}, r={r}, p={p} ({memory >> 20} MiB) is above the limit of "
+            f"n*r*p {MAX_SCRYPT_WORK} and {MAX_SCRYPT_MEMORY >> 20} MiB"
+        )
+    return None
+
+
+def _scrypt_cost(slot: dict) -> int:
+    """The work a slot's derivation costs (0 for a key file): cheaper slots are tried first."""
+    try:
+        kdf = slot["kdf"]
+        return int(kdf["n"]) * int(kdf["r"]) * int(kdf["p"]) if kdf["name"] == "scrypt" else 0
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def derive_passphrase_kek(passphrase: str, kdf: dict) -> bytes:
-    """Key-encryption key from a passphrase with the scrypt parameters stored in ``kdf``."""
+    """Key-encryption key from a passphrase with the scrypt parameters stored in ``kdf``.
+
+    Raises ValueError for parameters scrypt refuses or above the bound.
+    """
+    if reason := scrypt_over_limit(kdf):
+        raise ValueError(reason)
     salt = unb64(kdf["salt"], "kdf salt")
     n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
     secret = passphrase.encode("utf-8")
@@ -82,8 +123,17 @@ def new_access_slot(
     passphrase: str | None = None,
     key_file: bytes | None = None,
     scrypt_params: dict | None = None,
+    label: str | None = None,
 ) -> dict:
-    """An access slot (JSON-able) that opens ``master_key`` with a passphrase or key file."""
+    """An access slot (JSON-able) that opens ``master_key`` with a passphrase or key file.
+
+    It records when it was made and, if given, a ``label`` (clear text in the header).
+    Raises ConfigError for scrypt parameters above the bound or a label that is not one
+    short printable line.
+    """
+    label = check_label(label)
+    if passphrase is not None and (reason := scrypt_over_limit(scrypt_params or DEFAULT_SCRYPT)):
+        raise ConfigError(reason)
     salt = b64(os.urandom(16))
     if passphrase is not None:
         kdf = {"name": "scrypt", "salt": salt, **(scrypt_params or DEFAULT_SCRYPT)}
@@ -95,17 +145,43 @@ def new_access_slot(
         raise ValueError("an access slot needs a passphrase or a key file")
     nonce = os.urandom(NONCE_SIZE)
     wrapped = nonce + AESGCM(kek).encrypt(nonce, master_key, _MK_AAD + repo_id)
-    return {"id": b64(os.urandom(6)), "kind": kind, "kdf": kdf, "wrapped_key": b64(wrapped)}
+    slot = {"id": b64(os.urandom(6)), "kind": kind, "kdf": kdf, "wrapped_key": b64(wrapped)}
+    slot["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if label:
+        slot["label"] = label
+    return slot
+
+
+def check_label(label: str | None) -> str | None:
+    """``label`` stripped (None if empty); ConfigError unless one printable line of at most
+    :data:`LABEL_MAX` characters."""
+    label = (label or "").strip() or None
+    if label is not None and (len(label) > LABEL_MAX or not label.isprintable()):
+        raise ConfigError(
+            f"an access slot label must be one printable line of at most {LABEL_MAX} characters",
+            hint="labels are stored in clear in the repository header: name the holder, "
+            "never the secret",
+        )
+    return label
 
 
 def open_master_key(
     slots: list[dict], repo_id: bytes, *, passphrase: str | None, key_file: bytes | None
 ) -> bytes:
-    """Try every slot of the matching kind; return the master key.
+    """The master key from the first slot that opens (see :func:`find_master_key`)."""
+    return find_master_key(slots, repo_id, passphrase=passphrase, key_file=key_file)[0]
 
-    Raises :class:`EncryptionKeyError` when no slot opens with what was given, and
+
+def find_master_key(
+    slots: list[dict], repo_id: bytes, *, passphrase: str | None, key_file: bytes | None
+) -> tuple[bytes, str]:
+    """Try the slots of the matching kind, cheapest first; return (master key, slot id).
+
+    Slots whose scrypt parameters exceed the bound are never derived.  Raises
+    :class:`EncryptionKeyError` when no slot opens with what was given, and
     :class:`RepositoryError` when none opens and some slot is damaged (its kdf parameters
-    or wrapped key cannot be read): the header is clear JSON, so damage shows up here.
+    or wrapped key cannot be read) or over the bound: the header is clear JSON, so damage
+    and planted slots show up here.
     """
     kind = "passphrase" if passphrase is not None else "key_file"
     candidates = [s for s in slots if isinstance(s, dict) and s.get("kind") == kind]
@@ -115,19 +191,31 @@ def open_master_key(
             f"the repository has no {what} access slot",
             hint="use the passphrase or key file the repository was initialised with",
         )
+    over = [(s, r) for s in candidates if (r := scrypt_over_limit(s.get("kdf") or {}))]
+    usable = sorted((s for s in candidates if all(s is not o for o, _ in over)), key=_scrypt_cost)
     damaged = []
-    for slot in candidates:
+    for slot in usable:
         try:
             kek, wrapped = _slot_kek(slot, kind, passphrase, key_file)
         except (ConfigError, KeyError, TypeError, ValueError, MemoryError):
             damaged.append(str(slot.get("id", "?")))
             continue
         try:
-            return AESGCM(kek).decrypt(
+            master = AESGCM(kek).decrypt(
                 wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _MK_AAD + repo_id
             )
         except InvalidTag:
             continue
+        return master, str(slot.get("id"))
+    if over:
+        slot, reason = over[0]
+        raise RepositoryError(
+            f"refusing {what} access slot {slot.get('id', '?')} of the repository header: "
+            f"its {reason}, and no other slot opens",
+            hint="drbackup never makes such a slot (init allows --scrypt-log-n up to "
+            f"{MAX_SCRYPT_LOG_N}): restore drbackup.repo from a copy, or open with another "
+            "passphrase or key file and remove the slot with 'drbackup key remove'",
+        )
     if damaged:
         raise RepositoryError(
             f"the repository header is damaged: {what} access slot {', '.join(damaged)} "

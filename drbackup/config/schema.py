@@ -349,6 +349,12 @@ class MinioTarget(Section):
     """Use TLS; unset means as the endpoint's scheme says (https without one)."""
     verify_tls: bool = True
     """Verify the server's TLS certificate."""
+    connect_timeout: Duration = timedelta(seconds=10)
+    """Give up connecting to the endpoint after this long (per attempt)."""
+    read_timeout: Duration = timedelta(minutes=2)
+    """Give up waiting for an answer after this long (per attempt)."""
+    max_attempts: int = Field(5, ge=1, le=20)
+    """Attempts per request, retries with backoff included (5xx, SlowDown, timeouts); 1 means no retry."""
     include_prefixes: list[str] = []
     """Snapshot only keys under these prefixes."""
     exclude_prefixes: list[str] = []
@@ -384,6 +390,9 @@ class MinioTarget(Section):
             "secret_key": reveal(self.secret_key),
             "secure": next(v for v in (self.secure, scheme_secure, True) if v is not None),
             "cert_check": self.verify_tls,
+            "connect_timeout": self.connect_timeout.total_seconds(),
+            "read_timeout": self.read_timeout.total_seconds(),
+            "max_attempts": self.max_attempts,
         }
 
 

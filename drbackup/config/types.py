@@ -42,12 +42,20 @@ def config_error(kind: str, template: str, **context: Any) -> PydanticCustomErro
 
 _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+# The longest duration anything takes (retention of a century): far beyond any objective,
+# and short enough that "now minus it" is always a valid time.
+MAX_DURATION = timedelta(days=36500)
+
+
+class DurationTooLongError(ValueError):
+    """A duration above :data:`MAX_DURATION`."""
 
 
 def parse_duration(text: str) -> timedelta:
     """``30s``, ``15m``, ``24h``, ``7d`` or combinations (``1h30m``) -> timedelta.
 
-    Raises ValueError for anything else, and for a zero duration.
+    Raises ValueError for anything else and for a zero duration, DurationTooLongError
+    (a ValueError) above :data:`MAX_DURATION`.
     """
     match = _DURATION_RE.fullmatch(text.strip())
     if match is None or not any(match.groups()):
@@ -56,6 +64,8 @@ def parse_duration(text: str) -> timedelta:
     total = sum(int(count) * seconds for count, (_, seconds) in pairs if count)
     if total == 0:
         raise ValueError("a duration must be greater than zero")
+    if total > MAX_DURATION.total_seconds():
+        raise DurationTooLongError(f"duration {text!r} is longer than {MAX_DURATION.days}d")
     return timedelta(seconds=total)
 
 
@@ -72,10 +82,13 @@ def format_duration(value: timedelta) -> str:
 
 
 def _to_duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta) and value > timedelta(0):
+    if isinstance(value, timedelta) and timedelta(0) < value <= MAX_DURATION:
         return value
     try:
         return parse_duration(value if isinstance(value, str) else "")
+    except DurationTooLongError:
+        template = "duration '{value}' is too long (at most {days}d, a century)"
+        raise config_error("duration", template, value=str(value), days=MAX_DURATION.days) from None
     except ValueError:
         template = "invalid duration '{value}' (use e.g. 30s, 15m, 24h, 7d)"
         raise config_error("duration", template, value=str(value)) from None

@@ -13,8 +13,11 @@ Rules per target (the worst finding is the target's status)::
     no passing drill within 35 days (or never)   WARNING   (postgres targets)
     last drill's restore over 80% of the RTO     WARNING
     failed runs in the last 24 hours             WARNING
+    interrupted runs in the last 24 hours        WARNING   (named as interrupted, with why)
+    runs refused by a lock in the last 24 hours  OK        (the lock doing its job: no page)
     unreadable manifests                         WARNING
     catalog unavailable (runs unknown)           WARNING
+    wrong key                                    CRITICAL  (every target, and the report)
     repository unreachable                       UNKNOWN   (every target, and the report)
 
 The report's status is the worst of its targets', ranked OK < WARNING < UNKNOWN < CRITICAL;
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
-from drbackup.errors import DrbackupError
+from drbackup.errors import DrbackupError, EncryptionKeyError, StorageUnreachableError
 
 DRILL_MAX_AGE = timedelta(days=35)
 RTO_WARN_FRACTION = 0.8
@@ -98,6 +101,8 @@ class TargetFacts:
     unreadable: list[str] = field(default_factory=list)
     drills: list[DrillFact] = field(default_factory=list)  # oldest first
     failed_runs: list[str] | None = field(default_factory=list)  # "kind at time: error"
+    interrupted_runs: list[str] = field(default_factory=list)  # "kind at time: why"
+    refused_runs: list[str] = field(default_factory=list)  # "kind at time: the lock's holder"
 
 
 @dataclass
@@ -114,6 +119,11 @@ class RepositoryFacts:
     error: str | None = None
     id: str | None = None
     size: int | None = None
+    wrong_key: bool = False  # reached, but the configured key opens nothing
+
+    @property
+    def readable(self) -> bool:
+        return self.reachable and not self.wrong_key
 
 
 @dataclass
@@ -139,16 +149,26 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
         findings += _drill_findings(facts, now)
     if facts.failed_runs is None:
         findings.append(Finding(Status.WARNING, "catalog unavailable: failed runs unknown"))
-    elif facts.failed_runs:
-        count = len(facts.failed_runs)
-        findings.append(
-            Finding(
-                Status.WARNING,
-                f"{count} failed run{'s' if count > 1 else ''} in the last 24h "
-                f"(latest: {facts.failed_runs[-1]})",
-            )
-        )
+    else:
+        findings += _run_findings(facts)
     return TargetHealth(facts, worst(f.status for f in findings), findings)
+
+
+def _run_findings(facts: TargetFacts) -> list[Finding]:
+    """Failed and interrupted runs warn; runs refused by a lock are said, without paging."""
+    findings = []
+    for status, runs, what in (
+        (Status.WARNING, facts.failed_runs, "failed run"),
+        (Status.WARNING, facts.interrupted_runs, "interrupted run"),
+        (Status.OK, facts.refused_runs, "run refused while another held the lock"),
+    ):
+        if runs:
+            many = len(runs) > 1
+            plural = what.replace("run", "runs", 1) if many else what
+            findings.append(
+                Finding(status, f"{len(runs)} {plural} in the last 24h (latest: {runs[-1]})")
+            )
+    return findings
 
 
 def _backup_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
@@ -215,7 +235,12 @@ def _drill_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
 def build_report(
     repository: RepositoryFacts, facts: list[TargetFacts], now: datetime
 ) -> HealthReport:
-    """Evaluate every target; an unreachable repository makes everything UNKNOWN."""
+    """Evaluate every target; an unreachable repository makes everything UNKNOWN, a wrong
+    key everything CRITICAL (nothing could be restored with this configuration)."""
+    if repository.wrong_key:
+        finding = Finding(Status.CRITICAL, f"wrong key: {repository.error}")
+        targets = [TargetHealth(f, Status.CRITICAL, [finding]) for f in facts]
+        return HealthReport(now, repository, targets, Status.CRITICAL, [finding])
     if not repository.reachable:
         finding = Finding(Status.UNKNOWN, f"repository unreachable: {repository.error}")
         targets = [TargetHealth(f, Status.UNKNOWN, [finding]) for f in facts]
@@ -261,7 +286,7 @@ def gather_report(
         for fact in facts:
             _read_backups(repo, fact, damaged)
             fact.drills = read_drills(repo, fact.name)
-            fact.failed_runs = _failed_runs(catalog, fact.name, now)
+            _read_runs(catalog, fact, now)
         repository.size = sum(info.size for info in repo.storage.list(""))
     except DrbackupError as exc:  # lost the repository half-way
         repository.reachable, repository.error = False, exc.message
@@ -272,6 +297,8 @@ def _open_repository(app):
     url = _safe_url(app)
     try:
         repo = app.repository()
+    except EncryptionKeyError as exc:
+        return RepositoryFacts(url, True, exc.message, wrong_key=True), None
     except DrbackupError as exc:
         return RepositoryFacts(url, False, exc.message), None
     return RepositoryFacts(repo.url, True, id=repo.id), repo
@@ -314,6 +341,8 @@ def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact
             continue
         try:
             m = repo.load_manifest(ref)
+        except StorageUnreachableError:
+            raise  # the storage is failing now: nothing is known about this manifest
         except DrbackupError as exc:
             if f"{ref.backup_id}: {exc.message}" not in fact.unreadable:
                 fact.unreadable.append(f"{ref.backup_id}: {exc.message}")
@@ -342,6 +371,8 @@ def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]
             break
         try:
             report = repo.get_document(key)
+        except StorageUnreachableError:
+            raise
         except DrbackupError:
             continue
         found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]
@@ -360,18 +391,25 @@ def _drill_fact(entry: dict) -> DrillFact:
     )
 
 
-def _failed_runs(catalog, target: str, now: datetime) -> list[str] | None:
+def _read_runs(catalog, fact: TargetFacts, now: datetime) -> None:
+    """The target's failed, interrupted and refused runs of the last 24 hours (failed_runs
+    None when the catalog cannot be read)."""
     if catalog is None:
-        return None
+        fact.failed_runs = None
+        return
     try:
-        runs = catalog.runs(since=now - FAILED_RUNS_WINDOW, target=target, status="failed")
+        runs = catalog.runs(since=now - FAILED_RUNS_WINDOW, target=fact.name)
     except DrbackupError:
-        return None
-    return [
-        f"{r.kind} at {r.started_at:%Y-%m-%d %H:%M}Z: {r.error or 'no message'}"
-        for r in runs
-        if r.kind != "job"  # the daemon's job rows summarise these same runs
-    ]
+        fact.failed_runs = None
+        return
+    by_status: dict[str, list[str]] = {"failed": [], "interrupted": [], "refused": []}
+    for r in runs:
+        if r.kind != "job" and r.status in by_status:  # job rows summarise these same runs
+            text = r.error or ("no message" if r.status == "failed" else r.status)
+            by_status[r.status].append(f"{r.kind} at {r.started_at:%Y-%m-%d %H:%M}Z: {text}")
+    fact.failed_runs = by_status["failed"]
+    fact.interrupted_runs = by_status["interrupted"]
+    fact.refused_runs = by_status["refused"]
 
 
 # -- report, write, notify (what `drbackup report` and the daemon's report job do) ---------

@@ -46,6 +46,7 @@ def report_dict(report: HealthReport) -> dict:
             "url": report.repository.url,
             "id": report.repository.id,
             "reachable": report.repository.reachable,
+            "wrong_key": report.repository.wrong_key,
             "error": report.repository.error,
             "size_bytes": report.repository.size,
         },
@@ -91,6 +92,8 @@ def _target_dict(health: TargetHealth, now: datetime) -> dict:
         else {"drill_id": passing[-1].drill_id, "started_at": _iso(passing[-1].started_at)},
         "rto_trend_s": [d.restore_s for d in f.drills if d.restore_s is not None],
         "failed_runs_24h": None if f.failed_runs is None else len(f.failed_runs),
+        "interrupted_runs_24h": None if f.failed_runs is None else len(f.interrupted_runs),
+        "refused_runs_24h": None if f.failed_runs is None else len(f.refused_runs),
         "unreadable": list(f.unreadable),
     }
 
@@ -150,11 +153,12 @@ def _rows(report: HealthReport) -> list[list[str]]:
 
 def _summary(report: HealthReport) -> str:
     repo = report.repository
-    where = (
-        f"repository {repo.url} ({_size(repo.size)})"
-        if repo.reachable
-        else f"repository {repo.url} UNREACHABLE"
-    )
+    if repo.wrong_key:
+        where = f"repository {repo.url} WRONG KEY"
+    elif repo.reachable:
+        where = f"repository {repo.url} ({_size(repo.size)})"
+    else:
+        where = f"repository {repo.url} UNREACHABLE"
     return (
         f"drbackup health {report.status.name} at {report.generated_at:%Y-%m-%d %H:%M:%S}Z: {where}"
     )
@@ -273,7 +277,7 @@ _TARGET_SERIES = [
     (
         "restore_points",
         "Backups available in the repository",
-        lambda t, r: t.facts.restore_points if r.repository.reachable else None,
+        lambda t, r: t.facts.restore_points if r.repository.readable else None,
     ),
     (
         "oldest_restore_point_timestamp_seconds",
@@ -300,7 +304,7 @@ _TARGET_SERIES = [
         "Failed runs in the last 24 hours",
         lambda t, r: (
             len(t.facts.failed_runs)
-            if t.facts.failed_runs is not None and r.repository.reachable
+            if t.facts.failed_runs is not None and r.repository.readable
             else None
         ),
     ),

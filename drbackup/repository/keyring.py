@@ -49,6 +49,7 @@ class KeyRing:
         )
         self._secrets = secrets
         self._holds_master = secrets.passphrase is not None or secrets.key_file is not None
+        self._opened_slot: str | None = None
         slots = enc["access_slots"]
         self._master: bytes | None | Background[bytes | None]
         if background and secrets.passphrase is not None:
@@ -75,6 +76,13 @@ class KeyRing:
                     self._master = master
         return self._master
 
+    @property
+    def opened_slot(self) -> str | None:
+        """The id of the access slot the configured passphrase or key file opened (None
+        when the configuration holds neither); waits for a background derivation."""
+        self.master_key  # noqa: B018 - waits for a background derivation
+        return self._opened_slot
+
     def wait(self) -> None:
         """Wait until a background derivation has finished, whatever its outcome (its error
         is raised where a key is used)."""
@@ -98,12 +106,13 @@ class KeyRing:
     def _open_master(self, slots: list[dict], secrets: Secrets) -> bytes | None:
         if secrets.passphrase is None and secrets.key_file is None:
             return None
-        return keys.open_master_key(
+        master, self._opened_slot = keys.find_master_key(
             slots,
             self.repo_id,
             passphrase=secrets.passphrase,
             key_file=secrets.key_file if secrets.passphrase is None else None,
         )
+        return master
 
     def _private_key(self, secrets: Secrets, master: bytes | None) -> bytes | None:
         if self.mode != "public-key":

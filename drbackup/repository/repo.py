@@ -144,26 +144,39 @@ class Repository:
         return cls(storage, header, KeyRing(header, secrets, background=background_key))
 
     def add_access_slot(
-        self, *, passphrase: str | None = None, key_file: bytes | None = None
+        self,
+        *,
+        passphrase: str | None = None,
+        key_file: bytes | None = None,
+        label: str | None = None,
     ) -> dict:
         """Add a passphrase or key file that opens the master key (key rotation)."""
         self.keyring.require(read=True)
         master = self.keyring.master_key
         slot = keys.new_access_slot(
-            master, bytes.fromhex(self.id), passphrase=passphrase, key_file=key_file
+            master, bytes.fromhex(self.id), passphrase=passphrase, key_file=key_file, label=label
         )
         self.header["encryption"]["access_slots"].append(slot)
         self._write_header()
         return slot
 
-    def remove_access_slot(self, slot_id: str) -> None:
+    def remove_access_slot(self, slot_id: str, *, remove_current: bool = False) -> None:
+        """Remove a slot.  UsageError for an unknown id, for the last slot, and (unless
+        ``remove_current``) for the slot the configured secret opened the repository with."""
         slots = self.header["encryption"]["access_slots"]
-        remaining = [s for s in slots if s["id"] != slot_id]
+        remaining = [s for s in slots if s.get("id") != slot_id]
         if len(remaining) == len(slots):
             raise UsageError(f"no access slot with id {slot_id}")
         if not remaining:
             raise UsageError(
                 "refusing to remove the last access slot: the repository would be unreadable"
+            )
+        if slot_id == self.keyring.opened_slot and not remove_current:
+            raise UsageError(
+                f"refusing to remove access slot {slot_id}: the configured passphrase or key "
+                "file opens the repository with it",
+                hint="switch the config to another slot's secret first (drbackup key add, "
+                "then update repository.encryption), or add --remove-current",
             )
         self.header["encryption"]["access_slots"] = remaining
         self._write_header()

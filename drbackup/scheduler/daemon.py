@@ -39,14 +39,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from drbackup.actions.context import AppContext
-from drbackup.catalog.models import RUN_FAILED, RUN_OK
+from drbackup.catalog.models import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, RUN_REFUSED
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError, shareable
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
-from drbackup.scheduler.locks import Coordinator, LocalLocks
+from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 log = logging.getLogger("drbackup.daemon")
+_NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify")
 
 
@@ -119,6 +120,7 @@ class Daemon:
             self._check_repository, self._repository_size, self.metrics, interval=probe_interval
         )
         self._coord: Coordinator | None = None
+        self._catalog_lock: CatalogLock | None = None
         self._job_locks = LocalLocks()
         self._stopping = threading.Event()
         self._stop_at: float | None = None
@@ -158,8 +160,24 @@ class Daemon:
             self.runner = jobkinds.ProcessRunner(preload=sorted(modules))
         return self.runner
 
+    def lock_catalog(self) -> None:
+        """Hold the SQLite catalog's daemon lock (no-op on PostgreSQL, or when held).
+
+        Raises LockedError when another daemon holds it: before anything else runs, so a
+        second daemon never marks the first one's live runs abandoned.
+        """
+        if self._catalog_lock is None:
+            self._catalog_lock = CatalogLock.for_catalog(self.app.catalog.engine)
+        if self._catalog_lock is not None:
+            self._catalog_lock.acquire()
+
+    def _unlock_catalog(self) -> None:
+        if self._catalog_lock is not None:
+            self._catalog_lock.release()
+
     def start(self) -> None:
         """Load schedules, recover abandoned runs, serve HTTP, start firing, catch up."""
+        self.lock_catalog()
         self.schedule = self.load()
         self._make_runner(self.schedule)
         for run_id in self.coord.recover_abandoned():
@@ -320,7 +338,9 @@ class Daemon:
         return self._finish(job, run_id, results, started)
 
     def _finish(self, job: Job, run_id: int, results: dict, started: float) -> str:
-        failed = {t: r["error"] for t, r in results.items() if r["status"] != "ok"}
+        # A run refused by a target's lock is the lock doing its job: it fails no job and
+        # pages nobody (the results still say it).
+        failed = {t: r["error"] for t, r in results.items() if r["status"] not in _NOT_FAILED}
         status = RUN_FAILED if failed else RUN_OK
         error = "; ".join(f"{t}: {e}" for t, e in failed.items()) or None
         duration = time.monotonic() - started
@@ -367,22 +387,26 @@ class Daemon:
         threading.Thread(target=send, name="notify", daemon=True).start()
 
     def _run_target(self, job: Job, target: str | None, held, run_id: int) -> dict:
-        label = target or "(all)"
         try:
             lock = held.target(target, job.timeout) if held and target else contextlib.nullcontext()
             with lock:
                 return self._attempts(job, target, run_id)
         except LockedError as exc:
-            self.metrics.record_failure(job.kind, label, 0.0, final=True)
-            emit(
-                "run_failed",
-                logging.ERROR,
-                job=job.name,
-                target=target,
-                run_id=run_id,
-                error=exc.message,
-            )
-            return {"status": "failed", "error": exc.message}
+            return self._refused(job, target, run_id, exc.message, attempt=None)
+
+    def _refused(self, job: Job, target: str | None, run_id: int, error: str, attempt) -> dict:
+        """A run declined because another run held its target's lock (not a failure)."""
+        self.metrics.record_refusal(job.kind, target or "(all)")
+        emit(
+            "run_refused",
+            logging.WARNING,
+            job=job.name,
+            target=target,
+            run_id=run_id,
+            attempt=attempt,
+            error=error,
+        )
+        return {"status": RUN_REFUSED, "error": error, "attempts": attempt or 0}
 
     def _attempts(self, job: Job, target: str | None, run_id: int) -> dict:
         label = target or "(all)"
@@ -392,11 +416,16 @@ class Daemon:
             try:
                 outcome = self.runner.run(self.config, job, target, job.timeout, self._cancel_at)
             except jobkinds.ActionError as exc:
+                if exc.kind == LockedError.__name__:  # the action's own lock: final, no retry
+                    self._record_target_run(job, target, wall, RUN_REFUSED, exc)
+                    return self._refused(job, target, run_id, exc.message, attempt)
                 duration = time.monotonic() - started
-                final = attempt == attempts or isinstance(exc, jobkinds.ActionAbandoned)
+                abandoned = isinstance(exc, jobkinds.ActionAbandoned)
+                final = attempt == attempts or abandoned
                 self.metrics.record_failure(job.kind, label, duration, final=final)
                 self.metrics.record_drill(job.kind, label, exc.details)
-                self._record_target_run(job, target, wall, RUN_FAILED, exc)
+                status = RUN_INTERRUPTED if abandoned else RUN_FAILED
+                self._record_target_run(job, target, wall, status, exc)
                 emit(
                     "run_failed",
                     logging.ERROR,
@@ -509,6 +538,7 @@ class Daemon:
 
     def serve_forever(self) -> None:
         """Start, then handle signals until SIGTERM/SIGINT; stop gracefully."""
+        self.lock_catalog()  # refused: one line, nothing started, nothing to stop
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
@@ -551,6 +581,7 @@ class Daemon:
         self.probe.stop()
         if self.http:
             self.http.stop()
+        self._unlock_catalog()
         emit("stopped", inflight=self._inflight)
 
     def run_once(self, name: str) -> str:
@@ -563,7 +594,11 @@ class Daemon:
                 f"job '{name}' has no targets", hint="check its 'targets' and the config"
             )
         self._make_runner(schedule)
-        status = self.run_job(job, datetime.now(UTC), "once")
+        self.lock_catalog()
+        try:
+            status = self.run_job(job, datetime.now(UTC), "once")
+        finally:
+            self._unlock_catalog()
         if status == "skipped":
             raise LockedError(f"job '{name}' is already running")
         return status

@@ -116,6 +116,10 @@ class Metrics:
         if details.get("rto_seconds") is not None:
             self.drill_rto.labels(target=target).set(float(details["rto_seconds"]))
 
+    def record_refusal(self, kind: str, target: str) -> None:
+        """A run declined because another held the target's lock: counted, not a failure."""
+        self.runs.labels(kind=kind, target=target, status="refused").inc()
+
     def record_failure(self, kind: str, target: str, duration: float, *, final: bool) -> None:
         labels = {"kind": kind, "target": target}
         self.failures.labels(**labels).inc()

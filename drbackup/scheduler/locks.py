@@ -16,6 +16,11 @@ Three mechanisms, each for one race:
   the run id.  At start, :meth:`Coordinator.recover_abandoned` marks ``running`` job rows
   failed when that lock is free (their daemon died).  On SQLite (one daemon per catalog)
   every ``running`` job row found at start is abandoned.
+* **One daemon per SQLite catalog** (:class:`CatalogLock`): SQLite has no advisory locks,
+  so claims and target locks are in-process only; a second daemon would run every job
+  again and mark the first one's live runs abandoned.  A daemon therefore holds an OS file
+  lock (``flock``) next to the SQLite file for its lifetime, released by the kernel when
+  the process dies, and a second daemon is refused in one line.
 
 Several replicas need a PostgreSQL catalog; on SQLite run one daemon per catalog.
 """
@@ -23,18 +28,23 @@ Several replicas need a PostgreSQL catalog; on SQLite run one daemon per catalog
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from drbackup.catalog.models import RUN_FAILED, RUN_RUNNING, RunRow
-from drbackup.errors import LockedError
+from drbackup.errors import ConfigError, LockedError
 
 JOB_RUN_KIND = "job"  # runs rows that record scheduled job runs (target = the job's name)
 
@@ -196,3 +206,75 @@ def _busy(name: str) -> LockedError:
         f"target {name} is busy with another run",
         hint="runs of one target never overlap; raise the job's timeout or move its schedule",
     )
+
+
+class CatalogLock:
+    """The lock a daemon holds on a SQLite catalog for its lifetime (see the module doc).
+
+    ``<catalog file>.daemon.lock`` is locked with ``flock`` and holds who took it (pid,
+    host, time) for the message a second daemon prints.  Its file descriptor is not
+    inherited by child processes (Python opens files non-inheritable), so a worker or
+    pg_dump outliving the daemon never keeps it.
+    """
+
+    def __init__(self, database: str):
+        self.database = database
+        self.path = Path(f"{database}.daemon.lock")
+        self._fd: int | None = None
+
+    @classmethod
+    def for_catalog(cls, engine) -> CatalogLock | None:
+        """The lock for ``engine``'s SQLite file; None for PostgreSQL (replicas coordinate
+        with advisory locks) and for an in-memory SQLite database."""
+        url = engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return cls(url.database)
+
+    def acquire(self) -> None:
+        """Take the lock or raise LockedError naming its holder; ConfigError if the lock
+        file cannot be opened (a read-only directory)."""
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the daemon lock {self.path}: {exc.strerror or exc}",
+                hint="the daemon needs to write beside its SQLite catalog",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"another drbackup daemon is running on the catalog {self.database}{holder}",
+                hint="run one daemon per SQLite catalog; several replicas need a PostgreSQL "
+                "catalog (catalog: postgresql://...)",
+            ) from None
+        _write_holder(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (the file stays: removing it would race a new daemon)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _write_holder(fd: int) -> None:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": started})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode() + b"\n", 0)
+
+
+def _read_holder(fd: int) -> str:
+    """`` (pid 12, host db1, since 2026-...)`` from the lock file; empty if unreadable."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f" (pid {holder['pid']} on {holder['host']}, since {holder['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""

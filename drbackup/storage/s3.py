@@ -65,6 +65,30 @@ _ACCESS_DENIED_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# What botocore's standard retry mode retries as transient or throttling: still failing after
+# every attempt means the server is unavailable now, not that anything stored is wrong.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+_THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+_TRANSIENT_HINT = (
+    "the s3 server is overloaded or failing: try again later "
+    "(repository.s3.max_attempts sets how often each request is tried)"
+)
 # botocore connection error class -> what the user reads.
 _CONNECTION_REASONS = {
     "EndpointConnectionError": "connection refused or no route",
@@ -392,10 +416,15 @@ def _translate_error(
 def _translate_client_error(
     exc: ClientError, what: str, name: str, bucket_op: bool
 ) -> StorageError:
-    """The drbackup error for an error response from the S3 server."""
+    """The drbackup error for an error response from the S3 server.
+
+    5xx, 429 and throttling codes (SlowDown) that outlasted botocore's retries are
+    unreachable: nothing can be concluded about the object, so nothing is called damaged.
+    """
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    metadata = exc.response.get("ResponseMetadata", {})
+    status = metadata.get("HTTPStatusCode")
     if code == "NoSuchBucket" or (bucket_op and (status == 404 or code in _NOT_FOUND_CODES)):
         return BucketMissingError(f"{what}: bucket does not exist", hint=_BUCKET_HINT)
     if status == 403 or code in _ACCESS_DENIED_CODES:
@@ -405,6 +434,13 @@ def _translate_client_error(
     if code in _NOT_FOUND_CODES or status == 404:
         return ObjectNotFoundError(name)
     message = _one_line(str(error.get("Message", ""))) or f"http {status}"
+    if status in _TRANSIENT_STATUSES or code in _THROTTLING_CODES:
+        attempts = int(metadata.get("RetryAttempts") or 0) + 1
+        return StorageUnreachableError(
+            f"{what}: s3 server kept failing ({code or status}: {message}; "
+            f"{attempts} attempt{'s' if attempts > 1 else ''})",
+            hint=_TRANSIENT_HINT,
+        )
     return StorageError(f"{what}: {code or 'error'}: {message}")
 
 

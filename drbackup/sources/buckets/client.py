@@ -1,11 +1,15 @@
-"""The S3 source side: a ``minio`` client with one error translation.
+"""The S3 source side: a ``minio`` client with one retry policy and one error translation.
 
-Every call goes through :meth:`BucketClient._errors`, the one place that knows the
-``minio`` and ``urllib3`` exception types: unreachable servers, TLS failures and refused
-credentials become :class:`SourceUnreachableError`; a missing bucket and other server
-errors :class:`SourceError`; a key that disappeared :class:`ObjectGoneError`; a failed
-``If-Match`` :class:`ObjectChangedError` (both subclasses of SourceError, raised so the
-snapshot can record them instead of failing).
+Requests are retried by urllib3 (:func:`retry_policy`) as botocore's ``standard`` mode
+retries the repository's: connection and read errors, 5xx and 429 answers (SlowDown),
+with exponential backoff.  Every call goes through :meth:`BucketClient._errors`, the one
+place that knows the ``minio`` and ``urllib3`` exception types: unreachable servers,
+timeouts, TLS failures, refused credentials and server errors that outlast the retries
+become :class:`SourceUnreachableError`; a missing bucket and other server errors
+:class:`SourceError`; a key that disappeared :class:`ObjectGoneError`; a failed
+``If-Match`` :class:`ObjectChangedError`; a key the client cannot address
+:class:`UnsupportedKeyError` (subclasses of SourceError, raised so the snapshot can record
+them instead of failing).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ _DENIED = {
     "ExpiredToken",
     "InvalidToken",
 }
+# Retried as botocore's standard mode retries them; still failing after every attempt is
+# "unavailable now", never a fact about an object.
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+_THROTTLING_CODES = {"SlowDown", "Throttling", "RequestThrottled", "TooManyRequests"}
+_BACKOFF = {"backoff_factor": 0.5, "backoff_max": 20.0, "backoff_jitter": 0.5}
 
 
 class ObjectGoneError(SourceError):
@@ -45,6 +54,44 @@ class ObjectGoneError(SourceError):
 
 class ObjectChangedError(SourceError):
     """The object's ETag is no longer the one expected (``If-Match`` failed)."""
+
+
+class UnsupportedKeyError(SourceError):
+    """A key the S3 client cannot address (see :func:`unsupported_key_reason`)."""
+
+
+def unsupported_key_reason(key: str) -> str | None:
+    """Why ``key`` cannot be read or written through this client, or None if it can.
+
+    A ``.`` or ``..`` path segment (``../x``, ``a/./b``): HTTP clients normalise such paths,
+    so the request would name another object; the minio client refuses them (and MinIO
+    itself rejects such names), while AWS S3 and others accept them.  The empty key is
+    not an object name at all.
+    """
+    if not key:
+        return "an empty key"
+    if any(part in (".", "..") for part in key.split("/")):
+        return "a '.' or '..' path segment, which the s3 client cannot address"
+    return None
+
+
+def retry_policy(max_attempts: int) -> urllib3.Retry:
+    """urllib3's retry of every request, up to ``max_attempts`` tries in all.
+
+    Like botocore's ``standard`` mode (the repository side): connection errors, timeouts
+    and 429/5xx answers, for every method (S3 requests are idempotent, POSTs included),
+    with exponential backoff (0.5 s doubling to at most 20 s, plus jitter) and the
+    server's ``Retry-After``.  The last error answer is handed to minio, which reads its
+    S3 error code (``SlowDown``), instead of a bare "too many 503 responses".
+    """
+    return urllib3.Retry(
+        total=max_attempts - 1,
+        allowed_methods=None,
+        status_forcelist=TRANSIENT_STATUSES,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+        **_BACKOFF,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,15 +193,18 @@ class BucketClient:
         cert_check: bool = True,
         label: str = "",
         max_connections: int = 16,
-        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        max_attempts: int = 5,
     ):
-        """No I/O here.  ``label`` names the config entry in hints (``minio.<label>``)."""
+        """No I/O here.  ``label`` names the config entry in hints (``minio.<label>``);
+        timeouts are per attempt, in seconds; ``max_attempts`` counts every try of a request."""
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             maxsize=max_connections,
             cert_reqs="CERT_REQUIRED" if cert_check else "CERT_NONE",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+            retries=retry_policy(max_attempts),
         )
         self._minio = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http
@@ -171,6 +221,8 @@ class BucketClient:
 
     @contextmanager
     def _errors(self, action: str, bucket: str, key: str | None = None) -> Iterator[None]:
+        if key is not None and (reason := unsupported_key_reason(key)):
+            raise UnsupportedKeyError(f"cannot {action} {bucket}/{key!r}: the key has {reason}")
         try:
             yield
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -185,6 +237,9 @@ class BucketClient:
         if isinstance(exc, S3Error):
             return self._s3_error(exc, what, bucket, key)
         if isinstance(exc, ServerError | InvalidResponseError):
+            status = _status_of(exc)
+            if status in TRANSIENT_STATUSES:
+                return self._kept_failing(what, f"http {status}")
             return SourceError(f"{what}: {_one_line(str(exc))}")
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         if isinstance(reason, urllib3.exceptions.SSLError):
@@ -193,14 +248,26 @@ class BucketClient:
                 hint=f"check {self._section}.verify_tls and the endpoint's scheme",
             )
         if isinstance(reason, urllib3.exceptions.ResponseError):
-            return SourceError(f"{what}: {self.endpoint} kept failing ({_one_line(str(reason))})")
+            return self._kept_failing(what, _one_line(str(reason)))
         return SourceUnreachableError(
             f"{what}: {self.endpoint} unreachable ({type(reason).__name__})",
             hint=f"check {self._section}.endpoint and that the server is running",
         )
 
+    def _kept_failing(self, what: str, reason: str) -> SourceUnreachableError:
+        """A server still answering 5xx/429 after every retry: unavailable now."""
+        return SourceUnreachableError(
+            f"{what}: {self.endpoint} kept failing ({reason})",
+            hint="the server is overloaded or failing: try again later "
+            f"({self._section}.max_attempts sets how often each request is tried)",
+        )
+
     def _s3_error(self, exc: S3Error, what: str, bucket: str, key: str | None) -> SourceError:
         code = exc.code or ""
+        if code in _THROTTLING_CODES or _status_of(exc) in TRANSIENT_STATUSES:
+            return self._kept_failing(
+                what, f"{code or _status_of(exc)}: {_one_line(exc.message or '')}"
+            )
         if code == "NoSuchKey" and key is not None:
             return ObjectGoneError(f"{what}: object no longer exists")
         if code == "PreconditionFailed":
@@ -329,3 +396,13 @@ class BucketClient:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _status_of(exc: MinioException) -> int | None:
+    """The HTTP status of a minio error response, when it carries one."""
+    if isinstance(exc, ServerError):
+        return exc.status_code
+    if isinstance(exc, InvalidResponseError):
+        return exc._code  # noqa: SLF001 - minio keeps it only there
+    response = getattr(exc, "response", None)
+    return getattr(response, "status", None)

@@ -180,12 +180,18 @@ def test_start_and_finish_run(catalog):
 
 def test_run_errors(catalog):
     now = datetime.now(UTC)
-    with pytest.raises(ValueError, match="a finished run's status is ok or failed, not 'done'"):
+    with pytest.raises(
+        ValueError,
+        match="a finished run's status is one of ok, failed, interrupted, refused, not 'done'",
+    ):
         catalog.record_run("backup", "app", now, now, "done")
     with pytest.raises(ValueError, match="naive datetime"):
         catalog.record_run("backup", "app", datetime(2024, 1, 1), now, "ok")
     with pytest.raises(UsageError, match="no run 999 in the catalog"):
         catalog.finish_run(999, "ok")
+    for status in ("interrupted", "refused"):  # how a run ended without failing on its own
+        catalog.record_run("backup", "app", now, now, status, error="why")
+    assert [r.status for r in catalog.runs(target="app")] == ["interrupted", "refused"]
 
 
 def test_runs_from_several_threads(catalog):

@@ -379,3 +379,57 @@ def test_background_key_resolved_by_several_threads_at_once():
             assert all(isinstance(r, EncryptionKeyError) for r in results)
             assert len({id(r) for r in results}) == 4
             assert {(str(r), r.hint) for r in results} == {(WRONG_PASSPHRASE, WRONG_HINT)}
+
+
+# -- the scrypt bound and which slot opened --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "over"),
+    [
+        (keys.DEFAULT_SCRYPT, False),
+        ({"n": 1 << 20, "r": 8, "p": 1}, False),  # the bound itself
+        ({"n": 1 << 21, "r": 8, "p": 1}, True),  # memory
+        ({"n": 1 << 16, "r": 8, "p": 32}, True),  # work
+        ({"n": 1 << 18, "r": 64, "p": 1}, True),  # memory through r
+    ],
+)
+def test_scrypt_parameters_have_an_upper_bound(params, over):
+    assert bool(keys.scrypt_over_limit(params)) is over
+
+
+def test_new_slots_above_the_bound_are_refused():
+    with pytest.raises(ConfigError, match="above the limit"):
+        keys.new_access_slot(
+            MASTER, REPO_ID, passphrase="pw", scrypt_params={"n": 1 << 21, "r": 8, "p": 1}
+        )
+
+
+def test_a_slot_above_the_bound_is_skipped_for_one_that_opens_and_the_opener_is_named():
+    good = passphrase_slot("pw")
+    planted = {**good, "id": "planted", "kdf": {**good["kdf"], "n": 1 << 22}}
+    assert keys.find_master_key([planted, good], REPO_ID, passphrase="pw", key_file=None) == (
+        MASTER,
+        good["id"],
+    )
+    with pytest.raises(RepositoryError, match="^refusing passphrase access slot planted "):
+        open_with([planted], passphrase="pw")
+
+
+def test_cheaper_slots_are_tried_first():
+    costly = keys.new_access_slot(
+        MASTER, REPO_ID, passphrase="pw", scrypt_params={"n": 1 << 14, "r": 8, "p": 1}
+    )
+    cheap = passphrase_slot("pw")
+    assert (
+        keys.find_master_key([costly, cheap], REPO_ID, passphrase="pw", key_file=None)[1]
+        == cheap["id"]
+    )
+
+
+def test_slots_record_their_creation_and_an_optional_label():
+    slot = keys.new_access_slot(MASTER, REPO_ID, key_file=os.urandom(32), label="  safe  ")
+    assert slot["label"] == "safe" and slot["created_at"].endswith("+00:00")
+    assert "label" not in keys.new_access_slot(MASTER, REPO_ID, key_file=os.urandom(32))
+    with pytest.raises(ConfigError):
+        keys.new_access_slot(MASTER, REPO_ID, key_file=os.urandom(32), label="two\nlines")

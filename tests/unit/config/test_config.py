@@ -372,6 +372,9 @@ def test_minio_client_kwargs(tmp_path, home):
         "secret_key": None,
         "secure": True,
         "cert_check": False,
+        "connect_timeout": 10.0,
+        "read_timeout": 120.0,
+        "max_attempts": 5,
     }
     bad = text.replace("verify_tls: false", "secure: false")
     assert error_lines(tmp_path, bad, home)[1:] == [

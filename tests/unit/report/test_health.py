@@ -116,6 +116,37 @@ def test_failed_runs_in_24h_are_a_warning():
     )
 
 
+def test_interrupted_runs_are_named_and_refused_runs_do_not_page():
+    facts = healthy(
+        interrupted_runs=["backup at 2026-11-23 01:30Z: interrupted (Ctrl-C or SIGTERM)"],
+        refused_runs=[
+            "backup at 2026-11-23 02:00Z: another backup of target app is running",
+            "backup at 2026-11-23 03:00Z: another backup of target app is running",
+        ],
+    )
+    assert messages(facts) == (
+        Status.WARNING,
+        [
+            "WARNING: 1 interrupted run in the last 24h (latest: backup at 2026-11-23 01:30Z: "
+            "interrupted (Ctrl-C or SIGTERM))",
+            "OK: 2 runs refused while another held the lock in the last 24h (latest: backup at "
+            "2026-11-23 03:00Z: another backup of target app is running)",
+        ],
+    )
+    refused_only = healthy(refused_runs=facts.refused_runs)
+    assert messages(refused_only)[0] == Status.OK  # a correct refusal pages nobody
+
+
+def test_a_wrong_key_is_critical_for_every_target():
+    error = "wrong passphrase: it opens none of the repository's access slots"
+    repo = RepositoryFacts("s3://bucket/repo", True, error, wrong_key=True)
+    report = build_report(repo, [healthy(newest=None), healthy(name="crm", newest=None)], NOW)
+    assert (report.status, report.exit_code) == (Status.CRITICAL, 2)
+    assert [t.status for t in report.targets] == [Status.CRITICAL, Status.CRITICAL]
+    assert report.findings[0].message == f"wrong key: {error}"
+    assert render(report, "text").splitlines()[0].endswith("repository s3://bucket/repo WRONG KEY")
+
+
 def test_restore_close_to_rto_and_drill_warnings():
     assert messages(healthy(drills=[drill(2, restore_s=3000)]))[1] == [
         "WARNING: last drill restored in 50m, over 80% of the rto 1h"
@@ -204,6 +235,7 @@ def test_json_follows_the_documented_schema():
         "url": "s3://bucket/repo",
         "id": "abc",
         "reachable": True,
+        "wrong_key": False,
         "error": None,
         "size_bytes": 123456,
     }
@@ -211,7 +243,8 @@ def test_json_follows_the_documented_schema():
     assert set(app) == {
         "target", "kind", "status", "findings", "rpo_s", "rto_s", "last_backup",
         "restore_points", "oldest_restore_point", "last_drill", "last_passing_drill",
-        "rto_trend_s", "failed_runs_24h", "unreadable",
+        "rto_trend_s", "failed_runs_24h", "interrupted_runs_24h", "refused_runs_24h",
+        "unreadable",
     }  # fmt: skip
     assert app["last_backup"]["age_s"] == 7200 and app["restore_points"] == 7
     assert app["last_drill"]["status"] == "pass" and app["rto_trend_s"] == [60.0, 60.0]

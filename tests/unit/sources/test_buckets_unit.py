@@ -25,8 +25,11 @@ from drbackup.sources.buckets.client import (
     ListedObject,
     ObjectChangedError,
     ObjectGoneError,
+    UnsupportedKeyError,
     put_headers,
+    retry_policy,
     split_headers,
+    unsupported_key_reason,
 )
 from drbackup.sources.buckets.index import IndexEntry, encode_entries, iter_entries
 from drbackup.sources.buckets.listing import (
@@ -339,7 +342,19 @@ def s3_error(code: str, message: str = "message\nsecond line") -> S3Error:
             "cannot read photos/a: access denied by http://127.0.0.1:9 (AccessDenied)",
             "check minio.files.access_key_file / secret_key_file and the policy",
         ),
-        ("SlowDown", SourceError, "cannot read photos/a: SlowDown: message second line", None),
+        (
+            "SlowDown",
+            SourceUnreachableError,
+            "cannot read photos/a: http://127.0.0.1:9 kept failing (SlowDown: message second line)",
+            "the server is overloaded or failing: try again later "
+            "(minio.files.max_attempts sets how often each request is tried)",
+        ),
+        (
+            "InvalidArgument",
+            SourceError,
+            "cannot read photos/a: InvalidArgument: message second line",
+            None,
+        ),
     ],
 )
 def test_s3_errors_translate_to_one_line_source_errors(code, kind, message, hint):
@@ -361,6 +376,28 @@ def test_connection_and_tls_errors_mean_unreachable():
     tls = urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.SSLError("bad cert"))
     error = client().translate(tls, "list", "photos", None)
     assert error.message == "cannot list photos: tls error talking to http://127.0.0.1:9"
+
+
+def test_retry_policy_matches_the_repository_side():
+    policy = retry_policy(5)
+    assert policy.total == 4  # five tries in all
+    assert policy.allowed_methods is None  # every method: S3 requests are idempotent
+    assert set(policy.status_forcelist) == {429, 500, 502, 503, 504}
+    assert policy.raise_on_status is False  # minio reads the last answer's S3 error code
+    assert policy.backoff_max == 20.0
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../b", "./dot", "a/./c", "a/.", ""])
+def test_keys_the_client_cannot_address_are_named_not_crashed_on(key):
+    assert unsupported_key_reason(key)
+    with pytest.raises(UnsupportedKeyError) as info:
+        client().open_object("photos", key)
+    assert info.value.message.startswith(f"cannot read photos/{key!r}: the key has ")
+
+
+@pytest.mark.parametrize("key", ["a//b", "dir/", "..x", "x..", ".hidden", "k" * 1024, "ü ✓?#"])
+def test_odd_but_addressable_keys_are_supported(key):
+    assert unsupported_key_reason(key) is None
 
 
 # --- names ------------------------------------------------------------------------------

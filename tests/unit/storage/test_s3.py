@@ -109,9 +109,28 @@ def test_missing_key_is_object_not_found(exc):
 
 
 def test_other_server_errors_are_one_line_storage_errors():
-    error = translate(client_error("InternalError", 500, "we\nbroke  badly"))
+    error = translate(client_error("InvalidRequest", 400, "we\nbroke  badly"))
     assert type(error) is StorageError
-    assert str(error) == "cannot read backups/k: InternalError: we broke badly"
+    assert str(error) == "cannot read backups/k: InvalidRequest: we broke badly"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("InternalError", 500), ("SlowDown", 503), ("503", 503), ("BadGateway", 502), ("", 429)],
+)
+def test_errors_that_outlast_the_retries_are_unreachable_not_damage(code, status):
+    exc = client_error(code, status, "we\nbroke  badly")
+    exc.response["ResponseMetadata"]["RetryAttempts"] = 4
+    error = translate(exc)
+    assert type(error) is StorageUnreachableError
+    assert str(error) == (
+        f"cannot read backups/k: s3 server kept failing ({code or status}: we broke badly; "
+        "5 attempts)"
+    )
+    assert error.hint == (
+        "the s3 server is overloaded or failing: try again later "
+        "(repository.s3.max_attempts sets how often each request is tried)"
+    )
 
 
 def test_other_botocore_errors_are_storage_errors():
