@@ -143,6 +143,35 @@ def test_bad_config_names_every_wrong_key(run_cli, tmp_path, monkeypatch):
     ]
 
 
+def test_pg_dump_options_that_would_move_the_dump_are_a_config_error(
+    run_cli, tmp_path, monkeypatch
+):
+    # pg_dump reads --form=plain as --format=plain and -vfPATH as -v -f PATH: a clear-text
+    # dump written anywhere, and a backup that "completes".  Refused when the config is read.
+    path = tmp_path / "dump-options.yaml"
+    path.write_text(
+        "postgres:\n"
+        "  app:\n"
+        "    dsn: postgresql://postgres@127.0.0.1/app\n"
+        "    databases: [app]\n"
+        "    pg_dump_options: [--no-comments, --form=plain]\n"
+        "  billing:\n"
+        "    dsn: postgresql://postgres@127.0.0.1/billing\n"
+        "    databases: [billing]\n"
+        f"    pg_dump_options: ['-vf{tmp_path}/leak.sql']\n"
+    )
+    monkeypatch.delenv("DRBACKUP_CONFIG", raising=False)
+    result = run_cli("-c", path, "config", "check")
+    assert (result.code, result.stdout) == (2, "")
+    assert result.error_lines == [
+        f"drbackup: error: config {path} has 2 errors",
+        "at 'postgres.app.pg_dump_options[1]': pg_dump option '--form=plain' (--format) is set "
+        "by drbackup (remove it)",
+        f"at 'postgres.billing.pg_dump_options[0]': pg_dump option '-vf{tmp_path}/leak.sql' "
+        "(--file) is set by drbackup (remove it)",
+    ]
+
+
 def test_unknown_target(local_repo_config, run_cli):
     result = run_cli("backup", "postgres", "ap")
     assert result.code == 2
