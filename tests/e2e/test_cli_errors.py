@@ -119,6 +119,23 @@ def test_s3_endpoint_down_exits_4(s3_repo_config, run_cli):
     ]
 
 
+def test_list_names_a_link_in_the_repository_without_following_it(
+    local_repo_config, run_cli, tmp_path
+):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    link = local_repo_config.local_root / "manifests"
+    link.mkdir(exist_ok=True)
+    (link / "app").symlink_to(outside)
+    result = run_cli("list")
+    assert result.code == 0
+    assert result.error_lines == [
+        "no backups",
+        "warning: manifests/app is a symbolic link in the repository: not followed, nothing "
+        "removed through it (drbackup never follows links in a repository; remove the link)",
+    ]
+
+
 def test_bad_config_names_every_wrong_key(run_cli, tmp_path, monkeypatch):
     path = tmp_path / "bad.yaml"
     path.write_text(
