@@ -399,9 +399,12 @@ class DrillSettings(Section):
     signing_key_file: ReadableFile | None = None
     """Private key that signs drill reports."""
     scratch_dsn: ScratchDsn | None = None
-    """Server for scratch restores; unset means the target's own server."""
+    """Server for scratch restores; unset means a private local cluster (docs/drills.md)."""
+    scratch_on_source_server: bool = False
+    """Without scratch_dsn, restore drills into scratch databases on each target's own
+    server instead of a private cluster: a full copy on the production server. Opt-in."""
     scratch_prefix: str = Field("drbackup_drill_", pattern=r"^[a-z_][a-z0-9_]{0,39}$")
-    """Name prefix of scratch databases, which drills drop when done."""
+    """Name prefix of scratch databases; drills drop only those they created and marked."""
 
 
 class WebhookSettings(Section):
