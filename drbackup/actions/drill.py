@@ -3,11 +3,14 @@
 Flow of :func:`run_drill`, per target of the plan::
 
     select the backup (latest | random | point in time | id) from the repository
-    open the scratch (server or ephemeral cluster); drop leftovers of crashed drills
-    per database of the backup: claim <prefix><target>_<drill id>, restore_postgres into it,
-        verify it (drill.runner: schema, tables, foreign keys, sequences, assertions, amcheck)
+    open the scratch (drill/scratches.py: the plan's, drill.scratch_dsn, the target's own
+        server only when opted in, else a private cluster); drop marked leftovers of crashed
+        drills
+    per database of the backup: claim <prefix><target>_<drill id>, create it with the
+        drill's marker, restore_postgres into it, verify it (drill.runner: schema, tables,
+        foreign keys, sequences, assertions, amcheck)
     rto and rpo checks
-    drop the scratch (also on failure and Ctrl-C/SIGTERM), unless kept
+    drop what the drill created (also on failure and Ctrl-C/SIGTERM), unless kept
 A minio target is a bucket drill instead (drill/bucket.py): its selected snapshot restored
 into scratch buckets on the target's server, every object read back and compared (checksums,
 objects, bytes), rto and rpo; the scratch buckets are always removed.  Its checks go into the
