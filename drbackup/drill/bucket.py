@@ -195,10 +195,11 @@ def _make_scratch(client: BucketClient, scratch: _Scratch) -> None:
     without bucket tags gets an unmarked bucket, which this drill still removes (it made
     it), but which a later drill would leave alone if this one died.
     """
-    client.make_bucket(scratch.name)
-    if client.first_key(scratch.name) is not None:
-        raise SourceError(f"scratch bucket {scratch.name} already exists and holds objects")
-    scratch.made = True
+    with signals_deferred():  # Ctrl-C right after CREATE must not leave it unrecorded
+        client.make_bucket(scratch.name)
+        if client.first_key(scratch.name) is not None:
+            raise SourceError(f"scratch bucket {scratch.name} already exists and holds objects")
+        scratch.made = True
     try:
         marker = scratch_marker(scratch.drill_id, scratch.name)
         client.set_bucket_tags(scratch.name, {SCRATCH_TAG: marker})
