@@ -3,11 +3,14 @@
 Flow of :func:`run_drill`, per target of the plan::
 
     select the backup (latest | random | point in time | id) from the repository
-    open the scratch (server or ephemeral cluster); drop leftovers of crashed drills
-    per database of the backup: claim <prefix><target>_<drill id>, restore_postgres into it,
-        verify it (drill.runner: schema, tables, foreign keys, sequences, assertions, amcheck)
+    open the scratch (drill/scratches.py: the plan's, drill.scratch_dsn, the target's own
+        server only when opted in, else a private cluster); drop marked leftovers of crashed
+        drills
+    per database of the backup: claim <prefix><target>_<drill id>, create it with the
+        drill's marker, restore_postgres into it, verify it (drill.runner: schema, tables,
+        foreign keys, sequences, assertions, amcheck)
     rto and rpo checks
-    drop the scratch (also on failure and Ctrl-C/SIGTERM), unless kept
+    drop what the drill created (also on failure and Ctrl-C/SIGTERM), unless kept
 A minio target is a bucket drill instead (drill/bucket.py): its selected snapshot restored
 into scratch buckets on the target's server, every object read back and compared (checksums,
 objects, bytes), rto and rpo; the scratch buckets are always removed.  Its checks go into the
@@ -52,27 +55,28 @@ from drbackup.drill.runner import (
     verify_database,
 )
 from drbackup.drill.scratch import (
-    EphemeralScratch,
     ScratchServer,
     default_base_dir,
     new_drill_id,
     remove_stale_clusters,
     scratch_database_name,
-    signals_deferred,
+    unmarked_clusters,
 )
+from drbackup.drill.scratches import Scratches
 from drbackup.drill.signing import load_signing_key, sign_report
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
     ObjectNotFoundError,
     RestoreError,
+    SourceError,
+    SourceUnreachableError,
     StorageError,
     StorageUnreachableError,
     UsageError,
 )
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import snapshot_buckets
-from drbackup.sources.postgres import versions
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
@@ -140,10 +144,12 @@ def run_drill(
     notify(f"drill {drill_id}: {', '.join(plan.targets)} ({plan.backup.describe()})")
     repo = app.repository()
     targets, results, kept = [], [], []
-    with _Scratches(app, plan, drill_id, notify) as scratches:
+    with Scratches(app.config.drill, plan, drill_id, notify) as scratches:
         for name in plan.targets:
             if name in app.config.minio:
-                info, checks = _drill_bucket_target(app, repo, plan, name, notify, bucket_workers)
+                info, checks = _drill_bucket_target(
+                    app, repo, plan, name, notify, bucket_workers, drill_id
+                )
             else:
                 info, checks = _drill_target(
                     app, repo, plan, name, scratches, drill_id, notify, after_restore
@@ -176,7 +182,9 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
     drill_time = datetime.now(UTC)
     manifest, how, newest = _select(repo, name, plan.backup)
     notify(f"{name}: restoring backup {manifest.backup_id} ({how})")
-    scratch = scratches.for_target(target, manifest.meta.get("server_version_num"))
+    scratch = scratches.for_target(
+        name, target.dsn, target.password, manifest.meta.get("server_version_num")
+    )
     dumps = [i for i in manifest.items if i.type == "pg_dump"]
     results, databases = [], []
     timings = dict.fromkeys(
@@ -221,7 +229,7 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
     return info, results
 
 
-def _drill_bucket_target(app, repo, plan, name, notify, workers):
+def _drill_bucket_target(app, repo, plan, name, notify, workers, drill_id):
     """The bucket drill of minio target ``name``: ``(target info, checks)`` for the report.
 
     Restore, checksums, objects, bytes and cleanup always run; rto and rpo as the plan says.
@@ -245,6 +253,7 @@ def _drill_bucket_target(app, repo, plan, name, notify, workers):
         rpo_s=cfg.rpo.total_seconds(),
         how=how,
         workers=workers,
+        drill_id=drill_id,
     )
     if drilled.stale_removed:
         notify(
@@ -304,7 +313,7 @@ def _drill_database(app, plan, target, cfg, manifest, item, scratch, dbname, not
         early = EarlyHasher(into, scratch.password, expected)
         early.start()
     try:
-        outcome = _restore(app, target, cfg, manifest, item, scratch, into)
+        outcome = _restore(app, target, cfg, manifest, item, scratch, dbname)
     except BaseException:
         if early is not None:
             early.abandon()  # its session ends with the scratch database
@@ -353,17 +362,24 @@ def _hash_early(plan, expected, after_restore) -> bool:
     return full and plan.hash_during_restore and plan.runs("tables") and after_restore is None
 
 
-def _restore(app, target, cfg, manifest, item, scratch, into) -> c.RestoreOutcome:
+def _restore(app, target, cfg, manifest, item, scratch, dbname) -> c.RestoreOutcome:
+    """Create and mark scratch database ``dbname``, then restore ``item`` into it."""
     started = time.monotonic()
+    try:
+        scratch.create(dbname, encoding=item.meta.get("encoding"))
+    except SourceUnreachableError:
+        raise
+    except SourceError as exc:  # e.g. it exists: then it is not ours, and is left alone
+        return c.RestoreOutcome(error=exc, seconds=time.monotonic() - started)
     try:
         result = restore_postgres(
             app,
             target.name,
-            into,
+            scratch.server.dsn(dbname),
             backup_id=manifest.backup_id,
             database=item.name,
             jobs=cfg.jobs,
-            create=True,
+            create=False,
             with_globals=scratch.with_globals,
             no_owner=scratch.no_owner,
             password=scratch.password,
@@ -396,130 +412,6 @@ def _select(repo, target: str, choice: BackupChoice):
         manifest, how = selection.manifest, selection.note
     newest = manifest if refs[-1].backup_id == manifest.backup_id else repo.load_manifest(refs[-1])
     return manifest, how, newest
-
-
-# -- scratch targets --------------------------------------------------------------------------
-
-
-@dataclass
-class _TargetScratch:
-    """The scratch a target restores into, and how (globals, ownership)."""
-
-    kind: str
-    server: ScratchServer
-    password: str | None
-    with_globals: bool
-    no_owner: bool
-    claimed: list[str] = field(default_factory=list)
-
-    @property
-    def prefix(self) -> str:
-        return self.server.prefix
-
-    def claim(self, name: str) -> None:
-        if not self.server.claim(name):
-            raise DrbackupError(f"scratch database {name} is held by another drill")
-        self.claimed.append(name)
-
-    def describe(self, kept: bool) -> dict:
-        return {"kind": self.kind, "server": self.server.shown, "kept": kept}
-
-
-class _Scratches:
-    """Opens each scratch once per drill, and removes everything at exit (or keeps it)."""
-
-    def __init__(self, app, plan: DrillPlan, drill_id: str, notify: Notify):
-        self.app, self.plan, self.drill_id, self.notify = app, plan, drill_id, notify
-        self.prefix = app.config.drill.scratch_prefix
-        self.servers: dict[str, _TargetScratch] = {}
-        self.ephemeral: EphemeralScratch | None = None
-        self.kept: list[str] = []
-        self.cleanup_failures: list[c.CheckResult] = []
-
-    def __enter__(self) -> _Scratches:
-        return self
-
-    def for_target(self, target: PgTarget, backup_server: int | None = None) -> _TargetScratch:
-        """The scratch of ``target``; ``backup_server``: the backup's server_version_num."""
-        plan_scratch = self.plan.scratch
-        if plan_scratch is not None and plan_scratch.ephemeral:
-            return self._ephemeral(plan_scratch, backup_server)
-        if plan_scratch is not None and plan_scratch.server:
-            dsn, password = plan_scratch.server, None
-        elif self.app.config.drill.scratch_dsn:
-            dsn, password = self.app.config.drill.scratch_dsn, None
-        else:
-            dsn, password = dsn_for_database(target.dsn, "postgres"), target.password
-        with_globals = bool(plan_scratch and plan_scratch.with_globals)
-        no_owner = bool(plan_scratch and plan_scratch.no_owner)
-        return self._server("server", dsn, password, with_globals, no_owner)
-
-    def _server(self, kind, dsn, password, with_globals, no_owner) -> _TargetScratch:
-        key = f"{dsn}|{with_globals}|{no_owner}"
-        if key not in self.servers:
-            server = ScratchServer(dsn, password, self.prefix).open()
-            dropped = server.remove_leftovers()
-            if dropped:
-                self.notify(
-                    f"removed leftover scratch databases of earlier drills: {', '.join(dropped)}"
-                )
-            self.servers[key] = _TargetScratch(kind, server, password, with_globals, no_owner)
-        return self.servers[key]
-
-    def _ephemeral(self, plan_scratch, backup_server: int | None) -> _TargetScratch:
-        if self.ephemeral is not None:  # one cluster per drill: it must fit every backup
-            versions.require_cluster_for_backup(self.ephemeral.major, backup_server)
-        else:
-            bin_dir = versions.server_bin_dir_for_backup(backup_server)  # before any cleanup
-            base = plan_scratch.base_dir or default_base_dir()
-            removed = remove_stale_clusters(base)
-            if removed:
-                self.notify(f"removed leftover scratch clusters: {', '.join(map(str, removed))}")
-            self.ephemeral = EphemeralScratch(
-                base, self.drill_id, keep=self.plan.keep, bin_dir=bin_dir
-            )
-            self.notify(f"starting an ephemeral postgresql cluster in {self.ephemeral.directory}")
-            self.ephemeral.start()
-        with_globals = plan_scratch.with_globals is not False
-        return self._server(
-            "ephemeral", self.ephemeral.cluster.dsn(), None, with_globals, plan_scratch.no_owner
-        )
-
-    def __exit__(self, *exc) -> None:
-        with signals_deferred():
-            for scratch in self.servers.values():
-                self._finish(scratch)
-            if self.ephemeral is not None:
-                self._finish_ephemeral()
-
-    def _finish(self, scratch: _TargetScratch) -> None:
-        for name in scratch.claimed:
-            try:
-                if self.plan.keep:
-                    scratch.server.mark_kept(name)
-                    self.kept.append(
-                        f"kept scratch database {name}: psql '{scratch.server.dsn(name)}'"
-                    )
-                else:
-                    scratch.server.drop(name)
-                scratch.server.release(name)
-            except Exception as exc:  # noqa: BLE001 - reported as a failed check, never hidden
-                self._cleanup_failed(f"scratch database {name} could not be removed: {exc}")
-        scratch.server.close()
-
-    def _finish_ephemeral(self) -> None:
-        try:
-            self.ephemeral.finish()
-        except Exception as exc:  # noqa: BLE001 - as above
-            self._cleanup_failed(
-                f"scratch cluster {self.ephemeral.directory} could not be removed: {exc}"
-            )
-        if self.plan.keep:
-            self.kept.append(f"kept scratch cluster {self.ephemeral.directory} (server running)")
-
-    def _cleanup_failed(self, message: str) -> None:
-        hint = "remove it by hand, or run 'drbackup drill cleanup'"
-        self.cleanup_failures.append(c.CheckResult("cleanup", c.FAIL, message, {"hint": hint}))
 
 
 # -- storing and writing ----------------------------------------------------------------------
@@ -602,29 +494,41 @@ def drill_history(app, target: str | None = None, limit: int | None = None) -> d
     return {"drills": entries, "trend": trend, "unreadable": unreadable}
 
 
-def cleanup_scratch(app, plan: DrillPlan | None = None, *, include_kept: bool = False) -> list[str]:
+@dataclass
+class ScratchCleanup:
+    """What ``drill cleanup`` removed, and what looks like scratch but is not provably a
+    drill's (no marker for its name): left alone, named for the user."""
+
+    removed: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def cleanup_scratch(app, plan: DrillPlan | None = None, *, include_kept: bool = False):
     """Remove leftover scratch databases and clusters (and kept ones with ``include_kept``).
 
-    Looks where drills would restore: the plan's scratch, ``drill.scratch_dsn``, else every
-    postgres target's server; and the ephemeral cluster directory.  Returns what was removed.
+    Looks where drills would restore: the plan's scratch, ``drill.scratch_dsn``, the
+    targets' own servers with ``drill.scratch_on_source_server``; and the ephemeral cluster
+    directories.  Only what carries a drill's marker for its own name is removed.
+    Returns a :class:`ScratchCleanup`.
     """
     prefix = app.config.drill.scratch_prefix
-    removed = []
+    done = ScratchCleanup()
     for dsn, password in _scratch_servers(app, plan):
         server = ScratchServer(dsn, password, prefix).open()
         try:
-            removed += [
-                f"database {n} on {server.shown}"
-                for n in server.remove_leftovers(include_kept=include_kept)
-            ]
+            dropped = server.remove_leftovers(include_kept=include_kept)
+            done.removed += [f"database {n} on {server.shown}" for n in dropped]
+            done.left += [f"database {n} on {server.shown}" for n in server.unmarked()]
         finally:
             server.close()
     bases = {default_base_dir()}
     if plan is not None and plan.scratch is not None and plan.scratch.base_dir:
         bases.add(plan.scratch.base_dir)
     for base in sorted(bases):
-        removed += [f"cluster {p}" for p in remove_stale_clusters(base, include_kept=include_kept)]
-    return removed
+        removed = remove_stale_clusters(base, include_kept=include_kept)
+        done.removed += [f"cluster {p}" for p in removed]
+        done.left += [f"cluster directory {p}" for p in unmarked_clusters(base)]
+    return done
 
 
 def _scratch_servers(app, plan) -> list[tuple[str, str | None]]:
@@ -635,6 +539,8 @@ def _scratch_servers(app, plan) -> list[tuple[str, str | None]]:
             return []
     if app.config.drill.scratch_dsn:
         return [(app.config.drill.scratch_dsn, None)]
+    if not app.config.drill.scratch_on_source_server:
+        return []  # drills restore into private clusters: no server holds their scratch
     servers = {}
     names = plan.targets if plan is not None else list(app.config.postgres)
     for name in (n for n in names if n in app.config.postgres):  # minio: scratch buckets

@@ -37,6 +37,7 @@ from drbackup.repository.manifest import (
     new_backup_id,
 )
 from drbackup.sources.buckets.index import INDEX_ITEM_TYPE, iter_entries
+from drbackup.storage.base import link_warnings
 
 LOCK_REFRESH_S = 120.0  # a held lock is rewritten this often
 LOCK_STALE_S = 900.0  # a lock older than this belongs to a dead process
@@ -240,6 +241,7 @@ class GcResult:
     locks: list[LockInfo] = field(default_factory=list)
     stale_locks_removed: list[str] = field(default_factory=list)
     note: str | None = None
+    warnings: list[str] = field(default_factory=list)  # links in the repository, not followed
 
     @property
     def unreferenced_bytes(self) -> int:
@@ -270,6 +272,7 @@ def collect_garbage(
         if live:
             result.note = f"{len(live)} snapshot(s) running: their new blobs show as unreferenced"
         _mark_and_sweep(repo, result, now, delete=False)
+        result.warnings = link_warnings(repo.storage)
         return result
     lock = RepositoryLock(
         repo, "gc", new_backup_id(), refresh_every=refresh_every, stale_after=stale_after
@@ -277,6 +280,7 @@ def collect_garbage(
     with lock.acquire(conflicts_with="snapshot"):
         result.locks, result.stale_locks_removed = lock.others, lock.removed_stale
         _mark_and_sweep(repo, result, lock.now, delete=True, lock=lock)
+    result.warnings = link_warnings(repo.storage)
     return result
 
 

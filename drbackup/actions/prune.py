@@ -45,6 +45,7 @@ from drbackup.repository.manifest import (
     manifest_key,
 )
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy
+from drbackup.storage.base import link_warnings
 
 DRILL_REASON = "last passing drill {drill_id}"
 GOOD_REASON = "newest backup not known to be damaged"
@@ -135,6 +136,7 @@ class PruneReport:
     now: datetime
     blobs: dict | None = None  # what blob collection reported, if it ran
     blob_error: DrbackupError | None = None
+    warnings: list[str] = field(default_factory=list)  # links in the repository, not followed
 
     @property
     def failed(self) -> list[TargetPrune]:
@@ -157,6 +159,7 @@ class PruneReport:
             "now": _iso(self.now),
             "targets": [t.to_dict() for t in self.targets],
             "blobs": self.blobs,
+            "warnings": self.warnings,
         }
 
 
@@ -215,6 +218,7 @@ def prune_repository(
         if catalog is not None and not dry_run:
             _record_run(catalog, result, started)
     report.blobs = _collect_blobs(repo, report)
+    report.warnings = link_warnings(repo.storage)
     return report
 
 

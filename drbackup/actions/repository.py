@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
+from drbackup.storage.base import link_warnings
 
 
 def init_repository(
@@ -89,6 +90,11 @@ def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[s
             damaged.append(f"{ref.target}/{ref.backup_id}: {exc.message}")
     _try_catalog(app, lambda cat: [cat.record_backup(repo.id, repo.url, m) for m in manifests])
     return manifests, damaged
+
+
+def storage_warnings(app) -> list[str]:
+    """Lines about the repository's storage that the command met (links not followed)."""
+    return link_warnings(app.repository().storage)
 
 
 def show_backup(app, backup_id: str) -> Manifest:

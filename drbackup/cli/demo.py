@@ -65,9 +65,10 @@ def demo(directory: str, keep_server: bool) -> None:
         drill = run_drill(app, default_plan(["demo"], app.config))
         checks = drill.report["checks"]
         passed = sum(1 for c in checks if c["status"] != "fail")
+        where = _SCRATCH_PLACES[drill.report["targets"][0]["scratch"]["kind"]]
         click.echo(
-            f"8. drill {drill.report['drill_id']}: restored into a scratch database and "
-            f"checked it, {passed} of {len(checks)} checks passed:"
+            f"8. drill {drill.report['drill_id']}: restored into a scratch database {where} "
+            f"and checked it, {passed} of {len(checks)} checks passed:"
         )
         for check in checks:
             click.echo(f"     {check['status']:<4}  {check['name']:<14} {check['summary']}")
@@ -85,5 +86,13 @@ def demo(directory: str, keep_server: bool) -> None:
     click.echo(f"  .venv/bin/drbackup -c {config_path} drill history")
     click.echo(f"  .venv/bin/drbackup -c {config_path} report")
 
+
+# Where the drill restored (report: targets[].scratch.kind).  Without a scratch server the
+# demo's drill starts a private cluster, as any drill does (docs/drills.md).
+_SCRATCH_PLACES = {
+    "ephemeral": "on a private cluster",
+    "server": "on the scratch server",
+    "source": "on the demo server",
+}
 
 COMMANDS = [demo]

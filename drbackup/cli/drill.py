@@ -158,11 +158,17 @@ def cleanup(state, plan, kept) -> None:
     """Remove scratch databases and clusters left by crashed (or, with --kept, kept) drills."""
     app = state.app
     chosen = actions.plan_for(app, plan) if plan else None
-    removed = actions.cleanup_scratch(app, chosen, include_kept=kept)
-    for line in removed:
+    done = actions.cleanup_scratch(app, chosen, include_kept=kept)
+    for line in done.removed:
         click.echo(f"removed {line}")
-    if not removed:
+    if not done.removed:
         click.echo("nothing to remove")
+    for line in done.left:
+        click.echo(
+            f"left alone: {line} is named like drill scratch but carries no drbackup marker "
+            "for that name (drop it by hand if it is a leftover)",
+            err=True,
+        )
 
 
 @drill.command("public-key")

@@ -60,6 +60,7 @@ def gc_record(r: GcResult) -> dict:
         "locks": [lock.describe() for lock in r.locks],
         "stale_locks_removed": r.stale_locks_removed,
         "note": r.note,
+        "warnings": r.warnings,
     }
 
 
@@ -77,6 +78,8 @@ def _render(r: GcResult) -> None:
         click.echo(f"note: {r.note}", err=True)
     for key in r.stale_locks_removed:
         click.echo(f"removed stale lock {key}", err=True)
+    for warning in r.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if r.missing:
         click.echo(
             f"warning: {r.missing} referenced blob(s) are missing: some snapshots cannot be "

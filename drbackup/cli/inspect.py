@@ -9,6 +9,7 @@ from drbackup.actions.repository import (
     damage_found,
     list_backups,
     show_backup,
+    storage_warnings,
     verify_backup,
 )
 from drbackup.cli.render import echo_json, echo_table, human_size, progress
@@ -25,6 +26,8 @@ def list_(state, target: str | None, as_json: bool) -> None:
         echo_json([backup_summary(m) for m in manifests])
     else:
         _list_table(manifests)
+    for warning in storage_warnings(state.app):
+        click.echo(f"warning: {warning}", err=True)
     if damaged:
         raise damage_found(
             f"{len(damaged)} backup manifest(s) are damaged and not listed:",

@@ -25,6 +25,8 @@ def prune(state, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None
         echo_json(report.to_dict())
     else:
         _render(report)
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
     report.raise_for_errors()
 
 

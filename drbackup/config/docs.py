@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from drbackup.config.load import child_node, is_model, override_name
 from drbackup.config.schema import Config
 from drbackup.config.types import DocType, EnvOnly, format_duration, format_size
+from drbackup.sources.postgres.dump_options import OPTIONS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "drbackup.example.yaml"
 _NAMES = {str: "string", int: "integer", bool: "boolean", Path: "path", SecretStr: "secret"}
@@ -110,6 +111,21 @@ at 'repository.urll': unknown key (did you mean 'url'?)
 at 'postgres.app.rpo': invalid duration '24x' (use e.g. 30s, 15m, 24h, 7d)
 ```
 
+## pg_dump options
+
+`postgres.<name>.pg_dump_options` are read the way pg_dump itself reads its arguments
+(glibc `getopt_long`): a long option may be abbreviated to any unambiguous prefix
+(`--no-comm` is `--no-comments`), its value follows `=` or is the next item of the list
+(`[--lock-wait-timeout, 5s]`), and short options bundle (`-vxO`, `-EUTF8`). Only the options
+below are allowed: they change what the dump holds, never where it goes, its format or
+compression, which database or snapshot it reads, or how pg_dump connects. Anything else
+(an unknown or ambiguous option, a word that is not an option, an option left without its
+value) is a config error naming the item, e.g.
+`at 'postgres.app.pg_dump_options[0]': pg_dump option '--form=plain' (--format) is set by
+drbackup (remove it)`.
+
+{pg_dump_options}
+
 # Reference
 """
 
@@ -198,10 +214,25 @@ def render_reference(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(parts)
 
 
+def render_pg_dump_options() -> str:
+    """The allowed and the refused pg_dump options, from the table the check uses."""
+
+    def spell(option) -> str:
+        names = [f"`--{n}`" for n in option.names]
+        return " / ".join(names + ([f"`-{option.short}`"] if option.short else []))
+
+    allowed = ", ".join(spell(o) for o in OPTIONS if o.allowed)
+    lines = [f"- **allowed**: {allowed}.", "- **refused**, with the reason given:"]
+    lines += [f"  - {spell(o)}: {o.refusal[0]} ({o.refusal[1]})" for o in OPTIONS if not o.allowed]
+    return "\n".join(lines)
+
+
 def render() -> str:
     """The whole of docs/configuration.md."""
     example = EXAMPLE.read_text(encoding="utf-8") if EXAMPLE.exists() else "# (not found)\n"
-    return INTRO.replace("{example}", example) + "\n" + render_reference(schema_docs())
+    intro = INTRO.replace("{example}", example)
+    intro = intro.replace("{pg_dump_options}", render_pg_dump_options())
+    return intro + "\n" + render_reference(schema_docs())
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ file: they come from their ``*_file`` key (read at validation) or the environmen
 import difflib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +30,7 @@ from drbackup.config import types as t
 from drbackup.config.retention import RetentionSettings
 from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
 from drbackup.errors import UsageError
+from drbackup.sources.postgres.dump_options import find_problem
 
 MIB = 2**20
 EnvSecret = Annotated[t.Secret | None, EnvOnly()]
@@ -251,34 +252,40 @@ def _databases(value: Any) -> list[str] | Literal["all"]:
     return value
 
 
-# pg_dump options drbackup sets itself -> what to use instead
-_OWNED = {
-    **dict.fromkeys(["-f", "--file", "-F", "--format", "-Z", "--compress"], "remove it"),
-    **dict.fromkeys(["-w", "--no-password", "-W", "--password"], "remove it"),
-    **dict.fromkeys(
-        ["-d", "--dbname", "-h", "--host", "-p", "--port", "-U", "--username"], "use 'dsn'"
-    ),
-    **dict.fromkeys(["-j", "--jobs"], "use 'jobs'"),
-    **dict.fromkeys(["-n", "--schema"], "use 'include_schemas'"),
-    **dict.fromkeys(["-N", "--exclude-schema"], "use 'exclude_schemas'"),
-    **dict.fromkeys(["-t", "--table"], "use 'include_tables'"),
-    **dict.fromkeys(["-T", "--exclude-table"], "use 'exclude_tables'"),
-}
+@dataclass(frozen=True)
+class _CheckedOption:
+    """A pg_dump option with what :func:`find_problem` said about it in its list."""
+
+    text: str
+    problem: str | None
 
 
-def _check_pg_dump_option(option: str) -> str:
-    if not option.startswith("-"):
-        template = "pg_dump option '{option}' must start with '-' (write values as --name=value)"
-        raise config_error("pg_dump_option", template, option=option)
-    name = option.split("=", 1)[0] if option.startswith("--") else option[:2]
-    if name in _OWNED:
-        template = "pg_dump option '{option}' is set by drbackup ({instead})"
-        raise config_error("pg_dump_option", template, option=option, instead=_OWNED[name])
-    return option
+def _check_pg_dump_options(value: Any) -> Any:
+    # The list is read as pg_dump reads its argv (a value may be the next word), and each
+    # problem is raised at its own item, so that its path names the word.
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return value  # list[str] validation says what is wrong
+    found = find_problem(value)
+    problems = dict([found]) if found else {}
+    return [_CheckedOption(text, problems.get(index)) for index, text in enumerate(value)]
+
+
+def _pg_dump_option(value: Any) -> str:
+    if isinstance(value, _CheckedOption):
+        if value.problem:
+            raise config_error("pg_dump_option", "{problem}", problem=value.problem)
+        return value.text
+    if not isinstance(value, str):
+        raise config_error("string_type", "input should be a valid string")
+    return value
 
 
 Databases = Annotated[list[str] | Literal["all"], PlainValidator(_databases)]
-PgDumpOption = Annotated[str, AfterValidator(_check_pg_dump_option)]
+PgDumpOptions = Annotated[
+    list[Annotated[str, PlainValidator(_pg_dump_option)]],
+    BeforeValidator(_check_pg_dump_options),
+    t.DocType("list of strings"),
+]
 Fingerprint = Annotated[
     Literal["off", "counts", "full"],
     BeforeValidator(lambda v: "off" if v is False else v),  # YAML 1.1 reads a bare off as false
@@ -313,8 +320,9 @@ class PostgresTarget(Section):
     """Dump only these tables (pg_dump -t)."""
     exclude_tables: list[str] = []
     """Skip these tables (pg_dump -T)."""
-    pg_dump_options: list[PgDumpOption] = []
-    """Extra pg_dump options as --name=value; options drbackup sets are refused."""
+    pg_dump_options: PgDumpOptions = []
+    """Extra pg_dump options, read as pg_dump reads them (abbreviations too); only options
+    that cannot change where the dump goes, its format or its source are allowed."""
     fingerprint: Fingerprint = "full"
     """Taken at dump time for drills: off, counts (row counts) or full (counts and hashes)."""
     jobs: int = Field(1, ge=1, le=64)
@@ -400,9 +408,12 @@ class DrillSettings(Section):
     signing_key_file: ReadableFile | None = None
     """Private key that signs drill reports."""
     scratch_dsn: ScratchDsn | None = None
-    """Server for scratch restores; unset means the target's own server."""
+    """Server for scratch restores; unset means a private local cluster (docs/drills.md)."""
+    scratch_on_source_server: bool = False
+    """Without scratch_dsn, restore drills into scratch databases on each target's own
+    server instead of a private cluster: a full copy on the production server. Opt-in."""
     scratch_prefix: str = Field("drbackup_drill_", pattern=r"^[a-z_][a-z0-9_]{0,39}$")
-    """Name prefix of scratch databases, which drills drop when done."""
+    """Name prefix of scratch databases; drills drop only those they created and marked."""
 
 
 class WebhookSettings(Section):

@@ -1,12 +1,16 @@
 """Bucket drills: restore a snapshot into a scratch bucket and prove every object came back.
 
 For each bucket of the snapshot a scratch bucket ``drbackup-drill-<UTC time>-<random>``
-is created on the target's server, the snapshot restored into it (each object's SHA-256
+is created on the target's server and marked as the drill's (its ``drbackup-drill-scratch``
+tag holds :func:`~drbackup.drill.scratch.scratch_marker` for its name), the snapshot
+restored into it (each object's SHA-256
 checked while uploading), then every object read back and compared with the index
 (content digest, content type, user metadata, tags), the object count and total bytes
 compared with the manifest, and the time compared with the target's RTO.  The scratch
-bucket is always removed (Ctrl-C and SIGTERM are held off while it is); scratch buckets left by a crashed drill are removed by the next
-one.  Every check records its result and the drill goes on; the caller fails at the end.
+bucket the drill created is always removed (Ctrl-C and SIGTERM are held off while it is).
+Scratch buckets left by a crashed drill are removed by a later one once they are 12 hours
+old -- only those that carry the marker for their name: a bucket that merely has a scratch
+name is never touched.  Every check records its result and the drill goes on; the caller fails at the end.
 
 :func:`find_missing_objects` answers "which of these (bucket, key) references are not in
 snapshot X" by streaming the index: the cross-service check of a paired PostgreSQL
@@ -34,8 +38,14 @@ from drbackup.drill.checks import (
     format_seconds,
     worst,
 )
-from drbackup.drill.scratch import signals_deferred
-from drbackup.errors import DrbackupError, UsageError, shareable
+from drbackup.drill.scratch import marked_by, new_drill_id, scratch_marker, signals_deferred
+from drbackup.errors import (
+    DrbackupError,
+    SourceError,
+    SourceUnreachableError,
+    UsageError,
+    shareable,
+)
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import (
     IndexEntry,
@@ -47,6 +57,7 @@ from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.restore import restore_entries
 
 SCRATCH_PREFIX = "drbackup-drill-"
+SCRATCH_TAG = "drbackup-drill-scratch"  # bucket tag holding the drill's marker
 STALE_SCRATCH_S = 12 * 3600  # older scratch buckets belong to a crashed drill
 EVIDENCE_LIMIT = 200
 _SCRATCH_RE = re.compile(r"^drbackup-drill-(\d{14})-[0-9a-f]{6}$")
@@ -105,17 +116,39 @@ class BucketDrillResult:
 
 
 @dataclass
+class _Scratch:
+    """A scratch bucket of this drill: ``made`` once this drill created it (empty)."""
+
+    name: str
+    drill_id: str
+    made: bool = False
+    marked: bool = False
+
+
+@dataclass
 class _Timing:
     restore_s: float = 0.0
     verification_s: float = 0.0
 
 
 def run_bucket_drill(
-    repo, client: BucketClient, manifest, *, rto_s: float, rpo_s: float, how: str, workers: int = 8
+    repo,
+    client: BucketClient,
+    manifest,
+    *,
+    rto_s: float,
+    rpo_s: float,
+    how: str,
+    workers: int = 8,
+    drill_id: str | None = None,
 ) -> BucketDrillResult:
-    """Run every check on ``manifest`` (a bucket snapshot); never raises for what it finds."""
+    """Run every check on ``manifest`` (a bucket snapshot); never raises for what it finds.
+
+    ``drill_id`` names the drill in the scratch buckets' marker (a new id when None).
+    """
     started = datetime.now(UTC)
     clock = time.monotonic()
+    drill_id = drill_id or new_drill_id(started)
     result = BucketDrillResult(
         manifest.target, manifest.backup_id, manifest.recovery_point, started
     )
@@ -123,8 +156,8 @@ def run_bucket_drill(
     timing = _Timing()
     restored_all = True
     for bucket in snapshot_buckets(manifest):
-        scratch = scratch_bucket_name()
-        result.scratch_buckets.append(scratch)
+        scratch = _Scratch(scratch_bucket_name(), drill_id)
+        result.scratch_buckets.append(scratch.name)
         try:
             restored_all &= _drill_one(
                 repo, client, manifest, bucket, scratch, result, timing, workers
@@ -153,25 +186,49 @@ def _drill_one(repo, client, manifest, bucket, scratch, result, timing, workers)
     timing.restore_s += time.monotonic() - t0
     result.checks.append(restore_check)
     t0 = time.monotonic()
-    result.checks.append(_read_back(repo, client, manifest, bucket, scratch, workers))
-    result.checks.extend(_count_and_bytes(client, bucket, scratch, expected))
+    result.checks.append(_read_back(repo, client, manifest, bucket, scratch.name, workers))
+    result.checks.extend(_count_and_bytes(client, bucket, scratch.name, expected))
     timing.verification_s += time.monotonic() - t0
     return restore_check.status != FAIL
 
 
-def _restore(repo, client, manifest, bucket, scratch, workers) -> CheckResult:
+def _make_scratch(client: BucketClient, scratch: _Scratch) -> None:
+    """Create the scratch bucket and set its marker; raises DrbackupError.
+
+    A bucket that already holds objects is not this drill's (an S3 server may answer "OK"
+    to creating a bucket its caller owns): it is refused and never removed.  A server
+    without bucket tags gets an unmarked bucket, which this drill still removes (it made
+    it), but which a later drill would leave alone if this one died.
+    """
+    with signals_deferred():  # Ctrl-C right after CREATE must not leave it unrecorded
+        client.make_bucket(scratch.name)
+        if client.first_key(scratch.name) is not None:
+            raise SourceError(f"scratch bucket {scratch.name} already exists and holds objects")
+        scratch.made = True
     try:
-        client.make_bucket(scratch)
+        marker = scratch_marker(scratch.drill_id, scratch.name)
+        client.set_bucket_tags(scratch.name, {SCRATCH_TAG: marker})
+        scratch.marked = True
+    except SourceUnreachableError:
+        raise
+    except DrbackupError:
+        pass  # no bucket tags on this server: see above
+
+
+def _restore(repo, client, manifest, bucket, scratch: _Scratch, workers) -> CheckResult:
+    try:
+        _make_scratch(client, scratch)
         with open_index(repo.open_item, manifest, bucket) as entries:
             summary = restore_entries(
-                client, scratch, entries, lambda e: repo.open_blob(e.blob), workers=workers
+                client, scratch.name, entries, lambda e: repo.open_blob(e.blob), workers=workers
             )
     except DrbackupError as exc:
         evidence = {"bucket": bucket, "error": exc.message}
         return CheckResult("restore", FAIL, f"{bucket}: {shareable(exc)}", evidence)
     evidence = {
         "bucket": bucket,
-        "scratch_bucket": scratch,
+        "scratch_bucket": scratch.name,
+        "scratch_marked": scratch.marked,
         "objects": summary.objects,
         "bytes": summary.bytes,
         "failed": summary.failed,
@@ -277,29 +334,34 @@ def _equal(name: str, bucket: str, got: int, want: int | None, unit: str) -> Che
     return CheckResult(name, PASS, f"{bucket}: {got} {unit}, as in the manifest", evidence)
 
 
-def _cleanup(client: BucketClient, bucket: str, scratch: str) -> CheckResult:
+def _cleanup(client: BucketClient, bucket: str, scratch: _Scratch) -> CheckResult:
+    """Remove the scratch bucket this drill made (and only if it did)."""
+    evidence = {"scratch_bucket": scratch.name}
+    if not scratch.made:
+        summary = f"{bucket}: scratch bucket {scratch.name} was not created: nothing to remove"
+        return CheckResult("cleanup", PASS, summary, evidence)
     try:
-        client.remove_bucket(scratch)
+        client.remove_bucket(scratch.name)
     except DrbackupError as exc:
-        return CheckResult(
-            "cleanup",
-            FAIL,
-            f"{bucket}: scratch bucket {scratch} not removed: {exc.message}",
-            {"scratch_bucket": scratch},
-        )
+        summary = f"{bucket}: scratch bucket {scratch.name} not removed: {exc.message}"
+        return CheckResult("cleanup", FAIL, summary, evidence)
     return CheckResult(
-        "cleanup", PASS, f"{bucket}: scratch bucket {scratch} removed", {"scratch_bucket": scratch}
+        "cleanup", PASS, f"{bucket}: scratch bucket {scratch.name} removed", evidence
     )
 
 
 def _remove_stale_scratch(client: BucketClient, now: datetime) -> list[str]:
+    """Remove scratch buckets of crashed drills: named as scratch, 12 h old, and marked."""
+    removed = []
     try:
-        stale = stale_scratch_buckets(client.list_buckets(), now)
-        for name in stale:
+        for name in stale_scratch_buckets(client.list_buckets(), now):
+            if marked_by(client.get_bucket_tags(name).get(SCRATCH_TAG), name) is None:
+                continue  # not provably a drill's: never touched
             client.remove_bucket(name)
+            removed.append(name)
     except DrbackupError:
-        return []  # listing buckets may be refused; the drill's own cleanup still runs
-    return stale
+        pass  # listing buckets may be refused; the drill's own cleanup still runs
+    return removed
 
 
 def _check_rto(timing: _Timing, rto_s: float, *, restored: bool) -> CheckResult:

@@ -44,6 +44,11 @@ Contract, per method:
     Raises :class:`~drbackup.errors.StorageUnreachableError` if the backend cannot be reached
     or accessed (directory missing/unwritable, bucket missing, credentials refused).
 
+Local storage never follows a symbolic link below its root: a listing skips links and
+records their keys in its ``skipped_links`` set; reading, writing or deleting through one
+raises ``StorageError`` naming it.  :func:`link_warnings` turns what listings met into
+lines for the user (prune, gc and list report them).
+
 Optional: ``locked_until(key)`` → ``datetime | None`` where the backend supports object
 lock (S3): until when the object is protected.  A plain delete of a locked object on a
 versioned bucket only hides it behind a delete marker, so deleters ask first.
@@ -111,3 +116,18 @@ def validate_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid storage key: {key!r}")
     return key
+
+
+def link_warnings(storage) -> list[str]:
+    """One line per symbolic link listings of ``storage`` met and did not follow, sorted;
+    the record is cleared, so each link is reported once per command."""
+    found = getattr(storage, "skipped_links", None)
+    if not found:
+        return []
+    links = sorted(found)
+    found.clear()
+    return [
+        f"{key} is a symbolic link in the repository: not followed, nothing removed through it "
+        "(drbackup never follows links in a repository; remove the link)"
+        for key in links
+    ]

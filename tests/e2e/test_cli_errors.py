@@ -119,6 +119,23 @@ def test_s3_endpoint_down_exits_4(s3_repo_config, run_cli):
     ]
 
 
+def test_list_names_a_link_in_the_repository_without_following_it(
+    local_repo_config, run_cli, tmp_path
+):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    link = local_repo_config.local_root / "manifests"
+    link.mkdir(exist_ok=True)
+    (link / "app").symlink_to(outside)
+    result = run_cli("list")
+    assert result.code == 0
+    assert result.error_lines == [
+        "no backups",
+        "warning: manifests/app is a symbolic link in the repository: not followed, nothing "
+        "removed through it (drbackup never follows links in a repository; remove the link)",
+    ]
+
+
 def test_bad_config_names_every_wrong_key(run_cli, tmp_path, monkeypatch):
     path = tmp_path / "bad.yaml"
     path.write_text(
@@ -140,6 +157,35 @@ def test_bad_config_names_every_wrong_key(run_cli, tmp_path, monkeypatch):
         "at 'repository.compression.level': input should be less than or equal to 22",
         "at 'postgres.app.databases': expected a non-empty list of database names or 'all'",
         "at 'postgres.app.fingerprnt': unknown key (did you mean 'fingerprint'?)",
+    ]
+
+
+def test_pg_dump_options_that_would_move_the_dump_are_a_config_error(
+    run_cli, tmp_path, monkeypatch
+):
+    # pg_dump reads --form=plain as --format=plain and -vfPATH as -v -f PATH: a clear-text
+    # dump written anywhere, and a backup that "completes".  Refused when the config is read.
+    path = tmp_path / "dump-options.yaml"
+    path.write_text(
+        "postgres:\n"
+        "  app:\n"
+        "    dsn: postgresql://postgres@127.0.0.1/app\n"
+        "    databases: [app]\n"
+        "    pg_dump_options: [--no-comments, --form=plain]\n"
+        "  billing:\n"
+        "    dsn: postgresql://postgres@127.0.0.1/billing\n"
+        "    databases: [billing]\n"
+        f"    pg_dump_options: ['-vf{tmp_path}/leak.sql']\n"
+    )
+    monkeypatch.delenv("DRBACKUP_CONFIG", raising=False)
+    result = run_cli("-c", path, "config", "check")
+    assert (result.code, result.stdout) == (2, "")
+    assert result.error_lines == [
+        f"drbackup: error: config {path} has 2 errors",
+        "at 'postgres.app.pg_dump_options[1]': pg_dump option '--form=plain' (--format) is set "
+        "by drbackup (remove it)",
+        f"at 'postgres.billing.pg_dump_options[0]': pg_dump option '-vf{tmp_path}/leak.sql' "
+        "(--file) is set by drbackup (remove it)",
     ]
 
 

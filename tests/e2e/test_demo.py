@@ -22,7 +22,7 @@ def test_demo_backs_up_restores_and_drills(tmp_path):
     out = demo.stdout
     assert "4. created an encrypted repository" in out
     assert re.search(
-        r"8\. drill \S+: restored into a scratch database and checked it, "
+        r"8\. drill \S+: restored into a scratch database on a private cluster and checked it, "
         r"(\d+) of \1 checks passed",
         out,
     ), out

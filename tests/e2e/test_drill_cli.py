@@ -22,7 +22,8 @@ PREFIX = "drbackup_drill_"
 def add_signing_key(cfg) -> Path:
     key_file = cfg.tmp_path / "drill-signing.key"
     key_file.write_text(keys.b64(os.urandom(32)) + "\n")
-    cfg.data["drill"] = {"signing_key_file": str(key_file)}
+    # The scratch is the session cluster: the target's own server, opted in.
+    cfg.data["drill"] = {"signing_key_file": str(key_file), "scratch_on_source_server": True}
     cfg.write()
     return key_file
 
@@ -136,6 +137,44 @@ def test_usage_errors(local_repo_config, run_cli, tmp_path):
     assert missing_key.code == 2 and "no public key to verify with" in missing_key.stderr
 
 
+def test_without_a_scratch_the_drill_is_refused_and_nothing_is_restored(
+    local_repo_config, pg_db, run_cli, tmp_path, monkeypatch
+):
+    # No drill.scratch_dsn, no opt-in, no server binaries: the production server is not
+    # the fallback.
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    assert run_cli("backup", "postgres", "app").code == 0
+    monkeypatch.setenv("DRBACKUP_PG_BIN", str(tmp_path))
+    result = run_cli("drill", "run", "--target", "app")
+    assert (result.code, result.stdout) == (2, "")
+    assert result.error_lines[-2:] == [
+        "drbackup: error: no scratch server for the drill of app: drill.scratch_dsn is not set "
+        "and no postgresql server binaries were found here to start a private cluster",
+        "hint: set drill.scratch_dsn to a server where drills may create databases, install "
+        "the PostgreSQL server (initdb, postgres) here for a private cluster, or set "
+        "drill.scratch_on_source_server: true to restore onto the target's own server",
+    ]
+    assert scratch_databases(pg_db.cluster) == []
+
+
+def test_cleanup_names_what_looks_like_scratch_but_is_not_marked(local_repo_config, pg_db, run_cli):
+    add_signing_key(local_repo_config)
+    lookalike = PREFIX + "app_20200101t000000z_abcdef"
+    pg_db.cluster.create_database(lookalike)
+    try:
+        result = run_cli("drill", "cleanup")
+        assert (result.code, result.stdout) == (0, "nothing to remove\n")
+        (line,) = result.error_lines
+        assert line.startswith(f"left alone: database {lookalike} on ")
+        assert line.endswith(
+            "is named like drill scratch but carries no drbackup marker for that name "
+            "(drop it by hand if it is a leftover)"
+        )
+        assert scratch_databases(pg_db.cluster) == [lookalike]
+    finally:
+        pg_db.cluster.execute(f"DROP DATABASE {lookalike}")
+
+
 # -- interrupted drills leave nothing behind ----------------------------------------------------
 
 
@@ -144,6 +183,8 @@ def big_app(local_repo_config, big_db, run_cli):
     """Target app is the session's big database copy (~300k rows), so that a restore lasts
     long enough to be interrupted."""
     local_repo_config.set_target("app", big_db.dsn)
+    local_repo_config.data["drill"] = {"scratch_on_source_server": True}  # the session cluster
+    local_repo_config.write()
     assert run_cli("backup", "postgres", "app").code == 0
     return big_db
 
@@ -155,8 +196,18 @@ def drill_locks(cluster) -> list:
     )
 
 
+def marked_scratch(cluster) -> list[str]:
+    """Scratch databases whose drill has set its marker (the comment follows CREATE)."""
+    rows = cluster.execute(
+        "SELECT datname FROM pg_database WHERE left(datname, %s) = %s"
+        " AND shobj_description(oid, 'pg_database') LIKE 'drbackup drill scratch %%'",
+        params=(len(PREFIX), PREFIX),
+    )
+    return [r[0] for r in rows]
+
+
 def wait_for_scratch(cluster) -> str:
-    return wait_for(lambda: scratch_databases(cluster), 30, "the scratch database")[0]
+    return wait_for(lambda: marked_scratch(cluster), 30, "the marked scratch database")[0]
 
 
 def test_sigkill_then_next_drill_removes_the_leftover(big_app, spawn_cli, run_cli):

@@ -26,7 +26,13 @@ from drbackup.actions.restore_minio import restore_minio, verify_snapshot_blobs
 from drbackup.actions.restore_postgres import parse_time
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_target, take_snapshot
 from drbackup.config import load_config
-from drbackup.drill.bucket import SCRATCH_PREFIX, find_missing_objects, run_bucket_drill
+from drbackup.drill.bucket import (
+    SCRATCH_PREFIX,
+    SCRATCH_TAG,
+    find_missing_objects,
+    run_bucket_drill,
+)
+from drbackup.drill.scratch import scratch_marker
 from drbackup.errors import (
     LockedError,
     RestoreError,
@@ -475,6 +481,41 @@ def test_corrupted_blob_fails_the_drill_naming_the_object(repo, s3_bucket, sourc
     assert evidence["checksums"]["problems"][0].startswith("object docs/report.pdf: ")
     assert failed["objects"] == "photos: 6 objects restored, the manifest says 7"
     assert scratch_buckets(s3) == []  # removed even though the drill failed
+
+
+def test_a_bucket_drill_removes_only_scratch_buckets_it_marked(repo, source, s3, photos):
+    # A bucket merely named like a crashed drill's scratch (older than 12 hours) was once
+    # emptied and deleted by the next drill.  Now only a marked one goes.
+    put(s3, photos, "doc", b"content")
+    manifest = snap(repo, source)
+    users = "drbackup-drill-20200101000000-abcdef"  # a user's bucket with a scratch name
+    s3.create_bucket(Bucket=users)
+    put(s3, users, "precious", b"keep me")
+    dead = "drbackup-drill-20200101000000-0a0a0a"  # a scratch bucket of a killed drill
+    s3.create_bucket(Bucket=dead)
+    marker = scratch_marker("20200101T000000Z-0a0a0a", dead)
+    s3.put_bucket_tagging(Bucket=dead, Tagging={"TagSet": [{"Key": SCRATCH_TAG, "Value": marker}]})
+    put(s3, dead, "restored", b"half a restore")
+    renamed = "drbackup-drill-20200101000000-0b0b0b"  # a marker naming another bucket
+    s3.create_bucket(Bucket=renamed)
+    s3.put_bucket_tagging(
+        Bucket=renamed, Tagging={"TagSet": [{"Key": SCRATCH_TAG, "Value": marker}]}
+    )
+    result = run_bucket_drill(
+        repo,
+        source,
+        manifest,
+        rto_s=3600,
+        rpo_s=86400,
+        how="latest",
+        drill_id="20261123T020000Z-a1b2c3",
+    )
+    assert result.status == "pass", [c.summary for c in result.checks if c.status != "pass"]
+    assert result.stale_removed == [dead]
+    assert sorted(scratch_buckets(s3)) == sorted([users, renamed])
+    assert body(s3, users, "precious") == b"keep me"
+    (restore,) = [c for c in result.checks if c.name == "restore"]
+    assert restore.evidence["scratch_marked"] is True
 
 
 def test_find_missing_objects_streams_the_index(repo, source, s3, photos):

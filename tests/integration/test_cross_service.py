@@ -39,6 +39,7 @@ def setup(request, tmp_path, monkeypatch, pg_db, s3_server, s3_bucket):
     pg_db.execute(SCHEMA_SQL)
     cfg = make_repo_config("local", request, tmp_path, monkeypatch, pg_db.dsn)
     cfg.data["minio"] = {"files": minio_target(s3_server, tmp_path, ["photos"])}
+    cfg.data["drill"] = {"scratch_on_source_server": True}  # scratch: the session cluster
     cfg.write()
     app = AppContext(load_config(str(cfg.path)))
     return type("Setup", (), {"app": app, "db": pg_db, "cfg": cfg})

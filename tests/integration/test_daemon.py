@@ -144,6 +144,7 @@ def setting(request, tmp_path, monkeypatch, pg_db):
     )
     cfg = make_repo_config("s3", request, tmp_path, monkeypatch, pg_db.dsn)
     cfg.data["postgres"]["app"]["rpo"] = "1h"
+    cfg.data["drill"] = {"scratch_on_source_server": True}  # drills: the session cluster
     cfg.write()
     return cfg
 

@@ -3,7 +3,8 @@ fails the drill with a message naming the cause.
 
 Backups are taken with the real backup action into a local repository (the repository kind
 plays no part here; tests/e2e/test_drill_cli.py runs drills over both kinds).  The scratch is
-the session cluster (the target's own server, the default) unless a test says otherwise.
+the session cluster (the target's own server, opted in with drill.scratch_on_source_server)
+unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from drbackup.drill.checks import check_foreign_keys
 from drbackup.drill.early import EarlyHasher
 from drbackup.drill.plan import Assertion, DrillPlan, ScratchPlan
 from drbackup.drill.runner import DatabaseUnderTest, verify_database
-from drbackup.drill.scratch import KEPT_COMMENT, ScratchServer
+from drbackup.drill.scratch import ScratchServer, scratch_marker
 from drbackup.drill.signing import load_signing_key, public_bytes, verify_report
-from drbackup.errors import UsageError
+from drbackup.errors import ConfigError, UsageError
 from drbackup.sources.postgres.fingerprint import take_fingerprint
 from tests.e2e.conftest import load_awkward, make_repo_config, wait_for
 
@@ -71,10 +72,19 @@ def setup(request, tmp_path, monkeypatch, pg_db):
     cfg = make_repo_config("local", request, tmp_path, monkeypatch, pg_db.dsn)
     key_file = tmp_path / "drill-signing.key"
     key_file.write_text(keys.b64(os.urandom(32)) + "\n")
-    cfg.data["drill"] = {"signing_key_file": str(key_file)}
+    cfg.data["drill"] = {"signing_key_file": str(key_file), "scratch_on_source_server": True}
     cfg.write()
     app = AppContext(load_config(str(cfg.path)))
     return type("Setup", (), {"app": app, "db": pg_db, "cfg": cfg, "key_file": key_file})
+
+
+def reload(setup, **drill_settings):
+    """``setup.app`` with the config's ``drill`` section changed."""
+    setup.cfg.data["drill"].update(drill_settings)
+    setup.cfg.data["drill"] = {k: v for k, v in setup.cfg.data["drill"].items() if v is not None}
+    setup.cfg.write()
+    setup.app = AppContext(load_config(str(setup.cfg.path)))
+    return setup
 
 
 def scratch_databases(cluster) -> list[str]:
@@ -307,8 +317,8 @@ def test_the_prefix_guard_refuses_other_databases(pg_cluster, pg_db):
         )
         # a leftover held by a running drill (its lock is taken) is left alone
         held = PREFIX + "held_20261123t020000z_aaaaaa"
-        pg_cluster.create_database(held)
         holder = ScratchServer(pg_cluster.dsn(), None, PREFIX).open()
+        holder.create(held, "20261123T020000Z-aaaaaa")
         assert holder.claim(held)
         assert server.remove_leftovers() == []
         holder.close()  # the drill "dies": its lock goes with its connection (soon)
@@ -333,13 +343,114 @@ def test_keep_leaves_the_scratch_until_cleanup_kept(setup):
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
         params=(kept[0],),
     )
-    assert comment == [(KEPT_COMMENT,)]
+    assert comment == [(scratch_marker(result.report["drill_id"], kept[0], kept=True),)]
     again = run_drill(setup.app, DrillPlan(targets=["app"]))  # leaves the kept one alone
     assert again.report["status"] == "pass"
     assert scratch_databases(setup.db.cluster) == kept
-    removed = cleanup_scratch(setup.app, include_kept=True)
+    removed = cleanup_scratch(setup.app, include_kept=True).removed
     assert removed == [f"database {kept[0]} on {removed[0].split(' on ', 1)[1]}"]
     assert scratch_databases(setup.db.cluster) == []
+
+
+def databases(cluster) -> set[str]:
+    return {r[0] for r in cluster.execute("SELECT datname FROM pg_database")}
+
+
+def test_a_drill_drops_only_what_it_created_and_marked(setup):
+    # With scratch_prefix "vic" a drill once dropped "victim": the prefix proved nothing.
+    cluster = setup.db.cluster
+    reload(setup, scratch_prefix="vic")
+    for name in ("victim", "vicapp_20200101t000000z_abcdef"):  # a user's; an unmarked lookalike
+        cluster.create_database(name)
+    cluster.execute("CREATE TABLE precious (x int)", dbname="victim")
+    setup.db.execute(SHOP_SQL + f"COMMENT ON DATABASE {setup.db.name} IS 'the source';")
+    backup_target(setup.app, "app")
+    try:
+        result = run_drill(setup.app, DrillPlan(targets=["app"], name="test"))
+        assert result.report["status"] == "pass", failed(result)
+        # its own scratch (restored from a source with a comment of its own) is gone, and
+        # nothing else: the restore kept the marker, the guard refused the rest
+        (scratch,) = result.report["targets"][0]["databases"]
+        assert scratch["scratch_database"].startswith("vicapp_")
+        assert scratch["scratch_database"] not in databases(cluster)
+        assert {"victim", "vicapp_20200101t000000z_abcdef"} <= databases(cluster)
+        assert cluster.execute("SELECT count(*) FROM precious", dbname="victim") == [(0,)]
+        left = cleanup_scratch(setup.app)
+        assert left.removed == []
+        assert [line.split(" on ")[0] for line in left.left] == [
+            "database vicapp_20200101t000000z_abcdef"
+        ]
+    finally:
+        for name in ("victim", "vicapp_20200101t000000z_abcdef"):
+            cluster.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def test_drill_cleanup_drops_marked_leftovers_only(setup):
+    # With the default prefix, 'drill cleanup' once dropped a user database
+    # drbackup_drill_important.  Now: a leftover of a killed drill (name and marker) goes;
+    # a renamed scratch, a user's database and a lookalike without a marker stay.
+    cluster = setup.db.cluster
+    server = ScratchServer(cluster.dsn(), None, PREFIX).open()
+    dead = [f"{PREFIX}app_20200101t000000z_{r}" for r in ("aaaaaa", "bbbbbb")]
+    try:
+        for name in dead:
+            server.create(name, f"20200101T000000Z-{name[-6:]}")
+        renamed = f"{PREFIX}app_20200101t000000z_cccccc"
+        cluster.execute(f"ALTER DATABASE {dead[1]} RENAME TO {renamed}")
+        for name in (f"{PREFIX}important", f"{PREFIX}app_20200101t000000z_dddddd"):
+            cluster.create_database(name)
+        removed = cleanup_scratch(setup.app)
+        assert [line.split(" on ")[0] for line in removed.removed] == [f"database {dead[0]}"]
+        assert [line.split(" on ")[0] for line in removed.left] == [
+            f"database {renamed}",
+            f"database {PREFIX}app_20200101t000000z_dddddd",
+        ]
+        assert scratch_databases(cluster) == sorted(
+            [f"{PREFIX}important", renamed, f"{PREFIX}app_20200101t000000z_dddddd"]
+        )
+        with pytest.raises(UsageError, match="does not carry the marker"):
+            server.drop(f"{PREFIX}app_20200101t000000z_dddddd")
+    finally:
+        server.close()
+        for name in scratch_databases(cluster):
+            cluster.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+# -- where a drill restores by default --------------------------------------------------------
+
+
+def test_without_a_scratch_server_a_drill_restores_into_a_private_cluster(setup):
+    setup.db.execute(SHOP_SQL)
+    backup_target(setup.app, "app")
+    reload(setup, scratch_on_source_server=None)  # the default: no opt-in
+    before = databases(setup.db.cluster)
+    seen = []
+    result = run_drill(
+        setup.app,
+        DrillPlan(targets=["app"], name="test"),
+        after_restore=lambda dsn: seen.append(databases(setup.db.cluster)),
+    )
+    assert result.report["status"] == "pass", failed(result)
+    scratch = result.report["targets"][0]["scratch"]
+    assert scratch["kind"] == "ephemeral" and scratch["server"].startswith("postgresql://")
+    assert seen == [before]  # nothing was created on the source's server, even mid-drill
+
+
+def test_without_a_scratch_server_or_server_binaries_the_drill_is_refused(
+    setup, tmp_path, monkeypatch
+):
+    backup_target(setup.app, "app")
+    reload(setup, scratch_on_source_server=None)
+    monkeypatch.setenv("DRBACKUP_PG_BIN", str(tmp_path))  # no initdb, no postgres here
+    before = databases(setup.db.cluster)
+    with pytest.raises(ConfigError) as info:
+        run_drill(setup.app, DrillPlan(targets=["app"], name="test"))
+    assert info.value.message == (
+        "no scratch server for the drill of app: drill.scratch_dsn is not set and no "
+        "postgresql server binaries were found here to start a private cluster"
+    )
+    assert info.value.hint.startswith("set drill.scratch_dsn to a server where drills may")
+    assert databases(setup.db.cluster) == before
 
 
 def test_history_comes_from_the_repository_even_without_the_catalog(setup, tmp_path):

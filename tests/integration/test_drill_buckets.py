@@ -42,7 +42,7 @@ def setup(request, tmp_path, monkeypatch, pg_db, s3_server, s3_bucket):
     cfg = make_repo_config("local", request, tmp_path, monkeypatch, pg_db.dsn)
     key_file = tmp_path / "drill-signing.key"
     key_file.write_text(keys.b64(os.urandom(32)) + "\n")
-    cfg.data["drill"] = {"signing_key_file": str(key_file)}
+    cfg.data["drill"] = {"signing_key_file": str(key_file), "scratch_on_source_server": True}
     cfg.data["minio"] = {"files": minio_target(s3_server, tmp_path, ["photos"])}
     cfg.write()
     app = AppContext(load_config(str(cfg.path)))

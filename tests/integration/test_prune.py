@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
+from drbackup.actions.gc import collect_garbage
 from drbackup.actions.prune import (
     DRILL_REASON,
     GOOD_REASON,
@@ -409,3 +411,53 @@ class _Reader:
     def read(self, n: int = -1) -> bytes:
         data, self._data = (self._data, b"") if n < 0 else (self._data[:n], self._data[n:])
         return data
+
+
+# --- links in a local repository --------------------------------------------------------------
+
+
+def test_prune_and_gc_never_follow_a_link_out_of_a_local_repository(local_storage, tmp_path):
+    """Links inside a local repository to a directory outside it: one looks like the data of
+    an interrupted backup, one sits inside a backup the policy expires, one among the blobs.
+    Prune and gc delete what is theirs, leave every outside file intact and name each link."""
+    repo = Repository.init(local_storage, SECRETS, scrypt_params=FAST)
+    timeline = make_timeline(repo, 3, timedelta(days=1))
+    oldest = min(timeline, key=timeline.get)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = {name: f"precious {name}".encode() for name in ("0000-00000", "notes.txt")}
+    for name, content in precious.items():
+        (outside / name).write_bytes(content)
+    blob_id = "ab" + "0" * 62
+    (outside / blob_id).write_bytes(b"precious blob")
+    root = Path(local_storage.url)
+    links = {
+        f"{DATA_PREFIX}app/20200101T000000Z-abcdef": outside,  # a "leftover", long expired
+        f"{DATA_PREFIX}app/{oldest}/more": outside,  # inside a backup prune removes
+        "blobs/ab": outside,  # a blob directory: gc
+    }
+    (root / "blobs").mkdir()
+    for key, target in links.items():
+        (root / key).symlink_to(target)
+
+    settings = {"app": RetentionSettings(keep_last=1)}
+    report = prune_repository(repo, settings, now=datetime.now(UTC) + timedelta(days=30))
+    gc = collect_garbage(repo, grace_s=0)
+
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == {
+        **precious,
+        blob_id: b"precious blob",
+    }
+    result = report.targets[0]
+    assert oldest in result.removed and len(repo.list_refs("app")) == 1
+    assert result.leftovers == []  # the link is not a leftover: nothing was read through it
+    assert gc.deleted == 0 and gc.blobs == 0
+    named = [w.split(" ", 1)[0] for w in report.warnings + gc.warnings]
+    assert sorted(named) == sorted(links)
+    assert all(root.joinpath(key).is_symlink() for key in links)  # left for the user
+
+    # The command prints them after its decisions (the next prune meets the links again).
+    out = CliRunner().invoke(prune_command, [], obj=SimpleNamespace(app=_app(repo, settings)))
+    assert out.exit_code == 0, out.output
+    warned = [line.split(" ")[1] for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == sorted(k for k in links if k.startswith(DATA_PREFIX))

@@ -378,6 +378,19 @@ class BucketClient:
         with self._errors("create bucket", bucket):
             self._minio.make_bucket(bucket)
 
+    def set_bucket_tags(self, bucket: str, tags: dict[str, str]) -> None:
+        """Replace the bucket's tags with ``tags``."""
+        bucket_tags = Tags.new_bucket_tags()
+        bucket_tags.update(tags)
+        with self._errors("tag bucket", bucket):
+            self._minio.set_bucket_tags(bucket, bucket_tags)
+
+    def get_bucket_tags(self, bucket: str) -> dict[str, str]:
+        """The bucket's tags (``{}`` when it has none)."""
+        with self._errors("read the tags of bucket", bucket):
+            tags = self._minio.get_bucket_tags(bucket)
+        return dict(tags or {})
+
     def remove_bucket(self, bucket: str) -> None:
         """Delete every object of ``bucket`` and then the bucket (missing: not an error)."""
         if not self.bucket_exists(bucket):

@@ -13,7 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from drbackup.errors import SourceError
+from drbackup.errors import ConfigError, SourceError
+from drbackup.sources.postgres.dump_options import find_problem
 from drbackup.sources.postgres.environment import child_environ, dsn_without_password
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -81,7 +82,14 @@ def pg_dump_argv(
     exclude_tables=(),
     extra=(),
 ) -> list[str]:
-    """Custom-format dump to stdout, pg_dump's own compression off (zstd is ours)."""
+    """Custom-format dump to stdout, pg_dump's own compression off (zstd is ours).
+
+    ``extra`` (a target's ``pg_dump_options``) is checked again here, as config loading
+    does: raises ConfigError for an option that could change where the dump goes.
+    """
+    problem = find_problem(list(extra))
+    if problem is not None:
+        raise ConfigError(problem[1], hint="see pg_dump_options in docs/configuration.md")
     argv = [str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
     if snapshot:
         argv.append(f"--snapshot={snapshot}")

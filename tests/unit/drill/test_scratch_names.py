@@ -1,4 +1,4 @@
-"""Scratch names and the prefix guard: a drill never touches a database outside its prefix."""
+"""Scratch names, markers and the guard: a drill touches only what it named and marked."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ from datetime import UTC, datetime
 import pytest
 
 from drbackup.drill.scratch import (
+    MARKER_FILE,
     MAX_IDENTIFIER,
+    drill_id_of_name,
     is_drill_id,
+    marked_by,
     new_drill_id,
+    owner_of,
+    remove_stale_clusters,
     require_scratch_name,
     scratch_database_name,
+    scratch_marker,
     signals_deferred,
+    unmarked_clusters,
 )
 from drbackup.errors import UsageError
 
@@ -52,15 +59,68 @@ def test_scratch_name_is_a_safe_identifier_within_63_bytes():
         "drbackup_drill_x; DROP DATABASE app",
         "drbackup_drill_" + "x" * 60,  # longer than PostgreSQL keeps: would be truncated
         "",
+        # the prefix is not enough: a drill's names end with its drill id
+        "drbackup_drill_important",
+        "drbackup_drill_app_20261123t020000z",
+        "drbackup_drill__20261123t020000z_a1b2c3",  # no target part
+        "drbackup_drill_app_20261123t020000z_a1b2c3_x",
+        "drbackup_drill_app_20261123T020000Z-a1b2c3",  # not the generated spelling
     ],
 )
-def test_the_guard_refuses_anything_outside_the_prefix(name):
+def test_the_guard_refuses_anything_a_drill_does_not_generate(name):
     with pytest.raises(UsageError) as info:
         require_scratch_name(name, PREFIX)
     assert info.value.message == (
         f"refusing to touch database {name!r}: not a scratch database "
-        "(scratch names start with 'drbackup_drill_')"
+        "(scratch names are drbackup_drill_<target>_<drill id>)"
     )
+
+
+def test_a_short_prefix_does_not_make_other_databases_scratch():
+    # scratch_prefix: vic once let a drill drop "victim"
+    with pytest.raises(UsageError):
+        require_scratch_name("victim", "vic")
+    assert drill_id_of_name(scratch_database_name("vic", "app", DRILL), "vic") == DRILL
+
+
+def test_the_marker_names_the_scratch_and_the_drill():
+    name = scratch_database_name(PREFIX, "app", DRILL)
+    marker = scratch_marker(DRILL, name)
+    assert marker == f"drbackup drill scratch {name} of drill {DRILL}"
+    assert marked_by(marker, name) == (DRILL, False)
+    assert marked_by(scratch_marker(DRILL, name, kept=True), name) == (DRILL, True)
+    assert owner_of(name, marker, PREFIX) == (DRILL, False)
+    # renamed after it was made, another drill's marker, a hand-written comment, none
+    other = scratch_database_name(PREFIX, "app", "20261123T020000Z-ffffff")
+    assert owner_of(other, marker, PREFIX) is None
+    assert owner_of(other, scratch_marker("20261123T020000Z-ffffff", name), PREFIX) is None
+    assert owner_of(name, scratch_marker(DRILL, name) + " ", PREFIX) is None
+    assert owner_of(name, "drbackup drill scratch, kept for inspection", PREFIX) is None
+    assert owner_of(name, "", PREFIX) is None and owner_of(name, None, PREFIX) is None
+    assert owner_of("drbackup_drill_important", marker, PREFIX) is None
+
+
+def test_only_marked_cluster_directories_are_removed(tmp_path):
+    base, outside = tmp_path / "drills", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    ours = base / DRILL
+    ours.mkdir()
+    (ours / MARKER_FILE).write_text(scratch_marker(DRILL, DRILL) + "\n")
+    (ours / "data").mkdir()
+    unmarked = base / "20261123T020000Z-bbbbbb"  # a user's directory, or an old drbackup's
+    unmarked.mkdir()
+    (unmarked / "file").write_text("x")
+    wrong = base / "20261123T020000Z-cccccc"  # a marker naming another directory
+    wrong.mkdir()
+    (wrong / MARKER_FILE).write_text(scratch_marker(DRILL, DRILL))
+    link = base / "20261123T020000Z-dddddd"  # a link named like a cluster
+    link.symlink_to(outside)
+    assert remove_stale_clusters(base, include_kept=True) == [ours]
+    assert not ours.exists() and (unmarked / "file").exists() and (wrong / MARKER_FILE).exists()
+    assert (outside / "precious").read_text() == "keep me" and link.is_symlink()
+    assert unmarked_clusters(base) == [unmarked, wrong, link]
 
 
 @pytest.mark.parametrize("prefix", ["", "Drill_", "drill-", "a b"])
