@@ -124,7 +124,9 @@ def restore_postgres(
         marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
         argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
-        run = job.load(argv, jobs, spool_dir, _harmless_errors(bin_dir, state.server_version))
+        run = job.load(
+            argv, jobs, spool_dir, lambda: _harmless_errors(bin_dir, state.server_version)
+        )
         result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
         result.created, result.removed = job.created, removed
         job.finish(result)
@@ -252,7 +254,7 @@ class _Job:
         with connect(self.dsn, self.password):  # pg_restore connects like this: fail here
             pass
 
-    def load(self, argv: list[str], jobs: int, spool_dir, tolerated: frozenset[str]) -> RestoreRun:
+    def load(self, argv: list[str], jobs: int, spool_dir, tolerated) -> RestoreRun:
         name = self.plan.state.name
         try:
             with self.repo.open_item(self.item) as reader:

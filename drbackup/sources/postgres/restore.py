@@ -4,7 +4,9 @@ pg_restore keeps going after errors, prints "errors ignored on restore: N" and e
 leaving tables empty.  We treat *any* error line or non-zero exit as a failed restore and
 quote pg_restore's own messages.  The one exception is a ``tolerated`` set of exact messages
 the client itself causes and that change nothing (``versions.harmless_restore_errors``): a
-restore whose every error is one of them, and counted as such by pg_restore, succeeds.
+restore whose every error is one of them, and counted as such by pg_restore, succeeds.  The
+set is asked for (a function) only when pg_restore reported errors: finding it may run
+``pg_restore --version``, which a clean restore never needs.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def run_pg_restore(
     what: str,
     alongside: Callable[[], None] | None = None,
     failed_hint: str = INCOMPLETE_HINT,
-    tolerated: frozenset[str] = frozenset(),
+    tolerated: Callable[[], frozenset[str]] = frozenset,
 ) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
@@ -206,7 +208,7 @@ def _raise_on_errors(
     clock: PhaseClock,
     what: str,
     failed_hint: str,
-    tolerated: frozenset[str] = frozenset(),
+    tolerated: Callable[[], frozenset[str]] = frozenset,
 ) -> None:
     if code == 0 and clock.error_count == 0:
         return
@@ -230,12 +232,13 @@ def _raise_on_errors(
     )
 
 
-def _only_tolerated(code: int, clock: PhaseClock, tolerated: frozenset[str]) -> bool:
+def _only_tolerated(code: int, clock: PhaseClock, tolerated: Callable[[], frozenset[str]]) -> bool:
     """True when every error is tolerated and pg_restore's own count says so: exit 1 and
     "errors ignored on restore: N" with N the errors seen (all of them kept)."""
-    if not tolerated or code != 1 or clock.error_count != len(clock.errors):
+    if code != 1 or not clock.errors or clock.error_count != len(clock.errors):
         return False
-    if not clock.errors or any(error not in tolerated for error in clock.errors):
+    allowed = tolerated()
+    if any(error not in allowed for error in clock.errors):
         return False
     ignored = next((m for line in reversed(clock.tail) if (m := _IGNORED_RE.match(line))), None)
     return ignored is not None and int(ignored.group(1)) == clock.error_count

@@ -75,7 +75,7 @@ def test_only_pg_restore_17_or_later_into_an_older_server_tolerates_transaction_
 def test_a_restore_whose_only_error_is_the_harmless_one_succeeds():
     tolerated = versions.harmless_restore_errors(17, 15)
     lines = [*TIMEOUT_LINES, "pg_restore: warning: errors ignored on restore: 1"]
-    _raise_on_errors(1, clock_of(lines), "restore of app", tolerated)
+    _raise_on_errors(1, clock_of(lines), "restore of app", "hint", lambda: tolerated)
 
 
 @pytest.mark.parametrize(
@@ -93,10 +93,10 @@ def test_any_other_error_still_fails_the_restore(extra, code):
     if not any("errors ignored" in line for line in lines):
         lines.append("pg_restore: warning: errors ignored on restore: 1")
     with pytest.raises(RestoreError, match="restore of app failed"):
-        _raise_on_errors(code, clock_of(lines), "restore of app", tolerated)
+        _raise_on_errors(code, clock_of(lines), "restore of app", "hint", lambda: tolerated)
 
 
 def test_without_tolerance_the_transaction_timeout_error_fails_the_restore():
     lines = [*TIMEOUT_LINES, "pg_restore: warning: errors ignored on restore: 1"]
     with pytest.raises(RestoreError, match="pg_restore reported 1 error"):
-        _raise_on_errors(1, clock_of(lines), "restore of app")
+        _raise_on_errors(1, clock_of(lines), "restore of app", "hint")
