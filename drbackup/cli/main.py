@@ -90,6 +90,9 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "report": ("report",),
     "daemon": ("daemon",),
     "demo": ("demo",),
+    "wal-push": ("wal",),
+    "wal-fetch": ("wal",),
+    "wal-async": ("wal",),
 }
 
 

@@ -14,6 +14,7 @@ File names, all in the 8-hex-digit timeline ``T`` and a 64-bit segment number sp
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -248,3 +249,18 @@ def timeline_path(timeline: int, history: list[HistoryEntry]) -> list[tuple[int,
     the timelines a recovery onto ``timeline`` passes through, and where it leaves each."""
     path: list[tuple[int, int | None]] = [(e.parent, e.switch_lsn) for e in history]
     return [*path, (timeline, None)]
+
+
+# --- the server's archive status ---------------------------------------------------------------
+
+
+def ready_files(pg_wal) -> list[str]:
+    """Files the server waits to see archived (``archive_status/<name>.ready``), sorted
+    (history files sort before the segments of their timeline).  Reads a directory; an
+    unreadable one raises SourceError."""
+    status = pg_wal / "archive_status"
+    try:
+        names = [n[: -len(".ready")] for n in os.listdir(status) if n.endswith(".ready")]
+    except OSError as exc:
+        raise SourceError(f"cannot list {status}: {exc.strerror or exc}") from None
+    return sorted(names)

@@ -1,0 +1,105 @@
+"""``drbackup wal-push`` (archive_command), ``wal-fetch`` (restore_command), and the
+background process that serves them (``wal-async``, started by them, not by users)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from drbackup.errors import UsageError
+
+
+def _postgres_target(state, target: str | None) -> str:
+    """The named target, or the only postgres target when none is named."""
+    if target:
+        return target
+    names = list(state.app.config.postgres)
+    if len(names) != 1:
+        raise UsageError(
+            "name the target with --target",
+            hint=f"postgres targets: {', '.join(names) or 'none configured'}",
+        )
+    return names[0]
+
+
+@click.command("wal-push")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", help="The postgres target (default: the only one).")
+@click.pass_obj
+def wal_push(state, path: str, target: str | None) -> None:
+    """Archive one WAL file (archive_command = 'drbackup wal-push --target T %p').
+
+    Exits 0 only once the file is stored in the repository (or was already, with the same
+    content); another file under an archived name, or a file of another cluster, is refused.
+    """
+    from drbackup.actions.wal_push import wal_push as push
+
+    name = _postgres_target(state, target)
+    push(state.app, name, Path(path), config_path=state.config_path)
+
+
+@click.command("wal-fetch")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", help="The postgres target (default: the only one).")
+@click.option(
+    "--spool",
+    "spool",
+    type=click.Path(file_okay=False),
+    help="Read-ahead directory (default: <wal.spool_dir>/<target>/fetch).",
+)
+@click.option("--cluster", help="Cluster to read (pg<major>-<system id>; default: current).")
+@click.option(
+    "--no-spawn",
+    is_flag=True,
+    help="Only take files from a fetcher that serves --spool (a restore's own server).",
+)
+@click.pass_obj
+def wal_fetch(state, name, path, target, spool, cluster, no_spawn) -> None:
+    """Restore one WAL file (restore_command = 'drbackup wal-fetch --target T %f %p').
+
+    Exit status 0: the file is at PATH; 1 without a message: the archive does not have it
+    (PostgreSQL ends recovery there); 1 or more with a message: it failed.
+    """
+    from drbackup.actions.wal_fetch import FetchRequest, default_fetch_spool
+    from drbackup.actions.wal_fetch import wal_fetch as fetch
+
+    hosted = no_spawn and spool is not None and target is not None
+    app = None if hosted else state.app  # a restore's own server needs no config or key
+    chosen = target if hosted else _postgres_target(state, target)
+    spool_dir = Path(spool) if spool else default_fetch_spool(app, chosen)
+    request = FetchRequest(chosen, name, Path(path), spool_dir, cluster, spawn=not no_spawn)
+    if not fetch(app, request, config_path=state.config_path):
+        click.get_current_context().exit(1)
+
+
+@click.group("wal-async")
+def wal_async() -> None:
+    """(internal) The background processes wal-push and wal-fetch start."""
+
+
+@wal_async.command("push")
+@click.option("-t", "--target", required=True)
+@click.option("--pg-wal", required=True, type=click.Path(file_okay=False, exists=True))
+@click.pass_obj
+def async_push(state, target: str, pg_wal: str) -> None:
+    """Upload the server's ready WAL files until idle."""
+    from drbackup.actions.wal_push import run_pusher
+
+    run_pusher(state.app, target, Path(pg_wal))
+
+
+@wal_async.command("fetch")
+@click.option("-t", "--target", required=True)
+@click.option("--spool", required=True, type=click.Path(file_okay=False))
+@click.option("--cluster")
+@click.pass_obj
+def async_fetch(state, target: str, spool: str, cluster: str | None) -> None:
+    """Keep the requested WAL file and the next ones in the spool until idle."""
+    from drbackup.actions.wal_fetch import run_fetcher
+
+    run_fetcher(state.app, target, Path(spool), cluster)
+
+
+COMMANDS = [wal_push, wal_fetch, wal_async]
