@@ -113,9 +113,18 @@ def check_available(kinds) -> None:
 
 @register("backup", "drbackup.actions.backup_postgres", records_runs=True)
 def run_backup(app, job, target: str) -> Outcome:
-    from drbackup.actions.backup_postgres import backup_target
+    """The kinds the target's ``backup_kinds`` names: logical (pg_dump), physical (a base
+    backup), in that order; the outcome is the last one's."""
+    kinds = getattr(app.config.target(target), "backup_kinds", ["logical"])
+    manifest = None
+    if "logical" in kinds:
+        from drbackup.actions.backup_postgres import backup_target
 
-    manifest = backup_target(app, target)
+        manifest = backup_target(app, target)
+    if "physical" in kinds:
+        from drbackup.actions.backup_physical import backup_physical
+
+        manifest = backup_physical(app, target)
     return _manifest_outcome(manifest)
 
 

@@ -46,6 +46,35 @@ class LocalStorage:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
         self.capabilities = Capabilities()
+        self._owner: tuple[int, int] | None | bool = False  # False: not looked up yet
+
+    def _foreign_owner(self) -> tuple[int, int] | None:
+        """When this process is root and the repository directory belongs to another user:
+        that user.  What root writes is given to them, so that a repository shared with the
+        ``postgres`` user (who runs archive_command) stays writable and readable by it."""
+        if self._owner is False:
+            self._owner = None
+            if os.geteuid() == 0:
+                with _suppress_oserror():
+                    st = self.root.stat()
+                    if st.st_uid != 0:
+                        self._owner = (st.st_uid, st.st_gid)
+        return self._owner  # type: ignore[return-value]
+
+    def _make_parents(self, path: Path) -> None:
+        """Create the directories between the root and ``path``, owned as the root is."""
+        owner = self._foreign_owner()
+        if owner is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        current = self.root
+        for part in path.parent.relative_to(self.root).parts:
+            current = current / part
+            try:
+                current.mkdir()
+            except FileExistsError:
+                continue
+            os.chown(current, *owner)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -83,8 +112,10 @@ class LocalStorage:
         path = self._path(key)
         self._require_root("write", key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parents(path)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            if (owner := self._foreign_owner()) is not None:
+                os.fchown(fd, *owner)
         except OSError as exc:
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
         size = written_back = 0

@@ -1,0 +1,100 @@
+"""``backup postgres --physical``: base backups of real servers, tablespaces included,
+checked file by file against the server's own backup_manifest by ``verify``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from drbackup.actions.backup_physical import backup_physical
+from drbackup.actions.repository import verify_backup
+from drbackup.errors import CheckFailedError, SourceError
+from drbackup.repository.wal import WalArchive
+from drbackup.sources.postgres.wal import parse_lsn
+from tests.fixtures.walarchive import make_wal_home
+
+
+@pytest.fixture
+def server(wal_home, archiving_cluster):
+    """An archiving server with a tablespace holding a table."""
+    cluster = archiving_cluster(wal_home)
+    location = cluster.base_dir / "ts1"
+    location.mkdir()
+    if cluster.run_as:
+        os.chown(location, cluster.run_as.uid, cluster.run_as.gid)
+    cluster.execute(f"CREATE TABLESPACE ts1 LOCATION '{location}'")
+    cluster.execute(
+        "CREATE TABLE far (i int, t text) TABLESPACE ts1;"
+        "INSERT INTO far SELECT i, md5(i::text) FROM generate_series(1, 20000) i;"
+        "CREATE TABLE near AS SELECT generate_series(1, 1000) AS i"
+    )
+    return cluster
+
+
+def test_a_base_backup_stores_every_tablespace_and_the_server_manifest(wal_home, server):
+    app = wal_home.app()
+    manifest = backup_physical(app, "app")
+    assert manifest.kind == "postgres-physical"
+    oid = server.execute("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")[0][0]
+    assert [(i.name, i.type) for i in manifest.items] == [
+        (f"{oid}.tar", "pg-base-tar"),
+        ("base.tar", "pg-base-tar"),
+        ("backup_manifest", "pg-backup-manifest"),
+    ]
+    assert manifest.items[0].meta["tablespace"] == {
+        "oid": oid,
+        "location": str(server.base_dir / "ts1"),
+    }
+    meta = manifest.meta
+    sysid = server.execute("SELECT system_identifier FROM pg_control_system()")[0][0]
+    assert meta["system_identifier"] == str(sysid) and meta["major"] == 15
+    assert meta["cluster"] == f"pg15-{sysid}"
+    assert parse_lsn(meta["start_lsn"]) < parse_lsn(meta["stop_lsn"])
+    assert meta["timeline"] == meta["stop_timeline"] == 1
+    assert meta["start_time"] <= meta["stop_time"]
+    assert meta["superuser"] == "postgres" and manifest.recovery_point is not None
+    result = verify_backup(app, manifest.backup_id)
+    assert result.problems == [] and result.bytes_read > 0
+
+
+def test_verify_names_a_missing_wal_segment_of_the_backup(wal_home, server):
+    app = wal_home.app()
+    manifest = backup_physical(app, "app")
+    archive = WalArchive(app.repository(), "app")
+    first = next(
+        s
+        for s in archive.list_files(manifest.meta["cluster"])
+        if s.is_segment and s.name[8:] >= _segment_of(manifest)
+    )
+    archive.delete(first)
+    with pytest.raises(CheckFailedError) as raised:
+        verify_backup(app, manifest.backup_id)
+    assert (
+        f"WAL segment {first.name} (needed from the backup's start to its end) is not archived"
+        in raised.value.message
+    )
+
+
+def _segment_of(manifest) -> str:
+    lsn = parse_lsn(manifest.meta["start_lsn"])
+    return f"{lsn >> 32:08X}{(lsn & 0xFFFFFFFF) // manifest.meta['wal_segment_size']:08X}"
+
+
+def test_a_backup_whose_wal_never_reaches_the_archive_fails_and_leaves_nothing(archiving_cluster):
+    home = make_wal_home(backup_wait="2s")
+    try:
+        cluster = archiving_cluster(home, archive_command="false")
+        app = home.app()
+        with pytest.raises(
+            SourceError, match="the WAL this base backup needs is not in the repository after 2s"
+        ):
+            backup_physical(app, "app")
+        repo = app.repository()
+        assert repo.list_refs("app") == []
+        assert not [i for i in repo.storage.list("data/")]
+        assert cluster.is_running
+    finally:
+        import shutil
+
+        shutil.rmtree(home.root, ignore_errors=True)
