@@ -67,10 +67,12 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
             with repo.new_backup(target.name, KIND) as writer:
                 _store_archives(writer, stream, progress)
                 stop_clock = physical.server_clock(control)
+                next_xid = physical.next_xid(control)
                 positions = stream.positions
                 _wait_for_wal(archive, cluster, positions, facts.segment_size, wait)
                 writer.recovery_point = stop_clock
                 writer.meta.update(_meta(facts, stream, cluster, label, stop_clock))
+                writer.meta["next_xid"] = str(next_xid)
                 return writer.commit()
 
 

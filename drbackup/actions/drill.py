@@ -382,8 +382,7 @@ def _select(repo, target: str, choice: BackupChoice):
             f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
         )
     if choice.mode == "random":
-        ref = random.SystemRandom().choice(refs)
-        manifest = repo.load_manifest(ref)
+        manifest = _random_logical(repo, refs)
         how = f"random backup among {len(refs)}"
     else:
         selection = select_backup(
@@ -391,10 +390,22 @@ def _select(repo, target: str, choice: BackupChoice):
             target,
             backup_id=choice.backup_id if choice.mode == "id" else None,
             point_in_time=choice.point_in_time if choice.mode == "point_in_time" else None,
+            kind="postgres",  # logical drills restore dumps, not base backups
         )
         manifest, how = selection.manifest, selection.note
-    newest = manifest if refs[-1].backup_id == manifest.backup_id else repo.load_manifest(refs[-1])
+    newest = select_backup(repo, target, kind="postgres").manifest
     return manifest, how, newest
+
+
+def _random_logical(repo, refs):
+    """A uniformly random dump among the target's backups (base backups are passed over)."""
+    shuffled = list(refs)
+    random.SystemRandom().shuffle(shuffled)
+    for ref in shuffled:
+        manifest = repo.load_manifest(ref)
+        if manifest.kind == "postgres":
+            return manifest
+    raise UsageError(f"no logical backups of target {refs[0].target}")
 
 
 # -- scratch targets --------------------------------------------------------------------------

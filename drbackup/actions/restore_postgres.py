@@ -92,7 +92,9 @@ def restore_postgres(
         lambda: _check_target(into, dbname, password, create=create, force=force),
         "drbackup-target-check",
     )
-    selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
+    selection = select_backup(
+        repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
+    )
     item = pick_item(selection.manifest, database)
     found = checked.result()
     globals_item = _globals_item(selection.manifest) if with_globals else None

@@ -144,6 +144,7 @@ def default_fetch_spool(app, target: str) -> Path:
 class FetchLog:
     """What a fetcher saw, for a restore to explain where recovery stopped."""
 
+    requested: list[str] = field(default_factory=list)  # what the server asked for, in order
     fetched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> first line of the error
@@ -173,6 +174,9 @@ class Fetcher:
                 want = self.spool.wanted()
                 if want != last_want:
                     last_want, last_change = want, time.monotonic()
+                    if want:
+                        with self.log.lock:
+                            self.log.requested.append(want)
                 plan = self._plan(want) if want else []
                 self._evict(plan)
                 self._submit(pool, plan)
@@ -222,7 +226,7 @@ class Fetcher:
 
     def _fetch(self, name: str):
         dest = self.spool.path / name
-        fetched = fetch_wal_file(self.archive, self.cluster, name, dest)
+        fetched = fetch_wal_file(self.archive, self.cluster, name, dest, owner=self.spool.owner())
         if fetched is not None and self.segment_size is None and len(name) == 24:
             with dest.open("rb") as f:
                 self.segment_size = read_segment_header(f.read(1 << 16), name).segment_size

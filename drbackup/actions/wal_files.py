@@ -174,8 +174,16 @@ class Fetched:
     size: int
 
 
-def fetch_wal_file(archive: WalArchive, cluster: str, name: str, dest: Path) -> Fetched | None:
-    """Write WAL file ``name`` of ``cluster`` to ``dest`` (atomically: temp file, rename).
+def fetch_wal_file(
+    archive: WalArchive,
+    cluster: str,
+    name: str,
+    dest: Path,
+    *,
+    owner: tuple[int, int] | None = None,
+) -> Fetched | None:
+    """Write WAL file ``name`` of ``cluster`` to ``dest`` (atomically: temp file, rename;
+    given to ``owner`` before it appears).
 
     A segment that is not archived is served from its ``.partial`` if there is one.  Returns
     None if neither exists.  Raises IntegrityError for a file that fails authentication, its
@@ -195,6 +203,8 @@ def fetch_wal_file(archive: WalArchive, cluster: str, name: str, dest: Path) -> 
             os.fsync(out.fileno())
         if wal_name.kind in (SEGMENT, PARTIAL):
             _check_fetched(tmp, wal_name, cluster, stored)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

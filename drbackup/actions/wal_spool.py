@@ -47,6 +47,10 @@ class Spool:
         """Create the directory (owner-only) if needed; SourceError if that is impossible."""
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = self.path / "lock"
+            if not lock.exists():
+                lock.touch(mode=0o600)
+                self.own(lock)
         except OSError as exc:
             raise SourceError(
                 f"cannot create spool directory {self.path}: {exc.strerror or exc}",
@@ -79,10 +83,24 @@ class Spool:
             (self.path / f"{name}.{status}").unlink(missing_ok=True)
 
     def write(self, leaf: str, data: bytes) -> None:
-        """Write ``<spool>/<leaf>`` atomically."""
+        """Write ``<spool>/<leaf>`` atomically (owned like the spool, see :meth:`own`)."""
         tmp = self.path / f".{leaf}.tmp"
         tmp.write_bytes(data)
+        self.own(tmp)
         os.replace(tmp, self.path / leaf)
+
+    def owner(self) -> tuple[int, int] | None:
+        """The spool directory's owner when this process is root and that owner is not: a
+        restore (root) serves a server that runs as ``postgres``, so what it writes here is
+        given to that user."""
+        if os.geteuid() != 0:
+            return None
+        st = self.path.stat()
+        return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+    def own(self, path: Path) -> None:
+        if (owner := self.owner()) is not None:
+            os.chown(path, *owner)
 
     def entries(self) -> list[str]:
         """Names in the spool (temporary files, the lock and logs excluded)."""
@@ -101,8 +119,11 @@ class Spool:
     # --- the background process's lock ------------------------------------------------------
 
     def acquire(self) -> bool:
-        """Take the lock for this process's lifetime; False if another process holds it."""
-        handle = (self.path / "lock").open("a+")
+        """Take the lock until :meth:`release`; False if another process holds it.
+
+        (flock on a read-only descriptor: the user that owns the lock file need not be the
+        one that takes it.)"""
+        handle = (self.path / "lock").open("rb")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -119,7 +140,7 @@ class Spool:
     def is_served(self) -> bool:
         """True while a background process holds the lock."""
         try:
-            handle = (self.path / "lock").open("a+")
+            handle = (self.path / "lock").open("rb")
         except FileNotFoundError:
             return False
         with handle:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,6 +213,28 @@ class WalArchive:
     def clusters(self) -> list[str]:
         """Every cluster with a registration, oldest registration first."""
         return list(dict.fromkeys(r.cluster for r in self.registrations()))
+
+    # --- named restore points (drbackup mark) ------------------------------------------------
+
+    def put_mark(self, cluster: str, doc: dict) -> str:
+        """Record a named restore point (encrypted: its name is the user's); returns its key.
+
+        ``wal/<target>/<cluster>/marks/<YYYYmmddTHHMMSSZ>-<6 hex>``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        key = f"{cluster_prefix(self.target, cluster)}marks/{stamp}-{os.urandom(3).hex()}"
+        self.repo.put_document(key, {"format": "drbackup-wal-mark", "version": 1, **doc})
+        return key
+
+    def marks(self, cluster: str) -> list[dict]:
+        """Every recorded restore point of ``cluster``, oldest first (decrypts them)."""
+        prefix = f"{cluster_prefix(self.target, cluster)}marks/"
+        found = []
+        for info in self.storage.list(prefix):
+            try:
+                found.append(self.repo.get_document(info.key))
+            except ObjectNotFoundError:
+                continue
+        return found
 
     # --- tags ---------------------------------------------------------------------------------
 

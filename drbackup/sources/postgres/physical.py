@@ -51,6 +51,12 @@ def server_clock(conn: psycopg.Connection) -> datetime:
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
+def next_xid(conn: psycopg.Connection) -> int:
+    """The first transaction id not yet assigned (with its epoch): every transaction that
+    commits after a base backup's end has one at least this high."""
+    return int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+
+
 def take_physical_lock(conn: psycopg.Connection, target: str) -> bool:
     """A session advisory lock: one physical backup of a target at a time."""
     return bool(conn.execute(PHYSICAL_LOCK_SQL, (target,)).fetchone()[0])

@@ -1,0 +1,206 @@
+"""Point-in-time restores of a server written by pgbench throughout, proved by a marker table.
+
+One history per module: a server archiving through ``wal-push``; pgbench writing all along;
+a session committing one marker row every 100 ms and noting the WAL position after each
+commit; a base backup taken in the middle of it.  Commit times come from the server
+(``track_commit_timestamp``), so "committed at or before that second" is exact.  Each restore
+starts the restored server, checks that recovery reached its target, and compares the
+markers it holds with those that must and must not be there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from drbackup.actions.backup_physical import backup_physical
+from drbackup.actions.restore_physical import restore_physical
+from drbackup.errors import RestoreError
+from drbackup.repository.wal import WalArchive
+from drbackup.sources.postgres.cluster import EphemeralCluster
+from drbackup.sources.postgres.recovery import LSN, RecoveryTarget
+from drbackup.sources.postgres.wal import parse_lsn
+from tests.fixtures.walarchive import ARCHIVE_SETTINGS, make_wal_home, switch_wal, wait_archived
+
+SECOND = dt.timedelta(seconds=1)
+
+
+@dataclass
+class History:
+    home: object
+    cluster: EphemeralCluster
+    backup: object  # the base backup's manifest
+    markers: list[tuple[int, dt.datetime, int]] = field(
+        default_factory=list
+    )  # id, commit, lsn after
+
+    def committed_before(self, limit: dt.datetime) -> set[int]:
+        return {i for i, at, _ in self.markers if at < limit}
+
+
+class MarkerWriter(threading.Thread):
+    """One marker row every 100 ms, each in its own transaction; the WAL insert position
+    read after each commit."""
+
+    def __init__(self, cluster: EphemeralCluster):
+        super().__init__(name="marker-writer", daemon=True)
+        self.cluster, self.stop = cluster, threading.Event()
+        self.lsns: dict[int, int] = {}
+
+    def run(self) -> None:
+        with self.cluster.connect() as conn:
+            marker = 0
+            while not self.stop.wait(0.1):
+                marker += 1
+                conn.execute("INSERT INTO marker (id) VALUES (%s)", (marker,))
+                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+                self.lsns[marker] = parse_lsn(str(lsn))
+
+
+def _wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def history():
+    home = make_wal_home()
+    # a segment switch every second (as archive_timeout does for a quiet server): the
+    # window spans many segments, so that one can go missing in its middle
+    settings = {
+        **ARCHIVE_SETTINGS,
+        "archive_command": home.archive_command(),
+        "archive_timeout": "1",
+    }
+    cluster = EphemeralCluster(fast=True, settings=settings).start()
+    try:
+        home.set_dsn(cluster.dsn())
+        yield _write_history(home, cluster)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home.root, ignore_errors=True)
+
+
+def _write_history(home, cluster: EphemeralCluster) -> History:
+    cluster.execute("CREATE TABLE marker (id int PRIMARY KEY)")
+    pgbench = str(cluster.bin_dir / "pgbench")
+    subprocess.run([pgbench, "-i", "-s", "1", "-q", cluster.dsn()], check=True, capture_output=True)
+    load = subprocess.Popen(
+        [pgbench, "-c", "2", "-j", "1", "-T", "120", "-n", cluster.dsn()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    writer = MarkerWriter(cluster)
+    writer.start()
+    try:
+        _wait_until(lambda: len(writer.lsns) >= 10)
+        backup = backup_physical(home.app(), "app")  # under load
+        _wait_until(lambda: len(writer.lsns) >= 90)  # about 8 seconds after it
+    finally:
+        writer.stop.set()
+        writer.join()
+        load.terminate()
+        load.wait()
+    wait_archived(cluster, switch_wal(cluster))
+    rows = cluster.execute("SELECT id, pg_xact_commit_timestamp(xmin) FROM marker ORDER BY id")
+    markers = [(i, at, writer.lsns[i]) for i, at in rows]
+    return History(home, cluster, backup, markers)
+
+
+def _restore(history: History, tmp_name: str, point: RecoveryTarget):
+    into = history.home.root / tmp_name
+    return restore_physical(history.home.app(), "app", into, point, start=True)
+
+
+def _restored_markers(restore) -> set[int]:
+    with restore.server.connect() as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM marker")}
+
+
+def test_restores_to_three_random_seconds_hold_exactly_the_markers_committed_by_then(history):
+    stop = dt.datetime.fromisoformat(history.backup.meta["stop_time"])
+    first = stop.replace(microsecond=0) + SECOND
+    last = history.markers[-1][1].replace(microsecond=0) - SECOND
+    seconds = int((last - first).total_seconds())
+    assert seconds >= 3, f"window too short: {first}..{last}"
+    seed = random.randrange(1 << 30)
+    chosen = sorted(random.Random(seed).sample(range(seconds + 1), 3))
+    print(f"random seconds (seed {seed}): {[str(first + n * SECOND) for n in chosen]}")
+    for n in chosen:
+        second = first + n * SECOND
+        with _restore(history, f"second-{n}", RecoveryTarget.at_time(second)) as restore:
+            assert restore.outcome.reached, restore.outcome
+            expected = history.committed_before(second + SECOND)
+            assert _restored_markers(restore) == expected, second
+            assert restore.outcome.last_commit < second + SECOND
+            assert restore.outcome.timeline == 1 and restore.outcome.new_timeline == 2
+
+
+def test_a_restore_to_an_lsn_holds_the_markers_committed_before_it(history):
+    marker, _at, lsn = history.markers[len(history.markers) * 2 // 3]
+    with _restore(history, "lsn", RecoveryTarget(LSN, lsn=lsn)) as restore:
+        assert restore.outcome.reached and "WAL location (LSN)" in restore.outcome.stop
+        assert _restored_markers(restore) == {i for i, _at, _lsn in history.markers if i <= marker}
+
+
+def test_a_commit_time_target_is_inclusive_to_the_microsecond(history):
+    """Off by one transaction fails here: the target is a marker's own commit time."""
+    marker, at, _lsn = history.markers[len(history.markers) // 2]
+    assert at.microsecond != 0
+    with _restore(history, "inclusive", RecoveryTarget.at_time(at)) as restore:
+        assert max(_restored_markers(restore)) == marker
+    with _restore(history, "exclusive", RecoveryTarget.at_time(at, inclusive=False)) as restore:
+        assert max(_restored_markers(restore)) == marker - 1
+
+
+def _segment_after_backup(history: History) -> tuple[WalArchive, object]:
+    """A stored segment inside the window, after the base backup's end."""
+    archive = WalArchive(history.home.app().repository(), "app")
+    stop = parse_lsn(history.backup.meta["stop_lsn"])
+    size = history.backup.meta["wal_segment_size"]
+    segments = [s for s in archive.list_files(history.backup.meta["cluster"]) if s.is_segment]
+    after = [
+        s
+        for s in segments
+        if int(s.name[8:16], 16) * (1 << 32) + int(s.name[16:], 16) * size > stop
+    ]
+    return archive, after[len(after) // 2]
+
+
+def test_a_missing_segment_fails_the_restore_naming_it(history):
+    archive, segment = _segment_after_backup(history)
+    path = history.home.root / "repo" / segment.key
+    hidden = path.with_name(".hidden")
+    os.rename(path, hidden)
+    try:
+        with pytest.raises(RestoreError) as raised:
+            _restore(history, "missing", RecoveryTarget.at_time(history.markers[-1][1]))
+        assert f"WAL segment {segment.name} is missing from the archive" in raised.value.message
+        assert not (history.home.root / "missing").exists()  # nothing left that looks restored
+    finally:
+        os.rename(hidden, path)
+
+
+def test_a_corrupted_segment_fails_the_restore_naming_it(history):
+    archive, segment = _segment_after_backup(history)
+    path = history.home.root / "repo" / segment.key
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x40
+    path.write_bytes(bytes(damaged))
+    try:
+        with pytest.raises(RestoreError) as raised:
+            _restore(history, "corrupt", RecoveryTarget.at_time(history.markers[-1][1]))
+        assert f"WAL segment {segment.name} is damaged" in raised.value.message
+    finally:
+        path.write_bytes(original)
