@@ -4,8 +4,9 @@ Works from the repository and the key alone.  In order:
 
 1. choose the newest base backup that ends before the point, on its timeline (actions/pitr);
 2. check that the WAL from its start to its end is archived (else nothing is written);
-3. stream every archive of it from the repository into DIR (tablespaces inside DIR, under
-   ``pg_tblspc/<oid>``), as the server's user when run as root;
+3. stream every archive of it from the repository into DIR, each tablespace into
+   ``DIR.tablespaces/<oid>`` linked from ``DIR/pg_tblspc/<oid>`` (never its original
+   location, which may be in use), as the server's user when run as root;
 4. write the recovery settings (``restore_command`` with wal-fetch, ``recovery_target_*``,
    promote at the end) into ``postgresql.auto.conf`` and create ``recovery.signal``;
 5. with ``start``: run the server on a free port (:class:`RecoveryServer`), feed it WAL from
@@ -101,6 +102,8 @@ class PhysicalRestore:
     point: RecoveryTarget
     restore_command: str  # what postgresql.auto.conf says (for a later start by hand)
     created: bool  # this restore created data_dir (so remove() deletes it)
+    tablespaces: Path | None = None  # DIR.tablespaces, when the backup has tablespaces
+    tablespaces_created: bool = False
     run_dir: Path | None = None
     server: RecoveryServer | None = None
     outcome: RecoveryOutcome | None = None
@@ -119,6 +122,8 @@ class PhysicalRestore:
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         _clear(self.data_dir, self.created)
+        if self.tablespaces is not None:
+            _clear(self.tablespaces, self.tablespaces_created)
 
     def __enter__(self) -> PhysicalRestore:
         return self
@@ -152,6 +157,9 @@ def restore_physical(
     archive = WalArchive(repo, target)
     _check_backup_wal(repo, choice)
     restore = PhysicalRestore(target, data_dir, choice, point, "", created)
+    if choice.manifest.meta.get("tablespaces"):
+        spaces = data_dir.with_name(data_dir.name + ".tablespaces")
+        restore.tablespaces, restore.tablespaces_created = _prepare_dir(spaces)
     try:
         _extract(repo, restore, progress)
         standalone = _standalone_command(target, choice.cluster, config_path)
@@ -164,6 +172,8 @@ def restore_physical(
         keep_log = restore.run_dir
         restore.stop()
         _clear(data_dir, created)
+        if restore.tablespaces is not None:
+            _clear(restore.tablespaces, restore.tablespaces_created)
         if keep_log is not None and not (keep_log / "server.log").exists():
             shutil.rmtree(keep_log, ignore_errors=True)
         raise
@@ -223,19 +233,41 @@ def _extract(repo, restore: PhysicalRestore, progress) -> None:
             continue
         root = restore.data_dir
         if item.name != "base.tar":
-            root = restore.data_dir / "pg_tblspc" / item.name.removesuffix(".tar")
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if owner is not None:
-                os.chown(root.parent, *owner)
-                os.chown(root, *owner)
+            root = _tablespace_dir(restore, item.name.removesuffix(".tar"), owner)
         with repo.open_item(item) as reader:
             done = extract_archive(item.name, reader, root, chown=owner, progress=progress)
         restore.files += done.files
         restore.bytes += done.bytes
-    # The tablespaces are in place under pg_tblspc/<oid>: tablespace_map would make the
-    # server replace them with links to their original locations.
-    (restore.data_dir / "tablespace_map").unlink(missing_ok=True)
+    _link_tablespaces(restore, owner)
     restore.phases["fetch_extract_s"] = time.monotonic() - started
+
+
+def _tablespace_dir(restore: PhysicalRestore, oid: str, owner) -> Path:
+    if restore.tablespaces is None or not oid.isdigit():
+        raise RestoreError(
+            f"unexpected archive {oid}.tar in base backup {restore.choice.manifest.backup_id}"
+        )
+    path = restore.tablespaces / oid
+    path.mkdir(mode=0o700)
+    for made in (restore.tablespaces, path):
+        if owner is not None:
+            os.chown(made, *owner)
+    return path
+
+
+def _link_tablespaces(restore: PhysicalRestore, owner) -> None:
+    """Link ``pg_tblspc/<oid>`` to each restored tablespace, and drop ``tablespace_map``
+    (which would make the server link them to their original locations instead)."""
+    (restore.data_dir / "tablespace_map").unlink(missing_ok=True)
+    if restore.tablespaces is None:
+        return
+    links = restore.data_dir / "pg_tblspc"
+    links.mkdir(mode=0o700, exist_ok=True)
+    for space in sorted(restore.tablespaces.iterdir()):
+        link = links / space.name
+        link.symlink_to(space)
+        if owner is not None:
+            os.lchown(link, *owner)
 
 
 def _standalone_command(target: str, cluster: str, config_path: str | None) -> str:

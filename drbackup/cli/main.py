@@ -93,6 +93,8 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "wal-push": ("wal",),
     "wal-fetch": ("wal",),
     "wal-async": ("wal",),
+    "mark": ("wal",),
+    "wal": ("wal",),
 }
 
 

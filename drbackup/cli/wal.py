@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from drbackup.errors import UsageError
+from drbackup.sources.postgres.wal import format_lsn
 
 
 def _postgres_target(state, target: str | None) -> str:
@@ -102,4 +103,44 @@ def async_fetch(state, target: str, spool: str, cluster: str | None) -> None:
     run_fetcher(state.app, target, Path(spool), cluster)
 
 
-COMMANDS = [wal_push, wal_fetch, wal_async]
+@click.command("mark")
+@click.argument("name")
+@click.option("-t", "--target", help="The postgres target (default: the only one).")
+@click.option(
+    "--no-switch",
+    is_flag=True,
+    help="Do not complete the current WAL segment (the point is archived when it fills).",
+)
+@click.pass_obj
+def mark(state, name: str, target: str | None, no_switch: bool) -> None:
+    """Create a named restore point (restore --restore-point NAME recovers to it)."""
+    from drbackup.actions.wal_admin import mark_restore_point
+
+    chosen = _postgres_target(state, target)
+    made = mark_restore_point(state.app, chosen, name, switch=not no_switch)
+    point = made.point
+    click.echo(
+        f"restore point {name!r} of {chosen} at {format_lsn(point.lsn)} "
+        f"({point.time.isoformat()}, in WAL segment {point.segment}, cluster {made.cluster})"
+    )
+
+
+@click.group("wal")
+def wal() -> None:
+    """The WAL archive: continuity, the restorable window, registered clusters."""
+
+
+@wal.command("register")
+@click.argument("target")
+@click.pass_obj
+def register(state, target: str) -> None:
+    """Archive the cluster now at TARGET's dsn (after initdb or pg_upgrade re-created it)."""
+    from drbackup.actions.wal_admin import register_cluster
+
+    registration = register_cluster(state.app, target)
+    click.echo(
+        f"target {target} archives cluster {registration.cluster} (since {registration.registered})"
+    )
+
+
+COMMANDS = [wal_push, wal_fetch, wal_async, mark, wal]

@@ -4,6 +4,7 @@ checked file by file against the server's own backup_manifest by ``verify``."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from drbackup.actions.backup_physical import backup_physical
 from drbackup.actions.repository import verify_backup
 from drbackup.errors import CheckFailedError, SourceError
 from drbackup.repository.wal import WalArchive
+from drbackup.sources.postgres.recovery import RecoveryServer
 from drbackup.sources.postgres.wal import parse_lsn
 from tests.fixtures.walarchive import make_wal_home
 
@@ -98,3 +100,45 @@ def test_a_backup_whose_wal_never_reaches_the_archive_fails_and_leaves_nothing(a
         import shutil
 
         shutil.rmtree(home.root, ignore_errors=True)
+
+
+def test_the_cli_restores_tablespaces_beside_the_directory_and_leaves_the_server_running(
+    wal_home, server
+):
+    app = wal_home.app()
+    manifest = backup_physical(app, "app")
+    server.execute("INSERT INTO far SELECT i, 'after' FROM generate_series(20001, 20500) i")
+    server.execute("SELECT pg_switch_wal()")
+    into = wal_home.root / "restored"
+    result = wal_home.run(
+        "restore",
+        "postgres",
+        "app",
+        "--into-dir",
+        str(into),
+        "--latest",
+        "--start",
+        as_server_user=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        f"using base backup {manifest.backup_id} (cluster {manifest.meta['cluster']}"
+    )
+    assert lines[2].startswith(
+        "recovery reached the end of the archived WAL: end of the archived WAL"
+    )
+    assert "timeline 1; promoted to timeline 2" in lines[3]
+    socket_dir = lines[4].split("socket directory ")[1].split(",")[0]
+    restored = RecoveryServer(into, Path(socket_dir).parent, superuser="postgres")
+    restored.port = int(lines[4].split("port ")[1].split(",")[0])
+    try:
+        rows = restored.execute("SELECT count(*), max(i) FROM far")
+        assert rows == [(20500, 20500)]  # the rows written after the base backup too
+        oid = server.execute("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'")[0][0]
+        link = into / "pg_tblspc" / str(oid)
+        assert link.readlink() == wal_home.root / "restored.tablespaces" / str(oid)
+        assert restored.execute("SHOW archive_mode") == [("off",)]
+    finally:
+        restored.destroy()  # stops the server, removes its run directory
+    assert not restored.is_running

@@ -23,10 +23,11 @@ import pytest
 
 from drbackup.actions.backup_physical import backup_physical
 from drbackup.actions.restore_physical import restore_physical
+from drbackup.actions.wal_admin import mark_restore_point
 from drbackup.errors import RestoreError
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.cluster import EphemeralCluster
-from drbackup.sources.postgres.recovery import LSN, RecoveryTarget
+from drbackup.sources.postgres.recovery import LSN, NAME, XID, RecoveryTarget
 from drbackup.sources.postgres.wal import parse_lsn
 from tests.fixtures.walarchive import ARCHIVE_SETTINGS, make_wal_home, switch_wal, wait_archived
 
@@ -38,9 +39,9 @@ class History:
     home: object
     cluster: EphemeralCluster
     backup: object  # the base backup's manifest
-    markers: list[tuple[int, dt.datetime, int]] = field(
-        default_factory=list
-    )  # id, commit, lsn after
+    markers: list[tuple[int, dt.datetime, int]]  # id, commit time, WAL position after it
+    xids: dict[int, int] = field(default_factory=dict)  # marker id -> its transaction id
+    marked: int = 0  # markers committed before the restore point "mid-history"
 
     def committed_before(self, limit: dt.datetime) -> set[int]:
         return {i for i, at, _ in self.markers if at < limit}
@@ -54,15 +55,21 @@ class MarkerWriter(threading.Thread):
         super().__init__(name="marker-writer", daemon=True)
         self.cluster, self.stop = cluster, threading.Event()
         self.lsns: dict[int, int] = {}
+        self.xids: dict[int, int] = {}
+        self.pause = threading.Lock()  # held: no marker is being written
 
     def run(self) -> None:
         with self.cluster.connect() as conn:
             marker = 0
             while not self.stop.wait(0.1):
-                marker += 1
-                conn.execute("INSERT INTO marker (id) VALUES (%s)", (marker,))
-                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
-                self.lsns[marker] = parse_lsn(str(lsn))
+                with self.pause:
+                    marker += 1
+                    xid = conn.execute(
+                        "INSERT INTO marker (id) VALUES (%s) RETURNING xmin::text::bigint",
+                        (marker,),
+                    ).fetchone()[0]
+                    lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+                    self.lsns[marker], self.xids[marker] = parse_lsn(str(lsn)), xid
 
 
 def _wait_until(condition, timeout: float = 30) -> None:
@@ -105,7 +112,11 @@ def _write_history(home, cluster: EphemeralCluster) -> History:
     try:
         _wait_until(lambda: len(writer.lsns) >= 10)
         backup = backup_physical(home.app(), "app")  # under load
-        _wait_until(lambda: len(writer.lsns) >= 90)  # about 8 seconds after it
+        _wait_until(lambda: len(writer.lsns) >= 50)
+        with writer.pause:  # no marker straddles the restore point
+            marked = len(writer.lsns)
+            mark_restore_point(home.app(), "app", "mid-history")
+        _wait_until(lambda: len(writer.lsns) >= 90)  # about 8 seconds after the backup
     finally:
         writer.stop.set()
         writer.join()
@@ -114,7 +125,7 @@ def _write_history(home, cluster: EphemeralCluster) -> History:
     wait_archived(cluster, switch_wal(cluster))
     rows = cluster.execute("SELECT id, pg_xact_commit_timestamp(xmin) FROM marker ORDER BY id")
     markers = [(i, at, writer.lsns[i]) for i, at in rows]
-    return History(home, cluster, backup, markers)
+    return History(home, cluster, backup, markers, writer.xids, marked)
 
 
 def _restore(history: History, tmp_name: str, point: RecoveryTarget):
@@ -161,6 +172,21 @@ def test_a_commit_time_target_is_inclusive_to_the_microsecond(history):
         assert max(_restored_markers(restore)) == marker
     with _restore(history, "exclusive", RecoveryTarget.at_time(at, inclusive=False)) as restore:
         assert max(_restored_markers(restore)) == marker - 1
+
+
+def test_a_restore_to_a_transaction_includes_it_and_nothing_after(history):
+    marker = history.markers[len(history.markers) * 3 // 4][0]
+    with _restore(history, "xid", RecoveryTarget(XID, xid=history.xids[marker])) as restore:
+        assert restore.outcome.reached and restore.outcome.stop.startswith(
+            "recovery stopping after commit"
+        )
+        assert max(_restored_markers(restore)) == marker
+
+
+def test_a_restore_to_a_named_restore_point(history):
+    with _restore(history, "mark", RecoveryTarget(NAME, name="mid-history")) as restore:
+        assert restore.outcome.stop.startswith('recovery stopping at restore point "mid-history"')
+        assert _restored_markers(restore) == set(range(1, history.marked + 1))
 
 
 def _segment_after_backup(history: History) -> tuple[WalArchive, object]:

@@ -295,3 +295,14 @@ def _message(conn) -> str:
 def _one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[0].removeprefix("FATAL:").removeprefix("ERROR:").strip() if lines else ""
+
+
+def identify_system(dsn: str, password: str | None) -> int:
+    """The server's system identifier, from IDENTIFY_SYSTEM on a replication connection
+    (what a role with REPLICATION may read without being superuser)."""
+    extra = {"password": password} if password else {}
+    conn = _connect(make_conninfo(dsn, replication="true", connect_timeout="10", **extra))
+    try:
+        return int(_exec(conn, b"IDENTIFY_SYSTEM").get_value(0, 0).decode())
+    finally:
+        conn.finish()

@@ -237,6 +237,11 @@ class RecoveryServer(EphemeralCluster):
             argv += ["-c", f"{name}={value}"]
         return argv
 
+    def _accepts_connections(self) -> bool:
+        # A connection attempt while the server recovers leaves a FATAL line in its log each
+        # time; postmaster.pid's status line says "ready" once it accepts connections.
+        return postmaster_status(self.data_dir) == "ready" and super()._accepts_connections()
+
     def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
         """A connection through the private socket directory (trust: this host's root and
         the server's user only)."""
@@ -247,3 +252,13 @@ class RecoveryServer(EphemeralCluster):
             user=user or self.superuser,
             dbname=dbname,
         )
+
+
+def postmaster_status(data_dir: Path) -> str | None:
+    """The postmaster's status (``starting``, ``ready``, ``standby``, ``stopping``): the
+    eighth line of ``postmaster.pid``; None without one."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    return lines[7].strip() if len(lines) > 7 else None
