@@ -15,6 +15,7 @@ the spool never holds more than ``fetch_ahead + 1`` segments.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
@@ -134,7 +135,10 @@ def _current_cluster(archive: WalArchive) -> str:
 
 
 def default_fetch_spool(app, target: str) -> Path:
-    return spool_root(app, target) / "fetch"
+    """``<spool_dir>/<target>/fetch/<server>``: one per data directory (PostgreSQL runs
+    restore_command in it), so that two restores on one host never share read-ahead."""
+    server = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    return spool_root(app, target) / "fetch" / server
 
 
 # --- the read-ahead fetcher -------------------------------------------------------------------

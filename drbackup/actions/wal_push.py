@@ -11,6 +11,7 @@ in the repository.  See docs/pitr.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -46,8 +47,12 @@ def spool_root(app, target: str) -> Path:
     return default_home(os.environ) / "spool" / target
 
 
-def push_spool(app, target: str) -> Spool:
-    return Spool(spool_root(app, target) / "push")
+def push_spool(app, target: str, pg_wal: Path) -> Spool:
+    """``<spool_dir>/<target>/push/<server>``: one per pg_wal directory, so that two servers
+    archiving into one target (an old primary and a promoted restore, a standby with
+    archive_mode = always) each have their own pusher watching their own pg_wal."""
+    server = hashlib.sha256(str(pg_wal.resolve()).encode()).hexdigest()[:12]
+    return Spool(spool_root(app, target) / "push" / server)
 
 
 def wal_push(app, target: str, path: Path, *, config_path: str | None = None) -> str:
@@ -63,8 +68,8 @@ def wal_push(app, target: str, path: Path, *, config_path: str | None = None) ->
     if not settings.asynchronous or not (path.parent / "archive_status").is_dir():
         result = push_now(app, target, path)
         return "stored" if result.created else "already archived"
-    spool = push_spool(app, target).prepare()
     pg_wal = path.absolute().parent
+    spool = push_spool(app, target, pg_wal).prepare()
     args = ["wal-async", "push", "--target", target, "--pg-wal", str(pg_wal)]
     started: list[float] = []
 
@@ -105,7 +110,7 @@ def run_pusher(app, target: str, pg_wal: Path, *, idle: timedelta = PUSHER_IDLE)
     A file that fails is marked ``.error`` (its foreground command reports it and PostgreSQL
     retries); the pusher goes on with the others.
     """
-    spool = push_spool(app, target).prepare()
+    spool = push_spool(app, target, pg_wal).prepare()
     if not spool.acquire():
         return 0
     try:

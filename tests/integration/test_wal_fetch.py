@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from drbackup.actions.wal_fetch import default_fetch_spool
 from drbackup.actions.wal_spool import poll_until
 from drbackup.repository.wal import WalArchive
 from tests.fixtures.walarchive import switch_wal, wait_archived
@@ -40,7 +41,7 @@ def test_fetches_with_read_ahead_and_exit_codes_postgres_expects(archived):
     assert result.returncode == 0, result.stderr
     assert (dest / "RECOVERYXLOG").read_bytes() == data[names[0]]
     # the background fetcher read ahead: the next segments wait decrypted in the spool
-    spool = home.root / "spool" / "app" / "fetch"
+    spool = default_fetch_spool(home.app(), "app")
     poll_until(lambda: (spool / names[2]).exists() or None, 30, "the read-ahead")
     result = home.run("wal-fetch", "--target", "app", names[1], str(dest / "RECOVERYXLOG"))
     assert result.returncode == 0 and (dest / "RECOVERYXLOG").read_bytes() == data[names[1]]

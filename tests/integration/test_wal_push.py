@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from drbackup.actions.wal_push import push_spool
 from drbackup.repository.wal import WalArchive
 from tests.fixtures.walarchive import make_wal_home, switch_wal, wait_archived
 
@@ -22,7 +23,7 @@ def test_the_server_archives_segments_through_the_background_pusher(wal_home, ar
     names = [switch_wal(cluster) for _ in range(3)]
     wait_archived(cluster, names[-1])
     assert set(names) <= set(_archived_names(wal_home))
-    spool = wal_home.root / "spool" / "app" / "push"
+    spool = push_spool(wal_home.app(), "app", cluster.data_dir / "pg_wal").path
     assert (spool / "lock").exists()
     # The server crashed after the push but before it marked the file done, and the
     # acknowledgement is gone: it pushes the same file again, which succeeds.

@@ -118,13 +118,16 @@ class ReplayState:
     in_recovery: bool
     replay_lsn: int | None  # last WAL record replayed (static once recovery has ended)
     replay_time: datetime | None  # time of the last transaction replayed
-    timeline: int  # the timeline the server is on now
+    timeline: int | None  # the timeline the server writes now (None while recovering)
 
 
 def replay_state(conn: psycopg.Connection) -> ReplayState:
+    # The timeline: of the WAL being written now (pg_control's lags until a checkpoint).
     row = conn.execute(
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), pg_last_xact_replay_timestamp(),"
-        " (SELECT timeline_id FROM pg_control_checkpoint())"
+        " CASE WHEN pg_is_in_recovery() THEN NULL"
+        " ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END"
     ).fetchone()
     lsn = parse_lsn(str(row[1])) if row[1] is not None else None
-    return ReplayState(row[0], lsn, row[2], row[3])
+    timeline = int(row[3], 16) if row[3] is not None else None
+    return ReplayState(row[0], lsn, row[2], timeline)

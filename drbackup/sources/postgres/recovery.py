@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 from drbackup.errors import SourceError
@@ -238,9 +239,18 @@ class RecoveryServer(EphemeralCluster):
         return argv
 
     def _accepts_connections(self) -> bool:
-        # A connection attempt while the server recovers leaves a FATAL line in its log each
-        # time; postmaster.pid's status line says "ready" once it accepts connections.
-        return postmaster_status(self.data_dir) == "ready" and super()._accepts_connections()
+        """True once recovery has ended and the server accepts connections as a primary.
+
+        A connection attempt while the server recovers leaves a FATAL line in its log each
+        time: postmaster.pid's status line says "ready" first (also when it accepts
+        read-only connections during recovery, which is not the end of it)."""
+        if postmaster_status(self.data_dir) != "ready" or not super()._accepts_connections():
+            return False
+        try:
+            with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
+                return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.OperationalError:
+            return False
 
     def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
         """A connection through the private socket directory (trust: this host's root and
