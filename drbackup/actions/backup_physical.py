@@ -102,12 +102,13 @@ def _cluster_of(archive: WalArchive, facts, system_identifier: int) -> str:
 
 
 def _store_archives(writer, stream: BaseBackupStream, progress) -> None:
-    tablespaces = {f"{t.oid}.tar": t for t in stream.positions.tablespaces if t.oid}
     for archive in stream.archives():
         if archive.is_manifest:
             writer.add_stream(archive.name, MANIFEST_TYPE, archive.blocks)
             continue
-        space = tablespaces.get(archive.name)
+        # the server sends the tablespace list before any archive: complete by now
+        spaces = {f"{t.oid}.tar": t for t in stream.positions.tablespaces if t.oid}
+        space = spaces.get(archive.name)
         meta = {"tablespace": {"oid": space.oid, "location": space.location}} if space else {}
         writer.add_stream(archive.name, TAR_TYPE, archive.blocks, meta, progress)
     if not any(item.type == MANIFEST_TYPE for item in writer.items):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from drbackup.cli.render import echo_json, human_size
 from drbackup.errors import UsageError
 from drbackup.sources.postgres.wal import format_lsn
 
@@ -141,6 +142,62 @@ def register(state, target: str) -> None:
     click.echo(
         f"target {target} archives cluster {registration.cluster} (since {registration.registered})"
     )
+
+
+@wal.command("check")
+@click.argument("target")
+@click.option("--no-server", is_flag=True, help="Do not ask the server for the archive lag.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def check(state, target: str, no_server: bool, as_json: bool) -> None:
+    """Find gaps and timeline breaks; show the restorable window and the archive lag.
+
+    Exit status 3 when the archive has a gap or a timeline break.
+    """
+    from drbackup.actions.repository import damage_found
+    from drbackup.actions.wal_check import check_wal
+
+    state.app.config.target(target)
+    status = check_wal(state.app, target, server=not no_server)
+    if as_json:
+        echo_json(status.to_dict())
+    else:
+        _echo_status(status)
+    if status.problems:
+        raise damage_found(
+            f"the WAL archive of {target} has {len(status.problems)} problem(s):",
+            status.problems,
+            hint="restores across a gap fail: take a base backup now (a new chain starts there)",
+        )
+
+
+def _echo_status(status) -> None:
+    if status.cluster is None:
+        click.echo(f"target {status.target} archives no WAL")
+        return
+    click.echo(
+        f"target {status.target}: cluster {status.cluster}, {status.base_backups} base backup(s)"
+    )
+    for timeline, (first, last, count) in sorted(status.timelines.items()):
+        click.echo(f"  timeline {timeline}: {first} .. {last} ({count} segments)")
+    if status.oldest and status.newest:
+        click.echo(
+            f"restorable window: {status.oldest.isoformat()} .. {status.newest.isoformat()} "
+            f"(newest commit {status.newest_commit.isoformat()}, in {status.newest_segment})"
+        )
+    elif status.restorable:
+        click.echo(
+            "restorable window: the end of the archived WAL (no commit since the base backup)"
+        )
+    else:
+        click.echo("restorable window: none (no base backup with complete WAL)")
+    if status.lag_seconds is not None:
+        click.echo(
+            f"archive lag: {status.lag_seconds:.0f}s ({human_size(status.lag_bytes or 0)} not archived)"
+        )
+    elif status.lag_error:
+        click.echo(f"archive lag: unknown ({status.lag_error})")
+    click.echo(f"gaps: {len(status.gaps)}, timeline breaks: {len(status.breaks)}")
 
 
 COMMANDS = [wal_push, wal_fetch, wal_async, mark, wal]

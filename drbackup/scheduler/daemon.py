@@ -47,7 +47,7 @@ from drbackup.scheduler.locks import Coordinator, LocalLocks
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 log = logging.getLogger("drbackup.daemon")
-SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify")
+SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
 
 
 # -- structured logs ----------------------------------------------------------------------
@@ -249,6 +249,7 @@ class Daemon:
                 labels = {"kind": run.kind, "target": run.target}
                 self.metrics.last_success.labels(**labels).set(run.finished_at.timestamp())
                 self.metrics.record_drill(run.kind, run.target, run.details or {})
+                self.metrics.record_wal(run.kind, run.target, run.details or {})
 
     # --- running -----------------------------------------------------------------------
 
@@ -396,6 +397,7 @@ class Daemon:
                 final = attempt == attempts or isinstance(exc, jobkinds.ActionAbandoned)
                 self.metrics.record_failure(job.kind, label, duration, final=final)
                 self.metrics.record_drill(job.kind, label, exc.details)
+                self.metrics.record_wal(job.kind, label, exc.details)
                 self._record_target_run(job, target, wall, RUN_FAILED, exc)
                 emit(
                     "run_failed",

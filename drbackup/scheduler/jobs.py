@@ -128,6 +128,20 @@ def run_backup(app, job, target: str) -> Outcome:
     return _manifest_outcome(manifest)
 
 
+@register("wal-check", "drbackup.actions.wal_check", records_runs=True)
+def run_wal_check(app, job, target: str) -> Outcome:
+    """The WAL archive's continuity, window and lag: /metrics shows them; a gap fails."""
+    from drbackup.actions.wal_check import check_wal
+
+    status = check_wal(app, target)
+    outcome = Outcome(details=status.to_dict())
+    if status.problems:
+        error = CheckFailedError(f"WAL archive of {target}: {'; '.join(status.problems[:3])}")
+        error.details = outcome.details  # the window and lag still reach the metrics
+        raise error
+    return outcome
+
+
 @register("snapshot", "drbackup.actions.snapshot_minio", records_runs=True)
 def run_snapshot(app, job, target: str) -> Outcome:
     from drbackup.actions.snapshot_minio import snapshot_target

@@ -58,6 +58,17 @@ def test_a_base_backup_stores_every_tablespace_and_the_server_manifest(wal_home,
     assert meta["superuser"] == "postgres" and manifest.recovery_point is not None
     result = verify_backup(app, manifest.backup_id)
     assert result.problems == [] and result.bytes_read > 0
+    shown = wal_home.run("show", manifest.backup_id, as_server_user=False).stdout.splitlines()
+    assert shown[2] == (
+        f"restorable from: {manifest.recovery_point} (consistent at {meta['stop_lsn']}, needs WAL "
+        f"from {meta['start_lsn']} on timeline 1)"
+    )
+    listed = wal_home.run("list", as_server_user=False).stdout.splitlines()
+    assert listed[1].startswith(f"app/{manifest.backup_id}  postgres-physical")
+    # nothing committed since the backup: no second to stop at, but its end is restorable
+    assert listed[-1] == (
+        "app: restorable to the end of the archived WAL (no commit since the base backup)"
+    )
 
 
 def test_verify_names_a_missing_wal_segment_of_the_backup(wal_home, server):

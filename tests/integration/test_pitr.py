@@ -11,6 +11,7 @@ markers it holds with those that must and must not be there.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import shutil
@@ -230,3 +231,32 @@ def test_a_corrupted_segment_fails_the_restore_naming_it(history):
         assert f"WAL segment {segment.name} is damaged" in raised.value.message
     finally:
         path.write_bytes(original)
+
+
+def test_wal_check_shows_the_window_and_names_a_gap(history):
+    result = history.home.run("wal", "check", "app", "--json", as_server_user=False)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    stop = dt.datetime.fromisoformat(history.backup.meta["stop_time"])
+    oldest = dt.datetime.fromisoformat(status["window"]["oldest"])
+    newest = dt.datetime.fromisoformat(status["window"]["newest"])
+    assert oldest == stop.replace(microsecond=0)
+    # the newest restorable second is the one before the newest archived commit's
+    assert (
+        newest == dt.datetime.fromisoformat(status["newest_commit"]).replace(microsecond=0) - SECOND
+    )
+    assert newest >= history.markers[-1][1].replace(microsecond=0) - SECOND
+    assert status["gaps"] == [] and status["breaks"] == [] and status["lag_seconds"] == 0
+    _archive, segment = _segment_after_backup(history)
+    path = history.home.root / "repo" / segment.key
+    hidden = path.with_name(".hidden")
+    os.rename(path, hidden)
+    try:
+        result = history.home.run("wal", "check", "app", as_server_user=False)
+        report = history.home.run("report", as_server_user=False)
+    finally:
+        os.rename(hidden, path)
+    assert result.returncode == 3
+    assert f"WAL segment {segment.name} is missing" in result.stderr
+    assert report.returncode == 2  # nagios CRITICAL
+    assert f"CRITICAL  app: WAL gap: WAL segment {segment.name} is missing" in report.stdout
