@@ -179,3 +179,17 @@ def _none_reaches(repo, target: str, point: RecoveryTarget, backups: list[Manife
     return UsageError(
         f"no base backup of target {target} ends before {point.describe()}", hint=hint
     )
+
+
+def exact_restore_note(repo, target: str, when: datetime) -> str | None:
+    """When base backups and WAL reach ``when`` exactly: a sentence saying so (for a
+    logical restore, which can only go back to a dump's recovery point), else None."""
+    try:
+        choice = choose_base_backup(repo, target, RecoveryTarget.at_time(when))
+    except (UsageError, IntegrityError):
+        return None
+    return (
+        f"base backup {choice.manifest.backup_id} and the WAL archive reach "
+        f"{when.isoformat()} exactly: restore postgres {target} --into-dir DIR "
+        "--point-in-time ... restores the whole server to that second"
+    )

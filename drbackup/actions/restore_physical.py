@@ -151,14 +151,18 @@ def restore_physical(
     Raises UsageError (no base backup reaches the point, DIR not empty), RestoreError
     (recovery stopped before the target, naming the segment), and what storage raises.
     """
-    data_dir, created = _prepare_dir(Path(into_dir))
+    _refuse_data(Path(into_dir).absolute())  # before anything is read
     repo = app.repository()
     choice = choose_base_backup(repo, target, point, backup_id=backup_id)
     archive = WalArchive(repo, target)
     _check_backup_wal(repo, choice)
+    spaces = Path(into_dir).absolute()
+    spaces = spaces.with_name(spaces.name + ".tablespaces")
+    if choice.manifest.meta.get("tablespaces"):
+        _refuse_data(spaces)
+    data_dir, created = _prepare_dir(Path(into_dir))
     restore = PhysicalRestore(target, data_dir, choice, point, "", created)
     if choice.manifest.meta.get("tablespaces"):
-        spaces = data_dir.with_name(data_dir.name + ".tablespaces")
         restore.tablespaces, restore.tablespaces_created = _prepare_dir(spaces)
     try:
         _extract(repo, restore, progress)
@@ -183,14 +187,18 @@ def restore_physical(
 # --- preparing the directory and extracting --------------------------------------------------
 
 
-def _prepare_dir(path: Path) -> tuple[Path, bool]:
-    """``(absolute path, created)``; refuses a directory that holds anything."""
-    path = path.absolute()
+def _refuse_data(path: Path) -> None:
     if path.exists() and not is_empty_dir(path):
         raise RestoreError(
             f"{path} is not an empty directory; a restore never writes over data",
             hint="name a new or empty directory with --into-dir",
         )
+
+
+def _prepare_dir(path: Path) -> tuple[Path, bool]:
+    """``(absolute path, created)``; refuses a directory that holds anything."""
+    path = path.absolute()
+    _refuse_data(path)
     created = not path.exists()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)

@@ -95,6 +95,11 @@ def restore_postgres(
     selection = select_backup(
         repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
     )
+    if selection.manifest.kind == "postgres-physical":
+        raise UsageError(
+            f"backup {selection.manifest.backup_id} is a base backup, not a dump",
+            hint="restore it with --into-dir DIR (docs/pitr.md)",
+        )
     item = pick_item(selection.manifest, database)
     found = checked.result()
     globals_item = _globals_item(selection.manifest) if with_globals else None

@@ -177,6 +177,12 @@ def postgres(
         )
         return
     click.echo(f"using {result.selection.note}")
+    if point is not None:
+        from drbackup.actions.pitr import exact_restore_note
+
+        note = exact_restore_note(state.app.repository(), target, point)
+        if note:
+            click.echo(f"note: {note}")
     if result.dropped:
         click.echo(result.dropped)
     if result.globals:

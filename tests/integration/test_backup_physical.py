@@ -3,7 +3,9 @@ checked file by file against the server's own backup_manifest by ``verify``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,35 @@ def test_the_cli_restores_tablespaces_beside_the_directory_and_leaves_the_server
     finally:
         restored.destroy()  # stops the server, removes its run directory
     assert not restored.is_running
+
+
+def test_a_time_before_every_base_backup_names_the_dump_that_covers_it(wal_home, server):
+    from drbackup.actions.backup_postgres import backup_target
+
+    app = wal_home.app()
+    dump = backup_target(app, "app")
+    second = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=2)
+    while dt.datetime.now(dt.UTC) < second:  # the base backup starts two seconds later
+        time.sleep(0.05)
+    physical = backup_physical(app, "app")
+    start = dt.datetime.fromisoformat(physical.meta["start_time"])
+    between = start.replace(microsecond=0) - dt.timedelta(seconds=1)  # the whole second is before
+    assert dt.datetime.fromisoformat(dump.recovery_point) < between
+    result = wal_home.run(
+        "restore",
+        "postgres",
+        "app",
+        "--into-dir",
+        str(wal_home.root / "r"),
+        "--point-in-time",
+        between.isoformat(),
+        as_server_user=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("drbackup: error: no base backup of target app ends before time ")
+    assert (
+        f"the logical backup {dump.backup_id} (recovery point {dump.recovery_point}) covers it: restore it with --into DSN"
+        in lines[1]
+    )
+    assert not (wal_home.root / "r").exists()
