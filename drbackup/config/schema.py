@@ -29,6 +29,7 @@ from pydantic import (
 from drbackup.config import types as t
 from drbackup.config.retention import RetentionSettings
 from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
+from drbackup.config.wal import PhysicalSettings
 from drbackup.errors import UsageError
 
 MIB = 2**20
@@ -288,35 +289,8 @@ ScratchDsn = t.pg_dsn("PGPASSWORD or ~/.pgpass")
 RPO, RTO = timedelta(hours=24), timedelta(hours=1)  # defaults of every target kind
 
 
-BackupKind = Literal["logical", "physical"]
-
-
-class WalSettings(Section):
-    """How ``wal-push`` (archive_command) and ``wal-fetch`` (restore_command) work
-    (docs/pitr.md)."""
-
-    spool_dir: t.LocalPath | None = Field(
-        None, json_schema_extra={"default_text": "$DRBACKUP_HOME/spool"}
-    )
-    """Where wal-push and wal-fetch keep status files and read-ahead segments (one
-    subdirectory per target; needs room for fetch_ahead segments)."""
-    asynchronous: bool = True
-    """A background process per server uploads several segments ahead of PostgreSQL's
-    archiver and keeps the repository key open; off: each wal-push stores its own file."""
-    push_jobs: int = Field(4, ge=1, le=32)
-    """Segments the background pusher uploads at once."""
-    fetch_ahead: int = Field(8, ge=0, le=256)
-    """Segments wal-fetch decrypts ahead of replay (0: none)."""
-    timeout: Duration = timedelta(seconds=60)
-    """How long wal-push and wal-fetch wait for their file before giving up (PostgreSQL
-    then tries again)."""
-    backup_wait: Duration = timedelta(minutes=5)
-    """How long a physical backup waits for the WAL it needs to reach the archive."""
-
-
-class PostgresTarget(Section):
-    """A PostgreSQL server backed up with pg_dump (logical) and/or base backups and WAL
-    (physical, docs/pitr.md)."""
+class PostgresTarget(PhysicalSettings, Section):
+    """A PostgreSQL server: dumps (pg_dump) and/or base backups and WAL (docs/pitr.md)."""
 
     kind: ClassVar[str] = "postgres"
 
@@ -346,11 +320,6 @@ class PostgresTarget(Section):
     """Taken at dump time for drills: off, counts (row counts) or full (counts and hashes)."""
     jobs: int = Field(1, ge=1, le=64)
     """Parallel jobs where the archive allows it (pg_restore -j)."""
-    backup_kinds: list[BackupKind] = Field(["logical"], min_length=1)
-    """What the daemon's backup jobs take: logical (pg_dump), physical (a base backup), or
-    both."""
-    wal: Annotated[WalSettings, EMPTY_IS_DEFAULT] = Field(default_factory=WalSettings)
-    """WAL archiving through archive_command and restore_command (docs/pitr.md)."""
 
     retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
         default_factory=RetentionSettings

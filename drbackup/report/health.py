@@ -21,8 +21,7 @@ Rules per target (the worst finding is the target's status)::
     archive lag unknown (server unreachable)     WARNING
     repository unreachable                       UNKNOWN   (every target, and the report)
 
-For a target that archives WAL, "the newest good backup" is the newest restorable second of
-its window (the archive lag measured as 0 means: as of now).
+With a WAL archive, a target's recovery point is its newest restorable second (now at lag 0).
 
 The report's status is the worst of its targets', ranked OK < WARNING < UNKNOWN < CRITICAL;
 its exit code follows the nagios convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
@@ -232,11 +231,9 @@ def _wal_findings(facts: TargetFacts) -> list[Finding]:
         )
     findings += [Finding(Status.CRITICAL, f"WAL timeline break: {b}") for b in wal.breaks]
     if not wal.restorable:
-        reason = (
-            "no base backup" if not wal.base_backups else "no base backup whose WAL is complete"
-        )
+        reason = "base backup" + ("" if not wal.base_backups else " whose WAL is complete")
         findings.append(
-            Finding(Status.CRITICAL, f"WAL is archived but nothing is restorable: {reason}")
+            Finding(Status.CRITICAL, f"WAL is archived but nothing is restorable: no {reason}")
         )
     if wal.lag_seconds is not None and wal.lag_seconds > facts.rpo.total_seconds():
         findings.append(
