@@ -311,10 +311,11 @@ def _recover(
 ):
     started = time.monotonic()
     restore.run_dir = Path(tempfile.mkdtemp(prefix="drbackup-restore-"))
-    spool = Spool(restore.run_dir / "spool").prepare()
-    if (owner := _owner()) is not None:
+    (restore.run_dir / "spool").mkdir(mode=0o700)
+    if (owner := _owner()) is not None:  # before the spool's files are made: they follow it
         os.chown(restore.run_dir, *owner)
-        os.chown(spool.path, *owner)
+        os.chown(restore.run_dir / "spool", *owner)
+    spool = Spool(restore.run_dir / "spool").prepare()
     fetcher = Fetcher(archive, restore.choice.cluster, spool, ahead=ahead)
     spool.acquire()  # this process serves the spool: wal-fetch --no-spawn takes from it
     thread = threading.Thread(target=fetcher.run, name="drbackup-wal-fetcher", daemon=True)

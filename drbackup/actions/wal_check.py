@@ -9,6 +9,9 @@ archived commit, read from the newest segment, minus the second it falls in: rec
 time stops only at a later record).  With the server reachable: the archive lag, from the
 server's current WAL position and the newest archived byte.
 
+The archive lag is the age of the oldest WAL byte the server wrote and the archive lacks:
+0 when the server's current position is the end of the archive, else the time since the
+newest archived file was archived (the segment being filled then is what is at risk).
 ``report``, ``/metrics`` (the ``wal-check`` job) and the catalog (a ``wal-check`` run with
 these facts as details) show the same facts.
 """
@@ -239,9 +242,11 @@ def measure_lag(app, target: str, status: WalStatus, now: datetime | None = None
     status.lag_bytes = max(0, state.current_lsn - end)
     if status.lag_bytes == 0:
         status.lag_seconds = 0.0
-    else:
-        since = status.newest_commit or status.newest_archived_at or state.last_archived_time
-        status.lag_seconds = (now - since).total_seconds() if since else None
+        return
+    # The oldest byte not archived was written when the newest archived segment ended:
+    # about when it was archived (the server's clock), else when it reached storage.
+    since = state.last_archived_time or status.newest_archived_at
+    status.lag_seconds = max(0.0, (now - since).total_seconds()) if since else None
 
 
 def check_wal(app, target: str, *, server: bool = True) -> WalStatus:

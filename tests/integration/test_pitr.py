@@ -246,7 +246,9 @@ def test_wal_check_shows_the_window_and_names_a_gap(history):
         newest == dt.datetime.fromisoformat(status["newest_commit"]).replace(microsecond=0) - SECOND
     )
     assert newest >= history.markers[-1][1].replace(microsecond=0) - SECOND
-    assert status["gaps"] == [] and status["breaks"] == [] and status["lag_seconds"] == 0
+    assert status["gaps"] == [] and status["breaks"] == []
+    # a quiet server: its background records wait at most archive_timeout (1 s) to be archived
+    assert 0 <= status["lag_seconds"] < 60 and status["lag_error"] is None
     _archive, segment = _segment_after_backup(history)
     path = history.home.root / "repo" / segment.key
     hidden = path.with_name(".hidden")
