@@ -32,7 +32,7 @@ _HASHES = {
     "SHA384": hashlib.sha384,
     "SHA512": hashlib.sha512,
 }
-_COPY = 1 << 20
+_COPY = 1 << 20  # bytes per read: tarfile's stream mode reads 10 KiB at a time otherwise
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class VerifyState:
     def check_archive(self, archive: str, stream: BinaryIO) -> None:
         """Read one tar archive from ``stream`` and check every file in it."""
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY) as tar:
                 for member in tar:
                     if member.isfile():
                         self._check_file(archive, member, tar.extractfile(member))
@@ -161,7 +161,7 @@ def extract_archive(
     """
     done = Extracted()
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY) as tar:
             for member in tar:
                 _extract_member(tar, member, root, archive, chown, done, progress)
     except tarfile.TarError as exc:
