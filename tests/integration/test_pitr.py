@@ -99,10 +99,11 @@ def history():
         shutil.rmtree(home.root, ignore_errors=True)
 
 
-def _write_history(home, cluster: EphemeralCluster) -> History:
+def _write_history(home, cluster: EphemeralCluster, scale: int = 1) -> History:
     cluster.execute("CREATE TABLE marker (id int PRIMARY KEY)")
     pgbench = str(cluster.bin_dir / "pgbench")
-    subprocess.run([pgbench, "-i", "-s", "1", "-q", cluster.dsn()], check=True, capture_output=True)
+    init = [pgbench, "-i", "-s", str(scale), "-q", cluster.dsn()]
+    subprocess.run(init, check=True, capture_output=True)
     load = subprocess.Popen(
         [pgbench, "-c", "2", "-j", "1", "-T", "120", "-n", cluster.dsn()],
         stdout=subprocess.DEVNULL,
@@ -140,6 +141,28 @@ def _restored_markers(restore) -> set[int]:
 
 
 def test_restores_to_three_random_seconds_hold_exactly_the_markers_committed_by_then(history):
+    _three_random_seconds(history)
+
+
+@pytest.mark.slow
+def test_random_seconds_on_an_s3_repository_with_more_data(s3_server, s3_bucket):
+    options = {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region}
+    home = make_wal_home(repo_url=f"s3://{s3_bucket}/repo", s3=options)
+    settings = {
+        **ARCHIVE_SETTINGS,
+        "archive_command": home.archive_command(),
+        "archive_timeout": "1",
+    }
+    cluster = EphemeralCluster(fast=True, settings=settings).start()
+    try:
+        home.set_dsn(cluster.dsn())
+        _three_random_seconds(_write_history(home, cluster, scale=20))
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home.root, ignore_errors=True)
+
+
+def _three_random_seconds(history: History) -> None:
     stop = dt.datetime.fromisoformat(history.backup.meta["stop_time"])
     first = stop.replace(microsecond=0) + SECOND
     last = history.markers[-1][1].replace(microsecond=0) - SECOND
