@@ -1,6 +1,11 @@
 import signal
 
-pytest_plugins = ["tests.fixtures.s3server", "tests.fixtures.pg", "tests.fixtures.faultproxy"]
+pytest_plugins = [
+    "tests.fixtures.s3server",
+    "tests.fixtures.pg",
+    "tests.fixtures.faultproxy",
+    "tests.fixtures.walarchive",
+]
 
 # A shell without job control starts background commands (`.ci/run &`) with SIGINT ignored,
 # and Python then leaves it so.  Tests of Ctrl-C handling expect what a terminal gives.

@@ -180,7 +180,7 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
     target = PgTarget.from_config(name, app.config.target(name))
     cfg = app.config.postgres[name]
     drill_time = datetime.now(UTC)
-    manifest, how, newest = _select(repo, name, plan.backup)
+    manifest, how, newest = _select(repo, name, plan.backup, "postgres")
     notify(f"{name}: restoring backup {manifest.backup_id} ({how})")
     scratch = scratches.for_target(
         name, target.dsn, target.password, manifest.meta.get("server_version_num")
@@ -236,7 +236,7 @@ def _drill_bucket_target(app, repo, plan, name, notify, workers, drill_id):
     """
     cfg = minio_target(app, name)
     repo.keyring.require(read=True)
-    manifest, how, _newest = _select(repo, name, plan.backup)
+    manifest, how, _newest = _select(repo, name, plan.backup, "bucket")
     if manifest.kind != "bucket":
         raise UsageError(
             f"backup {manifest.backup_id} of {name} is a {manifest.kind} backup, "
@@ -391,16 +391,16 @@ def _restore(app, target, cfg, manifest, item, scratch, dbname) -> c.RestoreOutc
     return c.RestoreOutcome(run=result.run, seconds=time.monotonic() - started)
 
 
-def _select(repo, target: str, choice: BackupChoice):
-    """``(manifest, how it was chosen, newest manifest)``."""
+def _select(repo, target: str, choice: BackupChoice, kind: str):
+    """``(manifest, how it was chosen, newest manifest)`` among the target's backups of
+    ``kind`` (a database drill restores dumps: base backups are passed over)."""
     refs = repo.list_refs(target)
     if not refs:
         raise UsageError(
             f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
         )
     if choice.mode == "random":
-        ref = random.SystemRandom().choice(refs)
-        manifest = repo.load_manifest(ref)
+        manifest = _random_of_kind(repo, refs, kind)
         how = f"random backup among {len(refs)}"
     else:
         selection = select_backup(
@@ -408,10 +408,22 @@ def _select(repo, target: str, choice: BackupChoice):
             target,
             backup_id=choice.backup_id if choice.mode == "id" else None,
             point_in_time=choice.point_in_time if choice.mode == "point_in_time" else None,
+            kind=kind,
         )
         manifest, how = selection.manifest, selection.note
-    newest = manifest if refs[-1].backup_id == manifest.backup_id else repo.load_manifest(refs[-1])
+    newest = select_backup(repo, target, kind=kind).manifest
     return manifest, how, newest
+
+
+def _random_of_kind(repo, refs, kind: str):
+    """A uniformly random backup of ``kind`` among the target's backups."""
+    shuffled = list(refs)
+    random.SystemRandom().shuffle(shuffled)
+    for ref in shuffled:
+        manifest = repo.load_manifest(ref)
+        if manifest.kind == kind:
+            return manifest
+    raise UsageError(f"no {kind} backups of target {refs[0].target}")
 
 
 # -- storing and writing ----------------------------------------------------------------------

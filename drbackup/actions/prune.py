@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from drbackup.actions.gc import collect_garbage
+from drbackup.actions.prune_wal import WalPrune, prune_wal
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
 from drbackup.drill.history import history_entries
@@ -44,7 +46,7 @@ from drbackup.repository.manifest import (
     is_backup_id,
     manifest_key,
 )
-from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy
+from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy_by_kind
 from drbackup.storage.base import link_warnings
 
 DRILL_REASON = "last passing drill {drill_id}"
@@ -89,6 +91,8 @@ class TargetPrune:
     leftovers: list[Leftover] = field(default_factory=list)
     note: str | None = None
     error: DrbackupError | None = None
+    wal: WalPrune | None = None  # the WAL archive's pruning (actions/prune_wal.py)
+    physical: dict[str, dict] = field(default_factory=dict)  # base backup id -> its meta
 
     def to_dict(self) -> dict:
         return {
@@ -101,6 +105,7 @@ class TargetPrune:
             "leftovers": [leftover.to_dict() for leftover in self.leftovers],
             "note": self.note,
             "error": self.error.message if self.error else None,
+            "wal": self.wal.to_dict() if self.wal else None,
         }
 
     def action(self, backup_id: str) -> str:
@@ -242,15 +247,31 @@ def _prune_target(repo, result: TargetPrune, settings, dry_run: bool, now: datet
     refs = repo.list_refs(result.target)
     backups = _load_backups(repo, refs, result)
     protected = _protections(repo, result.target, backups, catalog)
-    decision = apply_policy(backups, result.policy, protected=protected, now=now)
-    result.keep, result.remove = decision.keep, decision.remove
+    result.keep, result.remove = apply_policy_by_kind(backups, result.policy, protected, now)
     if result.policy.is_empty():
         result.note = NO_POLICY_NOTE
-    for backup in decision.remove:
+    for backup in result.remove:
         ref = BackupRef(backup.backup_id, result.target)
         _delete_backup(repo, result, ref, catalog, dry_run)
     committed = {ref.backup_id for ref in refs}
     _prune_leftovers(repo, result, committed, settings.leftover_grace, now, dry_run)
+    _prune_wal(repo, result, dry_run)
+
+
+def _prune_wal(repo, result: TargetPrune, dry_run: bool) -> None:
+    if result.unreadable:  # it may be a base backup whose WAL must stay
+        result.note = "a manifest could not be read: every WAL file kept"
+        return
+    removed = result.removed if not dry_run else [b.backup_id for b in result.remove]
+    gone = set(removed) - set(result.locked)
+    remaining = [meta for backup_id, meta in result.physical.items() if backup_id not in gone]
+    result.wal = prune_wal(
+        repo,
+        result.target,
+        remaining,
+        dry_run=dry_run,
+        locked_until=partial(locked_until, repo.storage),
+    )
 
 
 def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[BackupInfo]:
@@ -265,6 +286,8 @@ def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[Back
         except UsageError:
             continue  # deleted since the listing (another prune): nothing to decide
         point = manifest.recovery_point or manifest.started_at
+        if manifest.kind == "postgres-physical":
+            result.physical[ref.backup_id] = manifest.meta
         backups.append(
             BackupInfo(ref.backup_id, ref.target, _parse_time(point), kind=manifest.kind)
         )
@@ -400,7 +423,7 @@ def _collect_blobs(repo, report: PruneReport) -> dict | None:
         b
         for t in report.targets
         for b in t.remove
-        if b.kind != "postgres" and b.backup_id in t.removed
+        if b.kind == "bucket" and b.backup_id in t.removed
     ]
     if report.dry_run or not removed_snapshots:
         return None

@@ -123,7 +123,13 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
             progress(n)
 
     start = datetime.now(UTC)
-    problems = kept = repo.verify(manifest, tick)
+    problems = repo.verify(manifest, tick)
+    if manifest.kind == "postgres-physical" and not problems:
+        # the repository's checks passed: now every file against the server's manifest
+        from drbackup.actions.verify_physical import verify_base_backup
+
+        problems = verify_base_backup(repo, manifest)
+    kept = problems
     if manifest.kind == "bucket" and not problems:
         # A snapshot's items are its indexes; the objects' content lives in shared blobs.
         from drbackup.actions.restore_minio import verify_snapshot_blobs

@@ -109,7 +109,14 @@ def restore_postgres(
     repo = app.repository(background_key=True)
     opened = Background(lambda: _open_target(into, password), "drbackup-target-check")
     try:
-        selection = select_backup(repo, target, backup_id=backup_id, point_in_time=point_in_time)
+        selection = select_backup(
+            repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
+        )
+        if selection.manifest.kind == "postgres-physical":
+            raise UsageError(
+                f"backup {selection.manifest.backup_id} is a base backup, not a dump",
+                hint="restore it with --into-dir DIR (docs/pitr.md)",
+            )
         item = pick_item(selection.manifest, database)
     except BaseException:
         with contextlib.suppress(BaseException):

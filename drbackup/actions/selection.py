@@ -31,9 +31,15 @@ def parse_time(text: str) -> datetime:
 
 
 def select_backup(
-    repo, target: str, *, backup_id: str | None = None, point_in_time: datetime | None = None
+    repo,
+    target: str,
+    *,
+    backup_id: str | None = None,
+    point_in_time: datetime | None = None,
+    kind: str | None = None,
 ) -> Selection:
-    """The backup to restore: by id, newest with recovery point ≤ time, or the latest."""
+    """The backup to restore: by id, newest with recovery point ≤ time, or the latest;
+    only backups of ``kind`` (e.g. ``postgres``: dumps, not base backups) if given."""
     if backup_id and point_in_time:
         raise UsageError("give either --backup or --point-in-time, not both")
     if backup_id:
@@ -47,9 +53,15 @@ def select_backup(
             f"no backups of target {target} in {repo.url}", hint=_other_targets(repo, target)
         )
     if point_in_time is None:
-        m = max(_load_second(repo, _seconds(refs)[-1]), key=_point)
-        return Selection(m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}")
-    return _select_at(repo, target, refs, point_in_time)
+        for group in reversed(_seconds(refs)):
+            loaded = _load_second(repo, group, kind)
+            if loaded:
+                m = max(loaded, key=_point)
+                return Selection(
+                    m, f"latest backup {m.backup_id}, recovery point {m.recovery_point}"
+                )
+        raise UsageError(f"no {kind} backups of target {target} in {repo.url}")
+    return _select_at(repo, target, refs, point_in_time, kind)
 
 
 def _other_targets(repo, target: str) -> str:
@@ -78,21 +90,22 @@ def _seconds(refs) -> list[list]:
     return groups
 
 
-def _load_second(repo, refs) -> list[Manifest]:
-    return [repo.load_manifest(r) for r in refs]
+def _load_second(repo, refs, kind: str | None = None) -> list[Manifest]:
+    loaded = [repo.load_manifest(r) for r in refs]
+    return [m for m in loaded if kind is None or m.kind == kind]
 
 
 def _point(m: Manifest) -> datetime:
     return parse_time(m.recovery_point or m.finished_at)
 
 
-def _select_at(repo, target, refs, when: datetime) -> Selection:
+def _select_at(repo, target, refs, when: datetime, kind: str | None = None) -> Selection:
     # A backup id starts with its start time, and its recovery point is after the start:
     # only backups started before `when` can qualify; look at the newest ones first.
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     groups = _seconds([r for r in refs if r.backup_id[:16] <= stamp])
     for group in reversed(groups):
-        candidates = [m for m in _load_second(repo, group) if _at_or_before(_point(m), when)]
+        candidates = [m for m in _load_second(repo, group, kind) if _at_or_before(_point(m), when)]
         if candidates:
             m = max(candidates, key=_point)
             gap = when - _point(m)
@@ -102,10 +115,13 @@ def _select_at(repo, target, refs, when: datetime) -> Selection:
                 f"backup {m.backup_id}: recovery point {m.recovery_point}, "
                 f"{where} the requested {when.isoformat()}",
             )
-    oldest = min(_load_second(repo, _seconds(refs)[0]), key=_point)
+    oldest = next((g for g in (_load_second(repo, s, kind) for s in _seconds(refs)) if g), None)
+    hint = None
+    if oldest:
+        first = min(oldest, key=_point)
+        hint = f"the oldest restore point is {first.recovery_point} (backup {first.backup_id})"
     raise UsageError(
-        f"no backup of {target} has a recovery point at or before {when.isoformat()}",
-        hint=f"the oldest restore point is {oldest.recovery_point} (backup {oldest.backup_id})",
+        f"no backup of {target} has a recovery point at or before {when.isoformat()}", hint=hint
     )
 
 

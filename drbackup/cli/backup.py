@@ -24,18 +24,27 @@ def backup() -> None:
     type=click.IntRange(1, 16),
     help="Targets backed up at once.",
 )
+@click.option(
+    "--physical",
+    is_flag=True,
+    help="A base backup of the whole server (for point-in-time restores) instead of pg_dump.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the backup records as JSON.")
 @click.pass_obj
 def postgres(
-    state, targets: tuple[str, ...], all_targets: bool, parallel: int, as_json: bool
+    state, targets: tuple[str, ...], all_targets: bool, parallel: int, physical: bool, as_json: bool
 ) -> None:
-    """pg_dump each database of TARGET(s), with globals and an integrity fingerprint."""
+    """pg_dump each database of TARGET(s), with globals and an integrity fingerprint; or,
+    with --physical, a base backup of each TARGET's server (docs/pitr.md)."""
     app = state.app
     names = list(app.config.postgres) if all_targets else list(targets)
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     for name in names:
         app.config.target(name)  # unknown names fail before any work
+    if physical:
+        _physical(app, names, as_json)
+        return
     with progress(app.progress and len(names) == 1, None, f"backup {names[0]}") as tick:
         manifests = backup_targets(app, names, max_parallel=parallel, progress=tick)
     if as_json:
@@ -51,6 +60,27 @@ def postgres(
             f"backup {m.target}/{m.backup_id} complete: {len(dbs)} database(s), "
             f"{human_size(m.size)} dumped, {human_size(m.stored_size)} stored, "
             f"recovery point {m.recovery_point}"
+        )
+
+
+def _physical(app, names: list[str], as_json: bool) -> None:
+    from drbackup.actions.backup_physical import backup_physical
+
+    manifests = []
+    for name in names:
+        with progress(app.progress, None, f"base backup {name}") as tick:
+            manifests.append(backup_physical(app, name, progress=tick))
+    if as_json:
+        records = [backup_summary(m) for m in manifests]
+        echo_json(records if len(records) > 1 else records[0])
+        return
+    for m in manifests:
+        meta = m.meta
+        click.echo(
+            f"backup {m.target}/{m.backup_id} complete: base backup of cluster {meta['cluster']}, "
+            f"{human_size(m.size)} read, {human_size(m.stored_size)} stored, "
+            f"WAL {meta['start_lsn']}..{meta['stop_lsn']} on timeline {meta['timeline']} archived, "
+            f"restorable from {m.recovery_point}"
         )
 
 

@@ -28,6 +28,7 @@ def list_(state, target: str | None, as_json: bool) -> None:
         _list_table(manifests)
     for warning in storage_warnings(state.app):
         click.echo(f"warning: {warning}", err=True)
+        _window_lines(state.app, manifests)
     if damaged:
         raise damage_found(
             f"{len(damaged)} backup manifest(s) are damaged and not listed:",
@@ -62,6 +63,27 @@ def _list_table(manifests) -> None:
     echo_table(["backup", "kind", "recovery point", "size", "stored", "items"], rows)
 
 
+def _window_lines(app, manifests) -> None:
+    """Under the table: the restorable window of each listed target that has base backups."""
+    from drbackup.actions.wal_check import analyze_archive
+
+    targets = sorted({m.target for m in manifests if m.kind == "postgres-physical"})
+    for target in targets:
+        status = analyze_archive(app.repository(), target)
+        if status.oldest and status.newest:
+            window = f"to any second of {status.oldest.isoformat()} .. {status.newest.isoformat()}"
+        elif status.restorable:
+            window = "to the end of the archived WAL (no commit since the base backup)"
+        else:
+            window = "to no point: no base backup with complete WAL"
+        gaps = (
+            f"; {len(status.problems)} problem(s): 'drbackup wal check {target}'"
+            if status.problems
+            else ""
+        )
+        click.echo(f"{target}: restorable {window}{gaps}")
+
+
 @click.command("show")
 @click.argument("backup_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON record.")
@@ -76,7 +98,13 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
     s = backup_summary(m)
     click.echo(f"backup:          {m.target}/{m.backup_id}")
     click.echo(f"kind:            {m.kind}")
-    click.echo(f"recovery point:  {m.recovery_point or '-'}")
+    if m.kind == "postgres-physical":
+        click.echo(
+            f"restorable from: {m.recovery_point} (consistent at {m.meta.get('stop_lsn')}, needs "
+            f"WAL from {m.meta.get('start_lsn')} on timeline {m.meta.get('timeline')})"
+        )
+    else:
+        click.echo(f"recovery point:  {m.recovery_point or '-'}")
     click.echo(f"started:         {m.started_at}")
     click.echo(f"finished:        {m.finished_at}")
     click.echo(f"size:            {human_size(m.size)} ({human_size(m.stored_size)} stored)")

@@ -90,6 +90,11 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "report": ("report",),
     "daemon": ("daemon",),
     "demo": ("demo",),
+    "wal-push": ("wal",),
+    "wal-fetch": ("wal",),
+    "wal-async": ("wal",),
+    "mark": ("wal",),
+    "wal": ("wal",),
 }
 
 

@@ -56,6 +56,16 @@ def _render_target(result: TargetPrune) -> None:
             f"{human_size(left.size)}, last written {left.last_written:%Y-%m-%d %H:%M}Z: "
             f"{left.action}"
         )
+    if result.wal is not None:
+        wal = result.wal
+        verb = "would remove" if wal.dry_run else "removed"
+        kept_from = ", ".join(f"{c} from {first}" for c, first in wal.cutoffs.items()) or "all"
+        click.echo(
+            f"  wal     {verb} {wal.removed} file(s) ({human_size(wal.removed_bytes)}), kept "
+            f"{wal.kept} ({kept_from})" + (f", {wal.locked} locked" if wal.locked else "")
+        )
+        for note in wal.notes:
+            click.echo(f"  wal     {note}")
     if result.error:
         click.echo(f"  error: {result.error.message}")
 

@@ -19,13 +19,44 @@ def restore() -> None:
 
 @restore.command("postgres")
 @click.argument("target")
-@click.option("--into", "into", required=True, metavar="DSN", help="Database to restore into.")
+@click.option("--into", "into", metavar="DSN", help="Database to restore a dump into.")
+@click.option(
+    "--into-dir",
+    "into_dir",
+    metavar="DIR",
+    help="Empty directory to restore a base backup and its WAL into (point in time).",
+)
 @click.option("--backup", "backup_id", metavar="ID", help="Backup id (or unique prefix).")
 @click.option(
     "--point-in-time",
     "pit",
     metavar="TIME",
-    help="Newest backup whose recovery point is at or before TIME (ISO 8601, UTC if no zone).",
+    help="With --into: newest dump whose recovery point is at or before TIME; with "
+    "--into-dir: every commit up to TIME (a whole second covers that second).  ISO 8601, UTC "
+    "if no zone.",
+)
+@click.option("--lsn", metavar="LSN", help="With --into-dir: recover up to WAL position LSN.")
+@click.option("--xid", type=int, metavar="XID", help="With --into-dir: up to transaction XID.")
+@click.option(
+    "--restore-point",
+    metavar="NAME",
+    help="With --into-dir: up to a restore point (drbackup mark).",
+)
+@click.option("--latest", is_flag=True, help="With --into-dir: every archived WAL file (default).")
+@click.option(
+    "--timeline",
+    default="latest",
+    show_default=True,
+    help="With --into-dir: the timeline to recover along.",
+)
+@click.option(
+    "--exclusive", is_flag=True, help="With --into-dir: stop just before the target, not after."
+)
+@click.option(
+    "--start",
+    is_flag=True,
+    help="With --into-dir: start the restored server on a free port, wait for recovery, and "
+    "report where it stopped.",
 )
 @click.option("--database", help="Which database of the backup (when it holds several).")
 @click.option(
@@ -70,8 +101,16 @@ def postgres(
     state,
     target,
     into,
+    into_dir,
     backup_id,
     pit,
+    lsn,
+    xid,
+    restore_point,
+    latest,
+    timeline,
+    exclusive,
+    start,
     database,
     jobs,
     spool_dir,
@@ -83,7 +122,8 @@ def postgres(
     password_file,
     as_json,
 ) -> None:
-    """Restore a PostgreSQL backup of TARGET into the database at --into.
+    """Restore a dump of TARGET into the database at --into, or a base backup and its WAL
+    into the empty directory --into-dir, to any point the WAL archive covers.
 
     The target is never dropped before the backup is restored: --force restores into a
     new database and swaps names after pg_restore succeeded.  A restore in progress marks
@@ -92,6 +132,24 @@ def postgres(
     same database.  A password in --into is passed to pg_restore in its environment, never
     on its command line.
     """
+    if (into is None) == (into_dir is None):
+        raise UsageError(
+            "give exactly one of --into DSN (a dump) or --into-dir DIR (a base backup)"
+        )
+    if into_dir is not None:
+        from drbackup.cli import restore_physical
+
+        point = restore_physical.recovery_target(
+            pit, lsn, xid, restore_point, latest, timeline, exclusive
+        )
+        restore_physical.run(
+            state, target, into_dir, point, backup_id=backup_id, start=start, as_json=as_json
+        )
+        return
+    if lsn or xid is not None or restore_point or latest or start or exclusive:
+        raise UsageError(
+            "--lsn, --xid, --restore-point, --latest, --start and --exclusive need --into-dir"
+        )
     if keep_old and not force:
         raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
     password = (
@@ -144,6 +202,12 @@ def postgres(
         )
         return
     click.echo(f"using {result.selection.note}")
+    if point is not None:
+        from drbackup.actions.pitr import exact_restore_note
+
+        note = exact_restore_note(state.app.repository(), target, point)
+        if note:
+            click.echo(f"note: {note}")
     for line in result.removed:
         click.echo(line)
     if result.replaced:

@@ -29,6 +29,7 @@ from pydantic import (
 from drbackup.config import types as t
 from drbackup.config.retention import RetentionSettings
 from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
+from drbackup.config.wal import PhysicalSettings
 from drbackup.errors import UsageError
 from drbackup.sources.postgres.dump_options import find_problem
 
@@ -295,8 +296,8 @@ ScratchDsn = t.pg_dsn("PGPASSWORD or ~/.pgpass")
 RPO, RTO = timedelta(hours=24), timedelta(hours=1)  # defaults of every target kind
 
 
-class PostgresTarget(Section):
-    """A PostgreSQL server backed up with pg_dump."""
+class PostgresTarget(PhysicalSettings, Section):
+    """A PostgreSQL server: dumps (pg_dump) and/or base backups and WAL (docs/pitr.md)."""
 
     kind: ClassVar[str] = "postgres"
 

@@ -211,6 +211,7 @@ def _expand_user(value: Any) -> Any:
 
 _PATH = (BeforeValidator(_expand_user), DocType("path"))
 ReadableFile = Annotated[Path, *_PATH, AfterValidator(_check_readable)]
+LocalPath = Annotated[Path, *_PATH]  # a path that may not exist yet (created when used)
 # Read at validation too, so an unreadable or empty secret file is reported at its own key.
 SecretFile = Annotated[Path, *_PATH, AfterValidator(lambda path: read_secret_file(path) and path)]
 

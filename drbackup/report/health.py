@@ -18,7 +18,13 @@ Rules per target (the worst finding is the target's status)::
     unreadable manifests                         WARNING
     catalog unavailable (runs unknown)           WARNING
     wrong key                                    CRITICAL  (every target, and the report)
+    WAL gap or timeline break in the archive     CRITICAL  (targets archiving WAL)
+    WAL archived but no restorable window        CRITICAL
+    archive lag beyond the RPO                   CRITICAL
+    archive lag unknown (server unreachable)     WARNING
     repository unreachable                       UNKNOWN   (every target, and the report)
+
+With a WAL archive, a target's recovery point is its newest restorable second (now at lag 0).
 
 The report's status is the worst of its targets', ranked OK < WARNING < UNKNOWN < CRITICAL;
 its exit code follows the nagios convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
@@ -87,6 +93,22 @@ class DrillFact:
         return self.status != "fail"
 
 
+@dataclass(frozen=True)
+class WalFacts:
+    """The WAL archive of a target (``actions.wal_check.WalStatus``, the parts rules use)."""
+
+    cluster: str
+    oldest: datetime | None  # the restorable window
+    newest: datetime | None
+    gaps: tuple[str, ...] = ()
+    breaks: tuple[str, ...] = ()
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    lag_error: str | None = None
+    base_backups: int = 0
+    restorable: bool = True  # a base backup whose WAL is complete exists
+
+
 @dataclass
 class TargetFacts:
     """What was read about one target; ``failed_runs`` None means the catalog was unavailable."""
@@ -103,6 +125,8 @@ class TargetFacts:
     failed_runs: list[str] | None = field(default_factory=list)  # "kind at time: error"
     interrupted_runs: list[str] = field(default_factory=list)  # "kind at time: why"
     refused_runs: list[str] = field(default_factory=list)  # "kind at time: the lock's holder"
+    wal: WalFacts | None = None
+    wal_error: str | None = None  # the WAL archive could not be read
 
 
 @dataclass
@@ -145,6 +169,7 @@ class HealthReport:
 def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
     """Apply the rules of the module docstring to one target's facts."""
     findings = _backup_findings(facts, now)
+    findings += _wal_findings(facts)
     if facts.kind in DRILLED_KINDS or facts.drills:
         findings += _drill_findings(facts, now)
     if facts.failed_runs is None:
@@ -182,7 +207,7 @@ def _backup_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
     elif facts.newest is None:
         findings.append(Finding(Status.CRITICAL, "no backup in the repository"))
     else:
-        age = now - facts.newest.recovery_point
+        age = now - restorable_until(facts, now)
         if age > facts.rpo:
             findings.append(
                 Finding(
@@ -198,6 +223,48 @@ def _backup_findings(facts: TargetFacts, now: datetime) -> list[Finding]:
                 f"{len(facts.unreadable)} unreadable manifest(s): {facts.unreadable[0]}",
             )
         )
+    return findings
+
+
+def restorable_until(facts: TargetFacts, now: datetime) -> datetime:
+    """The newest point a restore reaches: the newest backup's, or with a WAL archive the
+    newest restorable second (``now`` when nothing is waiting to be archived)."""
+    point = facts.newest.recovery_point
+    wal = facts.wal
+    if wal is None or not wal.restorable:
+        return point
+    if wal.lag_seconds == 0 and not wal.gaps and not wal.breaks:
+        return now
+    return max(point, wal.newest or point)
+
+
+def _wal_findings(facts: TargetFacts) -> list[Finding]:
+    if facts.wal_error:
+        return [Finding(Status.WARNING, f"WAL archive unreadable: {facts.wal_error}")]
+    wal = facts.wal
+    if wal is None:
+        return []
+    findings = [Finding(Status.CRITICAL, f"WAL gap: {gap}") for gap in wal.gaps[:3]]
+    if len(wal.gaps) > 3:
+        findings.append(
+            Finding(Status.CRITICAL, f"{len(wal.gaps) - 3} more WAL gaps ('drbackup wal check')")
+        )
+    findings += [Finding(Status.CRITICAL, f"WAL timeline break: {b}") for b in wal.breaks]
+    if not wal.restorable:
+        reason = "base backup" + ("" if not wal.base_backups else " whose WAL is complete")
+        findings.append(
+            Finding(Status.CRITICAL, f"WAL is archived but nothing is restorable: no {reason}")
+        )
+    if wal.lag_seconds is not None and wal.lag_seconds > facts.rpo.total_seconds():
+        findings.append(
+            Finding(
+                Status.CRITICAL,
+                f"archive lag {human_age(timedelta(seconds=wal.lag_seconds))} "
+                f"({wal.lag_bytes or 0} bytes not archived), over the rpo {human_age(facts.rpo)}",
+            )
+        )
+    elif wal.lag_error:
+        findings.append(Finding(Status.WARNING, f"archive lag unknown: {wal.lag_error}"))
     return findings
 
 
@@ -285,6 +352,8 @@ def gather_report(
     try:
         for fact in facts:
             _read_backups(repo, fact, damaged)
+            if fact.kind == "postgres":
+                _read_wal(app, repo, fact)
             fact.drills = read_drills(repo, fact.name)
             _read_runs(catalog, fact, now)
         repository.size = sum(info.size for info in repo.storage.list(""))
@@ -350,6 +419,32 @@ def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact
         point = parse_time(m.recovery_point or m.started_at, ref.manifest_key)
         return BackupFact(m.backup_id, point, m.size, m.stored_size)
     return None
+
+
+def _read_wal(app, repo, fact: TargetFacts) -> None:
+    """The WAL facts of a target that archives WAL (none for dumps-only targets)."""
+    from drbackup.actions.wal_check import analyze_archive, measure_lag
+
+    try:
+        status = analyze_archive(repo, fact.name)
+    except DrbackupError as exc:
+        fact.wal_error = exc.message
+        return
+    if status.cluster is None:
+        return
+    measure_lag(app, fact.name, status)
+    fact.wal = WalFacts(
+        status.cluster,
+        status.oldest,
+        status.newest,
+        tuple(status.gaps),
+        tuple(status.breaks),
+        status.lag_seconds,
+        status.lag_bytes,
+        status.lag_error,
+        status.base_backups,
+        status.restorable,
+    )
 
 
 def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]:

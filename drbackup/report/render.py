@@ -95,6 +95,22 @@ def _target_dict(health: TargetHealth, now: datetime) -> dict:
         "interrupted_runs_24h": None if f.failed_runs is None else len(f.interrupted_runs),
         "refused_runs_24h": None if f.failed_runs is None else len(f.refused_runs),
         "unreadable": list(f.unreadable),
+        "wal": _wal_dict(f.wal),
+    }
+
+
+def _wal_dict(wal) -> dict | None:
+    if wal is None:
+        return None
+    return {
+        "cluster": wal.cluster,
+        "window": {"oldest": _iso(wal.oldest), "newest": _iso(wal.newest)},
+        "gaps": list(wal.gaps),
+        "breaks": list(wal.breaks),
+        "archive_lag_s": wal.lag_seconds,
+        "archive_lag_bytes": wal.lag_bytes,
+        "archive_lag_error": wal.lag_error,
+        "base_backups": wal.base_backups,
     }
 
 
@@ -183,11 +199,30 @@ def render_text(report: HealthReport) -> str:
         "  ".join(h.upper().ljust(w) for h, w in zip(HEADERS, widths, strict=True)).rstrip()
     )
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    windows = [_window_line(t) for t in report.targets if t.facts.wal is not None]
+    if windows:
+        lines += ["", *windows]
     findings = _all_findings(report)
     if findings:
         lines.append("")
         lines += [f"{status.name:8}  {where}: {message}" for where, status, message in findings]
     return "\n".join(lines) + "\n"
+
+
+def _window_line(t: TargetHealth) -> str:
+    """``app: restorable 2026-11-23 02:00:00Z .. 2026-11-23 14:31:07Z, archive lag 0s``."""
+    wal = t.facts.wal
+    window = (
+        f"restorable {wal.oldest:%Y-%m-%d %H:%M:%S}Z .. {wal.newest:%Y-%m-%d %H:%M:%S}Z"
+        if wal.oldest and wal.newest
+        else "nothing restorable from base backups and WAL"
+    )
+    if wal.lag_seconds is not None:
+        lag = f"archive lag {wal.lag_seconds:.0f}s ({human_size(wal.lag_bytes or 0)})"
+    else:
+        lag = "archive lag unknown"
+    gaps = f", {len(wal.gaps)} gap(s)" if wal.gaps else ""
+    return f"{t.facts.name}: {window}, {lag}{gaps}"
 
 
 def render_markdown(report: HealthReport) -> str:
@@ -307,6 +342,30 @@ _TARGET_SERIES = [
             if t.facts.failed_runs is not None and r.repository.readable
             else None
         ),
+    ),
+]
+
+
+_TARGET_SERIES += [
+    (
+        "wal_window_oldest_timestamp_seconds",
+        "First second of the restorable window (base backups and WAL)",
+        lambda t, r: w.oldest.timestamp() if (w := t.facts.wal) and w.oldest else None,
+    ),
+    (
+        "wal_window_newest_timestamp_seconds",
+        "Last second of the restorable window (base backups and WAL)",
+        lambda t, r: w.newest.timestamp() if (w := t.facts.wal) and w.newest else None,
+    ),
+    (
+        "wal_archive_lag_seconds",
+        "Age of the oldest WAL not yet in the repository (0: nothing waiting)",
+        lambda t, r: w.lag_seconds if (w := t.facts.wal) else None,
+    ),
+    (
+        "wal_gaps",
+        "Missing WAL segments and timeline breaks in the archive",
+        lambda t, r: len(w.gaps) + len(w.breaks) if (w := t.facts.wal) else None,
     ),
 ]
 

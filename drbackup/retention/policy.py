@@ -255,3 +255,27 @@ def format_delta(value: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def apply_policy_by_kind(
+    backups: list[BackupInfo],
+    policy: RetentionPolicy,
+    protected: dict[str, str] | None = None,
+    now: datetime | None = None,
+) -> tuple[list, list]:
+    """:func:`apply_policy` to each kind of backup on its own (dumps, base backups, bucket
+    snapshots): each kind keeps its own newest, last n, dailies...  ``(keep, remove)``,
+    newest first across kinds."""
+    keep: list = []
+    remove: list = []
+    for kind in sorted({b.kind for b in backups}):
+        decision = apply_policy(
+            [b for b in backups if b.kind == kind], policy, protected=protected, now=now
+        )
+        keep += decision.keep
+        remove += decision.remove
+    newest_first = sorted(backups, key=lambda b: (b.recovery_point, b.backup_id), reverse=True)
+    order = {b.backup_id: i for i, b in enumerate(newest_first)}
+    keep.sort(key=lambda pair: order[pair[0].backup_id])
+    remove.sort(key=lambda b: order[b.backup_id])
+    return keep, remove

@@ -48,7 +48,7 @@ from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_
 
 log = logging.getLogger("drbackup.daemon")
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
-SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify")
+SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
 
 
 # -- structured logs ----------------------------------------------------------------------
@@ -267,6 +267,7 @@ class Daemon:
                 labels = {"kind": run.kind, "target": run.target}
                 self.metrics.last_success.labels(**labels).set(run.finished_at.timestamp())
                 self.metrics.record_drill(run.kind, run.target, run.details or {})
+                self.metrics.record_wal(run.kind, run.target, run.details or {})
 
     # --- running -----------------------------------------------------------------------
 
@@ -424,6 +425,7 @@ class Daemon:
                 final = attempt == attempts or abandoned
                 self.metrics.record_failure(job.kind, label, duration, final=final)
                 self.metrics.record_drill(job.kind, label, exc.details)
+                self.metrics.record_wal(job.kind, label, exc.details)
                 status = RUN_INTERRUPTED if abandoned else RUN_FAILED
                 self._record_target_run(job, target, wall, status, exc)
                 emit(

@@ -92,6 +92,24 @@ class Metrics:
         self.repo_up = Gauge(
             "drbackup_repository_up", "1 if the last repository probe succeeded", registry=r
         )
+        self.wal_window = Gauge(
+            "drbackup_wal_window_timestamp_seconds",
+            "Restorable window of base backups and WAL: its oldest and newest second",
+            ["target", "edge"],
+            registry=r,
+        )
+        self.wal_lag = Gauge(
+            "drbackup_wal_archive_lag_seconds",
+            "Age of the oldest WAL not yet in the repository (0: nothing waiting)",
+            ["target"],
+            registry=r,
+        )
+        self.wal_gaps = Gauge(
+            "drbackup_wal_gaps",
+            "Missing WAL segments and timeline breaks in the archive",
+            ["target"],
+            registry=r,
+        )
         self.schedules_loaded = Gauge(
             "drbackup_schedules_loaded_timestamp_seconds",
             "When schedules were last loaded",
@@ -108,6 +126,25 @@ class Metrics:
         if outcome.stored_bytes is not None:
             self.last_stored_bytes.labels(**labels).set(outcome.stored_bytes)
         self.record_drill(kind, target, outcome.details)
+        self.record_wal(kind, target, outcome.details)
+
+    def record_wal(self, kind: str, target: str, details: dict) -> None:
+        """The window, lag and gaps a wal-check run found (its details: WalStatus.to_dict)."""
+        if kind != "wal-check" or "window" not in details:
+            return
+        from datetime import datetime
+
+        for edge in ("oldest", "newest"):
+            value = details["window"].get(edge)
+            if value:
+                self.wal_window.labels(target=target, edge=edge).set(
+                    datetime.fromisoformat(value).timestamp()
+                )
+        if details.get("lag_seconds") is not None:
+            self.wal_lag.labels(target=target).set(details["lag_seconds"])
+        self.wal_gaps.labels(target=target).set(
+            len(details.get("gaps") or []) + len(details.get("breaks") or [])
+        )
 
     def record_drill(self, kind: str, target: str, details: dict) -> None:
         if kind != "drill" or "passed" not in details:

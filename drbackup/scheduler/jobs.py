@@ -113,10 +113,33 @@ def check_available(kinds) -> None:
 
 @register("backup", "drbackup.actions.backup_postgres", records_runs=True)
 def run_backup(app, job, target: str) -> Outcome:
-    from drbackup.actions.backup_postgres import backup_target
+    """The kinds the target's ``backup_kinds`` names: logical (pg_dump), physical (a base
+    backup), in that order; the outcome is the last one's."""
+    kinds = getattr(app.config.target(target), "backup_kinds", ["logical"])
+    manifest = None
+    if "logical" in kinds:
+        from drbackup.actions.backup_postgres import backup_target
 
-    manifest = backup_target(app, target)
+        manifest = backup_target(app, target)
+    if "physical" in kinds:
+        from drbackup.actions.backup_physical import backup_physical
+
+        manifest = backup_physical(app, target)
     return _manifest_outcome(manifest)
+
+
+@register("wal-check", "drbackup.actions.wal_check", records_runs=True)
+def run_wal_check(app, job, target: str) -> Outcome:
+    """The WAL archive's continuity, window and lag: /metrics shows them; a gap fails."""
+    from drbackup.actions.wal_check import check_wal
+
+    status = check_wal(app, target)
+    outcome = Outcome(details=status.to_dict())
+    if status.problems:
+        error = CheckFailedError(f"WAL archive of {target}: {'; '.join(status.problems[:3])}")
+        error.details = outcome.details  # the window and lag still reach the metrics
+        raise error
+    return outcome
 
 
 @register("snapshot", "drbackup.actions.snapshot_minio", records_runs=True)

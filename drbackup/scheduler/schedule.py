@@ -4,7 +4,7 @@ A schedule file holds ``jobs:``, a mapping of job name to job (see docs/daemon.m
 
     jobs:
       nightly-postgres:
-        kind: backup            # backup | snapshot | drill | prune | verify | report
+        kind: backup            # backup | snapshot | drill | prune | verify | report | wal-check
         targets: all            # or a list of target names
         cron: "0 2 * * *"       # 5 fields, or 6 with seconds first
         timezone: Europe/Paris  # default UTC
@@ -36,7 +36,7 @@ from drbackup.config.load import _UniqueKeyLoader
 from drbackup.config.types import config_error, parse_duration
 from drbackup.errors import ConfigError
 
-KINDS = ("backup", "snapshot", "drill", "prune", "verify", "report")
+KINDS = ("backup", "snapshot", "drill", "prune", "verify", "report", "wal-check")
 REPORT_FORMATS = ("text", "json", "markdown", "prometheus")
 # Which targets `targets: all` means, and which a kind accepts: (postgres, minio).
 KIND_TARGETS = {
@@ -46,6 +46,7 @@ KIND_TARGETS = {
     "verify": ("postgres", "minio"),
     "prune": ("postgres", "minio"),
     "report": ("postgres", "minio"),
+    "wal-check": ("postgres",),
 }
 DEFAULT_TIMEOUT = timedelta(hours=6)
 _JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -255,8 +256,12 @@ class ReportJob(JobSpec):
     timeout: Seconds = timedelta(minutes=10)
 
 
+class WalCheckJob(JobSpec):
+    kind: Literal["wal-check"]
+
+
 AnyJob = Annotated[
-    BackupJob | SnapshotJob | DrillJob | PruneJob | VerifyJob | ReportJob,
+    BackupJob | SnapshotJob | DrillJob | PruneJob | VerifyJob | ReportJob | WalCheckJob,
     Field(discriminator="kind"),
 ]
 

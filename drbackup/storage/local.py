@@ -57,6 +57,20 @@ class LocalStorage:
         self.url = str(self.root)
         self.capabilities = Capabilities()
         self.skipped_links: set[str] = set()  # links listings met and did not follow
+        self._owner: tuple[int, int] | None | bool = False  # False: not looked up yet
+
+    def _foreign_owner(self) -> tuple[int, int] | None:
+        """When this process is root and the repository directory belongs to another user:
+        that user.  What root writes is given to them, so that a repository shared with the
+        ``postgres`` user (who runs archive_command) stays writable and readable by it."""
+        if self._owner is False:
+            self._owner = None
+            if os.geteuid() == 0:
+                with _suppress_oserror():
+                    st = self.root.stat()
+                    if st.st_uid != 0:
+                        self._owner = (st.st_uid, st.st_gid)
+        return self._owner  # type: ignore[return-value]
 
     def _require_root(self, action: str, key: str) -> None:
         """Raise ``StorageUnreachableError`` if the repository directory is missing.
@@ -90,16 +104,19 @@ class LocalStorage:
     # -- walking without following links ----------------------------------------------------
 
     @contextlib.contextmanager
-    def _dirs(self, parts: list[str], *, create: bool = False) -> Iterator[list[int]]:
+    def _dirs(
+        self, parts: list[str], *, create: bool = False, owner: tuple[int, int] | None = None
+    ) -> Iterator[list[int]]:
         """File descriptors of the root and of each directory ``parts`` names below it.
 
         Raises FileNotFoundError / NotADirectoryError if one is missing (``create`` makes
-        them), and :class:`_LinkError` if one is a symbolic link.
+        them, given to ``owner`` when set), and :class:`_LinkError` if one is a symbolic link.
         """
         chain = [os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         try:
             for depth, name in enumerate(parts):
-                chain.append(_open_dir(chain[-1], name, create, "/".join(parts[: depth + 1])))
+                rel = "/".join(parts[: depth + 1])
+                chain.append(_open_dir(chain[-1], name, create, rel, owner))
             yield chain
         finally:
             for fd in chain:
@@ -122,8 +139,9 @@ class LocalStorage:
         parents, name = self._split(key)
         self._require_root("write", key)
         try:
-            with self._dirs(parents, create=True) as chain:
-                return _write_atomically(chain[-1], name, reader)
+            owner = self._foreign_owner()
+            with self._dirs(parents, create=True, owner=owner) as chain:
+                return _write_atomically(chain[-1], name, reader, owner)
         except _LinkError as exc:
             raise self._link_error("write", key, exc.path) from None
         except OSError as exc:
@@ -270,8 +288,11 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _open_dir(dir_fd: int, name: str, create: bool, rel: str) -> int:
-    """Open directory ``name`` in ``dir_fd`` without following a link (``rel``: its key)."""
+def _open_dir(
+    dir_fd: int, name: str, create: bool, rel: str, owner: tuple[int, int] | None = None
+) -> int:
+    """Open directory ``name`` in ``dir_fd`` without following a link (``rel``: its key);
+    with ``create``, make it if missing (owned by ``owner`` when set)."""
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -281,8 +302,12 @@ def _open_dir(dir_fd: int, name: str, create: bool, rel: str) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(dir_fd, name):
             raise _LinkError(rel) from None
         raise
-    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+    try:
         os.mkdir(name, dir_fd=dir_fd)
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        pass  # another writer made it meanwhile
     return _open_dir(dir_fd, name, False, rel)
 
 
@@ -300,11 +325,16 @@ def _open_file(dir_fd: int, name: str, key: str) -> int | None:
     return fd
 
 
-def _write_atomically(dir_fd: int, name: str, reader: BinaryIO) -> int:
-    """Stream ``reader`` into a temp file in ``dir_fd``, fsync, rename it to ``name``."""
+def _write_atomically(
+    dir_fd: int, name: str, reader: BinaryIO, owner: tuple[int, int] | None = None
+) -> int:
+    """Stream ``reader`` into a temp file in ``dir_fd``, fsync, rename it to ``name``
+    (given to ``owner`` when set)."""
     tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    if owner is not None:
+        os.fchown(fd, *owner)
     size = written_back = 0
     try:
         with os.fdopen(fd, "wb") as out:

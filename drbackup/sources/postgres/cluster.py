@@ -576,12 +576,9 @@ class EphemeralCluster:
         settings = build_server_settings(
             self.port, self.socket_dir, fast=self.fast, extra=self.settings
         )
-        self._write_owned(self.data_dir / SETTINGS_FILE, render_settings(settings))
         self._write_owned(self.log_path, "", append=True)
         offset = self.log_path.stat().st_size
-        argv = self._prefix(pdeathsig=not self.detach) + build_postgres_argv(
-            self.bin_dir, self.data_dir
-        )
+        argv = self._prefix(pdeathsig=not self.detach) + self._postgres_argv(settings)
         with self.log_path.open("ab") as log:
             try:
                 self._proc = subprocess.Popen(
@@ -596,6 +593,12 @@ class EphemeralCluster:
             except OSError as exc:
                 raise SourceError(f"cannot run postgres ({argv[0]}): {exc.strerror}") from exc
         self._wait_until_ready(offset)
+
+    def _postgres_argv(self, settings: dict[str, str]) -> list[str]:
+        """The postmaster's argv, its settings written to data/drbackup.conf (a subclass
+        serving a data directory it did not create passes them otherwise)."""
+        self._write_owned(self.data_dir / SETTINGS_FILE, render_settings(settings))
+        return build_postgres_argv(self.bin_dir, self.data_dir)
 
     def _write_owned(self, path: Path, text: str, *, append: bool = False) -> None:
         with path.open("a" if append else "w") as out:

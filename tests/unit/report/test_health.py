@@ -244,8 +244,9 @@ def test_json_follows_the_documented_schema():
         "target", "kind", "status", "findings", "rpo_s", "rto_s", "last_backup",
         "restore_points", "oldest_restore_point", "last_drill", "last_passing_drill",
         "rto_trend_s", "failed_runs_24h", "interrupted_runs_24h", "refused_runs_24h",
-        "unreadable",
+        "unreadable", "wal",
     }  # fmt: skip
+    assert app["wal"] is None  # a target without a WAL archive
     assert app["last_backup"]["age_s"] == 7200 and app["restore_points"] == 7
     assert app["last_drill"]["status"] == "pass" and app["rto_trend_s"] == [60.0, 60.0]
     crm = data["targets"][1]

@@ -103,9 +103,9 @@ def test_every_error_names_file_job_and_field(tmp_path):
         f"{path}: job 'bad-tz': at 'timezone': unknown time zone 'Mars/Olympus' "
         "(use e.g. UTC, Europe/Paris)",
         f"{path}: job 'no-kind': at 'kind': required (one of backup, snapshot, drill, prune, "
-        "verify, report)",
+        "verify, report, wal-check)",
         f"{path}: job 'odd-kind': at 'kind': unknown kind 'dance' (one of backup, snapshot, "
-        "drill, prune, verify, report)",
+        "drill, prune, verify, report, wal-check)",
         f"{path}: job 'extra': at 'colour': unknown field",
         f"{path}: job 'bad-retry': at 'retry.attempts': input should be greater than or equal to 1",
         f"{path}: job 'bad-jitter': at 'jitter': invalid duration 'soon' "

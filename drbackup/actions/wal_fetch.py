@@ -1,0 +1,277 @@
+"""``wal-fetch`` (PostgreSQL's ``restore_command``): hand recovery the WAL files it asks for.
+
+The exit codes are PostgreSQL's: 0 with the file in place; 1, quietly, when the file is not
+in the archive (recovery probes for history files that do not exist, and ends at the first
+missing segment); 1 with a message on stderr when it failed (damaged, unreachable).
+
+With read-ahead (``fetch_ahead`` > 0) one :class:`Fetcher` per spool keeps the requested
+segment and the next ``fetch_ahead`` ones decrypted in the spool, so that replay never waits
+for one round trip per segment.  The fetcher runs in the background (``wal-async fetch``,
+started by the first ``wal-fetch``), or inside the process of a restore that started the
+server itself (which already holds the key).  Each fetched file is written aside and renamed;
+the spool never holds more than ``fetch_ahead + 1`` segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from drbackup.actions.wal_files import fetch_wal_file
+from drbackup.actions.wal_push import spool_root, wal_settings
+from drbackup.actions.wal_spool import ERROR, MISSING, Spool, poll_until, spawn_background
+from drbackup.errors import DrbackupError, SourceError
+from drbackup.repository.wal import WalArchive
+from drbackup.sources.postgres.wal import (
+    SEGMENT,
+    parse_wal_file_name,
+    read_segment_header,
+    segment_name,
+)
+
+FETCHER_IDLE = timedelta(seconds=60)
+STALE_MISSING = 2.0  # seconds after which a read-ahead "missing" is checked again
+_POLL = 0.02
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What ``wal-fetch`` was asked, and where it may look."""
+
+    target: str
+    name: str
+    dest: Path
+    spool: Path
+    cluster: str | None = None  # None: the target's current cluster
+    spawn: bool = True  # start a background fetcher when none serves the spool
+
+
+def wal_fetch(app, request: FetchRequest, *, config_path: str | None = None) -> bool:
+    """Put WAL file ``request.name`` at ``request.dest``; False if the archive lacks it.
+
+    Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out).
+    """
+    parse_wal_file_name(request.name)
+    settings = wal_settings(app, request.target) if app is not None else None
+    if settings is not None and (not settings.asynchronous or settings.fetch_ahead == 0):
+        return _fetch_now(app, request)
+    spool = Spool(request.spool).prepare()
+    spool.write("want", request.name.encode())
+    started: list[float] = []
+
+    def outcome() -> bool | None:
+        if _take(spool, request.name, request.dest):
+            return True
+        status = spool.status(request.name)
+        if status is not None and not _stale(spool, request.name, status[0]):
+            spool.clear(request.name)
+            if status[0] == MISSING:
+                return False
+            message, _, hint = status[1].partition("\n")
+            raise SourceError(message, hint=hint or None)
+        if status is not None:  # an old read-ahead answer: ask again
+            spool.clear(request.name)
+        if not spool.is_served():
+            _start_fetcher(request, spool, started, config_path)
+        return None
+
+    timeout = settings.timeout.total_seconds() if settings is not None else 60.0
+    return poll_until(outcome, timeout, f"WAL file {request.name} from the read-ahead fetcher")
+
+
+def _stale(spool: Spool, name: str, status: str) -> bool:
+    return status == MISSING and spool.status_age(name, status) > STALE_MISSING
+
+
+def _start_fetcher(request: FetchRequest, spool: Spool, started: list, config_path) -> None:
+    if not request.spawn:
+        raise SourceError(
+            f"no WAL fetcher serves {spool.path}: the restore that started this server has ended",
+            hint="stop this server; restore again",
+        )
+    if started and time.monotonic() - started[-1] < 5:
+        return
+    args = ["wal-async", "fetch", "--target", request.target, "--spool", str(spool.path)]
+    if request.cluster:
+        args += ["--cluster", request.cluster]
+    spawn_background(args, config_path, spool.path / "fetcher.log")
+    started.append(time.monotonic())
+
+
+def _take(spool: Spool, name: str, dest: Path) -> bool:
+    """Move a fetched file from the spool to ``dest`` (rename, or copy across file systems)."""
+    source = spool.path / name
+    if not source.exists():
+        return False
+    try:
+        os.replace(source, dest)
+    except OSError:  # another file system: copy aside, rename
+        tmp = dest.with_name(f".{dest.name}.drbackup-tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+        source.unlink(missing_ok=True)
+    return True
+
+
+def _fetch_now(app, request: FetchRequest) -> bool:
+    archive = WalArchive(app.repository(), request.target)
+    cluster = request.cluster or _current_cluster(archive)
+    return fetch_wal_file(archive, cluster, request.name, request.dest) is not None
+
+
+def _current_cluster(archive: WalArchive) -> str:
+    cluster = archive.current_cluster()
+    if cluster is None:
+        raise SourceError(f"target {archive.target} has no WAL archive in the repository")
+    return cluster
+
+
+def default_fetch_spool(app, target: str) -> Path:
+    """``<spool_dir>/<target>/fetch/<server>``: one per data directory (PostgreSQL runs
+    restore_command in it), so that two restores on one host never share read-ahead."""
+    server = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    return spool_root(app, target) / "fetch" / server
+
+
+# --- the read-ahead fetcher -------------------------------------------------------------------
+
+
+@dataclass
+class FetchLog:
+    """What a fetcher saw, for a restore to explain where recovery stopped."""
+
+    requested: list[str] = field(default_factory=list)  # what the server asked for, in order
+    fetched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> first line of the error
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class Fetcher:
+    """Keeps the wanted WAL file and the next ``ahead`` segments in ``spool``.
+
+    ``run`` until ``stop`` is set, or (``idle``) until nothing was asked for that long.
+    """
+
+    def __init__(
+        self, archive: WalArchive, cluster: str, spool: Spool, *, ahead: int, jobs: int = 4
+    ):
+        self.archive, self.cluster, self.spool = archive, cluster, spool
+        self.ahead, self.jobs = ahead, max(1, min(jobs, ahead or 1))
+        self.inflight: dict[str, Future] = {}
+        self.segment_size: int | None = None
+        self.log = FetchLog()
+        self.stop = threading.Event()
+
+    def run(self, idle: timedelta | None = None) -> None:
+        last_want, last_change = None, time.monotonic()
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="drbackup-fetch") as pool:
+            while not self.stop.is_set():
+                want = self.spool.wanted()
+                if want != last_want:
+                    last_want, last_change = want, time.monotonic()
+                    if want:
+                        with self.log.lock:
+                            self.log.requested.append(want)
+                plan = self._plan(want) if want else []
+                self._evict(plan)
+                self._submit(pool, plan)
+                self._collect()
+                quiet = time.monotonic() - last_change
+                if idle is not None and not self.inflight and quiet > idle.total_seconds():
+                    return
+                time.sleep(_POLL)
+
+    def _plan(self, want: str) -> list[str]:
+        """The wanted file, then (for a segment) the next ``ahead`` on its timeline."""
+        try:
+            name = parse_wal_file_name(want)
+        except SourceError:
+            return []
+        if name.kind != SEGMENT or self.segment_size is None:
+            return [want]
+        segno = name.segno(self.segment_size)
+        ahead = [
+            segment_name(name.timeline, segno + i, self.segment_size)
+            for i in range(1, self.ahead + 1)
+        ]
+        return [want, *ahead]
+
+    def _evict(self, plan: list[str]) -> None:
+        keep = set(plan) | set(self.inflight)
+        for entry in self.spool.entries():
+            base = (
+                entry.rsplit(".", 1)[0] if entry.endswith((".missing", ".error", ".log")) else entry
+            )
+            if entry.endswith(".log") or base in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.spool.path / entry).unlink()
+
+    def _submit(self, pool: ThreadPoolExecutor, plan: list[str]) -> None:
+        for name in plan:
+            if len(self.inflight) >= self.jobs:
+                return
+            if name in self.inflight:
+                continue
+            status = self.spool.status(name)
+            if status is not None and status[0] == MISSING:
+                return  # nothing beyond a missing file is fetched ahead
+            if status is None and not (self.spool.path / name).exists():
+                self.inflight[name] = pool.submit(self._fetch, name)
+
+    def _fetch(self, name: str):
+        dest = self.spool.path / name
+        fetched = fetch_wal_file(self.archive, self.cluster, name, dest, owner=self.spool.owner())
+        if fetched is not None and self.segment_size is None and len(name) == 24:
+            with dest.open("rb") as f:
+                self.segment_size = read_segment_header(f.read(1 << 16), name).segment_size
+        return fetched
+
+    def _collect(self) -> None:
+        for name, future in list(self.inflight.items()):
+            if not future.done():
+                continue
+            del self.inflight[name]
+            exc = future.exception()
+            with self.log.lock:
+                if exc is None and future.result() is None:
+                    self.log.missing.append(name)
+                    self.spool.mark(name, MISSING)
+                elif exc is None:
+                    self.log.fetched.append(name)
+                else:
+                    self._failed(name, exc)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        if isinstance(exc, DrbackupError):
+            text = exc.message + (f"\n{exc.hint}" if exc.hint else "")
+        else:
+            text = f"internal error: {type(exc).__name__}: {exc}"
+        self.log.failed[name] = text.splitlines()[0]
+        self.spool.mark(name, ERROR, text)
+        self.spool.log("fetcher", f"{name}: {text.splitlines()[0]}")
+
+
+def run_fetcher(
+    app, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
+) -> None:
+    """The background fetcher of ``wal-async fetch``: serve ``spool_path`` until idle."""
+    spool = Spool(spool_path).prepare()
+    if not spool.acquire():
+        return
+    try:
+        archive = WalArchive(app.repository(), target)
+        chosen = cluster or _current_cluster(archive)
+        ahead = wal_settings(app, target).fetch_ahead
+        Fetcher(archive, chosen, spool, ahead=ahead).run(idle)
+    finally:
+        spool.release()
