@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -30,6 +31,12 @@ from drbackup.repository import header as hdr
 from drbackup.repository.commit import BytesReader
 from drbackup.repository.keyring import KeyRing, Secrets
 from drbackup.repository.lease import LEASE_EXPIRY_S, LEASE_RENEW_S
+from drbackup.repository.leftovers import (
+    Leftover,
+    find_leftovers,
+    remove_leftover,
+    stray_temporaries,
+)
 from drbackup.repository.manifest import (
     MANIFEST_PREFIX,
     BackupRef,
@@ -39,6 +46,7 @@ from drbackup.repository.manifest import (
     data_prefix,
 )
 from drbackup.repository.writer import BackupWriter
+from drbackup.storage.base import ObjectInfo
 
 DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
 _BLOB_ID_INFO = b"drbackup/v1/blob-id"
@@ -318,6 +326,23 @@ class Repository:
         """
         self.keyring.require(read=True)
         return self._open(blob_key(blob_id))
+
+    # --- leftovers of interrupted writes (repository/leftovers.py) ----------------------
+
+    def find_leftovers(self, target: str, committed: set[str] | None = None) -> list[Leftover]:
+        """Data, temporaries and leases of ``target`` that no committed backup owns (and
+        leases of committed ones); ``committed``: the target's backup ids, listed if None."""
+        if committed is None:
+            committed = {ref.backup_id for ref in self.list_refs(target)}
+        return find_leftovers(self.storage, target, committed)
+
+    def remove_leftover(self, left: Leftover, now: datetime, grace: timedelta) -> str:
+        """Remove a leftover unless its writer turns out alive or committed; the action."""
+        return remove_leftover(self.storage, left, now, grace)
+
+    def stray_temporaries(self) -> list[ObjectInfo]:
+        """Temporaries of killed writes outside ``data/`` (local storage only)."""
+        return stray_temporaries(self.storage)
 
     # --- deleting -----------------------------------------------------------------------
 
