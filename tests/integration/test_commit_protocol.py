@@ -175,7 +175,10 @@ def test_a_paused_writer_loses_its_lease_and_never_rewrites_it(repo):
     repo.lease_timing = (0.05, 0.4)  # renew every 50 ms; lost after 0.2 s without renewal
     writer = start_backup(repo)
     writer._lease._stop.set()  # paused: no renewal happens any more
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while writer._lease.fresh():  # poll until past the writer's own limit
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     with pytest.raises(DrbackupError) as exc, writer:
         writer.commit()
     assert exc.value.message.startswith(
