@@ -380,7 +380,7 @@ def _prune_temporaries(repo, report: PruneReport, grace: timedelta, now: datetim
     also kept while a snapshot runs (its upload may be slow).  Young ones are not listed.
     """
     stray = [t for t in repo.stray_temporaries() if now - _mtime(t.mtime) >= grace]
-    running = stray and any(
+    running = bool(stray) and any(
         lock.kind == "snapshot" and not lock.stale
         for lock in list_locks(repo.storage, now.timestamp())
     )

@@ -96,6 +96,9 @@ def _summary(report: PruneReport) -> str:
         )
     if totals.get("locked"):
         text += f", {totals['locked']} skipped under object lock"
+    removed = sum(1 for temp in report.temporaries if temp["action"] == "removed")
+    if removed:
+        text += f", {removed} temporary file(s) of killed writes removed"
     if report.blobs:
         blobs = report.blobs
         text += (

@@ -114,11 +114,9 @@ def remove_leftover(storage, left: Leftover, now: datetime, grace: timedelta) ->
         if _is_live(lease, now, grace):
             return _alive(now - _mtime(lease.mtime))
         storage.delete(key)  # from here on, the writer (if it wakes up) cannot commit
-    if left.committed:
-        return REMOVED
-    if storage.exists(manifest_key(left.target, left.backup_id)):
+    if not left.committed and storage.exists(manifest_key(left.target, left.backup_id)):
         return COMMITTED_MEANWHILE
-    for info in [*left.objects, *left.temporaries]:
+    for info in [*left.objects, *left.temporaries]:  # a committed backup's: none of its data
         storage.delete(info.key)
     return REMOVED
 
