@@ -179,6 +179,8 @@ class LocalStorage:
         Optional method (storage.base): prune uses it to clean up after killed writers.
         Symbolic links are never followed.
         """
+        import stat as _stat
+
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base if base else self.root
         if not start.is_dir():
@@ -193,7 +195,7 @@ class LocalStorage:
                     st = os.lstat(path)
                 except OSError:
                     continue  # renamed or removed since the walk saw it
-                if rel.startswith(prefix) and _is_file(st):
+                if rel.startswith(prefix) and _stat.S_ISREG(st.st_mode):  # never a link
                     yield ObjectInfo(key=rel, size=st.st_size, mtime=st.st_mtime)
 
     def delete(self, key: str) -> None:
