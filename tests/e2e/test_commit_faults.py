@@ -247,10 +247,15 @@ def soak_commands(pg_cluster, round_no: int, run_cli):
     "rounds",
     [
         pytest.param(SOAK_ROUNDS, id="default"),
-        pytest.param(max(SOAK_ROUNDS, 8), id="long", marks=pytest.mark.slow),
+        pytest.param(
+            max(SOAK_ROUNDS, 8), id="long", marks=[pytest.mark.slow, pytest.mark.timeout(2400)]
+        ),
     ],
 )
 def test_soak_with_30_percent_5xx(faulty, pg_db, pg_cluster, fault_proxy, run_cli, rounds):
+    for section in (faulty.data["postgres"]["app"], faulty.data["minio"]["files"]):
+        section["retention"] = {"keep_last": 3}  # every check verifies all that is listed
+    faulty.write()
     assert run_cli(*COMMAND["app"]).code == 0
     assert run_cli(*COMMAND["files"]).code == 0
     outcomes = []
