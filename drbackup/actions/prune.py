@@ -38,9 +38,9 @@ from drbackup.errors import (
     StorageError,
     UsageError,
 )
-from drbackup.repository.leftovers import find_leftovers as _find
+from drbackup.repository.leftovers import data_leftovers as find_leftovers  # noqa: F401
 from drbackup.repository.leftovers import lease_expiry
-from drbackup.repository.manifest import BLOB_PREFIX, BackupRef
+from drbackup.repository.manifest import BackupRef
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy
 
 DRILL_REASON = "last passing drill {drill_id}"
@@ -366,34 +366,14 @@ def _removal(repo, found, leftover: Leftover, grace, now, dry_run: bool) -> str:
     return repo.remove_leftover(found, now, grace)
 
 
-def find_leftovers(storage, target: str, committed: set[str]) -> dict[str, list]:
-    """``{backup_id: [ObjectInfo]}`` of data under ``data/<target>/`` without a manifest."""
-    return {
-        left.backup_id: left.objects for left in _find(storage, target, committed) if left.objects
-    }
-
-
 def _prune_temporaries(repo, report: PruneReport, grace: timedelta, now: datetime) -> None:
-    """Remove temporaries of killed writes outside ``data/`` once older than the grace.
+    def snapshot_running() -> bool:
+        locks = list_locks(repo.storage, now.timestamp())
+        return any(lock.kind == "snapshot" and not lock.stale for lock in locks)
 
-    Documents are written in one go, so an old temporary is a dead writer's; a blob's is
-    also kept while a snapshot runs (its upload may be slow).  Young ones are not listed.
-    """
-    stray = [t for t in repo.stray_temporaries() if now - _mtime(t.mtime) >= grace]
-    running = bool(stray) and any(
-        lock.kind == "snapshot" and not lock.stale
-        for lock in list_locks(repo.storage, now.timestamp())
+    report.temporaries = repo.remove_stray_temporaries(
+        now, grace, dry_run=report.dry_run, keep_blobs=snapshot_running
     )
-    for info in stray:
-        if running and info.key.startswith(BLOB_PREFIX):
-            action = "kept (a snapshot is running)"
-        elif report.dry_run:
-            action = "would remove"
-        else:
-            repo.storage.delete(info.key)
-            action = "removed"
-        age = round((now - _mtime(info.mtime)).total_seconds())
-        report.temporaries.append({"key": info.key, "age_s": age, "action": action})
 
 
 # --- drills, blobs, catalog -----------------------------------------------------------------

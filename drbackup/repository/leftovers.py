@@ -20,12 +20,14 @@ protocol", for why a writer cannot commit over data removed this way.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from drbackup.errors import ObjectNotFoundError
 from drbackup.repository.lease import LEASE_EXPIRY_S
 from drbackup.repository.manifest import (
+    BLOB_PREFIX,
     DATA_PREFIX,
     backup_id_under,
     lease_key,
@@ -121,12 +123,43 @@ def remove_leftover(storage, left: Leftover, now: datetime, grace: timedelta) ->
     return REMOVED
 
 
-def stray_temporaries(storage) -> list[ObjectInfo]:
-    """Temporaries of killed writes outside ``data/`` (blobs, manifests, documents, ...).
+def data_leftovers(storage, target: str, committed: set[str]) -> dict[str, list[ObjectInfo]]:
+    """``{backup_id: [ObjectInfo]}`` of data under ``data/<target>/`` without a manifest."""
+    return {
+        left.backup_id: left.objects
+        for left in find_leftovers(storage, target, committed)
+        if left.objects
+    }
 
-    Those under ``data/`` belong to a backup and go with its leftover.
+
+def remove_stray_temporaries(
+    storage, now: datetime, grace: timedelta, *, dry_run: bool, keep_blobs: Callable[[], bool]
+) -> list[dict]:
+    """Remove temporaries of killed writes outside ``data/`` older than ``grace``; report them.
+
+    Those under ``data/`` belong to a backup and go with its leftover.  Documents are
+    written in one go, so an old temporary is a dead writer's; a blob's is also kept while
+    ``keep_blobs()`` says a snapshot runs (its upload may be slow).  Young ones are not
+    listed.  Returns ``{key, age_s, action}`` records.
     """
-    return [info for info in _temporaries(storage, "") if not info.key.startswith(DATA_PREFIX)]
+    stray = [
+        info
+        for info in _temporaries(storage, "")
+        if not info.key.startswith(DATA_PREFIX) and now - _mtime(info.mtime) >= grace
+    ]
+    running = bool(stray) and keep_blobs()
+    records = []
+    for info in stray:
+        if running and info.key.startswith(BLOB_PREFIX):
+            action = "kept (a snapshot is running)"
+        elif dry_run:
+            action = "would remove"
+        else:
+            storage.delete(info.key)
+            action = REMOVED
+        age = round((now - _mtime(info.mtime)).total_seconds())
+        records.append({"key": info.key, "age_s": age, "action": action})
+    return records
 
 
 def _temporaries(storage, prefix: str) -> list[ObjectInfo]:

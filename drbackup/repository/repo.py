@@ -35,7 +35,7 @@ from drbackup.repository.leftovers import (
     Leftover,
     find_leftovers,
     remove_leftover,
-    stray_temporaries,
+    remove_stray_temporaries,
 )
 from drbackup.repository.manifest import (
     MANIFEST_PREFIX,
@@ -46,7 +46,6 @@ from drbackup.repository.manifest import (
     data_prefix,
 )
 from drbackup.repository.writer import BackupWriter
-from drbackup.storage.base import ObjectInfo
 
 DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
 _BLOB_ID_INFO = b"drbackup/v1/blob-id"
@@ -340,9 +339,14 @@ class Repository:
         """Remove a leftover unless its writer turns out alive or committed; the action."""
         return remove_leftover(self.storage, left, now, grace)
 
-    def stray_temporaries(self) -> list[ObjectInfo]:
-        """Temporaries of killed writes outside ``data/`` (local storage only)."""
-        return stray_temporaries(self.storage)
+    def remove_stray_temporaries(
+        self, now: datetime, grace: timedelta, *, dry_run: bool, keep_blobs: Callable[[], bool]
+    ) -> list[dict]:
+        """Temporaries of killed writes outside ``data/`` (local storage only): removed once
+        older than ``grace`` (see repository/leftovers.py); ``{key, age_s, action}`` each."""
+        return remove_stray_temporaries(
+            self.storage, now, grace, dry_run=dry_run, keep_blobs=keep_blobs
+        )
 
     # --- deleting -----------------------------------------------------------------------
 
