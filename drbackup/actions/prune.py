@@ -221,8 +221,10 @@ def prune_repository(
         if catalog is not None and not dry_run:
             _record_run(catalog, result, started)
     grace = lease_expiry(max(s.leftover_grace for s in settings.values()))
-    try:
-        _prune_temporaries(repo, report, grace, now)
+    try:  # temporaries of killed local writes outside data/ (repository/leftovers.py)
+        report.temporaries = repo.remove_stray_temporaries(
+            now, grace, dry_run=dry_run, keep_blobs=lambda: _snapshot_running(repo, now)
+        )
     except DrbackupError as exc:
         report.temporaries_error = exc
     report.blobs = _collect_blobs(repo, report)
@@ -366,14 +368,9 @@ def _removal(repo, found, leftover: Leftover, grace, now, dry_run: bool) -> str:
     return repo.remove_leftover(found, now, grace)
 
 
-def _prune_temporaries(repo, report: PruneReport, grace: timedelta, now: datetime) -> None:
-    def snapshot_running() -> bool:
-        locks = list_locks(repo.storage, now.timestamp())
-        return any(lock.kind == "snapshot" and not lock.stale for lock in locks)
-
-    report.temporaries = repo.remove_stray_temporaries(
-        now, grace, dry_run=report.dry_run, keep_blobs=snapshot_running
-    )
+def _snapshot_running(repo, now: datetime) -> bool:
+    locks = list_locks(repo.storage, now.timestamp())
+    return any(lock.kind == "snapshot" and not lock.stale for lock in locks)
 
 
 # --- drills, blobs, catalog -----------------------------------------------------------------
