@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drbackup import __version__
-from drbackup.errors import LockedError, ObjectNotFoundError, StorageError
+from drbackup.errors import LockedError, ObjectNotFoundError, StorageError, UsageError
 from drbackup.repository.manifest import (
     BLOB_PREFIX,
     LOCK_PREFIX,
@@ -240,6 +240,7 @@ class GcResult:
     deleted_bytes: int = 0
     locks: list[LockInfo] = field(default_factory=list)
     stale_locks_removed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # snapshots whose index is gone
     note: str | None = None
     warnings: list[str] = field(default_factory=list)  # links in the repository, not followed
 
@@ -260,8 +261,9 @@ def collect_garbage(
 
     A deleting run holds the gc lock from before the mark until the sweep ends; it raises
     LockedError while a live snapshot lock exists.  A dry run writes nothing and only
-    notes running snapshots.  Raises IntegrityError if a snapshot index cannot be read
-    (gc cannot know what it references, so it deletes nothing).
+    notes running snapshots.  Raises IntegrityError if a snapshot index is damaged (gc
+    cannot know what it references, so it deletes nothing); a snapshot whose index is
+    missing altogether cannot be restored, and is named in ``broken`` instead.
     """
     repo.keyring.require(read=True)
     result = GcResult(dry_run=dry_run, grace_s=grace_s)
@@ -284,23 +286,40 @@ def collect_garbage(
     return result
 
 
-def mark_referenced(repo) -> tuple[set[bytes], int]:
-    """Blob ids (32-byte digests) named by every snapshot index, and the snapshot count."""
+def mark_referenced(repo, result: GcResult) -> set[bytes]:
+    """Blob ids (32-byte digests) named by every snapshot index; counts ``result.snapshots``.
+
+    A snapshot removed since the listing references nothing; one whose index objects are
+    gone (it can no longer be restored) is named in ``result.broken`` and the run goes on.
+    """
     referenced: set[bytes] = set()
-    snapshots = 0
     for ref in repo.list_refs():
-        manifest = repo.load_manifest(ref)
+        try:
+            manifest = repo.load_manifest(ref)
+        except UsageError:
+            continue  # deleted since the listing (a prune running alongside)
         items = [i for i in manifest.items if i.type == INDEX_ITEM_TYPE]
-        snapshots += bool(items)
-        for item in items:
-            with repo.open_item(item) as reader:
-                for entry in iter_entries(reader, f"{ref.target}/{ref.backup_id} {item.name}"):
-                    referenced.add(bytes.fromhex(entry.blob))
-    return referenced, snapshots
+        if not items:
+            continue
+        try:
+            for item in items:
+                _mark_index(repo, ref, item, referenced)
+        except ObjectNotFoundError:
+            if repo.storage.exists(ref.manifest_key):
+                result.broken.append(f"{ref.target}/{ref.backup_id}")
+            continue
+        result.snapshots += 1
+    return referenced
+
+
+def _mark_index(repo, ref, item, referenced: set[bytes]) -> None:
+    with repo.open_item(item) as reader:
+        for entry in iter_entries(reader, f"{ref.target}/{ref.backup_id} {item.name}"):
+            referenced.add(bytes.fromhex(entry.blob))
 
 
 def _mark_and_sweep(repo, result: GcResult, now: float, *, delete: bool, lock=None) -> None:
-    referenced, result.snapshots = mark_referenced(repo)
+    referenced = mark_referenced(repo, result)
     result.referenced = len(referenced)
     seen = 0
     for info in repo.storage.list(BLOB_PREFIX):

@@ -255,6 +255,28 @@ def encode_to_storage(
     return reader.record(object_key)
 
 
+def encode_to_bytes(
+    object_key: str,
+    body: bytes,
+    *,
+    slot_type: int,
+    slot: bytes,
+    data_key: bytes,
+    settings: CodecSettings,
+) -> tuple[bytes, ObjectRecord]:
+    """A small object (a manifest, a document) encoded in memory: its stored bytes and record.
+
+    For writes whose outcome must be checked by reading the object back (the manifest of
+    a commit): the caller keeps the exact bytes it sent.
+    """
+    header = new_header(
+        slot_type, slot, compressed=settings.compress, chunk_size=settings.chunk_size
+    )
+    reader = EncodingReader(iter([body]), header, data_key, object_key, settings)
+    data = reader.read()
+    return data, reader.record(object_key)
+
+
 class _ChunkReader:
     """File-like view of authenticated chunk plaintexts (for zstd's stream_reader).
 

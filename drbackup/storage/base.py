@@ -53,6 +53,11 @@ Optional: ``locked_until(key)`` → ``datetime | None`` where the backend suppor
 lock (S3): until when the object is protected.  A plain delete of a locked object on a
 versioned bucket only hides it behind a delete marker, so deleters ask first.
 
+Optional: ``list_incomplete(prefix)`` → ``ObjectInfo`` of the temporaries of unfinished
+writes under ``prefix`` (local: ``.tmp-*`` files a killed process left behind), keyed so
+that ``delete`` removes them; ``mtime`` is their last write.  Prune removes those of dead
+writers (docs/retention.md).
+
 Every method raises ``StorageUnreachableError`` when the backend cannot be reached, and
 ``StorageError`` for other failures, each with a one-line message naming the key.
 """
