@@ -139,17 +139,23 @@ class Shell:
 class RunbookRun:
     """Runbook ``runbook`` in ``shell``, with ``values`` (KEY -> the test's value, or a late
     value) for its declared examples.  ``run_through(text)`` runs up to the block whose text
-    holds ``text``; ``run_rest()`` to the end; ``outputs`` holds every command's output."""
+    holds ``text``; ``run_rest()`` to the end; ``outputs`` holds every command's output.
+    Output lines matching a pattern of ``ignore`` (noise of the test host itself, never of
+    drbackup) are left out before the comparison."""
 
-    def __init__(self, runbook: Runbook, values: dict[str, Value], shell: Shell):
+    def __init__(
+        self, runbook: Runbook, values: dict[str, Value], shell: Shell, ignore: tuple = ()
+    ):
         self.runbook, self.values, self.shell = runbook, values, shell
+        self.ignore = tuple(re.compile(p) if isinstance(p, str) else p for p in ignore)
         self.outputs: list[str] = []
         self.commands_run = 0
         self._next = 0
         check_declarations(runbook, values)
         for block in runbook.not_run():
             first = (block.commands() or [Command(block.doc, block.line, block.body)])[0]
-            NOT_RUN[block.where()] = (runbook.name, first.text.split("\n")[0], block.norun)
+            command = re.sub(r"\s+#.*$", "", first.text.split("\n")[0])  # shorter, for the report
+            NOT_RUN[block.where()] = (runbook.name, command, block.norun)
 
     def run_through(self, text: str) -> None:
         blocks = self.runbook.blocks
@@ -185,7 +191,8 @@ class RunbookRun:
         status, output = self.shell.run(text)
         self.outputs.append(output)
         self.commands_run += 1
-        shown = substitute(output, self._backward())
+        kept = [line for line in output.split("\n") if not any(p.search(line) for p in self.ignore)]
+        shown = substitute("\n".join(kept), self._backward())
         if status != block.exit_code:
             pytest.fail(
                 f"{command.where()}: `{command.text}` exited {status}, the doc expects "

@@ -10,16 +10,18 @@ then into ``attachments`` itself with ``--force``.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import subprocess
 
 import pytest
-import yaml
 
-from tests.runbooks.conftest import CHECKOUT_BIN
+from tests.runbooks.backup_host import (
+    make_backup_host,
+    repository_secrets,
+    second_after,
+    wait_until_after,
+    write_secrets,
+)
 from tests.runbooks.markdown import load_runbook
 from tests.runbooks.runner import RunbookRun
-from tests.runbooks.test_pg_restore import wait_until_after, write_secrets
 
 BUCKET = "attachments"
 PDF = {"ContentType": "application/pdf", "Metadata": {"owner": "alice"}, "Tagging": "class=confidential"}  # fmt: skip
@@ -40,59 +42,37 @@ def bucket_state(client, bucket: str) -> dict[str, tuple]:
     return state
 
 
-def snapshot(config) -> dict:
-    argv = [f"{CHECKOUT_BIN}/drbackup", "-c", str(config), "snapshot", "minio", "files", "--json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 @pytest.fixture
-def snapshots(tmp_path, s3_server, s3_bucket, monkeypatch):
+def snapshots(tmp_path, s3_server, s3_bucket):
     """Three snapshots of ``attachments``; the second one's id, the time whose state it
     holds, and that state."""
-    monkeypatch.setenv("DRBACKUP_HOME", str(tmp_path / "backup-host"))
     client = s3_server.client()
     client.create_bucket(Bucket=BUCKET)
-    secrets = tmp_path / "backup-secrets"
-    write_secrets(secrets, s3_server)
-    config = tmp_path / "backup-host.yaml"
-    config.write_text(yaml.safe_dump({
-        "repository": {
-            "url": f"s3://{s3_bucket}/prod",
-            "s3": {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region,
-                   "access_key_id_file": str(secrets / "ak"),
-                   "secret_access_key_file": str(secrets / "sk")},
-            "encryption": {"passphrase_file": str(secrets / "drbackup-passphrase")},
-        },
-        "minio": {"files": {"endpoint": s3_server.endpoint_url, "buckets": [BUCKET],
-                            "access_key_file": str(secrets / "ak"),
-                            "secret_key_file": str(secrets / "sk")}},
-    }))  # fmt: skip
-    init = [f"{CHECKOUT_BIN}/drbackup", "-c", str(config), "init", "--scrypt-log-n", "10"]
-    assert subprocess.run(init, capture_output=True, timeout=60).returncode == 0
+    keys = write_secrets(tmp_path / "minio-keys", repository_secrets(s3_server))
+    source = {"endpoint": s3_server.endpoint_url, "buckets": [BUCKET],
+              "access_key_file": str(keys / "ak"), "secret_key_file": str(keys / "sk")}  # fmt: skip
+    host = make_backup_host(tmp_path, s3_server, s3_bucket, minio={"files": source})
     put(client, "invoices/2026/11/0001.pdf", b"%PDF-1.4 one", **PDF)
     put(client, "avatars/alice.png", b"png" * 100, **PNG)
-    snapshot(config)
+    host.run("snapshot", "minio", "files")
     put(client, "avatars/bob.png", b"PNG" * 100, **PNG)
-    chosen = snapshot(config)
+    chosen = host.json("snapshot", "minio", "files")
     state = bucket_state(client, BUCKET)
-    when = dt.datetime.fromisoformat(chosen["recovery_point"]).replace(microsecond=0)
-    when += dt.timedelta(seconds=1)
+    when = second_after(chosen["recovery_point"])
     client.delete_object(Bucket=BUCKET, Key="invoices/2026/11/0001.pdf")  # the damage
     put(client, "avatars/alice.png", b"garbage", **PNG)
     put(client, "avatars/carol.png", b"new since", **PNG)
     wait_until_after(when + dt.timedelta(seconds=1))
-    snapshot(config)
+    host.run("snapshot", "minio", "files")
     return f"files/{chosen['backup_id']}", when, state
 
 
 def test_the_bucket_runbook(snapshots, tmp_path, s3_server, s3_bucket, shell_factory):
     snapshot_id, when, state = snapshots
-    secrets = tmp_path / "secrets"
-    write_secrets(secrets, s3_server)
-    for name, value in {"minio-ak": s3_server.access_key_id, "minio-sk": s3_server.secret_access_key}.items():  # fmt: skip
-        (secrets / name).write_text(value + "\n")
+    secrets = write_secrets(tmp_path / "secrets", {
+        **repository_secrets(s3_server),
+        "minio-ak": s3_server.access_key_id, "minio-sk": s3_server.secret_access_key,
+    })  # fmt: skip
     values = {
         "CONFIG": str(tmp_path / "restore.yaml"),
         "REPO_URL": f"s3://{s3_bucket}/prod",

@@ -10,7 +10,6 @@ printed ``psql`` line, stops the server and cleans the recovery settings.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from drbackup.actions.backup_physical import backup_physical
 from drbackup.sources.postgres.cluster import resolve_run_as, stop_postmaster
@@ -29,6 +27,7 @@ from tests.fixtures.walarchive import (
     switch_wal,
     wait_archived,
 )
+from tests.runbooks.backup_host import repository_secrets, repository_section, write_secrets
 from tests.runbooks.conftest import CHECKOUT_BIN
 from tests.runbooks.markdown import load_runbook
 from tests.runbooks.runner import RunbookRun, from_output
@@ -44,35 +43,19 @@ def server_readable_dir() -> Path:
     return path
 
 
-def write_keys(directory: Path, s3_server, *, owner=None) -> None:
-    for name, value in {
-        "ak": s3_server.access_key_id,
-        "sk": s3_server.secret_access_key,
-        "drbackup-passphrase": PASSPHRASE,
-    }.items():
-        (directory / name).write_text(value + "\n")
-        (directory / name).chmod(0o600)
-        if owner is not None:
-            os.chown(directory / name, owner.uid, owner.gid)
-
-
-def write_config(path: Path, s3_server, bucket: str, secrets: Path) -> None:
-    """The runbook's config: the repository and the key, nothing else."""
-    s3 = {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region,
-          "access_key_id_file": str(secrets / "ak"), "secret_access_key_file": str(secrets / "sk")}  # fmt: skip
-    encryption = {"passphrase_file": str(secrets / "drbackup-passphrase")}
-    repository = {"url": f"s3://{bucket}/prod", "s3": s3, "encryption": encryption}
-    path.write_text(yaml.safe_dump({"repository": repository}))
+def keys(s3_server) -> dict[str, str]:
+    """The secret files, with the passphrase of the WAL fixtures' repository."""
+    return {**repository_secrets(s3_server), "drbackup-passphrase": PASSPHRASE}
 
 
 @pytest.fixture
 def archived(s3_server, s3_bucket, pg_cluster_factory):
     """A server archiving into ``s3://BUCKET/prod``, a base backup, orders committed over a
     few seconds, then all deleted; the cluster and the commit times of the orders."""
-    keys = server_readable_dir()
-    write_keys(keys, s3_server, owner=resolve_run_as())
-    s3 = {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region,
-          "access_key_id_file": str(keys / "ak"), "secret_access_key_file": str(keys / "sk")}  # fmt: skip
+    server_user = resolve_run_as()
+    owner = (server_user.uid, server_user.gid) if server_user else None
+    readable = write_secrets(server_readable_dir(), keys(s3_server), owner)
+    s3 = repository_section(s3_server, s3_bucket, readable)["s3"]
     home = make_wal_home(repo_url=f"s3://{s3_bucket}/prod", s3=s3)
     settings = {**ARCHIVE_SETTINGS, "archive_command": home.archive_command()}
     cluster = pg_cluster_factory(settings=settings)
@@ -91,17 +74,16 @@ def archived(s3_server, s3_bucket, pg_cluster_factory):
     wait_archived(cluster, segment)
     yield cluster, committed, segment
     shutil.rmtree(home.root, ignore_errors=True)
-    shutil.rmtree(keys, ignore_errors=True)
+    shutil.rmtree(readable, ignore_errors=True)
 
 
 def test_the_point_in_time_runbook(archived, tmp_path, s3_server, s3_bucket, shell_factory):
-    cluster, committed, _ = archived
+    cluster, committed, segment = archived
     when = committed[len(committed) // 2].replace(microsecond=0)
     expected = [t for t in committed if t < when + SECOND]
     assert 0 < len(expected) < len(committed)
-    secrets, restore_root = tmp_path / "secrets", server_readable_dir()
-    secrets.mkdir()
-    write_keys(secrets, s3_server)
+    secrets = write_secrets(tmp_path / "secrets", keys(s3_server))
+    restore_root = server_readable_dir()
     data_dir = restore_root / "restored"
     values = {
         "CONFIG": str(tmp_path / "restore.yaml"),
@@ -123,28 +105,21 @@ def test_the_point_in_time_runbook(archived, tmp_path, s3_server, s3_bucket, she
         run.run_rest()
         assert not (data_dir / "postmaster.pid").exists()  # stopped
         assert "drbackup" not in (data_dir / "postgresql.auto.conf").read_text()
+        check_restore_command(Path(values["CONFIG"]), segment, tmp_path / "started-by-hand")
     finally:
         stop_postmaster(data_dir)  # a failed step may leave the restored server running
         shutil.rmtree(restore_root, ignore_errors=True)
 
 
-def test_the_restore_command_works_with_a_config_of_only_the_repository(
-    archived, tmp_path, s3_server, s3_bucket
-):
+def check_restore_command(config: Path, segment: str, data_dir: Path) -> None:
     """Step 5: a directory restored without --start is started by PostgreSQL, whose
-    restore_command runs ``drbackup -c CONFIG wal-fetch --target app``; CONFIG is the
-    runbook's, which names no target."""
-    _, _, segment = archived
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    write_keys(secrets, s3_server)
-    config = tmp_path / "restore.yaml"
-    write_config(config, s3_server, s3_bucket, secrets)
-    (tmp_path / "pg_wal").mkdir()  # as in a data directory
+    restore_command runs ``drbackup -c CONFIG wal-fetch --target app %f %p`` in the data
+    directory; the runbook's CONFIG names no target, and serves it."""
+    (data_dir / "pg_wal").mkdir(parents=True)
     argv = [f"{CHECKOUT_BIN}/drbackup", "-c", str(config), "wal-fetch", "--target", "app"]
     fetched = subprocess.run(
-        [*argv, segment, str(tmp_path / "pg_wal" / "RECOVERYXLOG")], cwd=tmp_path,
-        capture_output=True, text=True, timeout=120,
+        [*argv, segment, "pg_wal/RECOVERYXLOG"], cwd=data_dir, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr
-    assert (tmp_path / "pg_wal" / "RECOVERYXLOG").stat().st_size == 16 * 1024 * 1024
+    assert (data_dir / "pg_wal" / "RECOVERYXLOG").stat().st_size == 16 * 1024 * 1024
