@@ -15,11 +15,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -105,13 +105,17 @@ class Shell:
 
     env: dict[str, str]
     cwd: Path
-    _state: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="runbook-")))
+    state_dir: Path  # where each command leaves its environment and directory
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
         """Run ``command`` (one or more lines of bash); its status and output (stdout and
         stderr as one stream, as a terminal shows them)."""
-        env_file, cwd_file = self._state / "env", self._state / "cwd"
-        script = f"set -o pipefail\n{command}\n__status=$?\nenv -0 > {env_file}\npwd > {cwd_file}\nexit $__status\n"
+        env_file, cwd_file = self.state_dir / "env", self.state_dir / "cwd"
+        script = "\n".join([
+            "set -o pipefail", command, "__status=$?",
+            f"env -0 > {shlex.quote(str(env_file))}", f"pwd > {shlex.quote(str(cwd_file))}",
+            "exit $__status",
+        ])  # fmt: skip
         proc = subprocess.Popen(
             ["bash", "--noprofile", "--norc", "-c", script], cwd=self.cwd, env=self.env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
