@@ -35,7 +35,7 @@ from drbackup.actions.backup_physical import TAR_TYPE
 from drbackup.actions.pitr import BaseBackupChoice, choose_base_backup
 from drbackup.actions.verify_physical import missing_wal
 from drbackup.actions.wal_fetch import Fetcher, FetchLog
-from drbackup.actions.wal_push import wal_settings
+from drbackup.actions.wal_push import read_settings
 from drbackup.actions.wal_spool import Spool
 from drbackup.errors import RestoreError, SourceError
 from drbackup.repository.wal import WalArchive
@@ -170,7 +170,7 @@ def restore_physical(
         restore.restore_command = standalone
         _write_settings(restore, standalone)
         if start:
-            ahead = wal_settings(app, target).fetch_ahead or 8
+            ahead = read_settings(app, target).fetch_ahead or 8
             _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT)
     except BaseException:
         keep_log = restore.run_dir
