@@ -192,5 +192,4 @@ def spawn_background(args: list[str], config_path: str | None, log: Path) -> Non
             env=dict(os.environ),  # drbackup itself: the same settings and key as this command
             start_new_session=True,
             close_fds=True,
-            env=dict(os.environ),  # drbackup itself: it needs its own settings and secrets
         )
