@@ -218,17 +218,9 @@ SOAK_ROUNDS = int(os.environ.get("DRBACKUP_SOAK_ROUNDS", "1"))
 
 
 def transient(result) -> bool:
-    """The run failed as a transient storage failure should: exit 4.
-
-    Until item 8 of issue 14 (S3 error classification) lands, a 503 that outlasts the
-    retries is still reported as a storage error (exit 1), or by verify as damage (exit
-    3): those are accepted here only when the output names the injected 503 (SlowDown in
-    a response body; a HEAD's has none).
-    """
-    if result.code == 4:
-        return True
-    output = result.stdout + result.stderr
-    return result.code in (1, 3) and ("SlowDown" in output or ": 503: " in output)
+    """The run failed as a transient storage failure should: exit 4 (a 503 that outlasts
+    the retries is "unreachable", never a failed run or damage)."""
+    return result.code == 4
 
 
 def soak_commands(pg_cluster, round_no: int, run_cli):
