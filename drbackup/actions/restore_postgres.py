@@ -31,6 +31,7 @@ from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
+from drbackup.sources.postgres.processes import tool_version
 from drbackup.sources.postgres.restore import INCOMPLETE_HINT, RestoreRun, run_pg_restore
 from drbackup.sources.postgres.restore_marker import (
     new_database_name,
@@ -162,7 +163,7 @@ def _client_bin_dir(server_version: int):
 
 def _harmless_errors(bin_dir, server_version: int) -> frozenset[str]:
     """What this pg_restore says into this server that changes nothing (versions.py)."""
-    pg_restore_major = commands.tool_version(bin_dir, "pg_restore")[0]
+    pg_restore_major = tool_version(bin_dir, "pg_restore")[0]
     return versions.harmless_restore_errors(pg_restore_major, versions.major_of(server_version))
 
 
