@@ -22,14 +22,8 @@ from drbackup.errors import UsageError
 
 REPORT_FORMAT = "drbackup-drill-report"
 REPORT_VERSION = 1
-REPORT_PREFIX = "reports/"
 _FENCE = "```json " + REPORT_FORMAT
 _FENCE_RE = re.compile(r"^```json " + REPORT_FORMAT + r"\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def report_key(target: str, drill_id: str) -> str:
-    """Where the report lives in the repository."""
-    return f"{REPORT_PREFIX}{target}/{drill_id}"
 
 
 def build_report(
