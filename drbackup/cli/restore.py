@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size
+from drbackup.cli.render import echo_json, human_size, selection_json
 from drbackup.errors import UsageError
 
 
@@ -179,16 +179,13 @@ def postgres(
         password=password,
         spool_dir=spool_dir,
     )
-    run, m = result.run, result.selection.manifest
+    run = result.run
     if as_json:
         echo_json(
             {
-                "backup_id": m.backup_id,
-                "target": m.target,
+                **selection_json(result.selection),
                 "database": result.database,
                 "into": result.into,
-                "recovery_point": m.recovery_point,
-                "selection": result.selection.note,
                 "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
                 "fetch_decrypt_s": round(run.fetch_decrypt_s, 3),
                 "elapsed_s": round(run.elapsed_s, 3),

@@ -36,7 +36,7 @@ from drbackup.errors import (
     StorageError,
     StorageUnreachableError,
 )
-from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
+from drbackup.storage.base import Capabilities, ObjectInfo, StatBacked, validate_key
 
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB  # S3 rejects smaller parts (except the last one)
@@ -101,7 +101,7 @@ _CONNECTION_REASONS = {
 }
 
 
-class S3Storage:
+class S3Storage(StatBacked):
     """A bucket (optionally under a prefix) as a flat key space.  See ``storage.base``."""
 
     def __init__(
@@ -259,14 +259,6 @@ class S3Storage:
         with self._errors("stat", key):
             head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         return ObjectInfo(key=key, size=head["ContentLength"], mtime=_mtime(head))
-
-    def exists(self, key: str) -> bool:
-        """``True`` if ``key`` exists; never raises for a missing key."""
-        try:
-            self.stat(key)
-        except ObjectNotFoundError:
-            return False
-        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, sorted, one page at a time."""
