@@ -96,7 +96,7 @@ def backup_target(app, name: str, *, progress=None) -> Manifest:
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
         app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
     return manifest
 
@@ -146,7 +146,7 @@ def _prefetch_catalog(after: Callable[[], None]) -> None:
     # the import's memory does not add to scrypt's.  Errors surface (and are suppressed) later.
     def load() -> None:
         after()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # an import error resurfaces where the catalog is used
             importlib.import_module("drbackup.catalog")
 
     threading.Thread(target=load, name="drbackup-catalog-import", daemon=True).start()

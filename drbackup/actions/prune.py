@@ -451,7 +451,7 @@ def _optional(fn):
     """The catalog is only an index: its failures never fail a prune."""
     try:
         return fn()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the catalog is an index: `catalog rebuild` repairs it
         return None
 
 

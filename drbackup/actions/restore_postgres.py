@@ -120,7 +120,7 @@ def restore_postgres(
             )
         item = pick_item(selection.manifest, database)
     except BaseException:
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(BaseException):  # the backup's error is the one to report
             opened.result()[0].close()
         raise
     server, state = opened.result()

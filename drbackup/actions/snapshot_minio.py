@@ -342,7 +342,9 @@ def _interruptible(fn: Callable, cancel: threading.Event):
             return future.result()
         except BaseException:
             cancel.set()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(
+                BaseException
+            ):  # waits for the index thread; the first error is raised
                 future.result()
             raise
 

@@ -324,7 +324,7 @@ class _Prefetcher:
             for item in items:
                 if not self._put(item):
                     return
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._put(_Raised(exc))
             return
         self._put(self._END)
@@ -375,7 +375,7 @@ class _BackgroundSha:
             if self._error is None:  # after an error, keep draining: update() never blocks
                 try:
                     self._sha.update(data)
-                except BaseException as exc:  # raised by finish()
+                except BaseException as exc:  # noqa: BLE001 - raised by finish()
                     self._error = exc
 
     def update(self, data: bytes) -> None:

@@ -222,7 +222,7 @@ class ScratchServer:
 
     def close(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
                 self._conn.close()
             self._conn = None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
-from drbackup.errors import IntegrityError, RestoreError
+from drbackup.errors import RestoreError
 from drbackup.sources.postgres import processes
 from drbackup.sources.postgres.archive import DataOffsets
 from drbackup.threads import Background
@@ -265,7 +265,7 @@ class _Feeder(threading.Thread):
                 self.bytes += len(block)
         except BrokenPipeError:
             pass  # pg_restore exited early; its status and messages tell why
-        except (IntegrityError, Exception) as exc:  # noqa: BLE001 - handed to the caller
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
             self.error = exc
             self.proc.kill()
         finally:

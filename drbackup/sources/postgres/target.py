@@ -115,7 +115,7 @@ class TargetServer:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
             self.conn.close()
 
     def dsn(self, name: str) -> str:
