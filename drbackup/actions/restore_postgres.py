@@ -110,14 +110,7 @@ def restore_postgres(
     repo = app.repository(background_key=True)
     opened = Background(lambda: _open_target(into, password), "drbackup-target-check")
     try:
-        selection = select_backup(
-            repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
-        )
-        if selection.manifest.kind == "postgres-physical":
-            raise UsageError(
-                f"backup {selection.manifest.backup_id} is a base backup, not a dump",
-                hint="restore it with --into-dir DIR (docs/pitr.md)",
-            )
+        selection = _select_dump(repo, target, backup_id, point_in_time)
         item = pick_item(selection.manifest, database)
     except BaseException:
         with contextlib.suppress(BaseException):  # the backup's error is the one to report
@@ -139,6 +132,18 @@ def restore_postgres(
         result.created, result.removed = job.created, removed
         job.finish(result)
         return result
+
+
+def _select_dump(repo, target: str, backup_id, point_in_time) -> Selection:
+    selection = select_backup(
+        repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
+    )
+    if selection.manifest.kind == "postgres-physical":
+        raise UsageError(
+            f"backup {selection.manifest.backup_id} is a base backup, not a dump",
+            hint="restore it with --into-dir DIR (docs/pitr.md)",
+        )
+    return selection
 
 
 def _open_target(into: str, password) -> tuple[TargetServer, TargetState]:

@@ -91,6 +91,10 @@ def minio(
             workers=workers,
             progress=tick,
         )
+    _echo_result(result, dry_run, as_json)
+
+
+def _echo_result(result, dry_run: bool, as_json: bool) -> None:
     if as_json:
         echo_json(
             {

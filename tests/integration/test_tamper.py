@@ -495,7 +495,7 @@ def test_header_from_another_repository(setup, tmp_path):
     other = Repository.init(
         LocalStorage(tmp_path / "other"), Secrets(passphrase="pw"), scrypt_params=FAST
     )
-    setup.storage.put(HEADER_KEY, io.BytesIO(other.storage.get(HEADER_KEY)))
+    setup.storage.put(HEADER_KEY, io.BytesIO(other._storage.get(HEADER_KEY)))
     repo = reopen(setup.storage)  # the passphrase opens the other repository's master key
     got, err = read_until_error(repo, setup.item)
     assert got == b""
