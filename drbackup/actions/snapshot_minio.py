@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import chain
 
 from drbackup.actions.runs import run_outcome
+from drbackup.actions.snapshot_versions import HistoryCapture, list_versions_selected, start_history
 from drbackup.codec.pipeline import iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.blobs import ORACLE_LIMIT
@@ -52,6 +53,7 @@ from drbackup.sources.buckets.listing import (
     merge_join,
 )
 from drbackup.sources.buckets.pool import ordered_map
+from drbackup.sources.buckets.versions import HISTORY_ITEM_TYPE, history_item_name
 
 SMALL_OBJECT = 8 << 20  # read whole into memory; larger objects stream (two passes)
 KEYS_RECORDED = 100  # keys listed per kind of event in the manifest (counts are exact)
@@ -95,6 +97,7 @@ class BucketStats:
     uploaded_blobs: int = 0
     uploaded_bytes: int = 0  # stored (compressed, encrypted) bytes written to the repository
     deduplicated: int = 0
+    history: dict | None = None  # a versioned bucket's history capture (snapshot_versions.py)
     events: dict[str, dict] = field(
         default_factory=lambda: {
             k: {"count": 0, "keys": []}
@@ -126,8 +129,9 @@ class BucketStats:
             self.uploaded_bytes += t.stored
 
     def to_meta(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "events"}
-        return {**data, **self.events}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("events", "history")}
+        history = {"history": self.history} if self.history else {}
+        return {**data, **self.events, **history}
 
 
 class BucketSnapshot:
@@ -136,6 +140,7 @@ class BucketSnapshot:
     def __init__(self, repo, writer, client: BucketClient, bucket: str, oracle, opts, cancel=None):
         self.repo, self.writer, self.client, self.bucket = repo, writer, client, bucket
         self.oracle, self.opts = oracle, opts
+        self.known: dict[str, IndexEntry] = {}  # latest versions the history pass has read
         self.cancel = cancel or threading.Event()
         self.codec = replace(repo.codec, threads=1)  # parallel across objects instead
         self.stats = BucketStats()
@@ -170,6 +175,8 @@ class BucketSnapshot:
             return Transfer("skipped")  # named in the manifest and in the command's output
         if is_unchanged(listed, previous):
             return Transfer("reused", previous)
+        if is_unchanged(listed, self.known.get(listed.key)):  # read by the history pass
+            return Transfer("deduplicated", self.known[listed.key])
         try:
             return self._read(listed, reread=False)
         except ObjectGoneError:
@@ -187,13 +194,14 @@ class BucketSnapshot:
 
     def _read(self, listed: ListedObject, *, reread: bool) -> Transfer:
         """Read one object (``If-Match`` the listed ETag unless re-reading) and store it."""
-        if_match = None if reread else (listed.etag or None)
-        with self.client.open_object(self.bucket, listed.key, if_match=if_match) as obj:
+        version = getattr(listed, "version_id", None)  # a version is immutable: no If-Match
+        if_match = None if reread or version else (listed.etag or None)
+        with self._open(listed.key, if_match, version) as obj:
             if obj.size <= self.opts.small_object:
-                digest, stored, size = self._small(obj)
+                digest, stored, size = self._small(obj, version)
             else:
-                digest, stored, size = self._large(obj)
-            tags = self.client.get_tags(self.bucket, listed.key) if obj.tag_count else {}
+                digest, stored, size = self._large(obj, version)
+            tags = self.client.get_tags(self.bucket, listed.key, version) if obj.tag_count else {}
         entry = IndexEntry(
             key=listed.key,
             size=size,
@@ -211,7 +219,11 @@ class BucketSnapshot:
         )
         return Transfer("uploaded" if stored else "deduplicated", entry, size, stored or 0)
 
-    def _small(self, obj) -> tuple[str, int | None, int]:
+    def _open(self, key: str, if_match: str | None, version: str | None):
+        by_version = {"version_id": version} if version else {}  # only versioned reads name one
+        return self.client.open_object(self.bucket, key, if_match=if_match, **by_version)
+
+    def _small(self, obj, _version=None) -> tuple[str, int | None, int]:
         data = b"".join(iter_blocks(obj))
         if len(data) != obj.size:
             message = f"{self.bucket}/{obj.key}: read {len(data)} of {obj.size} bytes"
@@ -219,7 +231,7 @@ class BucketSnapshot:
         digest = hashlib.sha256(data).hexdigest()
         return digest, self._store(self.repo.blob_id(digest), lambda: iter([data])), len(data)
 
-    def _large(self, obj) -> tuple[str, int | None, int]:
+    def _large(self, obj, version=None) -> tuple[str, int | None, int]:
         # The blob's name is its content hash, and the name must be known before the
         # upload (it is bound into the encryption): hash in a first pass, upload in a
         # second GET of the same ETag, without ever holding the object in memory.
@@ -231,7 +243,7 @@ class BucketSnapshot:
         again = hashlib.sha256()
 
         def second_pass() -> Iterator[bytes]:
-            with self.client.open_object(self.bucket, obj.key, if_match=obj.etag) as src:
+            with self._open(obj.key, obj.etag, version) as src:
                 for block in iter_blocks(src):
                     again.update(block)
                     yield block
@@ -297,7 +309,8 @@ def take_snapshot(
     repo.keyring.require(write=True)
     for bucket in buckets:
         client.check_bucket(bucket)  # fail before writing anything
-    previous = None if opts.full else previous_snapshot(repo, target)
+    last = previous_snapshot(repo, target)
+    previous = None if opts.full else last
     with repo.new_backup(target, "bucket") as writer:
         lock = repo.lock(
             "snapshot",
@@ -312,6 +325,8 @@ def take_snapshot(
             stats = {}
             for bucket in buckets:
                 job = BucketSnapshot(repo, writer, client, bucket, oracle, opts, cancel)
+                history = capture_history(job, writer, last, previous, include, exclude)
+                job.known = history.latest if history else {}
                 with open_index(repo.open_item, previous, bucket) as prev_entries:
                     listing = list_selected(client, bucket, include, exclude)
                     blocks = encode_entries(job.entries(listing, prev_entries, progress))
@@ -323,10 +338,31 @@ def take_snapshot(
                     )
                 item.meta.update(objects=job.stats.objects, bytes=job.stats.bytes)
                 stats[bucket] = job.stats
+                job.stats.history = history.stats.to_meta() if history else None
             writer.recovery_point = datetime.now(UTC)  # every object was read before this
             writer.meta.update(_snapshot_meta(client, stats, include, exclude, previous, opts))
             lock.check(max_age=0)
             return writer.commit()
+
+
+def capture_history(job: BucketSnapshot, writer, last, previous, include, exclude):
+    """Write ``history:<bucket>`` for a versioned bucket (docs/buckets.md, "Version
+    history"); the History (stats, latest versions read), or None if not versioned."""
+    history = start_history(job.client, job.bucket, last)
+    if history is None:
+        return None
+    capture = HistoryCapture(job, history)
+    with open_index(job.repo.open_item, previous, job.bucket) as prev_entries:
+        versions = list_versions_selected(job.client, job.bucket, include, exclude)
+        blocks = encode_entries(capture.entries(versions, prev_entries))
+        name = history_item_name(job.bucket)
+        item = _interruptible(
+            lambda: writer.add_stream(name, HISTORY_ITEM_TYPE, blocks, {"bucket": job.bucket}),
+            job.cancel,
+        )
+    stats = history.stats
+    item.meta.update(versions=stats.versions, delete_markers=stats.delete_markers)
+    return history
 
 
 def _interruptible(fn: Callable, cancel: threading.Event):
