@@ -18,16 +18,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from psycopg import IsolationLevel
 
-from drbackup.actions.runs import run_outcome
+from drbackup.actions.runs import recorded_run
 from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
 from drbackup.errors import DrbackupError, LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.threads import Background
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('drbackup backup ' || %s))"
 
@@ -89,26 +93,15 @@ def backup_targets(
     return [futures[n].result() for n in names]
 
 
-def backup_target(app, name: str, *, progress=None) -> Manifest:
+def backup_target(app: AppContext, name: str, *, progress=None) -> Manifest:
     """Back up one target into the repository; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
-    started = datetime.now(UTC)
-    try:
+    with recorded_run(app.index, "backup", name) as run:
         manifest = _backup(app, target, progress)
-    except BaseException as exc:
-        status, error = run_outcome(exc)
-        _record(app, name, started, status, error=error)
-        raise
-    _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).
-    with contextlib.suppress(Exception):
-        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+        run.backup_id = manifest.backup_id
+    repo = app.repository()
+    app.index.record_backup(repo.id, repo.url, manifest)
     return manifest
-
-
-def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):  # see above
-        app.catalog.record_run("backup", target, started, datetime.now(UTC), status, **kw)
 
 
 def _backup(app, target: PgTarget, progress) -> Manifest:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
 from drbackup.actions.restore_postgres import parse_time, restore_postgres, select_backup
@@ -80,6 +81,9 @@ from drbackup.sources.buckets.index import snapshot_buckets
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
+if TYPE_CHECKING:
+    from drbackup.catalog import Catalog
+
 Notify = Callable[[str], None]
 
 
@@ -91,7 +95,6 @@ class DrillResult:
     stored: list[str] = field(default_factory=list)  # repository keys
     output: Path | None = None
     kept: list[str] = field(default_factory=list)  # how to reach kept scratch databases
-    warnings: list[str] = field(default_factory=list)  # storing/catalog problems
 
     @property
     def failed(self) -> bool:
@@ -436,29 +439,30 @@ def _store(app, repo, result: DrillResult) -> None:
         key = report_key(target["target"], report["drill_id"])
         repo.put_document(key, report)
         result.stored.append(key)
-    try:
-        from drbackup.catalog.drills import record_drill
+    app.index(lambda catalog: _record_in_catalog(catalog, report))
 
-        catalog = app.catalog
-        record_drill(catalog, report)
-        for target in report["targets"]:
-            failed = [
-                f"{check['name']}: {check['summary']}"
-                for check in failed_checks(report)
-                if check["target"] == target["target"]
-            ]
-            catalog.record_run(
-                "drill",
-                target["target"],
-                datetime.fromisoformat(report["started_at"]),
-                datetime.fromisoformat(report["finished_at"]),
-                "failed" if target["status"] == c.FAIL else "ok",
-                backup_id=target.get("backup_id"),
-                error="; ".join(failed)[:500] or None,  # what report shows for the run
-                details={"drill_id": report["drill_id"], "status": target["status"]},
-            )
-    except Exception as exc:  # noqa: BLE001 - the catalog is an index; the repository has it
-        result.warnings.append(f"catalog not updated: {exc}")
+
+def _record_in_catalog(catalog: Catalog, report: dict) -> None:
+    """The report's rows and one run per target (what ``report`` shows for the run)."""
+    from drbackup.catalog.drills import record_drill
+
+    record_drill(catalog, report)
+    for target in report["targets"]:
+        failed = [
+            f"{check['name']}: {check['summary']}"
+            for check in failed_checks(report)
+            if check["target"] == target["target"]
+        ]
+        catalog.record_run(
+            "drill",
+            target["target"],
+            datetime.fromisoformat(report["started_at"]),
+            datetime.fromisoformat(report["finished_at"]),
+            "failed" if target["status"] == c.FAIL else "ok",
+            backup_id=target.get("backup_id"),
+            error="; ".join(failed)[:500] or None,
+            details={"drill_id": report["drill_id"], "status": target["status"]},
+        )
 
 
 def _write_output(plan: DrillPlan, output: str | None, result: DrillResult) -> None:

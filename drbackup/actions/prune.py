@@ -25,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 from drbackup.actions.gc import collect_garbage, list_locks
 from drbackup.actions.prune_wal import WalPrune, prune_wal
+from drbackup.actions.runs import CatalogIndex, recorded_run
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
 from drbackup.drill.history import history_entries
@@ -39,12 +41,17 @@ from drbackup.errors import (
     ObjectNotFoundError,
     StorageError,
     UsageError,
+    shareable,
 )
 from drbackup.repository.leftovers import data_leftovers as find_leftovers  # noqa: F401
 from drbackup.repository.leftovers import lease_expiry
 from drbackup.repository.manifest import BackupRef
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy_by_kind
 from drbackup.storage.base import link_warnings
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+    from drbackup.catalog import Catalog
 
 DRILL_REASON = "last passing drill {drill_id}"
 GOOD_REASON = "newest backup not known to be damaged"
@@ -178,7 +185,11 @@ class PruneReport:
 
 
 def prune_targets(
-    app, names: list[str] | None = None, *, dry_run: bool = False, now: datetime | None = None
+    app: AppContext,
+    names: list[str] | None = None,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune the named targets (every configured target when ``names`` is empty).
 
@@ -186,11 +197,10 @@ def prune_targets(
     when no target has one.  Per-target failures are in the report (``raise_for_errors``).
     """
     settings = _settings_for(app.config, names)
-    catalog = _optional(lambda: app.catalog)
-    return prune_repository(app.repository(), settings, dry_run=dry_run, now=now, catalog=catalog)
+    return _prune(app.repository(), settings, dry_run, now, lambda: app.catalog)
 
 
-def prune_target(app, name: str, *, dry_run: bool = False, now: datetime | None = None):
+def prune_target(app: AppContext, name: str, *, dry_run: bool = False, now: datetime | None = None):
     """Prune one target (the daemon's job); returns its :class:`TargetPrune`.
 
     Raises what the prune raised (after recording the run), ``UsageError`` for an unknown
@@ -207,27 +217,32 @@ def prune_repository(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
-    catalog=None,
+    catalog: Catalog | None = None,
 ) -> PruneReport:
     """Prune ``repo`` target by target with the given settings; see the module docstring.
 
     ``catalog`` (optional) protects the newest backup not marked damaged, forgets deleted
-    backups and records one ``prune`` run per target (not for a dry run).
-    Raises ``ConfigError`` / ``EncryptionKeyError`` without a key that reads manifests.
+    backups and records one ``prune`` run per target (not for a dry run); its failures are
+    warnings in the report.  Raises ``ConfigError`` / ``EncryptionKeyError`` (no key).
     """
+    return _prune(repo, settings, dry_run, now, lambda: catalog)
+
+
+def _prune(repo, settings, dry_run: bool, now: datetime | None, open_catalog) -> PruneReport:
     repo.keyring.require(read=True)
     now = now or datetime.now(UTC)
     report = PruneReport(dry_run=dry_run, targets=[], now=now)
+    index = CatalogIndex(open_catalog, (catalog_warnings := []).append)
     for target, target_settings in settings.items():
-        started = datetime.now(UTC)
         result = TargetPrune(target=target, policy=target_settings.policy())
-        try:
-            _prune_target(repo, result, target_settings, dry_run, now, catalog)
-        except DrbackupError as exc:
-            result.error = exc
+        with recorded_run(index, "prune", target, record=not dry_run) as run:
+            try:
+                _prune_target(repo, result, target_settings, dry_run, now, index)
+            except DrbackupError as exc:
+                result.error = exc
+            run.problem = shareable(result.error) if result.error else None
+            run.details = {**result.counts(), "policy": result.policy.describe()}
         report.targets.append(result)
-        if catalog is not None and not dry_run:
-            _record_run(catalog, result, started)
     grace = lease_expiry(max(s.leftover_grace for s in settings.values()))
     try:  # temporaries of killed local writes outside data/ (repository/leftovers.py)
         report.temporaries = repo.remove_stray_temporaries(
@@ -236,7 +251,7 @@ def prune_repository(
     except DrbackupError as exc:
         report.temporaries_error = exc
     report.blobs = _collect_blobs(repo, report)
-    report.warnings = link_warnings(repo.storage)
+    report.warnings = [*link_warnings(repo.storage), *catalog_warnings]
     return report
 
 
@@ -256,16 +271,18 @@ def _settings_for(config, names: list[str] | None) -> dict[str, RetentionSetting
 # --- one target -----------------------------------------------------------------------------
 
 
-def _prune_target(repo, result: TargetPrune, settings, dry_run: bool, now: datetime, catalog):
+def _prune_target(
+    repo, result: TargetPrune, settings, dry_run: bool, now: datetime, index: CatalogIndex
+):
     refs = repo.list_refs(result.target)
     backups = _load_backups(repo, refs, result)
-    protected = _protections(repo, result.target, backups, catalog)
+    protected = _protections(repo, result.target, backups, index)
     result.keep, result.remove = apply_policy_by_kind(backups, result.policy, protected, now)
     if result.policy.is_empty():
         result.note = NO_POLICY_NOTE
     for backup in result.remove:
         ref = BackupRef(backup.backup_id, result.target)
-        _delete_backup(repo, result, ref, catalog, dry_run)
+        _delete_backup(repo, result, ref, index, dry_run)
     committed = {ref.backup_id for ref in refs}
     _prune_leftovers(repo, result, committed, settings.leftover_grace, now, dry_run)
     _prune_wal(repo, result, dry_run)
@@ -307,24 +324,26 @@ def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[Back
     return backups
 
 
-def _protections(repo, target: str, backups: list[BackupInfo], catalog) -> dict[str, str]:
+def _protections(
+    repo, target: str, backups: list[BackupInfo], index: CatalogIndex
+) -> dict[str, str]:
     """Backup ids no policy may remove, with the reason: last passing drill, newest good."""
     protected = {}
     drill = last_passing_drill(repo, target)
     if drill is not None:
         drill_id, backup_id = drill
         protected[backup_id] = DRILL_REASON.format(drill_id=drill_id)
-    good = _newest_good(backups, catalog, repo.id)
+    good = _newest_good(backups, index, repo.id)
     if good is not None:
         protected.setdefault(good, GOOD_REASON)
     return protected
 
 
-def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str | None:
+def _newest_good(backups: list[BackupInfo], index: CatalogIndex, repository_id: str) -> str | None:
     """The newest backup the catalog does not mark damaged, when the newest one is damaged."""
-    if catalog is None or not backups:
+    if not backups:
         return None
-    records = _optional(lambda: catalog.list_backups(backups[0].target, repository_id)) or []
+    records = index.read(lambda cat: cat.list_backups(backups[0].target, repository_id)) or []
     damaged = {r.backup_id for r in records if r.status == "damaged"}
     ordered = sorted(backups, key=lambda b: (b.recovery_point, b.backup_id), reverse=True)
     if ordered[0].backup_id not in damaged:
@@ -332,7 +351,9 @@ def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str 
     return next((b.backup_id for b in ordered if b.backup_id not in damaged), None)
 
 
-def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: bool) -> None:
+def _delete_backup(
+    repo, result: TargetPrune, ref: BackupRef, index: CatalogIndex, dry_run: bool
+) -> None:
     """Delete one backup unless Object Lock holds its manifest; record what happened."""
     until = locked_until(repo.storage, ref.manifest_key)
     if until is not None:
@@ -349,8 +370,7 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
         result.locked[ref.backup_id] = until
         return
     result.removed.append(ref.backup_id)
-    if catalog is not None:
-        _optional(lambda: catalog.forget_backup(ref.backup_id, repo.id))
+    index(lambda cat: cat.forget_backup(ref.backup_id, repo.id))
 
 
 def locked_until(storage, key: str) -> datetime | None:
@@ -452,25 +472,6 @@ def _collect_blobs(repo, report: PruneReport) -> dict | None:
         "missing": result.missing,
         "note": result.note,
     }
-
-
-def _record_run(catalog, result: TargetPrune, started: datetime) -> None:
-    details = {**result.counts(), "policy": result.policy.describe()}
-    status = "failed" if result.error else "ok"
-    error = result.error.message if result.error else None
-    _optional(
-        lambda: catalog.record_run(
-            "prune", result.target, started, datetime.now(UTC), status, error=error, details=details
-        )
-    )
-
-
-def _optional(fn):
-    """The catalog is only an index: its failures never fail a prune."""
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # --- small helpers --------------------------------------------------------------------------

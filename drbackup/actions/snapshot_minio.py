@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from itertools import chain
 
 from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
-from drbackup.actions.runs import run_outcome
+from drbackup.actions.runs import recorded_run
 from drbackup.codec.pipeline import encode_to_storage, iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
@@ -458,8 +458,7 @@ def snapshot_target(
     """Snapshot one configured target; record the run in the catalog (best effort)."""
     opts = options or SnapshotOptions()
     cfg = minio_target(app, name)
-    started = datetime.now(UTC)
-    try:
+    with recorded_run(app.index, "snapshot", name) as run:  # its error texts name no keys
         client = BucketClient.from_target(name, cfg, max_connections=opts.workers + 4)
         manifest = take_snapshot(
             app.repository(),
@@ -471,13 +470,9 @@ def snapshot_target(
             options=opts,
             progress=progress,
         )
-    except BaseException as exc:
-        status, error = run_outcome(exc)  # its error text names no object keys
-        _record(app, name, started, status, error=error)
-        raise
-    _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs
-        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+        run.backup_id = manifest.backup_id
+    repo = app.repository()
+    app.index.record_backup(repo.id, repo.url, manifest)
     return manifest
 
 
@@ -504,8 +499,3 @@ def snapshot_targets(
         error.redacted = head + "; ".join(f"{n}: {shareable(e)}" for n, e in failures)
         raise error
     return manifests
-
-
-def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):  # see above
-        app.catalog.record_run("snapshot", target, started, datetime.now(UTC), status, **kw)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from drbackup.actions.pitr import physical_backups, read_timelines
+from drbackup.actions.runs import recorded_run
 from drbackup.errors import DrbackupError
 from drbackup.repository.wal import StoredWal, WalArchive
 from drbackup.sources.postgres.wal import (
@@ -35,6 +37,9 @@ from drbackup.sources.postgres.wal import (
     segno_of_end,
 )
 from drbackup.sources.postgres.walrecords import scan_segment_end
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 DEFAULT_SEGMENT = 16 << 20
 SCAN_BACK = 8  # segments read back from the newest to find its last commit
@@ -219,7 +224,9 @@ def _newest_commit(archive: WalArchive, by_segno: dict[int, StoredWal], newest: 
 # --- the server's side: archive lag ---------------------------------------------------------
 
 
-def measure_lag(app, target: str, status: WalStatus, now: datetime | None = None) -> None:
+def measure_lag(
+    app: AppContext, target: str, status: WalStatus, now: datetime | None = None
+) -> None:
     """Fill in the archive lag from the target's server (its errors go to ``lag_error``)."""
     import psycopg
 
@@ -249,20 +256,12 @@ def measure_lag(app, target: str, status: WalStatus, now: datetime | None = None
     status.lag_seconds = max(0.0, (now - since).total_seconds()) if since else None
 
 
-def check_wal(app, target: str, *, server: bool = True) -> WalStatus:
+def check_wal(app: AppContext, target: str, *, server: bool = True) -> WalStatus:
     """``wal check``: analyse the archive, ask the server for the lag, record in the catalog."""
-    started = datetime.now(UTC)
-    status = analyze_archive(app.repository(), target)
-    if server and status.cluster is not None:
-        measure_lag(app, target, status)
-    with contextlib.suppress(Exception):  # the catalog is an index: never fails the check
-        app.catalog.record_run(
-            "wal-check",
-            target,
-            started,
-            datetime.now(UTC),
-            "failed" if status.problems else "ok",
-            error="; ".join(status.problems)[:500] or None,
-            details=status.to_dict(),
-        )
+    with recorded_run(app.index, "wal-check", target) as run:
+        status = analyze_archive(app.repository(), target)
+        if server and status.cluster is not None:
+            measure_lag(app, target, status)
+        run.problem = "; ".join(status.problems)[:500] or None
+        run.details = status.to_dict()
     return status

@@ -62,8 +62,6 @@ def drill_bucket_command(state, target: str, snapshot_id, workers: int, as_json:
             click.echo(f"  {MARKS[check['status']]}  {check['name']:<9} {check['summary']}")
             for detail in object_details(check):  # the summary counts; these name objects
                 click.echo(f"{' ' * 17}{detail}")
-    for line in result.warnings:
-        click.echo(line, err=True)
     if result.failed:
         failed = [c for c in report["checks"] if c["status"] == "fail"]
         names = ", ".join(sorted({c["name"] for c in failed}))

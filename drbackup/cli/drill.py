@@ -59,7 +59,7 @@ def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
         app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
     )
     click.echo(render(result.report, fmt))
-    for line in [*result.kept, *result.warnings]:
+    for line in result.kept:
         click.echo(line, err=True)
     if result.kept:
         click.echo("remove kept scratch with: drbackup drill cleanup --kept", err=True)
