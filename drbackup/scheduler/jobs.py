@@ -57,6 +57,7 @@ class Outcome:
     source_bytes: int | None = None
     stored_bytes: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the action's AppContext.warnings
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def run_prune(app, job, target: None) -> Outcome:
         for key, value in result.counts().items():
             if isinstance(value, int):
                 counts[key] = counts.get(key, 0) + value
-    return Outcome(details=counts)
+    return Outcome(details=counts, warnings=list(report.warnings))  # the catalog's, links
 
 
 @register("verify", "drbackup.actions.repository")
@@ -259,6 +260,7 @@ class ActionError(DrbackupError):
         self.unwound = True  # the action ran its own error handling (recorded its run)
         self.traceback: str | None = None
         self.details: dict = {}  # what the action found before failing (a drill's verdict)
+        self.warnings: list[str] = []  # the action's AppContext.warnings (a catalog write)
 
 
 class ActionTimeout(ActionError):
@@ -300,6 +302,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
     app = AppContext(config)
     try:
         outcome = adapter(app, job, target)
+        outcome.warnings = [*outcome.warnings, *app.warnings]
         conn.send(("ok", outcome))
     except BaseException as exc:  # reported to the parent, which records and logs it
         info = {
@@ -307,6 +310,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
             "message": getattr(exc, "message", None) or str(exc) or type(exc).__name__,
             "hint": getattr(exc, "hint", None),
             "redacted": getattr(exc, "redacted", None),  # what the catalog and chat get
+            "warnings": app.warnings,
         }
         if not isinstance(exc, DrbackupError | Cancelled):
             info["traceback"] = traceback.format_exc(limit=8)
@@ -407,6 +411,7 @@ def _result(message) -> Outcome:
     )
     error.traceback = payload.get("traceback")
     error.details = payload.get("details") or {}
+    error.warnings = payload.get("warnings") or []
     raise error
 
 
@@ -418,11 +423,16 @@ class InlineRunner:
 
         app = AppContext(config)
         try:
-            return REGISTRY[job.kind].adapter(app, job, target)
+            outcome = REGISTRY[job.kind].adapter(app, job, target)
         except DrbackupError as exc:
-            raise ActionError(
+            error = ActionError(
                 exc.message, kind=type(exc).__name__, hint=exc.hint, redacted=exc.redacted
-            ) from exc
+            )
+            error.warnings = app.warnings
+            raise error from exc
+        else:
+            outcome.warnings = [*outcome.warnings, *app.warnings]
+            return outcome
         finally:
             _close_catalog(app)
 
