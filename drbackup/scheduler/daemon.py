@@ -115,8 +115,7 @@ class Daemon:
     def _make_runner(self, schedule: Schedule):
         if self.runner is None:
             modules = {jobkinds.REGISTRY[j.kind].module for j in schedule.jobs} | {
-                "drbackup.report.health",
-                "drbackup.report.render",
+                "drbackup.actions.report",
                 "drbackup.drill.report",
                 "drbackup.drill.history",
                 "psycopg",
@@ -331,15 +330,11 @@ class Daemon:
         return status
 
     def _notify_failure(self, job: Job, error: str) -> None:
-        from drbackup.report import notify
-
-        destinations = notify.destinations_from_config(self.config)
-        if not destinations or not notify.notify_failures(self.config):
-            return
+        from drbackup.actions.report import notify_failure
 
         def send() -> None:
             try:
-                notify.send(destinations, notify.failure_message(job.name, job.kind, error))
+                notify_failure(self.config, job.name, job.kind, error)
             except DrbackupError as exc:
                 emit("notify_failed", logging.ERROR, job=job.name, error=exc.message)
 

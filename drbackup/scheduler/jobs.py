@@ -200,9 +200,9 @@ def run_verify(app, job, target: str) -> Outcome:
     )
 
 
-@register("report", "drbackup.report.health", per_target=False)
+@register("report", "drbackup.actions.report", per_target=False)
 def run_report(app, job, target: None) -> Outcome:
-    from drbackup.report.health import report_and_notify
+    from drbackup.actions.report import report_and_notify
 
     args = job.spec.args()
     report = report_and_notify(
