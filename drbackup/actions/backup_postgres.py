@@ -29,6 +29,7 @@ from drbackup.repository.manifest import Manifest
 from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.threads import Background
+from drbackup.times import parse_iso_time
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -123,9 +124,7 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
                 item = _dump_database(writer, target, db, bin_dir, progress)
                 points.append(item.meta["recovery_point"])
             _dump_globals(writer, target, bin_dir)
-            writer.recovery_point = (
-                datetime.fromisoformat(min(points)) if points else datetime.now(UTC)
-            )
+            writer.recovery_point = parse_iso_time(min(points)) if points else datetime.now(UTC)
             writer.meta.update(
                 {
                     "server_version": control.execute("SHOW server_version").fetchone()[0],

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
-from drbackup.actions.restore_postgres import parse_time, restore_postgres, select_backup
+from drbackup.actions.restore_postgres import restore_postgres, select_backup
 from drbackup.actions.snapshot_minio import minio_target
 from drbackup.drill import checks as c
 from drbackup.drill.bucket import run_bucket_drill
@@ -214,8 +214,8 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
     if plan.runs("rto"):
         results.append(_tag(c.check_rto(timings, rto, restored=restored_all and bool(dumps)), name))
     if plan.runs("rpo"):
-        selected_point = parse_time(manifest.recovery_point)
-        newest_point = parse_time(newest.recovery_point)
+        selected_point = manifest.recovery_time
+        newest_point = newest.recovery_time
         results.append(
             _tag(c.check_rpo(selected_point, newest_point, drill_time, cfg.rpo, how), name)
         )

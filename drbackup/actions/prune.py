@@ -315,12 +315,10 @@ def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[Back
             continue
         except UsageError:
             continue  # deleted since the listing (another prune): nothing to decide
-        point = manifest.recovery_point or manifest.started_at
+        point = manifest.recovery_time or manifest.started_time
         if manifest.kind == "postgres-physical":
             result.physical[ref.backup_id] = manifest.meta
-        backups.append(
-            BackupInfo(ref.backup_id, ref.target, _parse_time(point), kind=manifest.kind)
-        )
+        backups.append(BackupInfo(ref.backup_id, ref.target, point, kind=manifest.kind))
     return backups
 
 
@@ -484,11 +482,6 @@ def _backup_dict(backup: BackupInfo, **extra) -> dict:
         "recovery_point": _iso(backup.recovery_point),
         **extra,
     }
-
-
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _mtime(seconds: float) -> datetime:

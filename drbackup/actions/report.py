@@ -144,8 +144,6 @@ def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
 
 
 def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:
-    from drbackup.catalog.summary import parse_time
-
     for ref in refs:
         if ref.backup_id in skip:
             continue
@@ -157,7 +155,7 @@ def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact
             if f"{ref.backup_id}: {exc.message}" not in fact.unreadable:
                 fact.unreadable.append(f"{ref.backup_id}: {exc.message}")
             continue
-        point = parse_time(m.recovery_point or m.started_at, ref.manifest_key)
+        point = (m.recovery_time or m.started_time).astimezone(UTC)
         return BackupFact(m.backup_id, point, m.size, m.stored_size)
     return None
 

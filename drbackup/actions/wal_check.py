@@ -37,6 +37,7 @@ from drbackup.sources.postgres.wal import (
     segno_of_end,
 )
 from drbackup.sources.postgres.walrecords import scan_segment_end
+from drbackup.times import parse_iso_time
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -191,7 +192,7 @@ def _window(status: WalStatus, archive: WalArchive, segments, backups) -> None:
     complete = [m for m in backups if not _backup_gap(status, m)]
     status.restorable = bool(complete)
     if complete and status.newest_commit is not None:
-        status.oldest = datetime.fromisoformat(complete[0].meta["stop_time"]).replace(microsecond=0)
+        status.oldest = parse_iso_time(complete[0].meta["stop_time"]).replace(microsecond=0)
         status.newest = status.newest_commit.replace(microsecond=0) - timedelta(seconds=1)
         if status.newest < status.oldest:  # no commit since: only "latest" is a target
             status.oldest = status.newest = None

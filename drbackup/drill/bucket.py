@@ -364,15 +364,11 @@ def _remove_stale_scratch(client: BucketClient, now: datetime) -> list[str]:
 
 
 def _check_rpo(repo, manifest, now: datetime, rpo_s: float, how: str) -> CheckResult:
-    selected = _time(manifest.recovery_point or manifest.finished_at)
+    selected = manifest.recovery_time or manifest.finished_time
     newest_ref = repo.list_refs(manifest.target)[-1]
     newest = manifest if newest_ref == manifest.ref else repo.load_manifest(newest_ref)
-    newest_time = _time(newest.recovery_point or newest.finished_at)
+    newest_time = newest.recovery_time or newest.finished_time
     return check_rpo(selected, newest_time, now, timedelta(seconds=rpo_s), how)
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # --- does the snapshot hold these objects? ----------------------------------------------

@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from drbackup.errors import UsageError
+from drbackup.times import parse_iso_time
 
 # 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
 # default; the container image sets DRBACKUP_LISTEN=0.0.0.0:9612 so the port is reachable there.
@@ -132,13 +133,11 @@ class Metrics:
         """The window, lag and gaps a wal-check run found (its details: WalStatus.to_dict)."""
         if kind != "wal-check" or "window" not in details:
             return
-        from datetime import datetime
-
         for edge in ("oldest", "newest"):
             value = details["window"].get(edge)
             if value:
                 self.wal_window.labels(target=target, edge=edge).set(
-                    datetime.fromisoformat(value).timestamp()
+                    parse_iso_time(value).timestamp()
                 )
         if details.get("lag_seconds") is not None:
             self.wal_lag.labels(target=target).set(details["lag_seconds"])
