@@ -39,8 +39,7 @@ def backup_physical(app: AppContext, name: str, *, progress=None) -> Manifest:
     with recorded_run(app.index, "backup", name) as run:
         manifest = _backup(app, target, progress)
         run.backup_id = manifest.backup_id
-    repo = app.repository()
-    app.index.record_backup(repo.id, repo.url, manifest)
+    app.index.record_backup(app.repository(), manifest)
     return manifest
 
 

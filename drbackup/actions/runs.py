@@ -24,6 +24,7 @@ from drbackup.errors import DrbackupError, LockedError, shareable
 if TYPE_CHECKING:
     from drbackup.catalog import Catalog
     from drbackup.repository.manifest import Manifest
+    from drbackup.repository.repo import Repository
 
 # catalog.models' RUN_* values, spelled here so that a backup does not import SQLAlchemy
 # before its dump starts (the catalog is imported beside the dump: docs/architecture.md).
@@ -97,9 +98,9 @@ class CatalogIndex:
             )
         )
 
-    def record_backup(self, repository_id: str, url: str, manifest: Manifest) -> None:
-        """A committed backup in the backups index."""
-        self(lambda catalog: catalog.record_backup(repository_id, url, manifest))
+    def record_backup(self, repo: Repository, manifest: Manifest) -> None:
+        """A committed backup of ``repo`` in the backups index."""
+        self(lambda catalog: catalog.record_backup(repo.id, repo.url, manifest))
 
 
 def _reason(exc: Exception) -> str:

@@ -471,8 +471,7 @@ def snapshot_target(
             progress=progress,
         )
         run.backup_id = manifest.backup_id
-    repo = app.repository()
-    app.index.record_backup(repo.id, repo.url, manifest)
+    app.index.record_backup(app.repository(), manifest)
     return manifest
 
 
