@@ -32,7 +32,7 @@ from drbackup.actions.prune_wal import WalPrune, prune_wal
 from drbackup.actions.runs import CatalogIndex, recorded_run
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
-from drbackup.drill.history import history_entries
+from drbackup.drill.record import DrillReport
 from drbackup.drill.report import REPORT_PREFIX
 from drbackup.errors import (
     DrbackupError,
@@ -431,13 +431,12 @@ def last_passing_drill(repo, target: str) -> tuple[str, str] | None:
     keys = [info.key for info in repo.storage.list(f"{REPORT_PREFIX}{target}/")]
     for key in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True):
         try:
-            report = repo.get_document(key)
+            report = DrillReport.from_dict(repo.get_document(key))
         except (IntegrityError, ObjectNotFoundError):
             continue  # damaged or just removed; storage errors propagate (never guess)
-        for entry in history_entries(report):
-            passed = entry["status"] in (PASS, WARN)
-            if entry["target"] == target and passed and entry["backup_id"]:
-                return entry["drill_id"], entry["backup_id"]
+        drilled = report.target(target)
+        if drilled and (drilled.status or report.status) in (PASS, WARN) and drilled.backup_id:
+            return report.drill_id, drilled.backup_id
     return None
 
 

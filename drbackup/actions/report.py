@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup import notify as notifications
+from drbackup.drill.record import DrillReport, TargetReport
+from drbackup.drill.report import REPORT_PREFIX
 from drbackup.errors import DrbackupError, EncryptionKeyError, StorageUnreachableError
 from drbackup.report.health import (
     FAILED_RUNS_WINDOW,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
     from drbackup.catalog import Catalog
     from drbackup.config import Config
+    from drbackup.repository.repo import Repository
 
 
 def report_and_notify(
@@ -186,14 +189,9 @@ def _read_wal(app: AppContext, repo, fact: TargetFacts) -> None:
     )
 
 
-def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]:
+def read_drills(repo: Repository, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]:
     """The target's drills from its reports in the repository: the newest ``limit``, plus
     the newest passing one if older, oldest first.  Unreadable reports are skipped."""
-    try:
-        from drbackup.drill.history import history_entries
-        from drbackup.drill.report import REPORT_PREFIX
-    except ImportError:  # drills not installed: no drill facts
-        return []
     keys = sorted(
         (i.key for i in repo.storage.list(f"{REPORT_PREFIX}{target}/")),
         key=lambda k: k.rsplit("/", 1)[-1],
@@ -204,24 +202,25 @@ def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]
         if len(found) >= limit and any(d.passed for d in found):
             break
         try:
-            report = repo.get_document(key)
+            report = DrillReport.from_dict(repo.get_document(key))
         except StorageUnreachableError:
             raise
         except DrbackupError:
             continue
-        found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]
+        drilled = report.target(target)
+        if drilled is not None:
+            found.append(_drill_fact(report, drilled))
     return sorted(found, key=lambda d: (d.started_at, d.drill_id))
 
 
-def _drill_fact(entry: dict) -> DrillFact:
-    started = datetime.fromisoformat(entry["started_at"])
+def _drill_fact(report: DrillReport, target: TargetReport) -> DrillFact:
     return DrillFact(
-        drill_id=entry["drill_id"],
-        started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
-        status=entry["status"],
-        restore_s=entry.get("total_s"),
-        failed_checks=tuple(entry.get("failed") or ()),
-        backup_id=entry.get("backup_id"),
+        drill_id=report.drill_id,
+        started_at=report.started_at,
+        status=target.status or report.status,
+        restore_s=target.timings.total_s if target.timings else None,
+        failed_checks=tuple(c.name for c in report.failed_checks(target.target)),
+        backup_id=target.backup_id,
     )
 
 

@@ -58,6 +58,19 @@ class CheckResult:
         data["evidence"] = json_value(self.evidence)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> CheckResult:
+        """The check of a report's JSON form (``to_dict``'s output)."""
+        return cls(
+            name=data["name"],
+            status=data["status"],
+            summary=data["summary"],
+            evidence=data.get("evidence") or {},
+            seconds=data.get("seconds", 0.0),
+            target=data.get("target"),
+            database=data.get("database"),
+        )
+
 
 def worst(statuses) -> str:
     """``fail`` if any failed, else ``warn`` if any warned, else ``pass``."""
