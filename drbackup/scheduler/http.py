@@ -39,7 +39,13 @@ class Metrics:
     """Every series the daemon exports, in a registry of its own."""
 
     def __init__(self):
-        self.registry = r = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._run_series(self.registry)
+        self._drill_and_job_series(self.registry)
+        self._repository_series(self.registry)
+        self._wal_series(self.registry)
+
+    def _run_series(self, r: CollectorRegistry) -> None:
         kt = ["kind", "target"]
         self.last_success = Gauge(
             "drbackup_last_success_timestamp_seconds",
@@ -66,6 +72,8 @@ class Metrics:
         self.failures = Counter(
             "drbackup_run_failures", "Failed action attempts (timeouts included)", kt, registry=r
         )
+
+    def _drill_and_job_series(self, r: CollectorRegistry) -> None:
         self.drill_passed = Gauge(
             "drbackup_drill_passed",
             "1 if the last drill passed, 0 if it failed",
@@ -87,12 +95,21 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def _repository_series(self, r: CollectorRegistry) -> None:
         self.repo_size = Gauge(
             "drbackup_repository_size_bytes", "Bytes stored in the repository", registry=r
         )
         self.repo_up = Gauge(
             "drbackup_repository_up", "1 if the last repository probe succeeded", registry=r
         )
+        self.schedules_loaded = Gauge(
+            "drbackup_schedules_loaded_timestamp_seconds",
+            "When schedules were last loaded",
+            registry=r,
+        )
+
+    def _wal_series(self, r: CollectorRegistry) -> None:
         self.wal_window = Gauge(
             "drbackup_wal_window_timestamp_seconds",
             "Restorable window of base backups and WAL: its oldest and newest second",
@@ -109,11 +126,6 @@ class Metrics:
             "drbackup_wal_gaps",
             "Missing WAL segments and timeline breaks in the archive",
             ["target"],
-            registry=r,
-        )
-        self.schedules_loaded = Gauge(
-            "drbackup_schedules_loaded_timestamp_seconds",
-            "When schedules were last loaded",
             registry=r,
         )
 
