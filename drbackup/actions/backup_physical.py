@@ -43,7 +43,7 @@ def backup_physical(app: AppContext, name: str, *, progress=None) -> Manifest:
     return manifest
 
 
-def _backup(app, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
     repo = app.repository(background_key=True)
     repo.keyring.require(write=True)
     wait = app.config.target(target.name).wal.backup_wait.total_seconds()

@@ -72,7 +72,7 @@ class PgTarget:
 
 
 def backup_targets(
-    app, names: list[str], *, max_parallel: int = 2, progress=None
+    app: AppContext, names: list[str], *, max_parallel: int = 2, progress=None
 ) -> list[Manifest]:
     """Back up several targets, at most ``max_parallel`` at once; fail if any failed.
 
@@ -104,7 +104,7 @@ def backup_target(app: AppContext, name: str, *, progress=None) -> Manifest:
     return manifest
 
 
-def _backup(app, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
     # The passphrase is stretched in a helper thread while the source is checked and
     # pg_dump starts; a wrong one stops the backup before the fingerprint or any write.
     repo = app.repository(background_key=True)

@@ -183,7 +183,9 @@ def _add_timings(timings: Timings, outcome: c.RestoreOutcome, verification) -> N
         timings.verification_s += verification.seconds
 
 
-def _drill_database(app, plan, target, cfg, manifest, item, scratch, dbname, notify, after_restore):
+def _drill_database(
+    app: AppContext, plan, target, cfg, manifest, item, scratch, dbname, notify, after_restore
+):
     """Restore one database of the backup into ``dbname`` and verify it."""
     scratch.claim(dbname)
     into = scratch.server.dsn(dbname)
@@ -242,7 +244,7 @@ def _hash_early(plan, expected, after_restore) -> bool:
     return full and plan.hash_during_restore and plan.runs("tables") and after_restore is None
 
 
-def _restore(app, target, cfg, manifest, item, scratch, dbname) -> c.RestoreOutcome:
+def _restore(app: AppContext, target, cfg, manifest, item, scratch, dbname) -> c.RestoreOutcome:
     """Create and mark scratch database ``dbname``, then restore ``item`` into it."""
     started = time.monotonic()
     try:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
 from drbackup.actions.runs import recorded_run
@@ -51,6 +52,9 @@ from drbackup.sources.buckets.listing import (
     merge_join,
 )
 from drbackup.sources.buckets.pool import ordered_map
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 SMALL_OBJECT = 8 << 20  # read whole into memory; larger objects stream (two passes)
 KEYS_RECORDED = 100  # keys listed per kind of event in the manifest (counts are exact)
@@ -441,7 +445,7 @@ def _snapshot_meta(client, stats: dict[str, BucketStats], include, exclude, prev
 # --- from the configuration -------------------------------------------------------------
 
 
-def minio_target(app, name: str):
+def minio_target(app: AppContext, name: str):
     """The ``minio.<name>`` config entry; UsageError if it is unknown or not a bucket target."""
     cfg = app.config.target(name)
     if getattr(cfg, "kind", None) != "minio":
@@ -453,7 +457,7 @@ def minio_target(app, name: str):
 
 
 def snapshot_target(
-    app, name: str, *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext, name: str, *, options: SnapshotOptions | None = None, progress=None
 ) -> Manifest:
     """Snapshot one configured target; record the run in the catalog (best effort)."""
     opts = options or SnapshotOptions()
@@ -476,7 +480,7 @@ def snapshot_target(
 
 
 def snapshot_targets(
-    app, names: list[str], *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext, names: list[str], *, options: SnapshotOptions | None = None, progress=None
 ) -> list[Manifest]:
     """Snapshot each target in turn; every target runs, the error lists those that failed."""
     for name in names:

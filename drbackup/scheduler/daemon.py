@@ -39,6 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from drbackup.actions.context import AppContext
 from drbackup.actions.runs import RUN_FAILED, RUN_OK, RUN_REFUSED, CatalogIndex
+from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
@@ -59,7 +60,7 @@ class Daemon:
 
     def __init__(
         self,
-        config,
+        config: Config,
         schedules_dir: str,
         *,
         listen: str | None = None,
