@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.restore_history import HistoryPlan, open_state, plan_history
 from drbackup.actions.selection import Selection, select_backup
 from drbackup.actions.snapshot_minio import minio_target
 from drbackup.drill.bucket import BucketDrillResult, run_bucket_drill
@@ -45,6 +46,7 @@ class MinioRestoreResult:
     bytes: int = 0
     elapsed_s: float = 0.0
     planned: list[dict] = field(default_factory=list)  # dry run: what would be written
+    history: dict | None = None  # restored to a second from version history (HistoryPlan)
 
 
 def select_snapshot(
@@ -142,13 +144,22 @@ def restore_minio(
     """
     repo = app.repository()
     repo.keyring.require(read=True)
-    selection = select_snapshot(repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time)
-    source = pick_bucket(selection.manifest, bucket)
+    history = None
+    if point_in_time is not None and snapshot_id is None:
+        history = plan_history(repo, target, bucket, point_in_time)
+    if history is not None:
+        selection, source = Selection(history.manifest, history.note()), history.bucket
+    else:
+        selection = select_snapshot(
+            repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time
+        )
+        source = pick_bucket(selection.manifest, bucket)
     client = destination_client(app, target, into_target, workers)
     result = MinioRestoreResult(selection, source, into_bucket, client.endpoint, dry_run, prefix)
+    result.history = history.to_dict() if history else None
     exists = _check_destination(client, result, force=force or dry_run)
     started = time.monotonic()
-    with open_index(repo.open_item, selection.manifest, source) as entries:
+    with _open_entries(repo, selection.manifest, source, history) as entries:
         selected = _under_prefix(entries, prefix)
         if dry_run:
             return _plan_all(result, selected)
@@ -173,6 +184,13 @@ def restore_minio(
             redacted=f"{summary.failed} of {total} objects failed to restore into {into_bucket}",
         )
     return result
+
+
+def _open_entries(repo, manifest: Manifest, bucket: str, history: HistoryPlan | None):
+    """The objects to restore: the bucket at a second (versioned history), or a snapshot's."""
+    if history is not None:
+        return open_state(repo, history)
+    return open_index(repo.open_item, manifest, bucket)
 
 
 def _under_prefix(entries: Iterator[IndexEntry], prefix: str | None) -> Iterator[IndexEntry]:

@@ -159,9 +159,7 @@ def state_at(
     a key whose winner is a delete marker, or that has none, is absent.  Constant memory
     per key.
     """
-    streams = [((e.key, e.last_modified, -1, n, e) for n, e in enumerate(base))]
-    for s, history in enumerate(histories):
-        streams.append((v.key, v.last_modified, s, n, v) for n, v in enumerate(history))
+    streams = [_rows(base, -1)] + [_rows(h, s) for s, h in enumerate(histories)]
     merged = heapq.merge(*streams, key=lambda row: row[0])
     for _, rows in groupby(merged, key=lambda row: row[0]):
         best = max((r for r in rows if r[1] <= at), key=lambda r: r[1:4], default=None)
@@ -198,3 +196,9 @@ def history_meta(manifest, bucket: str) -> dict | None:
     found = (manifest.meta.get("buckets") or {}).get(bucket) or {}
     history = found.get("history")
     return history if isinstance(history, dict) and history.get("until") else None
+
+
+def _rows(lines: Iterable, stream: int) -> Iterator[tuple]:
+    """(key, time, stream, position, line): what :func:`state_at` orders lines by."""
+    for n, line in enumerate(lines):
+        yield line.key, line.last_modified, stream, n, line
