@@ -28,6 +28,7 @@ from drbackup.report.health import (
     build_report,
 )
 from drbackup.report.render import render, write_atomic
+from drbackup.sources.buckets.versions import bucket_guarantees
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -97,6 +98,8 @@ def gather_report(
             _read_backups(repo, fact, damaged)
             if fact.kind == "postgres":
                 _read_wal(app, repo, fact)
+            if fact.kind == "minio":
+                _read_history(repo, fact)
             fact.drills = read_drills(repo, fact.name)
             _read_runs(catalog, fact, now)
         repository.size = repo.stored_bytes()
@@ -143,6 +146,14 @@ def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
     fact.restore_points = len(refs)
     fact.newest = _first_readable(repo, reversed(refs), fact, damaged)
     fact.oldest = _first_readable(repo, refs, fact, set()) if refs else None
+
+
+def _read_history(repo, fact: TargetFacts) -> None:
+    """Per bucket of the newest snapshot, the history a restore reaches (docs/buckets.md)."""
+    if fact.newest is None:
+        return
+    manifest = repo.load_manifest(repo.resolve(fact.newest.backup_id, fact.name))
+    fact.history = bucket_guarantees(manifest)
 
 
 def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:

@@ -125,6 +125,7 @@ class TargetFacts:
     refused_runs: list[str] = field(default_factory=list)  # "kind at time: the lock's holder"
     wal: WalFacts | None = None
     wal_error: str | None = None  # the WAL archive could not be read
+    history: dict[str, str] = field(default_factory=dict)  # bucket -> what a restore reaches
 
 
 @dataclass
@@ -168,6 +169,7 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
     """Apply the rules of the module docstring to one target's facts."""
     findings = _backup_findings(facts, now)
     findings += _wal_findings(facts)
+    findings += _history_findings(facts)
     if facts.kind in DRILLED_KINDS or facts.drills:
         findings += _drill_findings(facts, now)
     if facts.failed_runs is None:
@@ -175,6 +177,17 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
     else:
         findings += _run_findings(facts)
     return TargetHealth(facts, worst(f.status for f in findings), findings)
+
+
+def _history_findings(facts: TargetFacts) -> list[Finding]:
+    """Each bucket's guarantee is said; a bucket that is not versioned warns."""
+    out = []
+    for bucket, guarantee in facts.history.items():
+        versioned = guarantee.startswith("every change")
+        status = Status.OK if versioned else Status.WARNING
+        hint = "" if versioned else " (not versioned: enable versioning to keep every change)"
+        out.append(Finding(status, f"bucket {bucket}: {guarantee}{hint}"))
+    return out
 
 
 def _run_findings(facts: TargetFacts) -> list[Finding]:

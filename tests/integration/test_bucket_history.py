@@ -189,3 +189,23 @@ def test_unversioned_bucket_keeps_snapshot_state_restores(app, repo, source, s3,
         app, "files", into_bucket="plain", point_in_time=datetime.now(UTC), dry_run=True
     )
     assert result.history is None and result.selection.manifest.backup_id == manifest.backup_id
+
+
+def test_report_states_each_buckets_guarantee_and_warns_when_not_versioned(
+    app, repo, source, s3, photos
+):
+    from drbackup.actions.report import gather_report
+    from drbackup.report.health import Status
+
+    s3.put_object(Bucket=photos, Key="x", Body=b"x")
+    first = snap(repo, source)
+    since = first.meta["buckets"]["photos"]["history"]["since"]
+    findings = {f.message: f.status for f in gather_report(app, ["files"]).targets[0].findings}
+    assert findings[f"bucket photos: every change since {since}"] == Status.OK
+
+    s3.put_bucket_versioning(Bucket=photos, VersioningConfiguration={"Status": "Suspended"})
+    snap(repo, source)
+    report = gather_report(app, ["files"])
+    findings = {f.message: f.status for f in report.targets[0].findings}
+    text = "bucket photos: state at snapshot times only (not versioned: enable versioning"
+    assert [s for m, s in findings.items() if m.startswith(text)] == [Status.WARNING]

@@ -202,3 +202,16 @@ def _rows(lines: Iterable, stream: int) -> Iterator[tuple]:
     """(key, time, stream, position, line): what :func:`state_at` orders lines by."""
     for n, line in enumerate(lines):
         yield line.key, line.last_modified, stream, n, line
+
+
+def bucket_guarantees(manifest) -> dict[str, str]:
+    """Per bucket of a snapshot, the history a restore can reach: ``every change since
+    <time>`` (versioned, history captured) or ``state at snapshot times only``."""
+    out = {}
+    for bucket in manifest.meta.get("buckets") or {}:
+        history = history_meta(manifest, bucket)
+        if history is not None:
+            out[bucket] = f"every change since {history['since']}"
+        else:
+            out[bucket] = "state at snapshot times only"
+    return out
