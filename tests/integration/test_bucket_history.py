@@ -209,3 +209,16 @@ def test_report_states_each_buckets_guarantee_and_warns_when_not_versioned(
     findings = {f.message: f.status for f in report.targets[0].findings}
     text = "bucket photos: state at snapshot times only (not versioned: enable versioning"
     assert [s for m, s in findings.items() if m.startswith(text)] == [Status.WARNING]
+
+
+def test_gc_keeps_the_blobs_of_noncurrent_versions(app, repo, source, s3, photos):
+    from drbackup.actions.gc import collect_garbage
+
+    line = Timeline(s3, photos)
+    old = line.at_new_second(lambda: line.put("doc", b"the old content"))
+    line.at_new_second(lambda: line.put("doc", b"the new content"))
+    snap(repo, source)  # the old version is only in the history, not in the index
+    result = collect_garbage(repo, grace_s=0)
+    assert result.unreferenced == [] and result.deleted == 0
+    restore_minio(app, "files", into_bucket="old", point_in_time=old)
+    assert s3.get_object(Bucket="old", Key="doc")["Body"].read() == b"the old content"
