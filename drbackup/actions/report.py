@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup import notify as notifications
+from drbackup.actions.snapshot_versions import EVENTS_KIND
 from drbackup.drill.record import DrillReport, TargetReport
 from drbackup.errors import DrbackupError, EncryptionKeyError, StorageUnreachableError
 from drbackup.report.health import (
@@ -148,12 +149,36 @@ def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
     fact.oldest = _first_readable(repo, refs, fact, set()) if refs else None
 
 
+EVENTS_LOOKBACK = 200  # manifests read back for the newest snapshot and event capture
+
+
 def _read_history(repo, fact: TargetFacts) -> None:
-    """Per bucket of the newest snapshot, the history a restore reaches (docs/buckets.md)."""
-    if fact.newest is None:
-        return
-    manifest = repo.load_manifest(repo.resolve(fact.newest.backup_id, fact.name))
-    fact.history = bucket_guarantees(manifest)
+    """Per bucket of the newest snapshot, the history a restore reaches (docs/buckets.md);
+    with event capture, the newest capture's lag and what reconciliation found missed."""
+    captured = snapshot = None
+    for ref in list(reversed(repo.list_refs(fact.name)))[:EVENTS_LOOKBACK]:
+        m = repo.load_manifest(ref)
+        if m.kind == EVENTS_KIND:
+            captured = captured or m
+        elif m.kind == "bucket":
+            snapshot = snapshot or m
+        if snapshot and captured:
+            break
+    if snapshot is not None:
+        fact.history = bucket_guarantees(snapshot)
+        fact.events = _events_facts(snapshot, captured)
+
+
+def _events_facts(snapshot, captured) -> dict:
+    missed = {}
+    for bucket, seen in (snapshot.meta.get("buckets") or {}).items():
+        found = ((seen or {}).get("history") or {}).get("missed_by_events") or {}
+        if found.get("count"):
+            missed[bucket] = found["count"]
+    facts = {"snapshot": snapshot.backup_id, "missed": missed}
+    if captured is not None:
+        facts.update(captured_at=captured.recovery_point, lag_s=captured.meta.get("lag_s", 0.0))
+    return facts
 
 
 def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:

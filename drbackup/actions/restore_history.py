@@ -14,9 +14,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from drbackup.actions.snapshot_versions import EVENTS_KIND
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
-from drbackup.sources.buckets.versions import history_meta, iso_text, open_history, state_at
+from drbackup.sources.buckets.versions import (
+    history_item_name,
+    history_meta,
+    iso_text,
+    open_history,
+    state_at,
+)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class HistoryPlan:
     chain: list[Manifest] = field(default_factory=list)  # oldest first
     covered_until: str = ""  # the newest history listing merged in
     gaps: list[str] = field(default_factory=list)  # why the guarantee does not hold
+    events: list[Manifest] = field(default_factory=list)  # event captures merged in too
 
     @property
     def manifest(self) -> Manifest:
@@ -51,6 +59,8 @@ class HistoryPlan:
                 f"; history captured up to {self.covered_until} only: changes after that "
                 "are not in the repository"
             )
+        if self.events:
+            text += f", and {len(self.events)} event capture(s)"
         return text + "".join(f"; {gap}" for gap in self.gaps)
 
     def to_dict(self) -> dict:
@@ -61,6 +71,7 @@ class HistoryPlan:
             "chain": [m.backup_id for m in self.chain],
             "covered_until": self.covered_until,
             "gaps": self.gaps,
+            "event_captures": [m.backup_id for m in self.events],
         }
 
 
@@ -70,9 +81,12 @@ def plan_history(repo, target: str, bucket: str | None, at: datetime) -> History
     falls back to the newest snapshot at or before ``at``, state at snapshot times only).
     """
     later: list[Manifest] = []  # snapshots after the base, newest first
+    events: list[Manifest] = []  # event captures after the base, newest first
     base = None
     for ref in reversed(repo.list_refs(target)):
         m = repo.load_manifest(ref)
+        if m.kind == EVENTS_KIND:
+            events.append(m)
         if m.kind != "bucket":
             continue
         if m.recovery_time is not None and m.recovery_time <= at:
@@ -86,7 +100,12 @@ def plan_history(repo, target: str, bucket: str | None, at: datetime) -> History
     if name is None or name not in snapshot_buckets(newest):
         return None
     plan = HistoryPlan(name, at, base)
+    plan.events = [m for m in reversed(events) if history_item_name(name) in _items(m)]
     return plan if _extend(plan, list(reversed(later))) else None
+
+
+def _items(manifest: Manifest) -> set[str]:
+    return {i.name for i in manifest.items}
 
 
 def _only_bucket(manifest: Manifest) -> str | None:
@@ -119,6 +138,7 @@ def open_state(repo, plan: HistoryPlan) -> Iterator[Iterator[IndexEntry]]:
     with ExitStack() as stack:
         base = stack.enter_context(open_index(repo.open_item, plan.base, plan.bucket))
         histories = [
-            stack.enter_context(open_history(repo.open_item, m, plan.bucket)) for m in plan.chain
+            stack.enter_context(open_history(repo.open_item, m, plan.bucket))
+            for m in plan.chain + plan.events
         ]
         yield state_at(base, histories, plan.at_text)

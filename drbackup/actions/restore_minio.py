@@ -53,7 +53,9 @@ def select_snapshot(
     repo, target: str, *, snapshot_id: str | None = None, point_in_time: datetime | None = None
 ) -> Selection:
     """By id, the newest with recovery point at or before the time, or the latest."""
-    selection = select_backup(repo, target, backup_id=snapshot_id, point_in_time=point_in_time)
+    selection = select_backup(
+        repo, target, backup_id=snapshot_id, point_in_time=point_in_time, kind="bucket"
+    )
     if selection.manifest.kind != "bucket":
         raise UsageError(
             f"backup {selection.manifest.backup_id} of {target} is a "

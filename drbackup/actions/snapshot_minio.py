@@ -25,7 +25,12 @@ from itertools import chain
 from typing import TYPE_CHECKING
 
 from drbackup.actions.runs import recorded_run
-from drbackup.actions.snapshot_versions import HistoryCapture, list_versions_selected, start_history
+from drbackup.actions.snapshot_versions import (
+    HistoryCapture,
+    expect_events,
+    list_versions_selected,
+    start_history,
+)
 from drbackup.codec.pipeline import iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.blobs import ORACLE_LIMIT
@@ -71,6 +76,7 @@ class SnapshotOptions:
     lock_refresh: float = LOCK_REFRESH_S
     lock_stale: float = LOCK_STALE_S
     oracle_limit: int = ORACLE_LIMIT
+    events: bool = False  # event capture is on: report what no event capture held
 
 
 # --- one bucket -------------------------------------------------------------------------
@@ -355,6 +361,8 @@ def capture_history(job: BucketSnapshot, writer, last, previous, include, exclud
     history = start_history(job.client, job.bucket, last)
     if history is None:
         return None
+    if job.opts.events and history.stats.chained_from is not None:
+        expect_events(job.repo, history, last, job.bucket)
     capture = HistoryCapture(job, history)
     with open_index(job.repo.open_item, previous, job.bucket) as prev_entries:
         versions = list_versions_selected(job.client, job.bucket, include, exclude)
@@ -422,8 +430,8 @@ def snapshot_target(
     app: AppContext, name: str, *, options: SnapshotOptions | None = None, progress=None
 ) -> Manifest:
     """Snapshot one configured target; record the run in the catalog (best effort)."""
-    opts = options or SnapshotOptions()
     cfg = minio_target(app, name)
+    opts = replace(options or SnapshotOptions(), events=cfg.events_token is not None)
     with recorded_run(app.index, "snapshot", name) as run:  # its error texts name no keys
         client = BucketClient.from_target(name, cfg, max_connections=opts.workers + 4)
         manifest = take_snapshot(

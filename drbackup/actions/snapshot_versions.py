@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain
 
 from drbackup.errors import SourceError
+from drbackup.repository.manifest import Manifest
 from drbackup.sources.buckets.client import (
     BucketClient,
     ObjectChangedError,
@@ -35,8 +36,10 @@ from drbackup.sources.buckets.versions import (
     group_by_key,
     history_meta,
     iso_text,
+    open_history,
 )
 
+EVENTS_KIND = "bucket-events"  # the backups event-driven capture commits (capture_events.py)
 HISTORY_MARGIN = timedelta(minutes=5)  # overlap between two snapshots' histories
 LATEST_REMEMBERED = 100_000  # latest versions kept for the index pass (about 40 MB at most)
 KEYS_RECORDED = 100
@@ -55,14 +58,20 @@ class HistoryStats:
     read: int = 0
     reused: int = 0
     vanished: dict = field(default_factory=lambda: {"count": 0, "keys": []})
+    missed_by_events: dict | None = None  # with event capture on: changes no event brought
 
     def note_vanished(self, key: str) -> None:
         self.vanished["count"] += 1
         if len(self.vanished["keys"]) < KEYS_RECORDED:
             self.vanished["keys"].append(key)
 
+    def note_missed(self, key: str) -> None:
+        self.missed_by_events["count"] += 1
+        if len(self.missed_by_events["keys"]) < KEYS_RECORDED:
+            self.missed_by_events["keys"].append(key)
+
     def to_meta(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if v is not None or k == "chained_from"}
 
 
 @dataclass
@@ -72,6 +81,14 @@ class History:
     stats: HistoryStats
     after: str | None  # versions modified after this are captured (None: every one listed)
     latest: dict[str, IndexEntry] = field(default_factory=dict)
+    # reconciliation: versions event captures hold, and the time after which one missing
+    # from them counts as missed (the previous snapshot's listing)
+    seen: set[tuple[str, str]] | None = None
+    missed_after: str = ""
+
+    def expect_events(self, seen: set[tuple[str, str]], after: str) -> None:
+        self.seen, self.missed_after = seen, after
+        self.stats.missed_by_events = {"count": 0, "keys": []}
 
 
 def list_versions_selected(
@@ -144,6 +161,10 @@ class HistoryCapture:
             stats.delete_markers += 1
             return
         stats.versions += 1
+        seen = self.history.seen
+        new = listed.last_modified >= self.history.missed_after
+        if seen is not None and new and (listed.key, listed.version_id) not in seen:
+            stats.note_missed(listed.key)
         latest = self.history.latest
         if listed.is_latest and len(latest) < LATEST_REMEMBERED:
             latest[listed.key] = line.entry
@@ -197,3 +218,40 @@ def _with_previous(
         while prev is not None and prev.key < line.key:
             prev = next(prev_iter, None)
         yield line, (prev if prev is not None and prev.key == line.key else None)
+
+
+def event_captures_since(repo, target: str, since: datetime) -> list[Manifest]:
+    """The target's event captures started at or after ``since``, oldest first."""
+    stamp = since.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    found = []
+    for ref in repo.list_refs(target):
+        if ref.backup_id[:16] >= stamp:
+            m = repo.load_manifest(ref)
+            if m.kind == EVENTS_KIND:
+                found.append(m)
+    return found
+
+
+def captured_versions(
+    repo, captures: list[Manifest], bucket: str, since: str = ""
+) -> set[tuple[str, str]]:
+    """``(key, version id)`` of every line the ``captures`` hold for ``bucket`` (modified at
+    or after ``since``)."""
+    seen: set[tuple[str, str]] = set()
+    for m in captures:
+        with open_history(repo.open_item, m, bucket) as lines:
+            seen.update((v.key, v.version_id) for v in lines if v.last_modified >= since)
+    return seen
+
+
+def expect_events(repo, history: History, last: Manifest, bucket: str) -> None:
+    """Make ``history`` count the versions that no event capture since ``last`` holds.
+
+    S3 times are often whole seconds: a version of the second of ``last``'s listing may
+    be in ``last``'s own history instead, which counts as held.
+    """
+    second = history_meta(last, bucket)["until"][:19]  # YYYY-MM-DDTHH:MM:SS
+    since = datetime.fromisoformat(second).replace(tzinfo=UTC)
+    captures = event_captures_since(repo, last.target, since)
+    seen = captured_versions(repo, [*captures, last], bucket, second)
+    history.expect_events(seen, second)

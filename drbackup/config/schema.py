@@ -319,6 +319,10 @@ class MinioTarget(Section):
     """Recovery point objective: the oldest a latest snapshot may be."""
     rto: Duration = RTO
     """Recovery time objective: the longest a restore may take."""
+    events_token_file: SecretFile | None = None
+    """File holding the bearer token bucket event notifications must carry (docs/buckets.md)."""
+    events_token: EnvSecret = None
+    """Bearer token for bucket event notifications (environment only)."""
 
     retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
         default_factory=RetentionSettings
@@ -328,6 +332,7 @@ class MinioTarget(Section):
     secret_files: ClassVar[dict[str, str]] = {
         "access_key": "access_key_file",
         "secret_key": "secret_key_file",
+        "events_token": "events_token_file",
     }
 
     @model_validator(mode="after")

@@ -126,6 +126,7 @@ class TargetFacts:
     wal: WalFacts | None = None
     wal_error: str | None = None  # the WAL archive could not be read
     history: dict[str, str] = field(default_factory=dict)  # bucket -> what a restore reaches
+    events: dict | None = None  # event capture: last capture, its lag, changes events missed
 
 
 @dataclass
@@ -187,6 +188,18 @@ def _history_findings(facts: TargetFacts) -> list[Finding]:
         status = Status.OK if versioned else Status.WARNING
         hint = "" if versioned else " (not versioned: enable versioning to keep every change)"
         out.append(Finding(status, f"bucket {bucket}: {guarantee}{hint}"))
+    events = facts.events
+    if events and events.get("captured_at"):
+        lag = f"{events['lag_s']:.1f}s"
+        out.append(Finding(Status.OK, f"events: last capture {events['captured_at']}, lag {lag}"))
+    for bucket, missed in (events or {}).get("missed", {}).items():
+        out.append(
+            Finding(
+                Status.WARNING,
+                f"bucket {bucket}: {missed} change(s) found by reconciliation that no event "
+                f"brought (snapshot {events['snapshot']}); check the server's notification target",
+            )
+        )
     return out
 
 

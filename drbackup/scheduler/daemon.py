@@ -43,6 +43,7 @@ from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.events import EventService
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
@@ -79,6 +80,7 @@ class Daemon:
         self.metrics = Metrics()
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
+        self.events: EventService | None = None  # bucket event capture, with the HTTP endpoint
         self.probe = RepositoryProbe(
             self._check_repository, self._repository_size, self.metrics, interval=probe_interval
         )
@@ -154,8 +156,12 @@ class Daemon:
         self._seed_metrics()
         self.probe.start()
         if self.listen:
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness)
+            self.events = EventService(self.app, self.metrics)
+            receive = self.events.receive if self.events.enabled else None
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, receive)
             self.http.start()
+            if self.events.enabled:
+                self.events.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
@@ -442,6 +448,8 @@ class Daemon:
         self.probe.stop()
         if self.http:
             self.http.stop()
+        if self.events is not None and self.events.enabled:
+            self.events.stop()
         self._unlock_catalog()
         emit("stopped", inflight=self._inflight)
 

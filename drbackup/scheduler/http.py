@@ -33,6 +33,7 @@ from drbackup.times import parse_iso_time
 DEFAULT_PORT = 9612
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 LISTEN_ENV = "DRBACKUP_LISTEN"
+MAX_EVENT_BODY = 1 << 20  # one S3 event message; MinIO sends one record per request
 
 
 class Metrics:
@@ -44,6 +45,21 @@ class Metrics:
         self._drill_and_job_series(self.registry)
         self._repository_series(self.registry)
         self._wal_series(self.registry)
+        self._event_series(self.registry)
+
+    def _event_series(self, r: CollectorRegistry) -> None:
+        self.events = Counter(
+            "drbackup_bucket_events",
+            "Bucket event records received, by result (accepted, rejected, invalid)",
+            ["target", "result"],
+            registry=r,
+        )
+        self.capture_lag = Gauge(
+            "drbackup_bucket_capture_lag_seconds",
+            "From the first event of the last capture to its commit",
+            ["target"],
+            registry=r,
+        )
 
     def _run_series(self, r: CollectorRegistry) -> None:
         kt = ["kind", "target"]
@@ -243,9 +259,17 @@ class RepositoryProbe:
 class HttpEndpoint:
     """``/healthz``, ``/readyz``, ``/metrics`` on ``host:port`` in a daemon thread."""
 
-    def __init__(self, listen: str, metrics: Metrics, readiness: Callable[[], str | None]):
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        readiness: Callable[[], str | None],
+        events: Callable[[str, str | None, bytes], tuple[int, str]] | None = None,
+    ):
+        """``events(path, authorization, body) -> (status, text)`` answers ``POST /events/…``
+        (scheduler/events.py); without it every POST is 404."""
         host, port = parse_listen(listen)
-        handler = _handler(metrics, readiness)
+        handler = _handler(metrics, readiness, events)
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -281,8 +305,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _handler(metrics: Metrics, readiness: Callable[[], str | None]):
+def _handler(metrics: Metrics, readiness: Callable[[], str | None], events=None):
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            length = int(self.headers.get("Content-Length") or 0)
+            if events is None or not path.startswith("/events/"):
+                code, text = 404, "not found"
+            elif length > MAX_EVENT_BODY:
+                code, text = 413, "event body over 1 MiB"
+            else:
+                body = self.rfile.read(length)
+                code, text = events(path, self.headers.get("Authorization"), body)
+            self.close_connection = True  # an unread body must not be taken for a request
+            self._send(code, text.encode() + b"\n", "text/plain; charset=utf-8")
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/healthz":

@@ -49,10 +49,18 @@ def photos(s3) -> str:
     return "photos"
 
 
+EVENTS_TOKEN = "s3cr3t-events-token"
+
+
 @pytest.fixture
 def app(tmp_path, s3_server, s3_bucket, repo, photos) -> AppContext:
-    for name in ("id", "secret"):
-        (tmp_path / name).write_text("testing\n")
+    return history_app(tmp_path, s3_server, s3_bucket)
+
+
+def history_app(tmp_path, s3_server, s3_bucket, extra: str = "") -> AppContext:
+    """A config whose repository is ``repo`` and minio target ``files`` -> photos."""
+    for name, value in (("id", "testing"), ("secret", "testing"), ("token", EVENTS_TOKEN)):
+        (tmp_path / name).write_text(value + "\n")
         (tmp_path / name).chmod(0o600)
     (tmp_path / "drbackup.yaml").write_text(
         f"""
@@ -70,7 +78,7 @@ minio:
     access_key_file: {tmp_path / "id"}
     secret_key_file: {tmp_path / "secret"}
     buckets: [photos]
-"""
+{extra}"""
     )
     env = {"DRBACKUP_PASSPHRASE": PASSPHRASE, "HOME": str(tmp_path)}
     return AppContext(load_config(tmp_path / "drbackup.yaml", env=env))
