@@ -25,6 +25,7 @@ from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
 from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.restore import RestoreSummary, VerifyingReader, restore_entries
+from drbackup.sources.buckets.versions import history_buckets, open_history
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -251,6 +252,12 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
             for _, problem in ordered_map(check, entries, workers=workers):
                 if problem:
                     problems.append(f"{bucket}: {problem}")
+    for bucket in history_buckets(manifest):  # the versions of a versioned bucket's history
+        with open_history(repo.open_item, manifest, bucket) as lines:
+            versions = (v.entry for v in lines if v.entry is not None)
+            for _, problem in ordered_map(check, versions, workers=workers):
+                if problem:
+                    problems.append(f"{bucket} (history): {problem}")
     return problems
 
 

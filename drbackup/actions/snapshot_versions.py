@@ -31,6 +31,7 @@ from drbackup.sources.buckets.index import IndexEntry
 from drbackup.sources.buckets.listing import is_excluded, listing_prefixes
 from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.versions import (
+    EVENTS_KIND,
     ListedVersion,
     VersionEntry,
     group_by_key,
@@ -39,7 +40,6 @@ from drbackup.sources.buckets.versions import (
     open_history,
 )
 
-EVENTS_KIND = "bucket-events"  # the backups event-driven capture commits (capture_events.py)
 HISTORY_MARGIN = timedelta(minutes=5)  # overlap between two snapshots' histories
 LATEST_REMEMBERED = 100_000  # latest versions kept for the index pass (about 40 MB at most)
 KEYS_RECORDED = 100

@@ -8,6 +8,7 @@ expected bucket object by object: keys, content, content type, metadata and tags
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -230,3 +231,24 @@ def test_gc_keeps_the_blobs_of_noncurrent_versions(app, repo, source, s3, photos
     assert result.unreferenced == [] and result.deleted == 0
     restore_minio(app, "files", into_bucket="old", point_in_time=old)
     assert s3.get_object(Bucket="old", Key="doc")["Body"].read() == b"the old content"
+
+
+def test_verify_reads_the_blobs_of_noncurrent_versions(repo, s3_bucket, source, s3, photos):
+    from drbackup.actions.restore_minio import verify_snapshot_blobs
+    from drbackup.repository.manifest import blob_key
+
+    line = Timeline(s3, photos)
+    line.at_new_second(lambda: line.put("doc", b"the old content"))
+    line.at_new_second(lambda: line.put("doc", b"the new content"))
+    manifest = snap(repo, source)
+    assert verify_snapshot_blobs(repo, manifest) == []
+    with open_history(repo.open_item, manifest, photos) as lines:
+        digest = hashlib.sha256(b"the old content").hexdigest()
+        old = next(v.entry for v in lines if v.entry.sha256 == digest)
+    key = f"repo/{blob_key(old.blob)}"
+    data = bytearray(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=bytes(data))
+    problems = verify_snapshot_blobs(repo, manifest)
+    assert problems and all(p.startswith("photos") and "doc" in p for p in problems)
+    assert any(p.startswith("photos (history): ") for p in problems)

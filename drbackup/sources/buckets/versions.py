@@ -24,6 +24,7 @@ from drbackup.sources.buckets.index import IndexEntry, iter_entries
 
 HISTORY_ITEM_TYPE = "bucket-history.jsonl"
 HISTORY_ITEM_PREFIX = "history:"
+EVENTS_KIND = "bucket-events"  # the kind of the backups event-driven capture commits
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
@@ -186,6 +187,12 @@ def open_history(open_item: Callable, manifest, bucket: str) -> Iterator[Iterato
     with open_item(item) as reader:
         what = f"{manifest.target}/{manifest.backup_id} {name}"
         yield iter_entries(reader, what, VersionEntry.from_dict)
+
+
+def history_buckets(manifest) -> list[str]:
+    """The buckets a snapshot (or event capture) holds a history for, in manifest order."""
+    n = len(HISTORY_ITEM_PREFIX)
+    return [i.name[n:] for i in manifest.items if i.type == HISTORY_ITEM_TYPE]
 
 
 def history_meta(manifest, bucket: str) -> dict | None:
