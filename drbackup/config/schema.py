@@ -408,6 +408,18 @@ class NotificationSettings(Section):
     """The daemon notifies each failed job."""
 
 
+class GroupSettings(Section):
+    """An application: its database and the buckets its rows name (``restore group``)."""
+
+    postgres: t.TargetName
+    """The PostgreSQL target."""
+    minio: list[t.TargetName] = []
+    """Its minio targets (every bucket of each)."""
+    references: list[str] = []
+    """Queries returning (bucket, key) rows that must name objects, checked after a group
+    restore (docs/operations.md, "One recovery point for an application")."""
+
+
 Target = PostgresTarget | MinioTarget
 
 
@@ -431,6 +443,8 @@ class Config(Section):
         default_factory=NotificationSettings
     )
     """Where failures and reports are sent."""
+    groups: Annotated[dict[t.TargetName, GroupSettings], EMPTY_IS_DEFAULT] = {}
+    """Applications: a PostgreSQL target and its minio targets, restored to one second."""
 
     _source: str | None = PrivateAttr(None)
 
@@ -442,6 +456,26 @@ class Config(Section):
             template = "target '{name}' is also a postgres target (names must be unique)"
             raise config_error("duplicate", template, name=twice[0])
         return value
+
+    @model_validator(mode="after")
+    def _groups_name_targets(self) -> Self:
+        for name, group in self.groups.items():
+            if group.postgres not in self.postgres:
+                raise config_error(
+                    "group",
+                    "groups.{group}.postgres: '{target}' is not a postgres target",
+                    group=name,
+                    target=group.postgres,
+                )
+            for target in group.minio:
+                if target not in self.minio:
+                    raise config_error(
+                        "group",
+                        "groups.{group}.minio: '{target}' is not a minio target",
+                        group=name,
+                        target=target,
+                    )
+        return self
 
     @property
     def source(self) -> str | None:
