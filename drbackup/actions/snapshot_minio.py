@@ -186,7 +186,7 @@ class BucketSnapshot:
         if is_unchanged(listed, previous):
             return Transfer("reused", previous)
         if is_unchanged(listed, self.known.get(listed.key)):  # read by the history pass
-            return Transfer("deduplicated", self.known[listed.key])
+            return Transfer("reused", self.known[listed.key])
         try:
             return self._read(listed, reread=False)
         except ObjectGoneError:

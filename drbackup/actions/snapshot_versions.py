@@ -56,6 +56,8 @@ class HistoryStats:
     versions: int = 0
     delete_markers: int = 0
     read: int = 0
+    read_bytes: int = 0
+    stored_bytes: int = 0  # compressed, encrypted bytes of the new blobs
     reused: int = 0
     vanished: dict = field(default_factory=lambda: {"count": 0, "keys": []})
     missed_by_events: dict | None = None  # with event capture on: changes no event brought
@@ -183,7 +185,10 @@ class HistoryCapture:
             transfer = self.job._read(listed, reread=False)  # noqa: SLF001 - its own job
         except (ObjectGoneError, ObjectChangedError):
             return None  # expired or removed since the listing: recorded as vanished
-        self.history.stats.read += 1
+        stats = self.history.stats
+        stats.read += 1
+        stats.read_bytes += transfer.downloaded
+        stats.stored_bytes += transfer.stored
         return VersionEntry(**base, last_modified=listed.last_modified, entry=transfer.entry)
 
 
