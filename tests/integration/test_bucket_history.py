@@ -252,3 +252,16 @@ def test_verify_reads_the_blobs_of_noncurrent_versions(repo, s3_bucket, source, 
     problems = verify_snapshot_blobs(repo, manifest)
     assert problems and all(p.startswith("photos") and "doc" in p for p in problems)
     assert any(p.startswith("photos (history): ") for p in problems)
+
+
+def test_show_states_each_buckets_guarantee(app, repo, source, s3, photos, capsys, monkeypatch):
+    from tests.e2e.conftest import _run_in_process
+
+    s3.put_object(Bucket=photos, Key="x", Body=b"x")
+    manifest = snap(repo, source)
+    since = manifest.meta["buckets"]["photos"]["history"]["since"]
+    monkeypatch.setenv("DRBACKUP_PASSPHRASE", PASSPHRASE)
+    config = app.config.source
+    shown = _run_in_process(capsys, ("--config", config, "show", manifest.backup_id))
+    assert shown.code == 0, shown.stderr
+    assert f"history:         photos: every change since {since}\n" in shown.stdout
