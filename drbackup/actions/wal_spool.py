@@ -186,6 +186,9 @@ def spawn_background(args: list[str], config_path: str | None, log: Path) -> Non
     with log.open("a") as err:
         subprocess.Popen(
             [*argv, *args],
+            # drbackup itself, not a tool: it needs all this process was given (the key's
+            # passphrase, the storage credentials), so the environment is passed on whole.
+            env=dict(os.environ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
