@@ -284,8 +284,8 @@ def test_an_ephemeral_cluster_older_than_the_backup_is_refused_before_it_starts(
     assert result.code == 2
     assert result.error_lines[-2:] == [
         "drbackup: error: the ephemeral drill cluster would be PostgreSQL 9, older than the "
-        f"backup's server (PostgreSQL {major})",
-        f"hint: install postgresql-{major} (or newer; apt.postgresql.org has every major), "
-        "set DRBACKUP_PG_BIN to its bin directory, or drill on a server (scratch.server)",
+        f"backup's server (PostgreSQL {major}): install postgresql-{major}",
+        "hint: apt.postgresql.org carries every major; or set DRBACKUP_PG_BIN to its bin "
+        "directory, or drill on a server (scratch.server)",
     ]
     assert not base.exists()  # nothing was created
