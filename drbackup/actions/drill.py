@@ -64,6 +64,7 @@ from drbackup.drill.scratch import (
 )
 from drbackup.drill.scratches import Scratches
 from drbackup.drill.signing import load_signing_key, sign_report
+from drbackup.drill.upgrade import backup_major, restore_majors
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
@@ -223,6 +224,7 @@ def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_rest
         "selection": how,
         "databases": databases,
         "scratch": scratch.describe(plan.keep),
+        "postgresql": restore_majors(manifest, scratch.major, plan.into_major),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "objectives": {"rto_s": rto.total_seconds(), "rpo_s": cfg.rpo.total_seconds()},
     }
@@ -339,6 +341,7 @@ def _drill_database(app, plan, target, cfg, manifest, item, scratch, dbname, not
         early_seconds=early.seconds if early is not None else 0.0,
         backup=manifest,
         repository=app.repository(),
+        source_major=backup_major(manifest),
         scope={
             "include_schemas": target.include_schemas or None,
             "exclude_schemas": target.exclude_schemas or None,

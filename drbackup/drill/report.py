@@ -18,6 +18,7 @@ from pathlib import Path
 
 from drbackup import __version__
 from drbackup.drill.checks import FAIL, PASS, STATUSES, WARN, format_seconds, worst
+from drbackup.drill.upgrade import describe_majors
 from drbackup.errors import UsageError
 
 REPORT_FORMAT = "drbackup-drill-report"
@@ -167,7 +168,8 @@ def _target_lines(target: dict) -> list[str]:
             f"constraints {t['post_data_s']:.1f}s), verification {t['verification_s']:.1f}s"
             + (f"; rto {format_seconds(objective)}" if objective else "")
         )
-    return lines
+    majors = describe_majors(target.get("postgresql"), t)
+    return lines + ([f"  {majors}"] if majors else [])
 
 
 def _signature_line(report: dict) -> str:
