@@ -50,7 +50,9 @@ def drill() -> None:
 def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
-    A minio target is drilled by restoring its snapshot into scratch buckets.
+    A minio target is drilled by restoring its snapshot into scratch buckets.  With
+    --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
+    compared across majors and timed (docs/majors.md).
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """
