@@ -9,6 +9,10 @@ Where a target restores, the first that applies:
 4. a private local cluster, when PostgreSQL server binaries are found on this host;
 5. else the drill is refused (ConfigError) with a line saying how to configure one.
 
+A private cluster is of the backup's own major when its server is installed, else of the
+nearest newer one, and of exactly the plan's ``into_major`` when set (versions.py); one per
+major per drill.  A scratch server must be of ``into_major`` when it is set.
+
 A drill never restores onto the server it backs up unless told to.  What it creates
 (databases, a cluster) it marks (drill/scratch.py) and removes at the end -- after failures,
 Ctrl-C and SIGTERM too -- unless the plan keeps it; leftovers of crashed drills are removed
@@ -105,10 +109,11 @@ class Scratches:
         self, name: str, dsn: str, password: str | None, backup_server: int | None = None
     ) -> TargetScratch:
         """The scratch of target ``name`` (whose server is ``dsn``); see the module docstring.
-        ``backup_server``: the backup's server_version_num (an ephemeral cluster must not be
-        of an older major).
+        ``backup_server``: the backup's server_version_num (which major a private cluster
+        runs).
 
-        Raises ConfigError when none is configured and no local cluster can be started.
+        Raises ConfigError when none is configured and no local cluster can be started, or
+        the scratch is of another major than the plan's ``into_major``.
         """
         plan_scratch = self.plan.scratch
         with_globals = bool(plan_scratch and plan_scratch.with_globals)
@@ -165,13 +170,13 @@ class Scratches:
                 "drill on the backup's own major)"
             )
         if major not in self.ephemerals:
-            self.ephemerals[major] = self._start_ephemeral(bin_dir, major)
+            self._start_ephemeral(bin_dir, major)
         cluster = self.ephemerals[major].cluster
         with_globals = plan_scratch is None or plan_scratch.with_globals is not False
         no_owner = bool(plan_scratch and plan_scratch.no_owner)
         return self._server("ephemeral", cluster.dsn(), None, with_globals, no_owner)
 
-    def _start_ephemeral(self, bin_dir: Path, major: int) -> EphemeralScratch:
+    def _start_ephemeral(self, bin_dir: Path, major: int) -> None:
         base = choose_base_dir(self.plan)
         if not self.ephemerals:
             removed = remove_stale_clusters(base)
@@ -181,12 +186,12 @@ class Scratches:
         # a fresh one for each further major.
         cluster_id = new_drill_id() if self.ephemerals else self.drill_id
         ephemeral = EphemeralScratch(base, cluster_id, keep=self.plan.keep, bin_dir=bin_dir)
+        self.ephemerals[major] = ephemeral  # before it starts: __exit__ removes what it made
         self.notify(
             f"starting an ephemeral postgresql cluster in {ephemeral.directory} "
             f"(PostgreSQL {major})"
         )
         ephemeral.start()
-        return ephemeral
 
     def __exit__(self, *exc) -> None:
         with signals_deferred():
