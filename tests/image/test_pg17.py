@@ -50,6 +50,7 @@ from tests.image.pg17 import (
     python_in_image,
     wait_for,
 )
+from tests.image.podman import podman
 
 pytestmark = [pytest.mark.image, pytest.mark.pg17]
 UPGRADE_RULES_15_TO_17 = {"view definitions", "partition identity", "domain not null"}
@@ -105,6 +106,18 @@ def host_config(shared: Shared, tmp_path: Path, data: dict, **target_options) ->
     for target in data["postgres"].values():
         target.update(target_options)
     return shared.write_config("host.yaml", data)
+
+
+def test_the_image_says_which_majors_it_serves(image):
+    inspect = json.loads(podman("image", "inspect", image, check=True).stdout)[0]
+    assert inspect["Config"]["Labels"]["io.drbackup.postgresql.majors"] == "17"
+    found = podman(
+        "run", "--rm", "--entrypoint", "/opt/drbackup/bin/python", image, "-c",
+        "from drbackup.sources.postgres import commands, versions;"
+        "print(sorted(commands.installed_bin_dirs('pg_dump')), sorted(versions.installed_servers()))",
+        check=True,
+    )  # fmt: skip
+    assert found.stdout.split("\n")[0] == "[17] [17]"  # what drbackup finds there
 
 
 # -- logical ----------------------------------------------------------------------------------
@@ -250,7 +263,7 @@ def pitr_on_17(server: ContainerCluster, config: Path) -> dict:
         server.execute("INSERT INTO marker VALUES (%s)", params=(marker,))
     times = dict(server.execute("SELECT id, pg_xact_commit_timestamp(xmin) FROM marker"))
     last = server.execute("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    wait_for(lambda: archived(server, last), 60, f"{last} archived")
+    wait_for(lambda: archived(server, last), 60, f"{last} archived", lambda: archiver(server))
     point = times[8] + (times[9] - times[8]) / 2
     restore = server.exec(
         "drbackup", "-c", str(config), "restore", "postgres", "app", "--into-dir",
@@ -267,12 +280,25 @@ def pitr_on_17(server: ContainerCluster, config: Path) -> dict:
     assert rows.returncode == 0, rows.stderr
     server.exec("/usr/lib/postgresql/17/bin/pg_ctl", "-D", "/tmp/restored", "stop", "-m", "fast")
     markers = [int(m) for m in rows.stdout.strip().split(",")]
-    return {"markers": markers, "upto": 8, "segment": last, "backup": meta}
+    return {"markers": markers, "upto": 8, "segment": last, "last_commit": times[12]}
 
 
 def archived(server: ContainerCluster, name: str) -> bool:
     row = server.execute("SELECT last_archived_wal FROM pg_stat_archiver")[0]
     return row[0] is not None and row[0] >= name
+
+
+def archiver(server: ContainerCluster) -> str:
+    """What the archiver did, for a failure message: its statistics, the server's log, the
+    WAL spool (the background pusher's state and errors) and the processes running."""
+    stats = server.execute("SELECT * FROM pg_stat_archiver")
+    script = (
+        "ls -la /tmp/pg/data/pg_wal/archive_status; find /var/lib/drbackup/spool -ls; "
+        "for f in $(find /var/lib/drbackup/spool -name '*.log'); do tail -n 20 $f; done; "
+        "for p in /proc/[0-9]*; do echo $(basename $p): $(tr '\\0' ' ' < $p/cmdline); done"
+    )
+    seen = server.exec("bash", "-c", script)
+    return f"pg_stat_archiver: {stats}\n{server.logs()[-3000:]}\n{seen.stdout}{seen.stderr}"
 
 
 def refusals_on_the_host(shared: Shared, tmp_path: Path, data: dict, restored: dict) -> None:
@@ -281,7 +307,9 @@ def refusals_on_the_host(shared: Shared, tmp_path: Path, data: dict, restored: d
     check = host_drbackup(config, "wal", "check", "app", "--json")
     assert check.returncode == 0, check.stderr
     status = json.loads(check.stdout)
-    assert status["gaps"] == [] and status["window"]["oldest"] is not None
+    assert status["gaps"] == [] and status["breaks"] == [], status
+    newest = dt.datetime.fromisoformat(status["newest_commit"])  # read from 17's WAL records
+    assert newest >= restored["last_commit"], status
 
     into = tmp_path / "restored-on-15"
     start = host_drbackup(config, "restore", "postgres", "app", "--into-dir", str(into), "--start")
