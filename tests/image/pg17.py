@@ -109,12 +109,13 @@ def python_in_image(shared: Shared, script: str, *args: str, env: dict | None = 
     )  # fmt: skip
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, what: str, details=lambda: "") -> None:
+    """Poll ``condition``; fail after ``timeout`` s with ``details()`` (what was seen)."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{details()}")
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
 
