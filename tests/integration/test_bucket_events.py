@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,33 @@ def test_a_restore_uses_versions_only_an_event_capture_holds(app, endpoint, s3, 
     # no snapshot since: only the event capture holds v2
     restore_minio(app, "files", into_bucket="at-v2", point_in_time=at_v2)
     assert s3.get_object(Bucket="at-v2", Key="k")["Body"].read() == b"v2"
+
+
+def test_the_daemon_process_captures_posted_events(app, s3, photos, tmp_path, monkeypatch):
+    from tests.integration.test_bucket_history import PASSPHRASE
+    from tests.integration.test_daemon import DaemonProcess, write_schedule
+
+    monkeypatch.setenv("DRBACKUP_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("DRBACKUP_HOME", str(tmp_path))
+    schedules = write_schedule(
+        tmp_path / "schedules",
+        """
+        jobs:
+          hourly-snapshot:
+            kind: snapshot
+            targets: [files]
+            cron: "0 * * * *"
+        """,
+    )
+    daemon = DaemonProcess(Path(app.config.source), schedules)
+    try:
+        host = type("Http", (), {"address": daemon.address})
+        s3.put_object(Bucket=photos, Key="from-the-daemon", Body=b"d")
+        assert post(host, minio_event(photos, "from-the-daemon"), token="wrong")[0] == 401
+        assert post(host, minio_event(photos, "from-the-daemon"))[0] == 202
+        daemon.wait_event("events_captured", timeout=LAG_LIMIT_S, target="files")
+        [capture] = captures(app)
+        assert history_lines(app, capture) == [("from-the-daemon", False)]
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
