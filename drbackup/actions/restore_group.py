@@ -33,6 +33,7 @@ class GroupRestoreResult:
     database: dict = field(default_factory=dict)  # target, method, backup_id, reached, note
     buckets: list[dict] = field(default_factory=list)  # target, bucket, into_bucket, reached…
     references: list = field(default_factory=list)  # CheckResult per reference query
+    physical: object | None = None  # a point-in-time restore (``.stop()`` stops its server)
 
     @property
     def failed(self) -> bool:
@@ -50,6 +51,7 @@ def restore_group(
     dry_run: bool = False,
     force: bool = False,
     create: bool = False,
+    start: bool = False,
     workers: int = 8,
 ) -> GroupRestoreResult:
     """Restore group ``name`` to ``at`` (see the module docstring).
@@ -64,7 +66,9 @@ def restore_group(
     if into is None and into_dir is None:
         raise UsageError("give --into DSN (a dump) and/or --into-dir DIR (point in time)")
     result = GroupRestoreResult(name, at, dry_run)
-    result.database = _database(app, group.postgres, at, into, into_dir, dry_run, force, create)
+    dest = _Destination(into, into_dir, dry_run, force, create, start)
+    result.database = _database(app, group.postgres, at, dest)
+    result.physical = dest.restored
     opened = {}
     for target in group.minio:
         for bucket in app.config.minio[target].buckets:
@@ -83,16 +87,27 @@ def restore_group(
     return result
 
 
-def _database(app, target, at, into, into_dir, dry_run, force, create) -> dict:
+@dataclass
+class _Destination:
+    into: str | None
+    into_dir: str | None
+    dry_run: bool
+    force: bool
+    create: bool
+    start: bool
+    restored: object | None = None  # the PhysicalRestore (its started server)
+
+
+def _database(app, target: str, at: datetime, dest: _Destination) -> dict:
     """Restore the database to ``at``: point in time when possible, else the nearest dump."""
-    if into_dir is not None:
-        line = _physical(app, target, at, into_dir, dry_run)
-        if line is not None or into is None:
+    if dest.into_dir is not None:
+        line = _physical(app, target, at, dest)
+        if line is not None or dest.into is None:
             return line or _no_physical(target, at)
-    return _dump(app, target, at, into, dry_run, force, create)
+    return _dump(app, target, at, dest.into, dest.dry_run, dest.force, dest.create)
 
 
-def _physical(app, target, at, into_dir, dry_run) -> dict | None:
+def _physical(app, target: str, at: datetime, dest: _Destination) -> dict | None:
     from drbackup.actions.pitr import choose_base_backup
     from drbackup.actions.restore_physical import restore_physical
     from drbackup.sources.postgres.recovery import RecoveryTarget
@@ -103,10 +118,18 @@ def _physical(app, target, at, into_dir, dry_run) -> dict | None:
     except UsageError:
         return None
     line = {"target": target, "method": "pitr", "backup_id": choice.manifest.backup_id}
-    line.update(reached=iso_text(at), into_dir=str(into_dir))
+    line.update(reached=iso_text(at), into_dir=str(dest.into_dir))
     line["note"] = f"base backup {choice.manifest.backup_id} and WAL: every commit up to T"
-    if not dry_run:
-        restore_physical(app, target, into_dir, point)
+    if dest.dry_run:
+        return line
+    done = restore_physical(app, target, dest.into_dir, point, start=dest.start, detach=True)
+    dest.restored = done
+    if done.server is not None:  # started: recovery said where it stopped
+        commit = done.outcome.last_commit if done.outcome else None
+        line["note"] += f"; last replayed commit {commit.isoformat() if commit else 'none'}"
+        databases = app.config.postgres[target].databases
+        name = databases[0] if isinstance(databases, list) else "postgres"
+        line["dsn"] = done.server.dsn(name)
     return line
 
 

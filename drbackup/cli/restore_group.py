@@ -24,12 +24,16 @@ from drbackup.cli.restore import restore
     "--bucket-suffix", default="-restored", show_default=True, metavar="SUFFIX",
     help="Each bucket is restored into <bucket><SUFFIX>.",
 )  # fmt: skip
+@click.option(
+    "--start", is_flag=True,
+    help="With --into-dir: start the restored server (left running) and check references.",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Say what would be restored; write nothing.")
 @click.option("--force", is_flag=True, help="Restore into a non-empty database or bucket.")
 @click.option("--create", is_flag=True, help="Create the --into database if it does not exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def group(state, name, pit, into, into_dir, bucket_suffix, dry_run, force, create, as_json):
+def group(state, name, pit, into, into_dir, bucket_suffix, start, dry_run, force, create, as_json):
     """Restore group NAME's database and buckets to the same second, then check that the
     rows naming objects find them (exit 3 if not)."""
     from drbackup.actions.restore_group import restore_group
@@ -37,7 +41,7 @@ def group(state, name, pit, into, into_dir, bucket_suffix, dry_run, force, creat
 
     result = restore_group(
         state.app, name, parse_time(pit), into=into, into_dir=into_dir, suffix=bucket_suffix,
-        dry_run=dry_run, force=force, create=create,
+        dry_run=dry_run, force=force, create=create, start=start,
     )  # fmt: skip
     if as_json:
         echo_json(_as_dict(result))

@@ -92,3 +92,59 @@ def test_unknown_group_and_missing_destination_are_usage_errors(setup):
         restore_group(setup.app, "nope", datetime.now().astimezone())
     with pytest.raises(UsageError, match="give --into DSN"):
         restore_group(setup.app, "shop", datetime.now().astimezone())
+
+
+def test_point_in_time_recovery_and_buckets_meet_at_the_second(
+    wal_home, archiving_cluster, s3_server, s3_bucket
+):
+    """The database by PITR (base backup + WAL), the bucket from its history: a row and its
+    object written in the chosen second are both there; those written after are not."""
+    import yaml
+
+    from drbackup.actions.backup_physical import backup_physical
+    from tests.fixtures.walarchive import _chown_tree, switch_wal, wait_archived
+
+    cluster = archiving_cluster(wal_home)
+    wal_home.set_dsn(cluster.dsn())
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="photos")
+    s3.put_bucket_versioning(Bucket="photos", VersioningConfiguration={"Status": "Enabled"})
+    doc = yaml.safe_load(wal_home.config_path.read_text())
+    # under the home: archive_command loads this config as the server's user
+    doc["minio"] = {"files": minio_target(s3_server, wal_home.root, ["photos"])}
+    doc["groups"] = {"shop": {"postgres": "app", "minio": ["files"], "references": [QUERY]}}
+    wal_home.config_path.write_text(yaml.safe_dump(doc))
+    _chown_tree(wal_home.root)
+    app = wal_home.app()
+    cluster.execute("CREATE TABLE attachments (id serial PRIMARY KEY, bucket text, key text)")
+    backup_physical(app, "app")
+
+    def upload(key: str) -> None:
+        s3.put_object(Bucket="photos", Key=key, Body=key.encode())
+        cluster.execute(
+            "INSERT INTO attachments (bucket, key) VALUES ('photos', %s)", params=(key,)
+        )
+
+    upload("kept.txt")
+    at = next_second()
+    upload("at-the-second.txt")
+    next_second()
+    upload("after.txt")
+    wait_archived(cluster, switch_wal(cluster))
+    snapshot_target(app, "files")
+
+    result = restore_group(
+        app, "shop", at, into_dir=str(wal_home.root / "restored"), suffix="-pitr", start=True
+    )
+    try:
+        assert (result.database["method"], result.database["reached"]) == (
+            "pitr",
+            at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        )
+        assert sorted(bucket_state(s3, "photos-pitr")) == ["at-the-second.txt", "kept.txt"]
+        with result.physical.server.connect() as conn:
+            rows = sorted(r[0] for r in conn.execute("SELECT key FROM attachments"))
+        assert rows == ["at-the-second.txt", "kept.txt"]
+        assert [(r.status, r.evidence["references"]) for r in result.references] == [("pass", 2)]
+    finally:
+        result.physical.stop()
