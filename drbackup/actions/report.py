@@ -100,7 +100,7 @@ def gather_report(
             if fact.kind == "postgres":
                 _read_wal(app, repo, fact)
             if fact.kind == "minio":
-                _read_history(repo, fact)
+                _read_history(repo, fact, events=configs[fact.name].events_token is not None)
             fact.drills = read_drills(repo, fact.name)
             _read_runs(catalog, fact, now)
         repository.size = repo.stored_bytes()
@@ -152,7 +152,7 @@ def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
 EVENTS_LOOKBACK = 200  # manifests read back for the newest snapshot and event capture
 
 
-def _read_history(repo, fact: TargetFacts) -> None:
+def _read_history(repo, fact: TargetFacts, *, events: bool) -> None:
     """Per bucket of the newest snapshot, the history a restore reaches (docs/buckets.md);
     with event capture, the newest capture's lag and what reconciliation found missed."""
     captured = snapshot = None
@@ -162,7 +162,7 @@ def _read_history(repo, fact: TargetFacts) -> None:
             captured = captured or m
         elif m.kind == "bucket":
             snapshot = snapshot or m
-        if snapshot and captured:
+        if snapshot and (captured or not events):
             break
     if snapshot is not None:
         fact.history = bucket_guarantees(snapshot)

@@ -140,6 +140,8 @@ class HistoryCapture:
         self, versions: Iterable[ListedVersion], previous: Iterable[IndexEntry]
     ) -> Iterator[VersionEntry]:
         """History lines in key order, oldest first within a key; updates the stats."""
+        from drbackup.actions.snapshot_minio import SnapshotCancelled  # (imports this module)
+
         lines = (v for group in group_by_key(_check_order(versions)) for v in group)
         wanted = (v for v in lines if self.after is None or v.last_modified > self.after)
         pairs = _with_previous(wanted, previous)
@@ -148,8 +150,6 @@ class HistoryCapture:
         )
         for (listed, _), line in results:
             if self.job.cancel.is_set():
-                from drbackup.actions.snapshot_minio import SnapshotCancelled
-
                 raise SnapshotCancelled("snapshot cancelled")
             if line is None:
                 self.history.stats.note_vanished(listed.key)
