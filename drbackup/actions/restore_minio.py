@@ -147,16 +147,7 @@ def restore_minio(
     """
     repo = app.repository()
     repo.keyring.require(read=True)
-    history = None
-    if point_in_time is not None and snapshot_id is None:
-        history = plan_history(repo, target, bucket, point_in_time)
-    if history is not None:
-        selection, source = Selection(history.manifest, history.note()), history.bucket
-    else:
-        selection = select_snapshot(
-            repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time
-        )
-        source = pick_bucket(selection.manifest, bucket)
+    selection, source, history = _choose(repo, target, snapshot_id, point_in_time, bucket)
     client = destination_client(app, target, into_target, workers)
     result = MinioRestoreResult(selection, source, into_bucket, client.endpoint, dry_run, prefix)
     result.history = history.to_dict() if history else None
@@ -187,6 +178,18 @@ def restore_minio(
             redacted=f"{summary.failed} of {total} objects failed to restore into {into_bucket}",
         )
     return result
+
+
+def _choose(repo, target, snapshot_id, point_in_time, bucket):
+    """(selection, source bucket, HistoryPlan or None): the bucket at a second from its
+    version history when it has one, else one snapshot (by id, time, or the latest)."""
+    history = None
+    if point_in_time is not None and snapshot_id is None:
+        history = plan_history(repo, target, bucket, point_in_time)
+    if history is not None:
+        return Selection(history.manifest, history.note()), history.bucket, history
+    selection = select_snapshot(repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time)
+    return selection, pick_bucket(selection.manifest, bucket), None
 
 
 def _open_entries(repo, manifest: Manifest, bucket: str, history: HistoryPlan | None):

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from drbackup.config import types as t
+from drbackup.config.groups import GroupSettings, check_group_targets
 from drbackup.config.retention import RetentionSettings
 from drbackup.config.section import (  # noqa: F401 - found here by load.py and docs.py
     EMPTY_IS_DEFAULT,
@@ -412,18 +413,6 @@ class NotificationSettings(Section):
     """The daemon notifies each failed job."""
 
 
-class GroupSettings(Section):
-    """An application: its database and the buckets its rows name (``restore group``)."""
-
-    postgres: t.TargetName
-    """The PostgreSQL target."""
-    minio: list[t.TargetName] = []
-    """Its minio targets (every bucket of each)."""
-    references: list[str] = []
-    """Queries returning (bucket, key) rows that must name objects, checked after a group
-    restore (docs/operations.md, "One recovery point for an application")."""
-
-
 Target = PostgresTarget | MinioTarget
 
 
@@ -463,22 +452,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _groups_name_targets(self) -> Self:
-        for name, group in self.groups.items():
-            if group.postgres not in self.postgres:
-                raise config_error(
-                    "group",
-                    "groups.{group}.postgres: '{target}' is not a postgres target",
-                    group=name,
-                    target=group.postgres,
-                )
-            for target in group.minio:
-                if target not in self.minio:
-                    raise config_error(
-                        "group",
-                        "groups.{group}.minio: '{target}' is not a minio target",
-                        group=name,
-                        target=target,
-                    )
+        check_group_targets(self.groups, self.postgres, self.minio)
         return self
 
     @property
