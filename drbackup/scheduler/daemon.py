@@ -117,7 +117,11 @@ class Daemon:
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
         self.probe = RepositoryProbe(
-            self._check_repository, self._repository_size, self.metrics, interval=probe_interval
+            self._check_repository,
+            self._repository_size,
+            self.metrics,
+            interval=probe_interval,
+            on_tick=self._refresh_drills,
         )
         self._coord: Coordinator | None = None
         self._catalog_lock: CatalogLock | None = None
@@ -207,6 +211,10 @@ class Daemon:
             aps = self.scheduler.add_job(
                 self._fire, trigger=job.trigger(), args=[job.name], id=job.name, name=job.name
             )
+            per_target = jobkinds.REGISTRY[job.kind].per_target
+            self.metrics.declare_job(
+                job.name, job.kind, list(job.targets) if per_target else ["(all)"]
+            )
             emit(
                 "job_scheduled",
                 job=job.name,
@@ -256,7 +264,11 @@ class Daemon:
             lock.release()
 
     def _seed_metrics(self) -> None:
-        """Last success times survive restarts: read them back from the catalog."""
+        """Last success times and drill results survive restarts: read them back from the
+        catalog; the objectives come from the config."""
+        self.metrics.set_objectives(self.config)
+        with contextlib.suppress(DrbackupError):
+            self._refresh_drills()
         try:
             since = datetime.now(UTC) - timedelta(days=400)
             runs = self.app.catalog.runs(since=since, status=RUN_OK)
@@ -266,8 +278,14 @@ class Daemon:
             if run.kind in SEED_KINDS and run.target and run.finished_at:
                 labels = {"kind": run.kind, "target": run.target}
                 self.metrics.last_success.labels(**labels).set(run.finished_at.timestamp())
-                self.metrics.record_drill(run.kind, run.target, run.details or {})
                 self.metrics.record_wal(run.kind, run.target, run.details or {})
+
+    def _refresh_drills(self) -> None:
+        """Every drill's result from the catalog: those run from the command line (or by
+        another replica) reach the metrics too.  Raises DrbackupError."""
+        from drbackup.catalog.drills import drill_summaries
+
+        self.metrics.record_drills(drill_summaries(self.app.catalog))
 
     # --- running -----------------------------------------------------------------------
 

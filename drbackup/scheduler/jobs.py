@@ -234,6 +234,7 @@ def drill_outcome(report: dict, target: str) -> Outcome:
         "passed": entry["status"] != "fail",
         "drill_status": entry["status"],
         "rto_seconds": entry["total_s"],
+        "started_at": entry["started_at"],
     }
     return Outcome(backup_id=entry["backup_id"], details=details)
 
