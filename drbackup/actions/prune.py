@@ -24,14 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
-from drbackup.actions.gc import collect_garbage, list_locks
+from drbackup.actions.gc import collect_garbage
 from drbackup.actions.prune_wal import WalPrune, prune_wal
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
 from drbackup.drill.history import history_entries
-from drbackup.drill.report import REPORT_PREFIX
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
@@ -44,7 +42,6 @@ from drbackup.repository.leftovers import data_leftovers as find_leftovers  # no
 from drbackup.repository.leftovers import lease_expiry
 from drbackup.repository.manifest import BackupRef
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy_by_kind
-from drbackup.storage.base import link_warnings
 
 DRILL_REASON = "last passing drill {drill_id}"
 GOOD_REASON = "newest backup not known to be damaged"
@@ -236,7 +233,7 @@ def prune_repository(
     except DrbackupError as exc:
         report.temporaries_error = exc
     report.blobs = _collect_blobs(repo, report)
-    report.warnings = link_warnings(repo.storage)
+    report.warnings = repo.storage_warnings()
     return report
 
 
@@ -283,7 +280,7 @@ def _prune_wal(repo, result: TargetPrune, dry_run: bool) -> None:
         result.target,
         remaining,
         dry_run=dry_run,
-        locked_until=partial(locked_until, repo.storage),
+        locked_until=repo.locked_until,
     )
 
 
@@ -334,7 +331,7 @@ def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str 
 
 def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: bool) -> None:
     """Delete one backup unless Object Lock holds its manifest; record what happened."""
-    until = locked_until(repo.storage, ref.manifest_key)
+    until = repo.locked_until(ref.manifest_key)
     if until is not None:
         result.locked[ref.backup_id] = until
         return
@@ -343,7 +340,7 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
     try:
         repo.delete_backup(ref)
     except StorageError:
-        until = locked_until(repo.storage, ref.manifest_key)
+        until = repo.locked_until(ref.manifest_key)
         if until is None:
             raise
         result.locked[ref.backup_id] = until
@@ -351,20 +348,6 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
     result.removed.append(ref.backup_id)
     if catalog is not None:
         _optional(lambda: catalog.forget_backup(ref.backup_id, repo.id))
-
-
-def locked_until(storage, key: str) -> datetime | None:
-    """Until when Object Lock protects ``key``; None if unlocked, missing, or no such feature."""
-    probe = getattr(storage, "locked_until", None)
-    if probe is None:
-        return None
-    try:
-        return probe(key)
-    except ObjectNotFoundError:
-        return None
-
-
-# --- leftovers of unfinished backups --------------------------------------------------------
 
 
 def _prune_leftovers(repo, result, committed: set[str], grace: timedelta, now, dry_run) -> None:
@@ -386,7 +369,7 @@ def _prune_leftovers(repo, result, committed: set[str], grace: timedelta, now, d
 
 
 def _removal(repo, found, leftover: Leftover, grace, now, dry_run: bool) -> str:
-    locks = [u for o in found.objects if (u := locked_until(repo.storage, o.key)) is not None]
+    locks = [u for o in found.objects if (u := repo.locked_until(o.key)) is not None]
     if locks:
         leftover.locked_until = max(locks)
         return "locked"
@@ -396,7 +379,7 @@ def _removal(repo, found, leftover: Leftover, grace, now, dry_run: bool) -> str:
 
 
 def _snapshot_running(repo, now: datetime) -> bool:
-    locks = list_locks(repo.storage, now.timestamp())
+    locks = repo.list_locks(now.timestamp())
     return any(lock.kind == "snapshot" and not lock.stale for lock in locks)
 
 
@@ -410,8 +393,7 @@ def last_passing_drill(repo, target: str) -> tuple[str, str] | None:
     first; a report that fails authentication is passed over.  "Passing" means status pass or
     warn: the restore worked and the data checks held, which is what the rule protects.
     """
-    keys = [info.key for info in repo.storage.list(f"{REPORT_PREFIX}{target}/")]
-    for key in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True):
+    for key in repo.report_keys(target, newest_first=True):
         try:
             report = repo.get_document(key)
         except (IntegrityError, ObjectNotFoundError):
@@ -469,7 +451,7 @@ def _optional(fn):
     """The catalog is only an index: its failures never fail a prune."""
     try:
         return fn()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the catalog is an index: `catalog rebuild` repairs it
         return None
 
 

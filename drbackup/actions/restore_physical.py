@@ -40,7 +40,6 @@ from drbackup.actions.wal_spool import Spool
 from drbackup.errors import RestoreError, SourceError
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.basebackup_files import extract_archive, is_empty_dir
-from drbackup.sources.postgres.cluster import resolve_run_as
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.physical import replay_state
 from drbackup.sources.postgres.recovery import (
@@ -51,6 +50,7 @@ from drbackup.sources.postgres.recovery import (
     recovery_settings,
     write_recovery_config,
 )
+from drbackup.sources.postgres.run_as import resolve_run_as
 from drbackup.sources.postgres.wal import format_lsn, parse_history
 
 DEFAULT_RECOVERY_TIMEOUT = 24 * 3600.0

@@ -110,7 +110,7 @@ class Lease:
             if self._overdue(started):
                 return
             try:
-                if not self.repo.storage.exists(self.key):
+                if not self.repo._storage.exists(self.key):
                     self._lost = _REMOVED
                     return
                 self.repo.put_document(self.key, self.body)
@@ -144,20 +144,20 @@ class Lease:
         with self._write_lock:
             if self._lost is None:
                 self._overdue(_clock())
-            if self._lost is None and not self.repo.storage.exists(self.key):
+            if self._lost is None and not self.repo._storage.exists(self.key):
                 self._lost = _REMOVED
         if self._lost is not None:
             raise lost_error(self.target, self.backup_id, self._lost, self.limit)
 
     def still_present(self) -> bool:
         """Whether the lease object still exists (raises what the storage raises)."""
-        return self.repo.storage.exists(self.key)
+        return self.repo._storage.exists(self.key)
 
     def release(self) -> None:
         """Stop renewing and delete the lease (best effort: a leftover lease expires)."""
         self.stop()
         with contextlib.suppress(StorageError):
-            self.repo.storage.delete(self.key)
+            self.repo._storage.delete(self.key)
 
 
 _REMOVED = "it was removed by another process (prune took the backup for an abandoned one)"

@@ -27,6 +27,7 @@ from drbackup.errors import (
     StorageUnreachableError,
     UsageError,
 )
+from drbackup.repository import blobs
 from drbackup.repository import header as hdr
 from drbackup.repository.commit import BytesReader
 from drbackup.repository.keyring import KeyRing, Secrets
@@ -37,6 +38,7 @@ from drbackup.repository.leftovers import (
     remove_leftover,
     remove_stray_temporaries,
 )
+from drbackup.repository.locks import LOCK_STALE_S, LockInfo, RepositoryLock, list_locks
 from drbackup.repository.manifest import (
     MANIFEST_PREFIX,
     BackupRef,
@@ -45,7 +47,10 @@ from drbackup.repository.manifest import (
     blob_key,
     data_prefix,
 )
+from drbackup.repository.reader import ItemReader
+from drbackup.repository.reports import list_report_keys
 from drbackup.repository.writer import BackupWriter
+from drbackup.storage.base import ObjectInfo, link_warnings
 
 DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
 _BLOB_ID_INFO = b"drbackup/v1/blob-id"
@@ -55,7 +60,7 @@ class Repository:
     """An opened repository.  Create with :meth:`init` or :meth:`open`."""
 
     def __init__(self, storage, header: dict, keyring: KeyRing, codec: CodecSettings | None = None):
-        self.storage = storage
+        self._storage = storage
         self.header = header
         self.keyring = keyring
         self.id = header["repository_id"]
@@ -72,7 +77,27 @@ class Repository:
 
     @property
     def url(self) -> str:
-        return self.storage.url
+        return self._storage.url
+
+    def storage_warnings(self) -> list[str]:
+        """What the storage says about itself that the user should know (links in a local
+        repository, which are never followed)."""
+        return link_warnings(self._storage)
+
+    def stored_bytes(self) -> int:
+        """The size of every object in the repository (one listing)."""
+        return sum(info.size for info in self._storage.list(""))
+
+    def locked_until(self, key: str) -> datetime | None:
+        """Until when Object Lock protects ``key``; None if unlocked, missing, or the
+        storage has no such feature."""
+        probe = getattr(self._storage, "locked_until", None)
+        if probe is None:
+            return None
+        try:
+            return probe(key)
+        except ObjectNotFoundError:
+            return None
 
     # --- creating and opening ---------------------------------------------------------
 
@@ -185,7 +210,7 @@ class Repository:
         self._write_header()
 
     def _write_header(self) -> None:
-        self.storage.put(hdr.HEADER_KEY, BytesReader(hdr.encode_header(self.header)))
+        self._storage.put(hdr.HEADER_KEY, BytesReader(hdr.encode_header(self.header)))
 
     # --- writing ------------------------------------------------------------------------
 
@@ -208,7 +233,7 @@ class Repository:
     def list_refs(self, target: str | None = None) -> list[BackupRef]:
         """Every committed backup (those with a manifest), oldest first, without decrypting."""
         prefix = f"{MANIFEST_PREFIX}{target}/" if target else MANIFEST_PREFIX
-        refs = (BackupRef.from_key(info.key) for info in self.storage.list(prefix))
+        refs = (BackupRef.from_key(info.key) for info in self._storage.list(prefix))
         return sorted((r for r in refs if r is not None), key=lambda r: (r.backup_id, r.target))
 
     def resolve(self, text: str, target: str | None = None) -> BackupRef:
@@ -233,6 +258,10 @@ class Repository:
             raise UsageError(f"backup id {text} is ambiguous: {names}", hint="give more characters")
         return refs[0]
 
+    def has_manifest(self, ref: BackupRef) -> bool:
+        """True if the backup's manifest is stored (it still exists)."""
+        return self._storage.exists(ref.manifest_key)
+
     def load_manifest(self, ref: BackupRef) -> Manifest:
         """Decrypt, authenticate and parse a manifest; check it is the one its key names."""
         self.keyring.require(read=True)
@@ -249,7 +278,7 @@ class Repository:
 
     def _open(self, key: str, expected: ObjectRecord | None = None, plain_sha=None):
         return open_decoded(
-            self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
+            self._storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
         )
 
     def open_item(self, item: Item) -> ItemReader:
@@ -290,7 +319,7 @@ class Repository:
         dk = self.keyring.new_data_key()
         body = json.dumps(doc, sort_keys=True).encode()
         return encode_to_storage(
-            self.storage,
+            self._storage,
             key,
             iter([body]),
             slot_type=dk.slot_type,
@@ -331,6 +360,22 @@ class Repository:
         digest = bytes.fromhex(content_sha256)
         return hmac.new(self._blob_id_key, digest, hashlib.sha256).hexdigest()
 
+    def put_blob(self, blob_id: str, blocks, data_key, settings: CodecSettings | None = None):
+        """Store a blob (encrypted under ``data_key``, a writer's); its ObjectRecord."""
+        return blobs.put_blob(self._storage, blob_id, blocks, data_key, settings or self.codec)
+
+    def blob_oracle(self, limit: int = blobs.ORACLE_LIMIT) -> blobs.BlobOracle:
+        """Answers "must this blob be uploaded?" for one snapshot (see blobs.py)."""
+        return blobs.BlobOracle(self._storage, limit)
+
+    def list_blobs(self) -> Iterator[tuple[ObjectInfo, str]]:
+        """``(object, blob id)`` of every blob."""
+        return blobs.list_blobs(self._storage)
+
+    def delete_blob(self, key: str) -> None:
+        """Delete a blob listed by :meth:`list_blobs` (gc only); gone already is fine."""
+        blobs.delete_blob(self._storage, key)
+
     def open_blob(self, blob_id: str):
         """A plaintext reader of a blob; authenticates every chunk (the caller checks sha256).
 
@@ -339,6 +384,20 @@ class Repository:
         self.keyring.require(read=True)
         return self._open(blob_key(blob_id))
 
+    # --- locks (repository/locks.py) and drill reports (repository/reports.py) ----------
+
+    def lock(self, kind: str, lock_id: str, **options) -> RepositoryLock:
+        """The repository lock ``locks/<kind>-<lock_id>`` (not taken yet: ``acquire``)."""
+        return RepositoryLock(self, kind, lock_id, **options)
+
+    def list_locks(self, now: float, stale_after: float = LOCK_STALE_S) -> list[LockInfo]:
+        """Every repository lock, aged against ``now`` (the storage's clock)."""
+        return list_locks(self._storage, now, stale_after)
+
+    def report_keys(self, target: str | None = None, *, newest_first=False) -> list[str]:
+        """Keys of the drill reports (of ``target``), by drill id."""
+        return list_report_keys(self._storage, target, newest_first=newest_first)
+
     # --- leftovers of interrupted writes (repository/leftovers.py) ----------------------
 
     def find_leftovers(self, target: str, committed: set[str] | None = None) -> list[Leftover]:
@@ -346,11 +405,11 @@ class Repository:
         leases of committed ones); ``committed``: the target's backup ids, listed if None."""
         if committed is None:
             committed = {ref.backup_id for ref in self.list_refs(target)}
-        return find_leftovers(self.storage, target, committed)
+        return find_leftovers(self._storage, target, committed)
 
     def remove_leftover(self, left: Leftover, now: datetime, grace: timedelta) -> str:
         """Remove a leftover unless its writer turns out alive or committed; the action."""
-        return remove_leftover(self.storage, left, now, grace)
+        return remove_leftover(self._storage, left, now, grace)
 
     def remove_stray_temporaries(
         self, now: datetime, grace: timedelta, *, dry_run: bool, keep_blobs: Callable[[], bool]
@@ -358,67 +417,13 @@ class Repository:
         """Temporaries of killed writes outside ``data/`` (local storage only): removed once
         older than ``grace`` (see repository/leftovers.py); ``{key, age_s, action}`` each."""
         return remove_stray_temporaries(
-            self.storage, now, grace, dry_run=dry_run, keep_blobs=keep_blobs
+            self._storage, now, grace, dry_run=dry_run, keep_blobs=keep_blobs
         )
 
     # --- deleting -----------------------------------------------------------------------
 
     def delete_backup(self, ref: BackupRef) -> None:
         """Manifest first (the backup stops existing), data after: crash-safe in that order."""
-        self.storage.delete(ref.manifest_key)
-        for info in list(self.storage.list(data_prefix(ref.target, ref.backup_id))):
-            self.storage.delete(info.key)
-
-
-class ItemReader:
-    """Chains an item's segment objects; checks each object and the whole stream's digest."""
-
-    def __init__(self, repo: Repository, item: Item):
-        self._repo, self._item = repo, item
-        self._records = iter(item.objects)
-        self._current = None
-        self._sha = hashlib.sha256()
-        self._size = 0
-        self._opened = 0
-
-    def read(self, n: int = 1 << 20) -> bytes:
-        while True:
-            if self._current is None:
-                record = next(self._records, None)
-                if record is None:
-                    self._check_end()
-                    return b""
-                # The first object's digest is the item's so far: let it hash for both.
-                shared = self._sha if self._opened == 0 else None
-                self._current = self._repo._open(record.key, record, shared)
-                self._opened += 1
-            data = self._current.read(n)
-            if data:
-                if self._opened > 1:
-                    self._sha.update(data)
-                self._size += len(data)
-                return data
-            self._current.close()
-            self._current = None
-
-    def _check_end(self) -> None:
-        if self._size != self._item.size or self._sha.hexdigest() != self._item.sha256:
-            raise IntegrityError(
-                f"item {self._item.name}: reassembled stream does not match the manifest "
-                "(segments missing, reordered or swapped)"
-            )
-
-    def __iter__(self) -> Iterator[bytes]:
-        while data := self.read():
-            yield data
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-
-    def __enter__(self) -> ItemReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._storage.delete(ref.manifest_key)
+        for info in list(self._storage.list(data_prefix(ref.target, ref.backup_id))):
+            self._storage.delete(info.key)

@@ -155,7 +155,7 @@ class BackupWriter:
     def _store(self, key: str, blocks: Iterator[bytes], progress, plain_sha=None) -> ObjectRecord:
         dk = self.data_key
         record = encode_to_storage(
-            self.repo.storage,
+            self.repo._storage,
             key,
             blocks,
             slot_type=dk.slot_type,
@@ -165,7 +165,7 @@ class BackupWriter:
             progress=progress,
             plain_sha=plain_sha,
         )
-        stored = self.repo.storage.stat(key)
+        stored = self.repo._storage.stat(key)
         if stored.size != record.stored_size:
             raise IntegrityError(
                 f"{key}: storage reports {stored.size} bytes after upload, {record.stored_size} were sent"
@@ -188,7 +188,7 @@ class BackupWriter:
         self._lease.check()
         self._check_data()
         self._state = _UNCERTAIN
-        outcome = put_and_resolve(self.repo.storage, manifest.ref.manifest_key, body)
+        outcome = put_and_resolve(self.repo._storage, manifest.ref.manifest_key, body)
         if outcome.state == ABSENT:
             self._state = _ABSENT
             raise outcome.error
@@ -233,7 +233,7 @@ class BackupWriter:
         """Raise IntegrityError unless every data object is in storage with its size."""
         stored = {
             info.key: info.size
-            for info in self.repo.storage.list(data_prefix(self.target, self.backup_id))
+            for info in self.repo._storage.list(data_prefix(self.target, self.backup_id))
         }
         for record in (r for item in self.items for r in item.objects):
             size = stored.get(record.key)
@@ -257,7 +257,7 @@ class BackupWriter:
         try:
             if self._lease.still_present():
                 return  # prune removes the lease before the data: it has not started
-            self.repo.storage.delete(ref.manifest_key)
+            self.repo._storage.delete(ref.manifest_key)
         except StorageError as exc:
             raise self._uncertain(
                 "its manifest was written after a long pause, and whether prune removed "
@@ -290,8 +290,8 @@ class BackupWriter:
             return
         prefix = data_prefix(self.target, self.backup_id)
         try:
-            for info in list(self.repo.storage.list(prefix)):
-                self.repo.storage.delete(info.key)
+            for info in list(self.repo._storage.list(prefix)):
+                self.repo._storage.delete(info.key)
             if self._state == _ABSENT:
                 self._retract_late_manifest()
         except StorageError:
@@ -303,8 +303,8 @@ class BackupWriter:
         # A PUT proven absent could still land late (a request delayed on the way): a
         # manifest appearing after its data was deleted must not stay.
         key = BackupRef(self.backup_id, self.target).manifest_key
-        if self.repo.storage.exists(key):
-            self.repo.storage.delete(key)
+        if self.repo._storage.exists(key):
+            self.repo._storage.delete(key)
 
     def __enter__(self) -> BackupWriter:
         return self

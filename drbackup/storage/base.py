@@ -68,6 +68,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from drbackup.errors import ObjectNotFoundError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -111,6 +113,22 @@ class Storage(Protocol):
     def prepare(self) -> None: ...
 
     def check(self) -> None: ...
+
+
+class StatBacked:
+    """What every backend derives from its ``stat`` in the same way (mixed in)."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        """``True`` if ``key`` exists; never raises for a missing key (other failures
+        raise as ``stat`` does)."""
+        try:
+            self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
 
 
 def validate_key(key: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from drbackup.errors import ObjectNotFoundError, StorageError, StorageUnreachableError
-from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
+from drbackup.storage.base import Capabilities, ObjectInfo, StatBacked, validate_key
 
 _TMP_PREFIX = ".tmp-"
 _COPY_BUFSIZE = 1 << 20
@@ -42,7 +42,7 @@ def _start_writeback(fd: int, start: int, end: int) -> None:
             os.posix_fadvise(fd, lo, end - lo, os.POSIX_FADV_DONTNEED)
 
 
-class LocalStorage:
+class LocalStorage(StatBacked):
     """A directory as a flat key space; ``/`` in keys become subdirectories.
 
     Symbolic links are never followed below the root (the root itself may be one: it is
@@ -182,13 +182,6 @@ class LocalStorage:
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFoundError(key)
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFoundError:
-            return False
-        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names; filter the rest by string prefix.

@@ -62,7 +62,7 @@ def keys(storage, prefix: str) -> list[str]:
 
 def assert_nothing_lies(repo: Repository) -> list[str]:
     """Every listed backup loads and verifies; returns their ids."""
-    fresh = Repository.open(repo.storage, SECRETS)
+    fresh = Repository.open(repo._storage, SECRETS)
     listed = []
     for ref in fresh.list_refs():
         manifest = fresh.load_manifest(ref)
@@ -92,7 +92,7 @@ def test_manifest_reply_lost_is_resolved_as_committed(repo, fault_proxy):
     with start_backup(repo) as writer:
         manifest = writer.commit()
     assert assert_nothing_lies(repo) == [manifest.backup_id]
-    assert keys(repo.storage, "leases/") == []
+    assert keys(repo._storage, "leases/") == []
     assert fault_proxy.requests("GET", rf"/repo/manifests/app/{manifest.backup_id}$")
 
 
@@ -116,7 +116,7 @@ def test_unresolvable_outcome_keeps_the_data_and_exits_4_naming_the_backup(repo,
     assert "'drbackup list --target app'" in exc.value.hint
     assert f"'drbackup verify {ref}'" in exc.value.hint and "'drbackup prune'" in exc.value.hint
     fault_proxy.clear()
-    assert len(keys(repo.storage, f"data/app/{writer.backup_id}/")) == 2
+    assert len(keys(repo._storage, f"data/app/{writer.backup_id}/")) == 2
     assert assert_nothing_lies(repo) == [writer.backup_id]  # the PUT had landed: whole
 
 
@@ -127,7 +127,7 @@ def test_manifest_put_that_never_landed_removes_data_and_lease(repo, fault_proxy
         writer.commit()
     fault_proxy.clear()
     assert assert_nothing_lies(repo) == []
-    assert keys(repo.storage, "data/") == keys(repo.storage, "leases/") == []
+    assert keys(repo._storage, "data/") == keys(repo._storage, "leases/") == []
 
 
 # --- item 2: data or lease removed under a writer ----------------------------------------
@@ -136,7 +136,7 @@ def test_manifest_put_that_never_landed_removes_data_and_lease(repo, fault_proxy
 def test_data_removed_under_the_writer_is_not_committed(repo):
     writer = start_backup(repo)
     removed = writer.items[1].objects[0].key
-    repo.storage.delete(removed)  # an older prune, or a hand
+    repo._storage.delete(removed)  # an older prune, or a hand
     with pytest.raises(IntegrityError) as exc, writer:
         writer.commit()
     assert exc.value.message == (
@@ -144,13 +144,13 @@ def test_data_removed_under_the_writer_is_not_committed(repo):
         "commit (removed under the running backup); not committed"
     )
     assert assert_nothing_lies(repo) == []
-    assert keys(repo.storage, "data/") == keys(repo.storage, "leases/") == []
+    assert keys(repo._storage, "data/") == keys(repo._storage, "leases/") == []
 
 
 def test_data_shrunk_under_the_writer_is_not_committed(repo):
     writer = start_backup(repo)
     damaged = writer.items[0].objects[0].key
-    repo.storage.put(damaged, io.BytesIO(b"short"))
+    repo._storage.put(damaged, io.BytesIO(b"short"))
     with pytest.raises(IntegrityError) as exc, writer:
         writer.commit()
     assert f"data object {damaged} has 5 bytes in storage, " in exc.value.message
@@ -159,9 +159,9 @@ def test_data_shrunk_under_the_writer_is_not_committed(repo):
 
 def test_lease_removed_under_the_writer_is_not_committed(repo):
     writer = start_backup(repo)
-    (lease,) = keys(repo.storage, "leases/app/")
+    (lease,) = keys(repo._storage, "leases/app/")
     assert lease == f"leases/app/{writer.backup_id}"
-    repo.storage.delete(lease)  # what prune does to a lease it judged expired
+    repo._storage.delete(lease)  # what prune does to a lease it judged expired
     with pytest.raises(DrbackupError) as exc, writer:
         writer.commit()
     assert exc.value.message == (
@@ -329,7 +329,7 @@ def test_gc_never_fails_because_of_a_snapshot_whose_index_is_gone(repo, source, 
     kept = take_snapshot(repo, source, "files", ["photos"])
     broken = take_snapshot(repo, source, "files", ["photos"])
     for record in broken.items[0].objects:
-        repo.storage.delete(record.key)  # damage from outside (an older drbackup, a hand)
+        repo._storage.delete(record.key)  # damage from outside (an older drbackup, a hand)
     result = collect_garbage(repo, grace_s=0)
     assert result.broken == [f"files/{broken.backup_id}"]
     assert (result.snapshots, result.deleted) == (1, 0)

@@ -26,7 +26,7 @@ class Repo:
         self.objects: dict[str, dict] = {}
         self.writes = 0
         self.fail_writes = False
-        self.storage = self
+        self._storage = self
         self.clock, self.write_takes = clock, 0.0
 
     def put_document(self, key, doc):
