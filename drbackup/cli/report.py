@@ -18,11 +18,11 @@ REPORT_EPILOG = (
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown", "prometheus", "nagios"]),
+    type=click.Choice(["text", "json", "markdown", "prometheus", "nagios", "html"]),
     default="text",
     show_default=True,
     help="prometheus: for node-exporter's textfile collector; nagios: a monitoring "
-    "plugin's state line and perfdata.",
+    "plugin's state line and perfdata; html: the status page as one self-contained file.",
 )
 @click.option(
     "-o",
@@ -55,14 +55,15 @@ def report(ctx: click.Context, fmt: str, output: str | None, targets, notify: st
     """
     from drbackup.report import notify as notifications
     from drbackup.report.health import gather_report
-    from drbackup.report.render import render, write_atomic
+    from drbackup.report.render import write_atomic
+    from drbackup.report.status import render_report
 
     app = ctx.obj.app
     for name in targets:
         app.config.target(name)  # unknown names fail before any work
     destinations = notifications.destinations_from_config(app.config, required=bool(notify))
     result = gather_report(app, list(targets) or None)
-    text = render(result, fmt)
+    text = render_report(app, result, fmt)
     if output:
         write_atomic(output, text)
     else:

@@ -527,11 +527,12 @@ def report_and_notify(
     Raises NotifyError if a configured destination failed (after trying all of them).
     """
     from drbackup.report import notify as notifications
-    from drbackup.report.render import render, write_atomic
+    from drbackup.report.render import write_atomic
+    from drbackup.report.status import render_report
 
     report = gather_report(app, targets)
     if output:
-        write_atomic(output, render(report, fmt))
+        write_atomic(output, render_report(app, report, fmt))
     destinations = notifications.destinations_from_config(app.config)
     if destinations and (notify == "always" or (notify == "problems" and report.exit_code)):
         notifications.send_report(destinations, report)

@@ -44,6 +44,7 @@ from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError,
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
+from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 log = logging.getLogger("drbackup.daemon")
@@ -105,6 +106,7 @@ class Daemon:
         runner=None,
         replica: str | None = None,
         probe_interval: float = 30.0,
+        status_page: bool = True,
     ):
         self.config = config
         self.app = AppContext(config)
@@ -114,6 +116,7 @@ class Daemon:
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.runner = runner
         self.metrics = Metrics()
+        self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
         self.probe = RepositoryProbe(
@@ -191,7 +194,8 @@ class Daemon:
         self._seed_metrics()
         self.probe.start()
         if self.listen:
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness)
+            pages = self.pages.get if self.pages is not None else None
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages)
             self.http.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
@@ -386,6 +390,8 @@ class Daemon:
             error=error,
         )
         self.probe.refresh_size()
+        if self.pages is not None:
+            self.pages.invalidate()
         if status == RUN_FAILED:
             self._notify_failure(job, error or "failed")
         return status

@@ -1,9 +1,12 @@
-"""The daemon's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+"""The daemon's HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus) and the
+status pages.
 
 * ``/healthz``: 200 while the process serves requests (liveness).
 * ``/readyz``: 200 when schedules are loaded and the repository answered a probe within
   the probe TTL; 503 with the reason otherwise (readiness).
 * ``/metrics``: the :class:`Metrics` registry in the Prometheus text format.
+* ``/`` and ``/drills/<target>/<drill id>``: the status page and drill pages
+  (``scheduler/pages.py``), HTML under a policy that lets them load nothing.
 
 The server is the standard library's ``ThreadingHTTPServer`` in a daemon thread.
 """
@@ -326,11 +329,18 @@ class RepositoryProbe:
 
 
 class HttpEndpoint:
-    """``/healthz``, ``/readyz``, ``/metrics`` on ``host:port`` in a daemon thread."""
+    """``/healthz``, ``/readyz``, ``/metrics`` and the ``pages`` (a callable from a path to
+    a response with ``status`` and ``body``, or None) on ``host:port`` in a daemon thread."""
 
-    def __init__(self, listen: str, metrics: Metrics, readiness: Callable[[], str | None]):
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        readiness: Callable[[], str | None],
+        pages: Callable[[str], object | None] | None = None,
+    ):
         host, port = parse_listen(listen)
-        handler = _handler(metrics, readiness)
+        handler = _handler(metrics, readiness, pages)
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -366,7 +376,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _handler(metrics: Metrics, readiness: Callable[[], str | None]):
+HTML_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _handler(metrics: Metrics, readiness: Callable[[], str | None], pages=None):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
@@ -381,13 +400,32 @@ def _handler(metrics: Metrics, readiness: Callable[[], str | None]):
                     self._send(503, body, "application/json")
             elif path == "/metrics":
                 self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif pages is not None and (page := self._page(path)) is not None:
+                self._send_html(page.status, page.body)
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+        def _page(self, path: str):
+            try:
+                return pages(path)
+            except Exception as exc:  # noqa: BLE001 - a page's bug must not end the thread
+                from drbackup.scheduler.pages import Response, error_page
+
+                detail = f"{type(exc).__name__}: {exc}"
+                return Response(500, error_page("the page failed", detail))
+
+        def _send_html(self, code: int, body: bytes) -> None:
+            from drbackup.report.html import http_policy
+
+            headers = {**HTML_HEADERS, "Content-Security-Policy": http_policy()}
+            self._send(code, body, headers.pop("Content-Type"), headers)
+
+        def _send(self, code: int, body: bytes, content_type: str, headers=None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
