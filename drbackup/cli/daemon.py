@@ -64,7 +64,8 @@ def daemon(
     Logs are JSON lines on stderr. SIGTERM stops gracefully, SIGHUP reloads the
     schedules. See docs/daemon.md.
     """
-    from drbackup.scheduler.daemon import Daemon, setup_logging
+    from drbackup.scheduler.daemon import Daemon
+    from drbackup.scheduler.logs import setup_logging
 
     listen_at = None if once or check or listen.lower() in ("off", "none", "") else listen
     service = Daemon(

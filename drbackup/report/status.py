@@ -1,7 +1,7 @@
 """The status page's view model: what the health report and the catalog say, per target.
 
-:func:`gather_status` reads (the health report from the repository, the history from the
-catalog); :func:`build_status` is pure, so what the page shows is tested on synthetic facts.
+:func:`read_history` reads the catalog (the health report is ``actions.report``'s);
+:func:`build_status` is pure, so what the page shows is tested on synthetic facts.
 ``report/html.py`` renders the view; nothing here knows HTML.
 
 Sources, per target:
@@ -240,14 +240,6 @@ def read_history(app, report: HealthReport) -> dict[str, History]:
         return {name: History(error=exc.message) for name in names}
 
 
-def gather_status(app, targets: list[str] | None = None) -> StatusView:
-    """Read the health report and the catalog history; the view of both."""
-    from drbackup.report.health import gather_report
-
-    report = gather_report(app, targets)
-    return build_status(report, read_history(app, report))
-
-
 def read_drill_report(app, target: str, drill_id: str) -> dict | None:
     """The drill report ``drill_id`` of ``target`` from the repository (the signed truth),
     or None when there is none.  Raises DrbackupError when the repository cannot say."""
@@ -278,13 +270,3 @@ def html_report(app, report: HealthReport) -> str:
         if document is not None:
             drills[last.drill_id] = build_drill_view(document)
     return render_report_file(view, list(drills.values()))
-
-
-def render_report(app, report: HealthReport, fmt: str) -> str:
-    """``report`` in ``fmt``: the formats of ``report/render.py``, and ``html``, which also
-    reads the catalog's history and the last drill reports."""
-    if fmt == "html":
-        return html_report(app, report)
-    from drbackup.report.render import render
-
-    return render(report, fmt)

@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 
 from drbackup.errors import UsageError
+from drbackup.times import parse_iso_time
 
 # 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
 # default; the container image sets DRBACKUP_LISTEN=0.0.0.0:9612 so the port is reachable there.
@@ -44,9 +45,15 @@ class Metrics:
 
     def __init__(self):
         disable_created_metrics()  # no drbackup_*_created beside each counter (process-wide)
-        self.registry = r = CollectorRegistry()
+        self.registry = CollectorRegistry()
         self._drill_at: dict[str, float] = {}  # start of the drill each target's series show
         self._pass_at: dict[str, float] = {}  # start of each target's newest passing drill
+        self._run_series(self.registry)
+        self._drill_and_job_series(self.registry)
+        self._repository_series(self.registry)
+        self._wal_series(self.registry)
+
+    def _run_series(self, r: CollectorRegistry) -> None:
         kt = ["kind", "target"]
         self.last_success = Gauge(
             "drbackup_last_success_timestamp_seconds",
@@ -73,6 +80,8 @@ class Metrics:
         self.failures = Counter(
             "drbackup_run_failures", "Failed action attempts (timeouts included)", kt, registry=r
         )
+
+    def _drill_and_job_series(self, r: CollectorRegistry) -> None:
         self.drill_passed = Gauge(
             "drbackup_drill_passed",
             "1 if the target's last drill passed (warnings allowed), 0 if it failed",
@@ -119,12 +128,21 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def _repository_series(self, r: CollectorRegistry) -> None:
         self.repo_size = Gauge(
             "drbackup_repository_size_bytes", "Bytes stored in the repository", registry=r
         )
         self.repo_up = Gauge(
             "drbackup_repository_up", "1 if the last repository probe succeeded", registry=r
         )
+        self.schedules_loaded = Gauge(
+            "drbackup_schedules_loaded_timestamp_seconds",
+            "When schedules were last loaded",
+            registry=r,
+        )
+
+    def _wal_series(self, r: CollectorRegistry) -> None:
         self.wal_window = Gauge(
             "drbackup_wal_window_timestamp_seconds",
             "Restorable window of base backups and WAL: its oldest and newest second",
@@ -141,11 +159,6 @@ class Metrics:
             "drbackup_wal_gaps",
             "Missing WAL segments and timeline breaks in the archive",
             ["target"],
-            registry=r,
-        )
-        self.schedules_loaded = Gauge(
-            "drbackup_schedules_loaded_timestamp_seconds",
-            "When schedules were last loaded",
             registry=r,
         )
 
@@ -169,7 +182,7 @@ class Metrics:
             value = details["window"].get(edge)
             if value:
                 self.wal_window.labels(target=target, edge=edge).set(
-                    datetime.fromisoformat(value).timestamp()
+                    parse_iso_time(value).timestamp()
                 )
         if details.get("lag_seconds") is not None:
             self.wal_lag.labels(target=target).set(details["lag_seconds"])

@@ -42,12 +42,14 @@ class StatusPages:
     def status(self):
         """The status view, gathered again when older than ``ttl`` (one gathering at a time:
         requests meanwhile wait for it and share it)."""
-        from drbackup.report.status import gather_status
+        from drbackup.actions.report import gather_report
+        from drbackup.report.status import build_status, read_history
 
         with self._lock:
             if self._view is None or time.monotonic() - self._at >= self.ttl:
                 started = time.monotonic()
-                self._view = gather_status(self.app)
+                report = gather_report(self.app)
+                self._view = build_status(report, read_history(self.app, report))
                 self._at = started
             return self._view
 
