@@ -1,14 +1,19 @@
-"""The view of one drill report (docs/drills.md's schema): every check with its evidence,
-the time each phase took against the RTO.  Pure: built from the report dict."""
+"""The view of one drill report (``drill.record.DrillReport``, docs/drills.md's schema):
+every check with its evidence, the time each phase took against the RTO.  Pure."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult
+from drbackup.drill.record import DrillReport, TargetReport, Timings, as_report
 
 EVIDENCE_CHARS = 20_000  # per evidence item shown; the signed report keeps all of it
-PHASES = (  # timing key, label; their sum (with the rest of the restore) is total_s
+PHASES = (  # Timings field, label; their sum (with the rest of the restore) is total_s
     ("pre_data_s", "schema (pre-data)"),
     ("data_s", "data"),
     ("post_data_s", "indexes and constraints"),
@@ -76,64 +81,63 @@ class DrillPageView:
         return f"drill-{self.drill_id}"
 
 
-def build_drill_view(report: dict) -> DrillPageView:
-    """The view of a drill report (as ``drill.report.build_report`` makes it)."""
-    repository = report.get("repository") or {}
-    signature = report.get("signature") or {}
-    checks = report.get("checks") or []
+def build_drill_view(report: DrillReport | Mapping[str, Any]) -> DrillPageView:
+    """The view of a drill report (the record, or its JSON form as stored and signed)."""
+    report = as_report(report)
+    signature = report.signature
     return DrillPageView(
-        drill_id=report["drill_id"],
-        plan=report.get("plan"),
-        status=report.get("status", "fail"),
-        counts={s: int((report.get("counts") or {}).get(s, 0)) for s in ("pass", "warn", "fail")},
-        started_at=_time(report["started_at"]),
-        finished_at=_time(report.get("finished_at")),
-        elapsed_s=report.get("elapsed_s"),
-        host=report.get("host"),
-        version=report.get("drbackup_version"),
-        repository_url=repository.get("url"),
-        repository_id=repository.get("id"),
-        signature_key=signature.get("key_id"),
-        public_key=signature.get("public_key"),
-        targets=tuple(_target(t, checks) for t in report.get("targets") or []),
+        drill_id=report.drill_id,
+        plan=report.plan,
+        status=report.status,
+        counts={s: int(report.counts.get(s, 0)) for s in (PASS, WARN, FAIL)},
+        started_at=report.started_at,
+        finished_at=report.finished_at,
+        elapsed_s=report.elapsed_s,
+        host=report.host,
+        version=report.drbackup_version,
+        repository_url=report.repository.get("url"),
+        repository_id=report.repository.get("id"),
+        signature_key=signature.key_id if signature else None,
+        public_key=signature.public_key if signature else None,
+        targets=tuple(_target(t, report.checks_of(t.target)) for t in report.targets),
     )
 
 
-def _target(target: dict, checks: list[dict]) -> DrillTargetView:
-    timings = target.get("timings") or {}
-    scratch = target.get("scratch") or {}
+def _target(target: TargetReport, checks: list[CheckResult]) -> DrillTargetView:
+    timings = target.timings or Timings()
+    scratch = target.scratch
     return DrillTargetView(
-        name=target["target"],
-        status=target.get("status", "fail"),
-        backup_id=target.get("backup_id"),
-        selection=target.get("selection"),
-        recovery_point=target.get("recovery_point"),
-        scratch=" ".join(str(scratch[k]) for k in ("kind", "server") if scratch.get(k)) or None,
-        phases=phases(timings),
-        total_s=timings.get("total_s"),
-        rto_s=(target.get("objectives") or {}).get("rto_s"),
-        fetch_decrypt_s=timings.get("fetch_decrypt_s"),
-        checks=tuple(_check(c) for c in checks if c.get("target") == target["target"]),
+        name=target.target,
+        status=target.status or FAIL,
+        backup_id=target.backup_id,
+        selection=target.selection or None,
+        recovery_point=target.recovery_point,
+        scratch=" ".join(p for p in (scratch.kind, scratch.server) if p) if scratch else None,
+        phases=phases(timings) if target.timings else (),
+        total_s=timings.total_s,
+        rto_s=target.objectives.rto_s if target.objectives else None,
+        fetch_decrypt_s=timings.fetch_decrypt_s or None,
+        checks=tuple(_check(c) for c in checks),
     )
 
 
-def phases(timings: dict) -> tuple[Phase, ...]:
+def phases(timings: Timings) -> tuple[Phase, ...]:
     """The restore's phases, the rest of the restore, and the verification (seconds > 0)."""
-    found = [Phase(label, float(timings.get(key) or 0), key[:-2]) for key, label in PHASES]
-    rest = float(timings.get("restore_s") or 0) - sum(p.seconds for p in found)
+    found = [Phase(label, float(getattr(timings, key) or 0), key[:-2]) for key, label in PHASES]
+    rest = float(timings.restore_s or 0) - sum(p.seconds for p in found)
     found.append(Phase("other restore work", max(rest, 0.0), "other"))
-    found.append(Phase("verification", float(timings.get("verification_s") or 0), "verify"))
+    found.append(Phase("verification", float(timings.verification_s or 0), "verify"))
     return tuple(p for p in found if p.seconds > 0)
 
 
-def _check(check: dict) -> CheckView:
+def _check(check: CheckResult) -> CheckView:
     return CheckView(
-        name=str(check.get("name")),
-        database=check.get("database"),
-        status=check.get("status", "fail"),
-        summary=str(check.get("summary") or ""),
-        seconds=float(check.get("seconds") or 0),
-        evidence=evidence_items(check.get("evidence") or {}),
+        name=check.name,
+        database=check.database,
+        status=check.status,
+        summary=check.summary,
+        seconds=float(check.seconds or 0),
+        evidence=evidence_items(check.to_dict()["evidence"]),
     )
 
 
@@ -149,7 +153,3 @@ def evidence_items(evidence: dict) -> tuple[EvidenceItem, ...]:
         else:
             items.append(EvidenceItem(str(key), "null" if value is None else str(value), False))
     return tuple(items)
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None

@@ -265,8 +265,8 @@ def html_report(app, report: HealthReport) -> str:
             continue
         try:
             document = read_drill_report(app, t.name, last.drill_id)
+            if document is not None:
+                drills[last.drill_id] = build_drill_view(document)
         except DrbackupError:
-            continue  # the page says what it knows; the drill's own report is missing
-        if document is not None:
-            drills[last.drill_id] = build_drill_view(document)
+            continue  # unreadable: the page says what the health report knows of it
     return render_report_file(view, list(drills.values()))

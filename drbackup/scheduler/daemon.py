@@ -82,13 +82,8 @@ class Daemon:
         self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
-        self.probe = RepositoryProbe(
-            self._check_repository,
-            self._repository_size,
-            self.metrics,
-            interval=probe_interval,
-            on_tick=self._refresh_drills,
-        )
+        probe = (self._check_repository, self._repository_size, self.metrics)
+        self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
         self.index = CatalogIndex(lambda: self.app.catalog, self._catalog_warning)
         self.targets: TargetRuns | None = None  # with the runner (_make_runner)
