@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 WIDTH, HEIGHT = 400, 170
-LEFT, RIGHT, TOP, BOTTOM = 48, 10, 12, 24  # margins around the plot (axis labels)
+LEFT, RIGHT, TOP, BOTTOM = 64, 10, 12, 24  # margins around the plot (axis labels: "2.5 MiB")
 MAX_BAR = 26.0
 
 
@@ -134,6 +134,9 @@ def bar_chart(
     rules.  The y axis starts at 0 and ends at a round number (``nice``: of seconds, bytes,
     or plain) above every value and rule."""
     left, top, right, bottom = LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM
+    if not values:  # an axis with made-up numbers would say more than is known
+        note = Note((left + right) / 2 - 30, (top + bottom) / 2, "nothing yet")
+        return Chart(chart_id, title, description, notes=(note,))
     known = [v.value for v in values if v.value is not None]
     top_value = (nice or nice_ceiling)(max([*known, *(o[0] for o in objectives), 0.0]) * 1.08)
     scale = _linear(0.0, top_value, bottom, top)
@@ -285,8 +288,16 @@ def timeline(
 
 
 def _time_ticks(start: datetime, end: datetime, x_of) -> list[Tick]:
-    """Three or four dates (or times, within two days) along the axis."""
-    pattern = "%m-%d" if end - start > timedelta(days=2) else "%H:%M"
+    """Three dates along the axis: times within two days, hours within a week (where dates
+    alone would repeat)."""
+    span = end - start
+    pattern = (
+        "%H:%M"
+        if span <= timedelta(days=2)
+        else "%m-%d"
+        if span > timedelta(days=7)
+        else "%m-%d %Hh"
+    )
     count = 4
     step = (end - start) / count
     return [Tick(x_of(start + step * i), (start + step * i).strftime(pattern)) for i in (1, 2, 3)]

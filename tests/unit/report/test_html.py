@@ -199,3 +199,18 @@ def test_round_axis_ends():
     assert charts.nice_ceiling(2.2) == 2.5
     assert charts.nice_seconds(50) == 60 and charts.nice_seconds(4000) == 7200
     assert charts.nice_bytes(3 * 1024**2) == 5 * 1024**2
+
+
+def test_a_chart_of_nothing_draws_no_made_up_axis():
+    chart = charts.bar_chart("c", "t", "No backup of x.", [], fmt=str, nice=charts.nice_bytes)
+    assert chart.bars == () and chart.y_ticks == () and chart.x_ticks == ()
+    assert [n.text for n in chart.notes] == ["nothing yet"]
+
+
+def test_timeline_labels_do_not_repeat_a_date():
+    points = [NOW - timedelta(days=2, hours=12), NOW - timedelta(hours=1)]
+    chart = charts.timeline(
+        "w", "t", "d", now=NOW, points=points, wal=None, rpo=timedelta(hours=24)
+    )
+    labels = [t.label for t in chart.x_ticks]
+    assert len(set(labels)) == len(labels) == 3, labels
