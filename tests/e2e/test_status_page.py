@@ -25,7 +25,7 @@ from drbackup.actions.context import AppContext
 from drbackup.catalog.drills import record_drill
 from drbackup.config import load_config
 from drbackup.drill.record import DrillReport
-from drbackup.drill.report import build_report
+from drbackup.drill.report import build_report, failure_summary
 from drbackup.drill.scratch import new_drill_id
 from drbackup.drill.signing import load_signing_key, sign_report
 from drbackup.repository.reports import report_key
@@ -213,6 +213,7 @@ def store_drill(app, target, started, seconds, rto, failed=False) -> None:
     app.catalog.record_run(
         "drill", target, started, started + timedelta(seconds=seconds or 30),
         "failed" if failed else "ok",
+        error=failure_summary(report) if failed else None,
     )  # fmt: skip
 
 
