@@ -43,7 +43,7 @@ def app(tmp_path, s3_server, s3_bucket, repo, photos):
 def endpoint(app):
     metrics = Metrics()
     service = EventService(app, metrics)
-    http = HttpEndpoint("127.0.0.1:0", metrics, lambda: None, service.receive)
+    http = HttpEndpoint("127.0.0.1:0", metrics, lambda: None, events=service.receive)
     http.start()
     service.start()
     yield http, service, metrics
