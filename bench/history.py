@@ -8,7 +8,8 @@ each as its own child process (common.py):
     incremental  after ``--changed`` of the objects were overwritten: lists the versions
                  and the objects again, reads and stores only the changed ones
     full         ``--full`` on the same state: reads every object again (uploads nothing new)
-    list         a child that lists the bucket once: the floor of any listing-based capture
+    list         children that list the objects, and the versions, once: the floor of any
+                 listing-based capture (a snapshot of a versioned bucket lists both)
     restore@T    ``restore minio --point-in-time T`` (T between the changes and the capture)
     boto3 copy   list + get + put of the current objects into another bucket
 
@@ -37,6 +38,14 @@ def change(i):
     s3.put_object(Bucket=bucket, Key=f"files/{i % 97:02d}/{i:07d}.txt", Body=b"changed %d" % i)
 with ThreadPoolExecutor(8) as pool:
     list(pool.map(change, range(0, count, step)))
+"""
+
+
+VERSIONS_SCRIPT = """
+import sys
+from drbackup.sources.buckets.client import BucketClient
+client = BucketClient(sys.argv[1], "testing", "testing", secure=False)
+print(sum(1 for _ in client.list_versions(sys.argv[2])))
 """
 
 
@@ -88,23 +97,27 @@ def run(args, endpoint: str, env: dict, drbackup, config, copy_script, floor_scr
     host = endpoint.removeprefix("http://")
     floor = [sys.executable, "-c", floor_script, host, SOURCE]
     listing = run_measured(floor, env=env).check("listing")
+    versions = [sys.executable, "-c", VERSIONS_SCRIPT, host, SOURCE]
+    version_listing = run_measured(versions, env=env).check("version listing")
     restore = drbackup(config, "restore", "minio", "files", "--into-bucket", "restored-at")
     restore += ["--point-in-time", at.isoformat(), "--workers", str(args.workers)]
     restored = run_measured(restore, env=env).check("restore to a second")
     copy = [sys.executable, "-c", copy_script, endpoint, SOURCE, "copied", str(args.workers)]
     copied = run_measured(copy, env=env).check("boto3 copy")
-    return report(args, (first, incremental, full, listing), (restored, copied))
+    captures = (first, incremental, full, listing, version_listing)
+    return report(args, captures, (restored, copied))
 
 
 def report(args, captures, restores) -> int:
     from bench.snapshot import SOURCE
 
-    first, incremental, full, listing = captures
+    first, incremental, full, listing, version_listing = captures
     rows = []
     for name, m in (("first", first), ("incremental", incremental), ("full", full)):
         read, read_bytes, stored = capture_figures(m.stdout, SOURCE)
         rows.append([name, f"{m.wall_s:.1f}s", read, fmt_size(read_bytes), fmt_size(stored)])
-    rows.append(["list (once)", f"{listing.wall_s:.1f}s", 0, "0 B", "0 B"])
+    rows.append(["list objects (once)", f"{listing.wall_s:.1f}s", 0, "0 B", "0 B"])
+    rows.append(["list versions (once)", f"{version_listing.wall_s:.1f}s", 0, "0 B", "0 B"])
     print()
     print(render_table(["capture", "wall", "objects read", "bytes read", "stored"], rows))
     count = args.history_objects
