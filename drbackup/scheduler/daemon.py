@@ -83,7 +83,7 @@ class Daemon:
         self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
-        self.events: EventService | None = None  # bucket event capture, with the HTTP endpoint
+        self.events = EventService(self.app, self.metrics)  # served with the HTTP endpoint
         probe = (self._check_repository, self._repository_size, self.metrics)
         self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
@@ -158,13 +158,11 @@ class Daemon:
         self._seed_metrics()
         self.probe.start()
         if self.listen:
-            self.events = EventService(self.app, self.metrics)
-            receive = self.events.receive if self.events.enabled else None
             pages = self.pages.get if self.pages is not None else None
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages, receive)
+            receiver = self.events.receiver
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages, receiver)
             self.http.start()
-            if self.events.enabled:
-                self.events.start()
+            self.events.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
@@ -467,8 +465,7 @@ class Daemon:
         self.probe.stop()
         if self.http:
             self.http.stop()
-        if self.events is not None and self.events.enabled:
-            self.events.stop()
+        self.events.stop()
         self._unlock_catalog()
         emit("stopped", inflight=self._inflight)
 

@@ -44,13 +44,21 @@ class EventService:
     def enabled(self) -> bool:
         return bool(self.tokens)
 
+    @property
+    def receiver(self) -> Callable | None:
+        """What the HTTP endpoint calls for ``POST /events/…``; None without event capture."""
+        return self.receive if self.enabled else None
+
     def start(self) -> None:
-        self._thread.start()
+        """Start the capture worker (only when some target has event capture on)."""
+        if self.enabled:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self.queue.add("", [], datetime.now(UTC))  # wake the worker
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self.queue.add("", [], datetime.now(UTC))  # wake the worker
+            self._thread.join(timeout=30)
 
     def receive(self, path: str, authorization: str | None, body: bytes) -> tuple[int, str]:
         """(HTTP status, one-line answer) for one POST to ``path``."""

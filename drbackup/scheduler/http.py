@@ -417,20 +417,30 @@ HTML_HEADERS = {
 }
 
 
+def _answer_post(request: BaseHTTPRequestHandler, events) -> None:
+    """``POST /events/<target>`` to ``events`` (scheduler/events.py); anything else 404."""
+    path = request.path.split("?", 1)[0]
+    length = int(request.headers.get("Content-Length") or 0)
+    if events is None or not path.startswith("/events/"):
+        code, text = 404, "not found"
+    elif length > MAX_EVENT_BODY:
+        code, text = 413, "event body over 1 MiB"
+    else:
+        body = request.rfile.read(length)
+        code, text = events(path, request.headers.get("Authorization"), body)
+    request.close_connection = True  # an unread body must not be taken for a request
+    data = text.encode() + b"\n"
+    request.send_response(code)
+    request.send_header("Content-Type", "text/plain; charset=utf-8")
+    request.send_header("Content-Length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data)
+
+
 def _handler(metrics: Metrics, readiness: Callable[[], str | None], pages=None, events=None):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            path = self.path.split("?", 1)[0]
-            length = int(self.headers.get("Content-Length") or 0)
-            if events is None or not path.startswith("/events/"):
-                code, text = 404, "not found"
-            elif length > MAX_EVENT_BODY:
-                code, text = 413, "event body over 1 MiB"
-            else:
-                body = self.rfile.read(length)
-                code, text = events(path, self.headers.get("Authorization"), body)
-            self.close_connection = True  # an unread body must not be taken for a request
-            self._send(code, text.encode() + b"\n", "text/plain; charset=utf-8")
+            _answer_post(self, events)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
