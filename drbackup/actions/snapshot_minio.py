@@ -107,6 +107,7 @@ class BucketStats:
     uploaded_blobs: int = 0
     uploaded_bytes: int = 0  # stored (compressed, encrypted) bytes written to the repository
     deduplicated: int = 0
+    versioning: str | None = None  # Enabled, Suspended, Off, Unknown (not readable)
     history: dict | None = None  # a versioned bucket's history capture (snapshot_versions.py)
     events: dict[str, dict] = field(
         default_factory=lambda: {
@@ -358,7 +359,8 @@ def take_snapshot(
 def capture_history(job: BucketSnapshot, writer, last, previous, include, exclude):
     """Write ``history:<bucket>`` for a versioned bucket (docs/buckets.md, "Version
     history"); the History (stats, latest versions read), or None if not versioned."""
-    history = start_history(job.client, job.bucket, last)
+    job.stats.versioning = job.client.versioning(job.bucket)
+    history = start_history(job.stats.versioning, job.bucket, last)
     if history is None:
         return None
     if job.opts.events and history.stats.chained_from is not None:

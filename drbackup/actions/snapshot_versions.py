@@ -101,14 +101,13 @@ def list_versions_selected(
     return (v for v in chain.from_iterable(listings) if not is_excluded(v.key, exclude))
 
 
-def start_history(client: BucketClient, bucket: str, last_snapshot) -> History | None:
-    """A new history for ``bucket`` if its versioning is ``Enabled`` (else None).
+def start_history(status: str, bucket: str, last_snapshot) -> History | None:
+    """A new history for ``bucket`` if its versioning ``status`` is ``Enabled`` (else None).
 
     Chained to ``last_snapshot`` (the newest snapshot of the target, whatever ``--full``
     says) when that one captured this bucket's history too: the guarantee then reaches
     back to the chain's start.
     """
-    status = client.versioning(bucket)
     if status != "Enabled":
         return None
     until = iso_text(datetime.now(UTC))  # every version listed below was created before

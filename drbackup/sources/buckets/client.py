@@ -316,9 +316,16 @@ class BucketClient:
             )
 
     def versioning(self, bucket: str) -> str:
-        """The bucket's versioning status: ``Enabled``, ``Suspended`` or ``Off`` (never set)."""
+        """The bucket's versioning status: ``Enabled``, ``Suspended``, ``Off`` (never set), or
+        ``Unknown`` when the credentials may not read it (a policy from before versioned
+        capture: the bucket is then snapshotted as unversioned, not refused)."""
         with self._errors("read the versioning of", bucket):
-            return self._minio.get_bucket_versioning(bucket).status or "Off"
+            try:
+                return self._minio.get_bucket_versioning(bucket).status or "Off"
+            except S3Error as exc:
+                if exc.code != "AccessDenied":
+                    raise
+                return "Unknown"
 
     def list_versions(self, bucket: str, prefix: str = "") -> Iterator[ListedVersion]:
         """Every version and delete marker under ``prefix``, by key, newest first within a

@@ -219,6 +219,9 @@ def bucket_guarantees(manifest) -> dict[str, str]:
         history = history_meta(manifest, bucket)
         if history is not None:
             out[bucket] = f"every change since {history['since']}"
+        elif (manifest.meta["buckets"][bucket] or {}).get("versioning") == "Unknown":
+            out[bucket] = "state at snapshot times only (versioning not readable: grant "
+            out[bucket] += "s3:GetBucketVersioning)"
         else:
             out[bucket] = "state at snapshot times only"
     return out
