@@ -5,6 +5,8 @@ them (a field's docstring is its description).  Secret fields are never set from
 file: they come from their ``*_file`` key (read at validation) or the environment.
 """
 
+import base64
+import binascii
 import difflib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -355,6 +357,23 @@ class MinioTarget(Section):
 class DrillSettings(Section):
     signing_key_file: ReadableFile | None = None
     """Private key that signs drill reports."""
+    trusted_keys: list[str] = []
+    """Public keys (base64, as 'drill public-key' printed them) of signing keys this one
+    replaced: reports they signed still verify after a key rotation."""
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _ed25519_public_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            try:
+                raw = base64.b64decode(key.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                template = "'{key}' is not an ed25519 public key (32 bytes, base64)"
+                raise config_error("public_key", template, key=key[:60])
+        return value
+
     scratch_dsn: ScratchDsn | None = None
     """Server for scratch restores; unset means a private local cluster (docs/drills.md)."""
     scratch_on_source_server: bool = False

@@ -12,7 +12,6 @@ verification looks that fingerprint up in the key ring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -22,14 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from drbackup import files
-from drbackup.drill.report import REPORT_FORMAT, format_for_path, read_report_file
 from drbackup.drill.signing import (
     FINGERPRINT_PREFIX,
     FINGERPRINT_RE,
     KeyRing,
     Verified,
     verified,
-    verify_report,
 )
 from drbackup.errors import CheckFailedError, UsageError
 
@@ -114,55 +111,3 @@ def verify_document(name: str, data: bytes, signature: bytes, ring: KeyRing) -> 
         f"bad signature: the report was changed after it was signed ({name}: its bytes do "
         "not match its detached signature)"
     )
-
-
-@dataclass(frozen=True)
-class ReportVerification:
-    """What ``drill verify-report`` proved: the document's bytes (``document``, None for a
-    JSON file without ``.sig``), and the record inside it (``record``)."""
-
-    report: dict | None
-    document: Verified | None
-    record: Verified | None
-
-    @property
-    def key(self) -> Verified:
-        return self.document or self.record
-
-
-def verify_report_file(
-    path: str | Path, ring: KeyRing, signature: str | Path | None = None
-) -> ReportVerification:
-    """Verify a report file: its detached signature over every byte, then the signed record
-    it carries (JSON, or the Markdown form's JSON block).  A JSON report without ``.sig``
-    is accepted on its record's signature alone (its content is covered, its layout is
-    not); any other form needs its ``.sig``.
-
-    Raises CheckFailedError naming what failed, UsageError for what cannot be read.
-    """
-    path = Path(path)
-    has_sig = signature is not None or signature_path(path).exists()
-    if not has_sig and format_for_path(path) == "json" and _looks_like_json(path):
-        report = read_report_file(path)
-        return ReportVerification(report, None, verify_report(report, ring))
-    data, sig = read_document(path, signature)
-    document = verify_document(path.name, data, sig, ring)
-    report = _embedded_record(path, data)
-    record = verify_report(report, ring) if report is not None else None
-    return ReportVerification(report, document, record)
-
-
-def _looks_like_json(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(64).lstrip().startswith(b"{")
-    except OSError:
-        return False
-
-
-def _embedded_record(path: Path, data: bytes) -> dict | None:
-    """The signed record a document carries, or None for a form without one (HTML)."""
-    text = data.decode("utf-8", errors="replace")
-    if not text.lstrip().startswith("{") and REPORT_FORMAT not in text:
-        return None
-    return read_report_file(path)
