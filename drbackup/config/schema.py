@@ -414,12 +414,19 @@ class EmailSettings(Section):
 
 
 class NotificationSettings(Section):
+    urls_file: SecretFile | None = None
+    """File of Apprise URLs, one per line ('#' comments): slack://, msteams://, ntfy://,
+    discord://, pagerduty://, mailto://, json:// ... (docs/daemon.md); they carry tokens."""
+    urls: EnvSecret = None
     webhook: WebhookSettings | None = None
-    """A generic JSON webhook (Slack-compatible 'text' field)."""
+    """A webhook URL: a service Apprise recognises by its address (Slack, Discord, ...), else
+    JSON with the message in 'text' (earlier versions' setting; urls_file says more)."""
     email: EmailSettings | None = None
-    """SMTP email."""
+    """SMTP email, sent as Apprise's mailto:// (earlier versions' setting)."""
     on_failure: bool = True
     """The daemon notifies each failed job."""
+
+    secret_files: ClassVar[dict[str, str]] = {"urls": "urls_file"}
 
 
 Target = PostgresTarget | MinioTarget
