@@ -13,12 +13,14 @@ the ping).  A ping that fails is reported to the caller and never fails the job.
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from drbackup import __version__
+from drbackup.scheduler.logs import emit
 
 START, SUCCESS, FAILURE = "start", "success", "fail"
 _SUFFIX = {START: "/start", SUCCESS: "", FAILURE: "/fail"}
@@ -64,3 +66,13 @@ def ping(heartbeat: Heartbeat, event: str, message: str = "") -> str | None:
         reason = getattr(exc, "reason", exc)
         return f"{heartbeat.name} unreachable for the {event} ping: {reason}".lower()
     return None
+
+
+def beat(heartbeat: Heartbeat | None, event: str, job: str, message: str) -> None:
+    """Ping ``heartbeat`` (if the job has one) for ``event``; a failed ping is logged as a
+    ``heartbeat_failed`` warning and never fails the job."""
+    if heartbeat is None:
+        return
+    problem = ping(heartbeat, event, message)
+    if problem is not None:
+        emit("heartbeat_failed", logging.WARNING, job=job, ping=event, error=problem)
