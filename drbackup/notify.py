@@ -213,11 +213,10 @@ def email_url(mail) -> str:
 
 
 def _urls(value) -> list[str]:
-    """Apprise URLs from ``notifications.urls`` (a secret: one per line, ``#`` comments)."""
-    text = _reveal(value) or ""
-    return [
-        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
-    ]
+    """Apprise URLs from ``notifications.urls`` (a secret): one per line; a URL has no
+    spaces, so what follows one (``# Slack``) and ``#`` lines are comments."""
+    lines = (_reveal(value) or "").splitlines()
+    return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _reveal(value) -> str | None:

@@ -242,7 +242,7 @@ def test_one_failing_destination_does_not_stop_the_others(smtp):
 def test_destinations_from_config_shapes(tmp_path):
     config = SimpleNamespace(
         notifications=SimpleNamespace(
-            urls="# chat\nslack://T/B/C\n\nntfy://ntfy.example.com/alerts\n",
+            urls="# chat\nslack://T/B/C   # ops channel\n\nntfy://ntfy.example.com/alerts\n",
             webhook=SimpleNamespace(
                 url="https://hooks.example.com/x", timeout=timedelta(seconds=3)
             ),
@@ -258,3 +258,18 @@ def test_destinations_from_config_shapes(tmp_path):
     assert notify.notify_failures(config)
     with pytest.raises(Exception, match="no notification destinations configured"):
         notify.destinations_from_config(SimpleNamespace(), required=True)
+
+
+def test_urls_file_in_the_config_file(tmp_path, sink):
+    from drbackup.config import Config
+
+    urls = tmp_path / "apprise-urls"
+    urls.write_text(f"# ops\njson://{sink.url.removeprefix('http://')}/from-config  # json\n")
+    config = Config.model_validate({"notifications": {"urls_file": str(urls)}})
+    assert "from-config" not in repr(config.notifications)  # a secret
+    (destination,) = notify.destinations_from_config(config, required=True)
+    notify.send([destination], notify.failure_message("nightly", "backup", "boom"))
+    (request,) = sink.wait_for(1)
+    assert (
+        request.path == "/from-config" and request.json()["title"] == "drbackup job nightly failed"
+    )
