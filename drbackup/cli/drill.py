@@ -31,6 +31,12 @@ def drill() -> None:
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
 @click.option(
+    "--into-major",
+    type=click.IntRange(10, 99),
+    metavar="N",
+    help="Restore into PostgreSQL N (an upgrade rehearsal; the plan's into_major).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json", "markdown"]),
@@ -40,14 +46,16 @@ def drill() -> None:
 )
 @click.option("-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown).")
 @click.pass_obj
-def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
+def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
-    A minio target is drilled by restoring its snapshot into scratch buckets.
+    A minio target is drilled by restoring its snapshot into scratch buckets.  With
+    --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
+    compared across majors and timed (docs/majors.md).
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """
-    overrides = {"keep": keep}
+    overrides = {"keep": keep, "into_major": into_major}
     if backup_id:
         overrides["backup"] = BackupChoice("id", backup_id=backup_id)
     if ephemeral:

@@ -247,6 +247,10 @@ class DrillPlan(_Section):
     """Hash each table as soon as it is loaded, while pg_restore builds indexes (on 1 core)."""
     references: list[ReferenceCheck] = []
     """Cross-service checks, run whenever declared (see docs/drills.md)."""
+    into_major: int | None = Field(None, ge=10, le=99)
+    """Restore into this PostgreSQL major (an ephemeral cluster of it, or a scratch server
+    that must be of it): an upgrade rehearsal, compared across majors and timed.  Default:
+    the backup's own major when its server is installed, else the nearest newer one."""
 
     @field_validator("targets")
     @classmethod

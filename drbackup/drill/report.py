@@ -31,6 +31,7 @@ from drbackup.drill.record import (
     as_report,
 )
 from drbackup.drill.signing import KeyRing, Verified, verify_report
+from drbackup.drill.upgrade import describe_majors
 from drbackup.errors import UsageError
 
 Report = DrillReport | Mapping[str, Any]  # the record, or its JSON form
@@ -154,7 +155,8 @@ def _target_lines(target: TargetReport) -> list[str]:
             f"constraints {t.post_data_s:.1f}s), verification {t.verification_s:.1f}s"
             + (f"; rto {format_seconds(objective)}" if objective else "")
         )
-    return lines
+    majors = describe_majors(target.extra.get("postgresql"), t.to_dict() if t else {})
+    return lines + ([f"  {majors}"] if majors else [])
 
 
 def _signature_line(report: DrillReport) -> str:
