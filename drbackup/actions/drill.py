@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
 from drbackup.actions.drill_targets import Notify, drill_bucket_target, drill_database_target
-from drbackup.drill import report as report_files
 from drbackup.drill.checks import FAIL, CheckResult
 from drbackup.drill.history import history_entries, rto_trend
 from drbackup.drill.plan import DrillPlan, default_plan, load_plan
@@ -43,6 +42,9 @@ from drbackup.drill.report import (
     expand_output_path,
     format_for_path,
     write_report_file,
+)
+from drbackup.drill.report import (
+    verify_report_file as verify_file,
 )
 from drbackup.drill.scratch import (
     ScratchServer,
@@ -345,4 +347,4 @@ def verify_report_file(
         configured = app.config.drill.signing_key_file
         earlier = app.config.drill.trusted_keys
     ring = trusted_keys(public_keys, key_file, configured, earlier)
-    return report_files.verify_report_file(path, ring, signature)
+    return verify_file(path, ring, signature)

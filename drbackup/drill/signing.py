@@ -140,8 +140,15 @@ def _as_ring(trusted: KeyRing | bytes) -> KeyRing:
 def read_public_keys(source: str) -> list[bytes]:
     """The keys of ``source``: a base64 key, or a file of keys (PEM blocks, or base64 lines,
     ``#`` comments allowed).  Raises UsageError."""
-    if source.strip().startswith("-----BEGIN") or not os.path.isfile(source):
+    if source.strip().startswith("-----BEGIN"):
         return [parse_public_key(source)]
+    if not os.path.isfile(source):
+        try:
+            return [parse_public_key(source)]
+        except UsageError:
+            if source.startswith((os.sep, ".")) or source.endswith((".pem", ".pub", ".txt")):
+                raise UsageError(f"public key file {source} not found") from None
+            raise
     try:
         text = Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -11,7 +11,12 @@ import os
 import pytest
 
 from drbackup.codec import keys
-from drbackup.drill.documents import signature_path, signer_fingerprints, verify_document
+from drbackup.drill.documents import (
+    signature_path,
+    signer_fingerprints,
+    verify_document,
+    write_signed,
+)
 from drbackup.drill.report import (
     read_report_file,
     render_markdown,
@@ -214,6 +219,21 @@ def test_public_keys_from_pem_and_key_ring_files(key_file, tmp_path):
     assert ring.find(fingerprint(public)) == public and ring.find(fingerprint(other)) == other
     with pytest.raises(UsageError, match="not a valid PEM public key"):
         read_public_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+
+
+def test_any_signed_document_verifies_without_a_record(key_file, tmp_path):
+    # the form the HTML report will take: a document naming its key, signed byte for byte
+    key = load_signing_key(key_file)
+    page = f"<html><p>signed with {fingerprint(trusted(key_file))}</p></html>".encode()
+    path = write_signed(tmp_path / "drill.html", page, key)
+    checked = verify_report_file(path, KeyRing.of([trusted(key_file)]))
+    assert checked.report is None and checked.record is None
+    assert checked.key.fingerprint == fingerprint(trusted(key_file))
+    path.write_bytes(page.replace(b"<p>", b"<p> "))
+    with pytest.raises(CheckFailedError, match="drill.html: its bytes do not match"):
+        verify_report_file(path, KeyRing.of([trusted(key_file)]))
+    with pytest.raises(UsageError, match="public key file /nonexistent/signer.pem not found"):
+        read_public_keys("/nonexistent/signer.pem")
 
 
 def _new_key(tmp_path):
