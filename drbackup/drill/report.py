@@ -37,6 +37,9 @@ from drbackup.errors import UsageError
 Report = DrillReport | Mapping[str, Any]  # the record, or its JSON form
 _FENCE = "```json " + REPORT_FORMAT
 _FENCE_RE = re.compile(r"^```json " + REPORT_FORMAT + r"\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_HTML_BLOCK_RE = re.compile(  # report/templates/drill.html's data block
+    r'<script type="application/json" id="' + REPORT_FORMAT + r'">(.*?)</script>', re.DOTALL
+)
 
 
 def build_report(
@@ -221,7 +224,7 @@ def render_json(report: Report) -> str:
 
 
 def render(report: Report, fmt: str) -> str:
-    """``text``, ``json`` or ``markdown``."""
+    """``text``, ``json`` or ``markdown`` (``html`` is drawn by report/html.py, a layer up)."""
     return {"text": render_text, "json": render_json, "markdown": render_markdown}[fmt](report)
 
 
@@ -229,10 +232,14 @@ def render(report: Report, fmt: str) -> str:
 
 
 def format_for_path(path: str | Path, configured: str | None = None) -> str:
-    """The file format: as configured, else markdown for ``.md``/``.markdown``, else json."""
+    """The file format: as configured, else markdown for ``.md``/``.markdown``, html for
+    ``.html``/``.htm``, else json."""
     if configured:
         return configured
-    return "markdown" if Path(path).suffix.lower() in (".md", ".markdown") else "json"
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    return "markdown" if suffix in (".md", ".markdown") else "json"
 
 
 def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: datetime) -> Path:
@@ -250,16 +257,24 @@ def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: 
 
 
 def write_report_file(
-    report: Report, path: Path, fmt: str, key: Ed25519PrivateKey | None = None
+    report: Report,
+    path: Path,
+    fmt: str,
+    key: Ed25519PrivateKey | None = None,
+    *,
+    text: str | None = None,
 ) -> Path:
-    """Write atomically (temp file, fsync, rename) and, with ``key``, the detached
-    signature of its exact bytes to ``path.sig``; returns the path.  Raises OSError."""
-    text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
+    """Write ``report`` in ``fmt`` atomically (temp file, fsync, rename) and, with ``key``,
+    the detached signature of its exact bytes to ``path.sig``; returns the path.
+    ``text``: the report already rendered (the html form is drawn above this layer).
+    Raises OSError."""
+    if text is None:
+        text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
     return write_signed(path, text.encode("utf-8"), key)
 
 
 def read_report_file(path: str | Path) -> dict:
-    """The report in a JSON file, or embedded in a Markdown one; raises UsageError."""
+    """The report in a JSON file, or embedded in a Markdown or HTML one; raises UsageError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -272,10 +287,10 @@ def read_report_file(path: str | Path) -> dict:
 def parse_report_text(text: str, path: str | Path) -> dict:
     """The report of a JSON or Markdown document's text; raises UsageError."""
     if not text.lstrip().startswith("{"):
-        blocks = _FENCE_RE.findall(text)
+        blocks = _FENCE_RE.findall(text) or _HTML_BLOCK_RE.findall(text)
         if not blocks:
             raise UsageError(
-                f"{path}: no drill report found (neither json nor a drbackup markdown report)"
+                f"{path}: no drill report found (neither json nor a drbackup markdown or html report)"
             )
         text = blocks[-1]
     try:
@@ -322,10 +337,14 @@ def verify_report_file(
     data, sig = read_document(path, signature)
     document = verify_document(path.name, data, sig, ring)
     text = data.decode("utf-8", errors="replace")
-    if not text.lstrip().startswith("{") and _FENCE not in text:
-        return ReportVerification(None, document, None)  # a form without the record (HTML)
+    if not text.lstrip().startswith("{") and not _carries_record(text):
+        return ReportVerification(None, document, None)  # a form without the record
     report = parse_report_text(text, path)
     return ReportVerification(report, document, verify_report(report, ring))
+
+
+def _carries_record(text: str) -> bool:
+    return bool(_FENCE_RE.search(text) or _HTML_BLOCK_RE.search(text))
 
 
 def _is_json(path: Path) -> bool:

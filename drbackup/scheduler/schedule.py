@@ -49,7 +49,7 @@ from drbackup.errors import ConfigError
 from drbackup.scheduler.heartbeat import Heartbeat
 
 KINDS = ("backup", "snapshot", "drill", "prune", "verify", "report", "wal-check")
-REPORT_FORMATS = ("text", "json", "markdown", "prometheus")
+REPORT_FORMATS = ("text", "json", "markdown", "prometheus", "nagios", "html")
 # Which targets `targets: all` means, and which a kind accepts: (postgres, minio).
 KIND_TARGETS = {
     "backup": ("postgres",),
@@ -289,7 +289,7 @@ class VerifyJob(JobSpec):
 
 class ReportJob(JobSpec):
     kind: Literal["report"]
-    format: Literal["text", "json", "markdown", "prometheus"] = "prometheus"
+    format: Literal["text", "json", "markdown", "prometheus", "nagios", "html"] = "prometheus"
     output: str | None = None
     """File written atomically (e.g. a node-exporter textfile); unset: not written."""
     notify: Literal["never", "problems", "always"] = "problems"

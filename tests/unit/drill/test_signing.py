@@ -161,6 +161,26 @@ def test_any_edit_of_any_byte_of_a_report_file_fails(signed, key_file, tmp_path,
         )
 
 
+def test_the_html_report_is_signed_byte_for_byte_too(signed, key_file, tmp_path):
+    from drbackup.report.html import render_drill_report
+
+    html = render_drill_report(signed, "html")
+    key = load_signing_key(key_file)
+    path = write_report_file(signed, tmp_path / "drill.html", "html", key, text=html)
+    ring = KeyRing.of([trusted(key_file)])
+    checked = verify_report_file(path, ring)
+    assert checked.document and checked.record and checked.report == signed
+    fp = signed["signer"]["key_fingerprint"]
+    assert f"signed with ed25519 key <code>{fp}</code> by " in html
+    data, signature = path.read_bytes(), signature_path(path).read_bytes()
+    for index in range(0, len(data), 3):  # every third byte: the page is large
+        with pytest.raises(CheckFailedError):
+            verify_document("drill.html", _flip(data, index), signature, ring)
+    path.write_bytes(data.replace(b"</h1>", b" </h1>", 1))
+    with pytest.raises(CheckFailedError, match="drill.html: its bytes do not match"):
+        verify_report_file(path, ring)
+
+
 def test_a_markdown_report_names_its_signer_and_how_to_verify(signed, key_file, tmp_path):
     text = render_markdown(signed)
     fp = signed["signer"]["key_fingerprint"]
