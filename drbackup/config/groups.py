@@ -19,10 +19,11 @@ class GroupSettings(Section):
     restore (docs/operations.md, "One recovery point for an application")."""
 
 
-def check_group_targets(groups: dict, postgres: dict, minio: dict) -> None:
-    """Raise a validation error for a group naming a target that is not configured."""
-    for name, group in groups.items():
-        if group.postgres not in postgres:
+def check_group_targets(config):
+    """Raise a validation error for a group naming a target that is not configured (the
+    ``Config`` model's validator: returns ``config``)."""
+    for name, group in config.groups.items():
+        if group.postgres not in config.postgres:
             raise config_error(
                 "group",
                 "groups.{group}.postgres: '{target}' is not a postgres target",
@@ -30,10 +31,11 @@ def check_group_targets(groups: dict, postgres: dict, minio: dict) -> None:
                 target=group.postgres,
             )
         for target in group.minio:
-            if target not in minio:
+            if target not in config.minio:
                 raise config_error(
                     "group",
                     "groups.{group}.minio: '{target}' is not a minio target",
                     group=name,
                     target=target,
                 )
+    return config

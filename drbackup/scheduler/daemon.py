@@ -42,8 +42,9 @@ from drbackup.actions.runs import RUN_FAILED, RUN_OK, RUN_REFUSED, CatalogIndex
 from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
-from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.attempts import TargetRuns, jitter_delay
 from drbackup.scheduler.events import EventService
+from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
@@ -162,7 +163,6 @@ class Daemon:
             receiver = self.events.receiver
             self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages, receiver)
             self.http.start()
-            self.events.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
@@ -312,9 +312,10 @@ class Daemon:
             scheduled_at=scheduled.isoformat(),
             reason=reason,
         )
+        beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
-            if job.jitter and self._stopping.wait(_jitter(job)):
+            if job.jitter and self._stopping.wait(jitter_delay(job)):
                 results["(job)"] = {
                     "status": "failed",
                     "error": "abandoned: the daemon is stopping",
@@ -346,6 +347,8 @@ class Daemon:
             duration_s=round(duration, 3),
             error=error,
         )
+        event, said = (FAILURE, error) if status == RUN_FAILED else (SUCCESS, "ok")
+        beat(job.heartbeat, event, job.name, f"run {run_id} of job {job.name}: {said}")
         self.probe.refresh_size()
         if self.pages is not None:
             self.pages.invalidate()
@@ -487,12 +490,6 @@ class Daemon:
         if status == "skipped":
             raise LockedError(f"job '{name}' is already running")
         return status
-
-
-def _jitter(job: Job) -> float:
-    import random
-
-    return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
 
 
 def _next_fire(aps) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from drbackup.actions.capture_events import EventQueue, capture_keys
-from drbackup.config.schema import reveal
+from drbackup.config.section import reveal
 from drbackup.errors import DrbackupError, UsageError
 from drbackup.scheduler.logs import emit
 from drbackup.sources.buckets.events import parse_events
@@ -39,6 +39,7 @@ class EventService:
         self.queue = EventQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
+        self._starting = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -50,9 +51,10 @@ class EventService:
         return self.receive if self.enabled else None
 
     def start(self) -> None:
-        """Start the capture worker (only when some target has event capture on)."""
-        if self.enabled:
-            self._thread.start()
+        """Start the capture worker (done by the first accepted notification)."""
+        with self._starting:
+            if not self._thread.is_alive() and not self._stopping.is_set():
+                self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -78,6 +80,7 @@ class EventService:
         wanted = set(self.app.config.minio[target].buckets)
         kept = [e for e in events if e.bucket in wanted]
         self.queue.add(target, kept, datetime.now(UTC))
+        self.start()
         self.metrics.events.labels(target, "accepted").inc(len(kept))
         return 202, f"accepted {len(kept)} of {len(events)} event record(s)"
 
