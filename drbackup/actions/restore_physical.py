@@ -144,17 +144,19 @@ def restore_physical(
     config_path: str | None = None,
     timeout: float | None = None,
     progress=None,
+    run_parent: Path | None = None,
 ) -> PhysicalRestore:
     """Restore ``target`` into ``into_dir`` to ``point`` (see the module docstring).
 
     ``detach``: the started server outlives this process (the CLI's ``--start``).
+    ``run_parent``: where the server's run directory (socket, log, spool) is made (default:
+    the system's temporary directory; a drill puts it in its scratch directory).
     Raises UsageError (no base backup reaches the point, DIR not empty), RestoreError
     (recovery stopped before the target, naming the segment), and what storage raises.
     """
     _refuse_data(Path(into_dir).absolute())  # before anything is read
     repo = app.repository()
     choice = choose_base_backup(repo, target, point, backup_id=backup_id)
-    archive = WalArchive(repo, target)
     _check_backup_wal(repo, choice)
     spaces = Path(into_dir).absolute()
     spaces = spaces.with_name(spaces.name + ".tablespaces")
@@ -170,8 +172,7 @@ def restore_physical(
         restore.restore_command = standalone
         _write_settings(restore, standalone)
         if start:
-            ahead = read_settings(app, target).fetch_ahead or 8
-            _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT)
+            recover(app, restore, detach=detach, timeout=timeout, run_parent=run_parent)
     except BaseException:
         keep_log = restore.run_dir
         restore.stop()
@@ -306,11 +307,28 @@ def _write_settings(restore: PhysicalRestore, restore_command: str) -> None:
 # --- recovering ----------------------------------------------------------------------------------
 
 
+def recover(app, restore: PhysicalRestore, *, detach=False, timeout=None, run_parent=None) -> None:
+    """Start the server on ``restore`` (made without ``start``) and wait for recovery, as
+    step 5 of the module docstring; sets ``restore.outcome``.  Raises RestoreError when
+    recovery stopped before the target, naming the segment (the server is then stopped;
+    the caller removes the restore)."""
+    archive = WalArchive(app.repository(), restore.target)
+    ahead = read_settings(app, restore.target).fetch_ahead or 8
+    _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT, run_parent)
+
+
 def _recover(
-    restore: PhysicalRestore, archive: WalArchive, ahead: int, detach: bool, timeout: float
+    restore: PhysicalRestore,
+    archive: WalArchive,
+    ahead: int,
+    detach: bool,
+    timeout: float,
+    run_parent: Path | None = None,
 ):
     started = time.monotonic()
-    restore.run_dir = Path(tempfile.mkdtemp(prefix="drbackup-restore-"))
+    restore.run_dir = Path(
+        tempfile.mkdtemp(prefix="run-" if run_parent else "drbackup-restore-", dir=run_parent)
+    )
     (restore.run_dir / "spool").mkdir(mode=0o700)
     if (owner := _owner()) is not None:  # before the spool's files are made: they follow it
         os.chown(restore.run_dir, *owner)

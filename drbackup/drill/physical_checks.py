@@ -1,0 +1,158 @@
+"""The checks of a physical drill: recovery, point, per-database checks, rto and rpo.
+
+``recovery`` reads where PostgreSQL stopped (the restore's :class:`RecoveryOutcome`, or the
+error naming the missing or damaged segment); ``point`` sums up the row-by-row comparison
+of the restored databases with a logical backup's fingerprint at its exact LSN (the
+``schema``/``tables``/``foreign_keys``/``sequences`` checks of :mod:`runner` do the work);
+a database without a fingerprint to compare with still gets its foreign keys (orphan
+queries over the restored inventory), sequences, assertions and amcheck.  Nothing here
+raises for a finding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from drbackup.drill import checks as c
+from drbackup.drill.amcheck import check_amcheck
+from drbackup.drill.assertions import check_assertion
+from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult
+from drbackup.drill.runner import DatabaseUnderTest, Verification, verify_database
+from drbackup.errors import DrbackupError
+from drbackup.sources.postgres.connection import connect
+from drbackup.sources.postgres.fingerprint import take_inventory
+
+PHYSICAL_TIMINGS = ("fetch_extract_s", "recovery_s", "verification_s")
+
+
+def check_recovery(outcome, error: DrbackupError | None, point) -> CheckResult:
+    """Recovery reached ``point`` and stopped there; evidence: where it stopped."""
+    evidence = outcome.to_dict() if outcome is not None else {}
+    if error is not None:
+        evidence["error"] = error.message
+        if error.hint:
+            evidence["hint"] = error.hint
+        return CheckResult("recovery", FAIL, error.message.splitlines()[0], evidence)
+    late = _after_target(outcome, point)
+    if late:
+        return CheckResult("recovery", FAIL, late, evidence)
+    return CheckResult(
+        "recovery", PASS, f"recovery reached {outcome.target}: {outcome.describe()}", evidence
+    )
+
+
+def _after_target(outcome, point) -> str | None:
+    """A sentence when the last replayed commit lies after a time target (never expected)."""
+    if point.kind != "time" or outcome.last_commit is None:
+        return None
+    if outcome.last_commit <= point.time:
+        return None
+    return (
+        f"recovery replayed past {outcome.target}: last replayed commit "
+        f"{outcome.last_commit.isoformat()}"
+    )
+
+
+def verify_restored(db: DatabaseUnderTest, plan, assertions) -> Verification:
+    """The per-database checks of a database of the restored cluster.
+
+    With the fingerprint of the backup whose LSN the drill restored to (``db.expected``):
+    :func:`verify_database`, every check.  Without: foreign keys against the restored
+    inventory itself, sequences, assertions and amcheck.
+    """
+    if db.expected is not None:
+        return verify_database(db, plan, assertions)
+    started = time.monotonic()
+    results = []
+    with connect(db.dsn, db.password) as conn:
+        if plan.runs("foreign_keys"):
+            results.append(c.timed("foreign_keys", _foreign_keys, conn))
+        if plan.runs("sequences"):
+            results.append(c.timed("sequences", c.check_sequences, conn, None, None))
+        if plan.runs("assertions"):
+            for assertion in assertions:
+                name = f"assertion:{assertion.name}"
+                results.append(c.timed(name, check_assertion, conn, assertion))
+        if plan.runs("amcheck"):
+            heapallindexed = plan.amcheck.heapallindexed
+            results.append(c.timed("amcheck", check_amcheck, conn, heapallindexed=heapallindexed))
+    for result in results:
+        result.target, result.database = db.target, db.database
+    return Verification(results, time.monotonic() - started)
+
+
+def _foreign_keys(conn) -> CheckResult:
+    inventory = {"inventory": take_inventory(conn)}
+    return c.check_foreign_keys(conn, inventory, inventory)
+
+
+def check_point(point_info: dict | None, results: list[CheckResult]) -> CheckResult:
+    """The exact state at a known LSN: the compared database's tables and schema are equal
+    to the fingerprint of the logical backup taken at that LSN."""
+    if point_info is None:
+        return CheckResult(
+            "point",
+            WARN,
+            "not compared: no logical backup with a slot LSN in the window "
+            "(needs wal_level = logical on the source; docs/drills.md)",
+            {},
+        )
+    database = point_info["database"]
+    mine = [r for r in results if r.database == database]
+    compared = [r for r in mine if r.name in ("schema", "tables", "foreign_keys", "sequences")]
+    failed = [r for r in compared if r.status == FAIL]
+    evidence = {**point_info, "compared": [r.name for r in compared]}
+    where = (
+        f"LSN {point_info['lsn']}, the snapshot of logical backup {point_info['backup_id']} "
+        f"of database {database}"
+    )
+    if failed:
+        named = "; ".join(f"{r.name}: {r.summary}" for r in failed)
+        return CheckResult("point", FAIL, f"restored state differs at {where}: {named}", evidence)
+    if not any(r.name == "tables" for r in compared):
+        return CheckResult("point", WARN, f"tables not compared at {where}", evidence)
+    tables = next(r for r in compared if r.name == "tables")
+    return CheckResult(
+        "point", PASS, f"exact state at {where}: {tables.summary}", evidence, tables.seconds
+    )
+
+
+def check_rto_physical(timings: dict, objective: dt.timedelta, *, restored: bool) -> CheckResult:
+    """Base backup fetch/decrypt/extract, WAL fetch and replay, and verification against the
+    recovery time objective."""
+    limit = objective.total_seconds()
+    total = sum(timings.get(k, 0.0) for k in PHYSICAL_TIMINGS)
+    evidence = {k: round(v, 3) for k, v in timings.items()}
+    evidence.update(total_s=round(total, 3), objective_s=limit)
+    phases = (
+        f"base backup fetch/extract {timings.get('fetch_extract_s', 0):.1f}s, "
+        f"WAL fetch and replay {timings.get('recovery_s', 0):.1f}s, "
+        f"verification {timings.get('verification_s', 0):.1f}s"
+    )
+    shown = c.format_seconds(limit)
+    if not restored:
+        summary = f"not met: the restore failed after {total:.1f}s (objective {shown})"
+        return CheckResult("rto", FAIL, summary, evidence)
+    if total > limit:
+        summary = f"restore and verification took {total:.1f}s, over the objective of {shown} ({phases})"
+        return CheckResult("rto", FAIL, summary, evidence)
+    status = WARN if total >= c.RTO_WARN_RATIO * limit else PASS
+    summary = f"{total:.1f}s, {100 * total / limit:.0f}% of the objective of {shown} ({phases})"
+    return CheckResult("rto", status, summary, evidence)
+
+
+def check_archive_lag(lag_s: float | None, error: str | None, objective: dt.timedelta, window):
+    """The archive lag at drill time (what a disaster now would lose) against the RPO."""
+    limit = objective.total_seconds()
+    evidence = {"archive_lag_s": lag_s, "objective_s": limit, "window": window}
+    if lag_s is None:
+        why = error or "the source server was not reachable"
+        evidence["error"] = why
+        return CheckResult("rpo", WARN, f"archive lag not measured: {why}", evidence)
+    shown = c.format_seconds(lag_s) if lag_s else "0s"
+    if lag_s > limit:
+        summary = f"archive lag {shown}, over the objective of {c.format_seconds(limit)}"
+        return CheckResult("rpo", FAIL, summary, evidence)
+    summary = f"archive lag {shown}, within the objective of {c.format_seconds(limit)}"
+    return CheckResult("rpo", PASS, summary, evidence)
