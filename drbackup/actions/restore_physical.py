@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_physical import TAR_TYPE
 from drbackup.actions.pitr import BaseBackupChoice, choose_base_backup
@@ -52,6 +53,9 @@ from drbackup.sources.postgres.recovery import (
 )
 from drbackup.sources.postgres.run_as import resolve_run_as
 from drbackup.sources.postgres.wal import format_lsn, parse_history
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 DEFAULT_RECOVERY_TIMEOUT = 24 * 3600.0
 
@@ -133,7 +137,7 @@ class PhysicalRestore:
 
 
 def restore_physical(
-    app,
+    app: AppContext,
     target: str,
     into_dir: str | Path,
     point: RecoveryTarget,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
 from drbackup.errors import (
@@ -41,6 +42,9 @@ from drbackup.sources.postgres.restore_marker import (
 )
 from drbackup.sources.postgres.target import ADMIN_DATABASE, TargetServer, TargetState
 from drbackup.threads import Background
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @dataclass
@@ -76,7 +80,7 @@ def pick_item(manifest: Manifest, database: str | None) -> Item:
 
 
 def restore_postgres(
-    app,
+    app: AppContext,
     target: str,
     into: str,
     *,

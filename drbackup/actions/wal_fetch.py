@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.wal_files import fetch_wal_file
 from drbackup.actions.wal_push import read_settings, spool_root
@@ -36,6 +37,9 @@ from drbackup.sources.postgres.wal import (
     read_segment_header,
     segment_name,
 )
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 FETCHER_IDLE = timedelta(seconds=60)
 STALE_MISSING = 2.0  # seconds after which a read-ahead "missing" is checked again
@@ -54,7 +58,7 @@ class FetchRequest:
     spawn: bool = True  # start a background fetcher when none serves the spool
 
 
-def wal_fetch(app, request: FetchRequest, *, config_path: str | None = None) -> bool:
+def wal_fetch(app: AppContext, request: FetchRequest, *, config_path: str | None = None) -> bool:
     """Put WAL file ``request.name`` at ``request.dest``; False if the archive lacks it.
 
     Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out).
@@ -121,7 +125,7 @@ def _take(spool: Spool, name: str, dest: Path) -> bool:
     return True
 
 
-def _fetch_now(app, request: FetchRequest) -> bool:
+def _fetch_now(app: AppContext, request: FetchRequest) -> bool:
     archive = WalArchive(app.repository(), request.target)
     cluster = request.cluster or _current_cluster(archive)
     return fetch_wal_file(archive, cluster, request.name, request.dest) is not None
@@ -134,7 +138,7 @@ def _current_cluster(archive: WalArchive) -> str:
     return cluster
 
 
-def default_fetch_spool(app, target: str) -> Path:
+def default_fetch_spool(app: AppContext, target: str) -> Path:
     """``<spool_dir>/<target>/fetch/<server>``: one per data directory (PostgreSQL runs
     restore_command in it), so that two restores on one host never share read-ahead."""
     server = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
@@ -262,7 +266,7 @@ class Fetcher:
 
 
 def run_fetcher(
-    app, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
+    app: AppContext, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
 ) -> None:
     """The background fetcher of ``wal-async fetch``: serve ``spool_path`` until idle."""
     spool = Spool(spool_path).prepare()

@@ -32,6 +32,7 @@ from drbackup.config.schema import ScratchDsn
 from drbackup.config.types import config_error, parse_duration
 from drbackup.drill.points import PointChoice, parse_point
 from drbackup.errors import ConfigError, DrbackupError
+from drbackup.times import parse_iso_time
 
 # Every check a drill knows, in the order it runs them.  ``restore`` always runs.
 CHECK_NAMES = (
@@ -77,14 +78,13 @@ def _parse_time(value: Any) -> datetime:
     if isinstance(value, datetime):  # YAML reads an unquoted timestamp itself
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
-        ts = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        return parse_iso_time(str(value))
     except ValueError:
         raise config_error(
             "point_in_time",
             "invalid time '{value}' (use ISO 8601, e.g. 2026-11-23T02:00:00Z)",
             value=str(value),
         ) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def _backup_choice(value: Any) -> BackupChoice:

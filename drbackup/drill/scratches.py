@@ -23,6 +23,7 @@ from pathlib import Path
 
 from drbackup.drill import checks as c
 from drbackup.drill.plan import DrillPlan
+from drbackup.drill.record import Scratch
 from drbackup.drill.scratch import (
     EphemeralScratch,
     ScratchServer,
@@ -75,8 +76,8 @@ class TargetScratch:
             self.server.create(name, self.drill_id, encoding=encoding)
             self.created.append(name)
 
-    def describe(self, kept: bool) -> dict:
-        return {"kind": self.kind, "server": self.server.shown, "kept": kept}
+    def describe(self, kept: bool) -> Scratch:
+        return Scratch(self.kind, self.server.shown, kept)
 
 
 def choose_base_dir(plan: DrillPlan) -> Path:
