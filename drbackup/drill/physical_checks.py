@@ -20,10 +20,9 @@ from drbackup.drill.assertions import check_assertion
 from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult
 from drbackup.drill.runner import DatabaseUnderTest, Verification, verify_database
 from drbackup.errors import DrbackupError
+from drbackup.sources.postgres import heartbeat
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.fingerprint import take_inventory
-
-PHYSICAL_TIMINGS = ("fetch_extract_s", "recovery_s", "verification_s")
 
 
 def check_recovery(outcome, error: DrbackupError | None, point) -> CheckResult:
@@ -118,30 +117,6 @@ def check_point(point_info: dict | None, results: list[CheckResult]) -> CheckRes
     )
 
 
-def check_rto_physical(timings: dict, objective: dt.timedelta, *, restored: bool) -> CheckResult:
-    """Base backup fetch/decrypt/extract, WAL fetch and replay, and verification against the
-    recovery time objective."""
-    limit = objective.total_seconds()
-    total = sum(timings.get(k, 0.0) for k in PHYSICAL_TIMINGS)
-    evidence = {k: round(v, 3) for k, v in timings.items()}
-    evidence.update(total_s=round(total, 3), objective_s=limit)
-    phases = (
-        f"base backup fetch/extract {timings.get('fetch_extract_s', 0):.1f}s, "
-        f"WAL fetch and replay {timings.get('recovery_s', 0):.1f}s, "
-        f"verification {timings.get('verification_s', 0):.1f}s"
-    )
-    shown = c.format_seconds(limit)
-    if not restored:
-        summary = f"not met: the restore failed after {total:.1f}s (objective {shown})"
-        return CheckResult("rto", FAIL, summary, evidence)
-    if total > limit:
-        summary = f"restore and verification took {total:.1f}s, over the objective of {shown} ({phases})"
-        return CheckResult("rto", FAIL, summary, evidence)
-    status = WARN if total >= c.RTO_WARN_RATIO * limit else PASS
-    summary = f"{total:.1f}s, {100 * total / limit:.0f}% of the objective of {shown} ({phases})"
-    return CheckResult("rto", status, summary, evidence)
-
-
 def check_archive_lag(lag_s: float | None, error: str | None, objective: dt.timedelta, window):
     """The archive lag at drill time (what a disaster now would lose) against the RPO."""
     limit = objective.total_seconds()
@@ -156,3 +131,37 @@ def check_archive_lag(lag_s: float | None, error: str | None, objective: dt.time
         return CheckResult("rpo", FAIL, summary, evidence)
     summary = f"archive lag {shown}, within the objective of {c.format_seconds(limit)}"
     return CheckResult("rpo", PASS, summary, evidence)
+
+
+def check_heartbeat(conn, when: dt.datetime, interval: dt.timedelta) -> CheckResult:
+    """The restored heartbeats bracket ``when``: the newest is at or before it (and within
+    two intervals of it), and none after it was restored."""
+    found = heartbeat.bracket(conn, when)
+    evidence = {
+        "target_time": when.isoformat(),
+        "newest": found.newest.isoformat() if found.newest else None,
+        "first_after": found.after.isoformat() if found.after else None,
+        "interval_s": interval.total_seconds(),
+    }
+    if not found.present:
+        summary = "no drbackup.heartbeat table in the restore (is the daemon writing heartbeats?)"
+        return CheckResult("heartbeat", WARN, summary, evidence)
+    if found.after is not None:
+        summary = (
+            f"the restore holds a heartbeat of {found.after.isoformat()}, after the target "
+            f"{when.isoformat()}: recovery went past its target"
+        )
+        return CheckResult("heartbeat", FAIL, summary, evidence)
+    if found.newest is None or when - found.newest > 2 * interval:
+        newest = found.newest.isoformat() if found.newest else "none"
+        summary = (
+            f"newest restored heartbeat {newest} is more than two intervals before the "
+            f"target {when.isoformat()}: heartbeats missing, or recovery stopped early"
+        )
+        return CheckResult("heartbeat", WARN, summary, evidence)
+    gap = (when - found.newest).total_seconds()
+    summary = (
+        f"heartbeats bracket the target: newest {found.newest.isoformat()} ({gap:.1f}s "
+        "before it), none after"
+    )
+    return CheckResult("heartbeat", PASS, summary, evidence)

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic_core import PydanticCustomError
+
 from drbackup.config.types import config_error
+from drbackup.errors import UsageError
 from drbackup.sources.postgres.wal import format_lsn, parse_lsn
 
 POINT_MODES = ("latest", "random", "fingerprint", "time", "lsn")
@@ -77,8 +80,17 @@ def parse_point(value: Any) -> PointChoice:
     return PointChoice("time", time=when if when.tzinfo else when.replace(tzinfo=UTC))
 
 
+def point_from_option(text: str) -> PointChoice:
+    """``--point TEXT`` of the CLI; UsageError (one line, the forms) when it is none."""
+    try:
+        return parse_point(text)
+    except PydanticCustomError:
+        raise UsageError(f"invalid point {text!r}", hint=_POINT_FORMS) from None
+
+
 def random_second(oldest: datetime, newest: datetime, rng=None) -> datetime:
     """A whole second drawn uniformly from ``oldest`` to ``newest`` (both included)."""
     rng = rng or random.SystemRandom()
-    span = max(int((newest - oldest).total_seconds()), 0)
-    return oldest.replace(microsecond=0) + timedelta(seconds=rng.randint(0, span))
+    first, last = oldest.replace(microsecond=0), newest.replace(microsecond=0)
+    span = max(int((last - first).total_seconds()), 0)
+    return first + timedelta(seconds=rng.randint(0, span))

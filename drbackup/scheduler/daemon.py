@@ -43,6 +43,7 @@ from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.heartbeat import install_heartbeats
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
@@ -182,6 +183,7 @@ class Daemon:
                 timezone=job.spec.timezone,
                 next_fire=_next_fire(aps),
             )
+        install_heartbeats(self.scheduler, self.app, emit)
         self.metrics.schedules_loaded.set(time.time())
         self._update_next_fires()
 
@@ -362,7 +364,7 @@ class Daemon:
     def _update_next_fires(self) -> None:
         for aps in self.scheduler.get_jobs():
             when = getattr(aps, "next_run_time", None)  # unset before the scheduler starts
-            if when and not aps.id.startswith("catch-up:"):
+            if when and not aps.id.startswith(("catch-up:", "heartbeat:")):
                 self.metrics.job_next.labels(job=aps.id).set(when.timestamp())
 
     # --- probes ------------------------------------------------------------------------

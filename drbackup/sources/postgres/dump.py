@@ -9,7 +9,7 @@ order of these steps is the action's (``actions/backup_postgres.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -19,7 +19,7 @@ from psycopg import IsolationLevel, sql
 from drbackup.errors import SourceError
 from drbackup.sources.postgres import commands, processes
 from drbackup.sources.postgres.connection import client_env, connect
-from drbackup.sources.postgres.slot_snapshot import SlotSnapshot, slot_snapshot
+from drbackup.sources.postgres.slot_snapshot import SlotSnapshot, slot_snapshot, why_no_slot
 
 BACKUP_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('drbackup backup ' || %s))"
 _DATABASES_SQL = (
@@ -70,7 +70,7 @@ def exported_snapshot(dsn: str, password: str | None, db: str) -> Iterator[tuple
     slot and the meta records its exact LSN (``snapshot_lsn``, sources/postgres/
     slot_snapshot.py); otherwise from ``pg_export_snapshot()`` (``snapshot_note`` says why).
     Raises SourceError / SourceUnreachableError if the database cannot be reached."""
-    with slot_snapshot(dsn, password) as slot, connect(dsn, password, autocommit=False) as snap:
+    with connect(dsn, password, autocommit=False) as snap, _slot(snap, dsn, password) as slot:
         snap.isolation_level = IsolationLevel.REPEATABLE_READ
         snap.read_only = True
         if isinstance(slot, SlotSnapshot):
@@ -90,6 +90,12 @@ def exported_snapshot(dsn: str, password: str | None, db: str) -> Iterator[tuple
         }
         yield snap, Snapshot(snapshot_id, meta)
         snap.rollback()
+
+
+def _slot(conn: psycopg.Connection, dsn: str, password: str | None):
+    """A slot snapshot (or the reason there is none) for the snapshot of ``conn``."""
+    reason = why_no_slot(conn)
+    return nullcontext(reason) if reason else slot_snapshot(dsn, password)
 
 
 def sequence_states(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:

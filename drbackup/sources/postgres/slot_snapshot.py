@@ -45,6 +45,25 @@ class SlotSnapshot:
         }
 
 
+_CAN_REPLICATE_SQL = (
+    "SELECT current_setting('wal_level'), rolreplication OR rolsuper FROM pg_roles"
+    " WHERE rolname = current_user"
+)
+
+
+def why_no_slot(conn: psycopg.Connection) -> str | None:
+    """Why the source cannot give a slot snapshot (None: it can), asked over ``conn``
+    (a normal connection; its transaction is rolled back)."""
+    row = conn.execute(_CAN_REPLICATE_SQL).fetchone()
+    conn.rollback()
+    level, may_replicate = row if row else ("unknown", False)
+    if level != "logical":
+        return f"wal_level is {level}, not logical"
+    if not may_replicate:
+        return "the role has no REPLICATION privilege"
+    return None
+
+
 @contextlib.contextmanager
 def slot_snapshot(dsn: str, password: str | None) -> Iterator[SlotSnapshot | str]:
     """A :class:`SlotSnapshot`, valid until the block ends; or, when the source cannot give
