@@ -70,7 +70,15 @@ def wants_physical(repo: Repository, plan: DrillPlan, name: str) -> bool:
     if plan.kind == "logical":
         return False
     if plan.kind == PHYSICAL:
+        if plan.into_major is not None:
+            raise UsageError(
+                "a physical drill restores into the backup's own major: into_major is for "
+                "logical drills",
+                hint="kind: logical with into_major, or leave into_major out",
+            )
         return True
+    if plan.into_major is not None:
+        return False  # an upgrade rehearsal restores dumps
     if plan.backup.mode == "id":
         return repo.load_manifest(repo.resolve(plan.backup.backup_id, name)).kind != "postgres"
     return bool(physical_backups(repo, name))

@@ -29,6 +29,7 @@ from drbackup.drill.runner import (
 )
 from drbackup.drill.scratch import scratch_database_name
 from drbackup.drill.scratches import Scratches
+from drbackup.drill.upgrade import backup_major, restore_majors
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
@@ -101,6 +102,7 @@ def drill_database_target(
         scratch=scratch.describe(plan.keep),
         timings=_rounded(timings),
         objectives=Objectives(rto.total_seconds(), cfg.rpo.total_seconds()),
+        extra={"postgresql": restore_majors(manifest, scratch.major, plan.into_major)},
     )
     return info, results
 
@@ -221,6 +223,7 @@ def _drill_database(
         early_seconds=early.seconds if early is not None else 0.0,
         backup=manifest,
         repository=app.repository(),
+        source_major=backup_major(manifest),
         scope={
             "include_schemas": target.include_schemas or None,
             "exclude_schemas": target.exclude_schemas or None,

@@ -39,7 +39,8 @@ from drbackup.actions.wal_fetch import Fetcher, FetchLog
 from drbackup.actions.wal_push import read_settings
 from drbackup.actions.wal_spool import Spool
 from drbackup.errors import RestoreError, SourceError
-from drbackup.repository.wal import WalArchive
+from drbackup.repository.wal import WalArchive, parse_cluster_name
+from drbackup.sources.postgres import versions
 from drbackup.sources.postgres.basebackup_files import extract_archive, is_empty_dir
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.physical import replay_state
@@ -161,6 +162,7 @@ def restore_physical(
     _refuse_data(Path(into_dir).absolute())  # before anything is read
     repo = app.repository()
     choice = choose_base_backup(repo, target, point, backup_id=backup_id)
+    bin_dir = _server_of_backup(choice) if start else None  # before anything is written
     _check_backup_wal(repo, choice)
     spaces = Path(into_dir).absolute()
     spaces = spaces.with_name(spaces.name + ".tablespaces")
@@ -176,7 +178,9 @@ def restore_physical(
         restore.restore_command = standalone
         _write_settings(restore, standalone)
         if start:
-            recover(app, restore, detach=detach, timeout=timeout, run_parent=run_parent)
+            recover(
+                app, restore, detach=detach, timeout=timeout, run_parent=run_parent, bin_dir=bin_dir
+            )
     except BaseException:
         keep_log = restore.run_dir
         restore.stop()
@@ -311,14 +315,26 @@ def _write_settings(restore: PhysicalRestore, restore_command: str) -> None:
 # --- recovering ----------------------------------------------------------------------------------
 
 
-def recover(app, restore: PhysicalRestore, *, detach=False, timeout=None, run_parent=None) -> None:
+def recover(
+    app, restore: PhysicalRestore, *, detach=False, timeout=None, run_parent=None, bin_dir=None
+) -> None:
     """Start the server on ``restore`` (made without ``start``) and wait for recovery, as
-    step 5 of the module docstring; sets ``restore.outcome``.  Raises RestoreError when
-    recovery stopped before the target, naming the segment (the server is then stopped;
-    the caller removes the restore)."""
+    step 5 of the module docstring; sets ``restore.outcome``.  ``bin_dir``: the server of
+    the backup's major (found here when not given).  Raises RestoreError when recovery
+    stopped before the target, naming the segment (the server is then stopped; the caller
+    removes the restore), ConfigError when that major's server is not installed."""
+    bin_dir = bin_dir or _server_of_backup(restore.choice)
     archive = WalArchive(app.repository(), restore.target)
     ahead = read_settings(app, restore.target).fetch_ahead or 8
-    _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT, run_parent)
+    limit = timeout or DEFAULT_RECOVERY_TIMEOUT
+    _recover(restore, archive, ahead, detach, limit, bin_dir, run_parent)
+
+
+def _server_of_backup(choice: BaseBackupChoice) -> Path:
+    """initdb/postgres of exactly the base backup's major: a data directory is never started
+    by another major's server.  Raises ConfigError naming the package when not installed."""
+    major = choice.manifest.meta.get("major") or parse_cluster_name(choice.cluster)[0]
+    return versions.server_bin_dir_for_major(int(major))
 
 
 def _recover(
@@ -327,6 +343,7 @@ def _recover(
     ahead: int,
     detach: bool,
     timeout: float,
+    bin_dir: Path | None = None,
     run_parent: Path | None = None,
 ):
     started = time.monotonic()
@@ -352,6 +369,7 @@ def _recover(
         },
         detach=detach,
         start_timeout=timeout,
+        bin_dir=bin_dir,
     )
     try:
         failure = _start(restore.server)

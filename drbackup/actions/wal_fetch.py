@@ -32,6 +32,7 @@ from drbackup.actions.wal_spool import ERROR, MISSING, Spool, poll_until, spawn_
 from drbackup.errors import DrbackupError, SourceError
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.wal import (
+    PARTIAL,
     SEGMENT,
     parse_wal_file_name,
     read_segment_header,
@@ -56,14 +57,42 @@ class FetchRequest:
     spool: Path
     cluster: str | None = None  # None: the target's current cluster
     spawn: bool = True  # start a background fetcher when none serves the spool
+    server_major: int | None = None  # the major of the server asking (its PG_VERSION)
 
 
 def wal_fetch(app: AppContext, request: FetchRequest, *, config_path: str | None = None) -> bool:
     """Put WAL file ``request.name`` at ``request.dest``; False if the archive lacks it.
 
-    Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out).
+    Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out,
+    or WAL of another major than ``request.server_major``: nothing is left at the
+    destination).
     """
     parse_wal_file_name(request.name)
+    found = _fetch(app, request, config_path)
+    if found and request.server_major is not None:
+        _refuse_other_major(request)
+    return found
+
+
+def _refuse_other_major(request: FetchRequest) -> None:
+    """A segment of another major never reaches the server: its WAL format differs, and
+    recovery would take the unreadable page for the end of the WAL and stop there."""
+    if parse_wal_file_name(request.name).kind not in (SEGMENT, PARTIAL):
+        return
+    with request.dest.open("rb") as f:
+        header = read_segment_header(f.read(1 << 16), request.name)
+    if header.major == request.server_major:
+        return
+    request.dest.unlink(missing_ok=True)
+    raise SourceError(
+        f"WAL file {request.name} of target {request.target} is PostgreSQL {header.major} WAL "
+        f"and the server recovering is PostgreSQL {request.server_major}; refusing it",
+        hint="restore a base backup of this major (after pg_upgrade: take a new base backup "
+        f"and 'drbackup wal register {request.target}')",
+    )
+
+
+def _fetch(app: AppContext | None, request: FetchRequest, config_path: str | None) -> bool:
     settings = read_settings(app, request.target) if app is not None else None
     if settings is not None and (not settings.asynchronous or settings.fetch_ahead == 0):
         return _fetch_now(app, request)

@@ -34,14 +34,22 @@ def drill() -> None:
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
 @click.option(
+    "--into-major",
+    type=click.IntRange(10, 99),
+    metavar="N",
+    help="Restore into PostgreSQL N (an upgrade rehearsal; the plan's into_major).",
+)
+@click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
+    type=click.Choice(["text", "json", "markdown", "html"]),
     default="text",
     show_default=True,
-    help="What to print on stdout.",
+    help="What to print on stdout (html: the drill's page, one self-contained file).",
 )
-@click.option("-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown).")
+@click.option(
+    "-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown, .html: html)."
+)
 @click.option(
     "--kind",
     type=click.Choice(["auto", "logical", "physical"]),
@@ -54,14 +62,19 @@ def drill() -> None:
     help="Physical drills: latest, random, fingerprint, an ISO 8601 time or an LSN.",
 )
 @click.pass_obj
-def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output, kind, point) -> None:
+def run(
+    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point
+) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
-    A minio target is drilled by restoring its snapshot into scratch buckets.
+    A minio target is drilled by restoring its snapshot into scratch buckets.  With
+    --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
+    compared across majors and timed (docs/majors.md).
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """
-    overrides = {"keep": keep, "kind": kind, "point": point_from_option(point) if point else None}
+    overrides = {"keep": keep, "into_major": into_major, "kind": kind}
+    overrides["point"] = point_from_option(point) if point else None
     if backup_id:
         overrides["backup"] = BackupChoice("id", backup_id=backup_id)
     if ephemeral:
@@ -71,7 +84,12 @@ def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output, kind, poi
     result = actions.run_drill(
         app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
     )
-    click.echo(render(result.report, fmt))
+    if fmt == "html":
+        from drbackup.report.html import render_drill_report  # jinja2: only when asked
+
+        click.echo(render_drill_report(result.report, fmt))
+    else:
+        click.echo(render(result.report, fmt))
     for line in result.kept:
         click.echo(line, err=True)
     if result.kept:

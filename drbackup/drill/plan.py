@@ -218,8 +218,9 @@ class ReferenceCheck(_Section):
 
 
 class ReportPlan(_Section):
-    format: Literal["json", "markdown"] | None = None
-    """Format of the output file; default from its extension (.md: markdown, else json)."""
+    format: Literal["json", "markdown", "html"] | None = None
+    """Format of the output file; default from its extension (.md: markdown, .html: html,
+    else json)."""
     output: str | None = None
     """File to write the signed report to; {drill_id}, {date} and {plan} are replaced."""
 
@@ -258,6 +259,10 @@ class DrillPlan(_Section):
     """Hash each table as soon as it is loaded, while pg_restore builds indexes (on 1 core)."""
     references: list[ReferenceCheck] = []
     """Cross-service checks, run whenever declared (see docs/drills.md)."""
+    into_major: int | None = Field(None, ge=10, le=99)
+    """Restore into this PostgreSQL major (an ephemeral cluster of it, or a scratch server
+    that must be of it): an upgrade rehearsal, compared across majors and timed.  Default:
+    the backup's own major when its server is installed, else the nearest newer one."""
 
     @field_validator("targets")
     @classmethod

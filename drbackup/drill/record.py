@@ -87,13 +87,17 @@ class Scratch:
     kind: str
     server: str = ""  # masked dsn
     kept: bool = False
+    major: int | None = None  # the PostgreSQL major restored into (absent in older reports)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "server": self.server, "kept": self.kept}
+        data = {"kind": self.kind, "server": self.server, "kept": self.kept, "major": self.major}
+        return _without_none(data, "major")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scratch:
-        return cls(data["kind"], data.get("server", ""), bool(data.get("kept", False)))
+        return cls(
+            data["kind"], data.get("server", ""), bool(data.get("kept", False)), data.get("major")
+        )
 
 
 @dataclass

@@ -47,6 +47,7 @@ from drbackup.scheduler.heartbeat import install_heartbeats
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
+from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
@@ -69,6 +70,7 @@ class Daemon:
         runner=None,
         replica: str | None = None,
         probe_interval: float = 30.0,
+        status_page: bool = True,
     ):
         self.config = config
         self.app = AppContext(config)
@@ -78,11 +80,11 @@ class Daemon:
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.runner = runner
         self.metrics = Metrics()
+        self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
-        self.probe = RepositoryProbe(
-            self._check_repository, self._repository_size, self.metrics, interval=probe_interval
-        )
+        probe = (self._check_repository, self._repository_size, self.metrics)
+        self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
         self.index = CatalogIndex(lambda: self.app.catalog, self._catalog_warning)
         self.targets: TargetRuns | None = None  # with the runner (_make_runner)
@@ -155,7 +157,8 @@ class Daemon:
         self._seed_metrics()
         self.probe.start()
         if self.listen:
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness)
+            pages = self.pages.get if self.pages is not None else None
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages)
             self.http.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
@@ -174,6 +177,10 @@ class Daemon:
                 continue
             aps = self.scheduler.add_job(
                 self._fire, trigger=job.trigger(), args=[job.name], id=job.name, name=job.name
+            )
+            per_target = jobkinds.REGISTRY[job.kind].per_target
+            self.metrics.declare_job(
+                job.name, job.kind, list(job.targets) if per_target else ["(all)"]
             )
             emit(
                 "job_scheduled",
@@ -225,7 +232,11 @@ class Daemon:
             lock.release()
 
     def _seed_metrics(self) -> None:
-        """Last success times survive restarts: read them back from the catalog."""
+        """Last success times and drill results survive restarts: read them back from the
+        catalog; the objectives come from the config."""
+        self.metrics.set_objectives(self.config)
+        with contextlib.suppress(DrbackupError):
+            self._refresh_drills()
         try:
             since = datetime.now(UTC) - timedelta(days=400)
             runs = self.app.catalog.runs(since=since, status=RUN_OK)
@@ -235,8 +246,14 @@ class Daemon:
             if run.kind in SEED_KINDS and run.target and run.finished_at:
                 labels = {"kind": run.kind, "target": run.target}
                 self.metrics.last_success.labels(**labels).set(run.finished_at.timestamp())
-                self.metrics.record_drill(run.kind, run.target, run.details or {})
                 self.metrics.record_wal(run.kind, run.target, run.details or {})
+
+    def _refresh_drills(self) -> None:
+        """Every drill's result from the catalog: those run from the command line (or by
+        another replica) reach the metrics too.  Raises DrbackupError."""
+        from drbackup.catalog.drills import drill_summaries
+
+        self.metrics.record_drills(drill_summaries(self.app.catalog))
 
     # --- running -----------------------------------------------------------------------
 
@@ -328,6 +345,8 @@ class Daemon:
             error=error,
         )
         self.probe.refresh_size()
+        if self.pages is not None:
+            self.pages.invalidate()
         if status == RUN_FAILED:
             self._notify_failure(job, error or "failed")
         return status

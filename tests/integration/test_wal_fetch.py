@@ -8,7 +8,7 @@ import pytest
 
 from drbackup.actions.wal_fetch import default_fetch_spool
 from drbackup.actions.wal_spool import poll_until
-from drbackup.repository.wal import WalArchive
+from drbackup.repository.wal import WalArchive, parse_cluster_name
 from tests.fixtures.walarchive import switch_wal, wait_archived
 
 
@@ -87,3 +87,25 @@ def test_a_spool_served_by_nobody_is_an_error_with_no_spawn(wal_home):
     )
     assert result.returncode == 1
     assert "no WAL fetcher serves" in result.stderr
+
+
+def test_wal_of_another_major_never_reaches_the_server(archived):
+    """restore_command runs in the data directory: its PG_VERSION says which major asks."""
+    home, names, data = archived
+    major, _sysid = parse_cluster_name(WalArchive(home.app().repository(), "app").current_cluster())
+    data_dir = home.root / "newer"
+    (data_dir / "pg_wal").mkdir(parents=True)
+    (data_dir / "PG_VERSION").write_text(f"{major + 2}\n")
+    for path in (data_dir, data_dir / "pg_wal", data_dir / "PG_VERSION"):
+        os.chown(path, *_owner(home.root))
+    args = ("wal-fetch", "--target", "app", names[0], "pg_wal/RECOVERYXLOG")
+    result = home.run(*args, cwd=data_dir)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"drbackup: error: WAL file {names[0]} of target app is PostgreSQL {major} WAL and the "
+        f"server recovering is PostgreSQL {major + 2}; refusing it"
+    )
+    assert not (data_dir / "pg_wal" / "RECOVERYXLOG").exists()
+    (data_dir / "PG_VERSION").write_text(f"{major}\n")  # a server of the WAL's own major
+    assert home.run(*args, cwd=data_dir).returncode == 0
+    assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[names[0]]
