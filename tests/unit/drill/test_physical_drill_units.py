@@ -79,3 +79,17 @@ def test_the_daemon_schedules_a_heartbeat_for_targets_that_ask(tmp_path):
     (job,) = scheduler.get_jobs()
     assert job.id == "heartbeat:a" and job.trigger.interval == timedelta(seconds=7)
     assert events == [(("heartbeat_scheduled",), {"target": "a", "interval_s": 7.0})]
+
+
+def test_the_drill_page_shows_a_physical_drills_phases():
+    from drbackup.drill.record import Timings
+    from drbackup.report.drillview import phases
+
+    timings = Timings(restore_s=5.0, verification_s=2.0)
+    timings.extra.update(fetch_extract_s=1.0, recovery_s=4.0)
+    shown = [(p.label, p.seconds) for p in phases(timings)]
+    assert shown == [
+        ("base backup fetch/extract", 1.0),
+        ("WAL fetch and replay", 4.0),
+        ("verification", 2.0),
+    ]
