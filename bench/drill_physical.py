@@ -36,9 +36,9 @@ TARGET_RATIO = 0.5
 def run_physical(args, machine: str) -> int:
     root = _owned_dir()
     config = _write_config(root)
-    cluster = _start_cluster(root, config)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DRBACKUP_"))}
-    env |= {"DRBACKUP_CONFIG": str(config), "DRBACKUP_PASSPHRASE": PASSPHRASE}
+    env |= {"DRBACKUP_CONFIG": str(config)}  # the key from the config's passphrase_file
+    cluster = _start_cluster(root, config, env)
     try:
         _set_dsn(config, cluster.dsn(DBNAME))
         size = _generate(cluster, args.size_gb)
@@ -102,13 +102,8 @@ def _set_dsn(config: Path, dsn: str) -> None:
     config.write_text(json.dumps(doc))
 
 
-def _start_cluster(root: Path, config: Path) -> EphemeralCluster:
-    subprocess.run(
-        [*DRBACKUP, "-c", str(config), "init"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "DRBACKUP_PASSPHRASE": PASSPHRASE},
-    )
+def _start_cluster(root: Path, config: Path, env: dict) -> EphemeralCluster:
+    _run([*DRBACKUP, "init"], env)
     _chown(root)
     push = f"{DRBACKUP[0]} -c {config} wal-push --target bench %p"
     settings = {
