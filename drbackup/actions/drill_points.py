@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drbackup.actions.pitr import physical_backups
+from drbackup.drill.physical_checks import physical_expectation
 from drbackup.drill.points import PointChoice, random_second
 from drbackup.errors import IntegrityError, UsageError
 from drbackup.repository.manifest import Manifest
@@ -32,7 +33,8 @@ class FingerprintPoint:
     manifest: Manifest
     database: str
     lsn: int
-    fingerprint: dict
+    fingerprint: dict  # what the restore must hold (unlogged tables empty)
+    unlogged: list[str]  # unlogged tables: compared empty (their rows are not in the WAL)
 
     def evidence(self) -> dict:
         return {
@@ -40,6 +42,7 @@ class FingerprintPoint:
             "database": self.database,
             "lsn": format_lsn(self.lsn),
             "recovery_target_inclusive": False,
+            "unlogged_tables_compared_empty": self.unlogged,
         }
 
 
@@ -120,4 +123,5 @@ def _item_point(manifest, item, system_id: str, start: int, end: int) -> Fingerp
     lsn = parse_lsn(meta["snapshot_lsn"])
     if not start <= lsn < end:
         return None
-    return FingerprintPoint(manifest, item.name, lsn, meta["fingerprint"])
+    expected, unlogged = physical_expectation(meta["fingerprint"])
+    return FingerprintPoint(manifest, item.name, lsn, expected, unlogged)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg import sql
 
 from drbackup.actions.backup_physical import backup_physical
 from drbackup.actions.backup_postgres import backup_target
@@ -38,7 +40,8 @@ from drbackup.repository.wal import WalArchive
 from drbackup.scheduler.heartbeat import install_heartbeats
 from drbackup.sources.postgres.cluster import EphemeralCluster
 from drbackup.sources.postgres.recovery import LSN, RecoveryTarget
-from drbackup.sources.postgres.wal import parse_lsn
+from drbackup.sources.postgres.slot_snapshot import SlotSnapshot, slot_snapshot
+from drbackup.sources.postgres.wal import format_lsn, parse_lsn
 from tests.fixtures.walarchive import (
     ARCHIVE_SETTINGS,
     DRBACKUP,
@@ -59,15 +62,16 @@ class History:
 
 
 class MarkerWriter(threading.Thread):
-    """One marker row every 20 ms, each its own transaction."""
+    """One marker row every ``every`` seconds, each its own transaction."""
 
-    def __init__(self, cluster: EphemeralCluster):
+    def __init__(self, cluster: EphemeralCluster, every: float = 0.02, first: int = 1):
         super().__init__(name="marker-writer", daemon=True)
-        self.cluster, self.stop, self.count = cluster, threading.Event(), 0
+        self.cluster, self.stop, self.every = cluster, threading.Event(), every
+        self.count = first - 1
 
     def run(self) -> None:
         with self.cluster.connect() as conn:
-            while not self.stop.wait(0.02):
+            while not self.stop.wait(self.every):
                 self.count += 1
                 conn.execute("INSERT INTO marker (id) VALUES (%s)", (self.count,))
 
@@ -102,6 +106,7 @@ def history():
 
 def _write_history(home, cluster: EphemeralCluster) -> History:
     cluster.execute("CREATE TABLE marker (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+    cluster.execute("CREATE UNLOGGED TABLE scratchpad AS SELECT generate_series(1, 50) AS id")
     pgbench = str(cluster.bin_dir / "pgbench")
     init = [pgbench, "-i", "-s", "1", "-q", "--foreign-keys", cluster.dsn()]
     subprocess.run(init, check=True, capture_output=True)
@@ -114,6 +119,7 @@ def _write_history(home, cluster: EphemeralCluster) -> History:
     writer.start()
     try:
         _wait_until(lambda: writer.count >= 20, what="markers")
+        _wait_until(lambda: _heartbeats(cluster) >= 1, what="the first heartbeat")
         base = backup_physical(home.app(), "app")  # under load
         _wait_until(lambda: writer.count >= 100, what="markers")
         logical = backup_target(home.app(), "app")  # under load, from a logical slot
@@ -186,6 +192,8 @@ def test_a_physical_drill_to_the_fingerprint_lsn_compares_every_table_equal(hist
     (point,) = checks(result, "point")
     item = next(i for i in history.logical.items if i.type == "pg_dump")
     assert point.status == "pass" and item.meta["snapshot_lsn"] in point.summary
+    # an unlogged table's rows are not in the WAL: compared empty, and said so
+    assert point.evidence["unlogged_tables_compared_empty"] == ["public.scratchpad"]
     (tables,) = [c for c in checks(result, "tables") if c.database == "postgres"]
     assert tables.status == "pass" and tables.evidence["level"] == "full"
     assert tables.evidence["tables"] >= 5  # pgbench's four and the markers
@@ -216,6 +224,57 @@ def test_the_point_lsn_excludes_a_commit_whose_record_starts_exactly_there(histo
     assert _pinned_rows(history, base_dir / "off", at_point) == set()
     one_more = RecoveryTarget(LSN, lsn=lsn, inclusive=True)
     assert _pinned_rows(history, base_dir / "on", one_more) == {1}
+
+
+def test_a_slot_snapshot_holds_exactly_the_commits_whose_record_starts_before_its_lsn(history):
+    """The snapshot side of the LSN semantics, under a commit every few milliseconds: the
+    last commit record starting before the consistent point is visible in the slot's
+    snapshot, the first one starting at or after it is not."""
+    cluster = history.cluster
+    writer = MarkerWriter(cluster, every=0.002, first=1_000_000)
+    writer.start()
+    try:
+        _wait_until(lambda: writer.count >= 1_000_050, what="markers")
+        with (
+            slot_snapshot(cluster.dsn(), None) as slot,
+            cluster.connect(autocommit=False) as snap,
+        ):
+            assert isinstance(slot, SlotSnapshot), slot
+            snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            snap.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(slot.snapshot_id))
+            )
+            at_slot = writer.count
+            _wait_until(lambda: writer.count >= at_slot + 50, what="later markers")
+            before, after = _commits_around(cluster, slot.lsn)
+
+            def visible(xid: int) -> bool:
+                query = "SELECT pg_visible_in_snapshot(%s::text::xid8, pg_current_snapshot())"
+                return snap.execute(query, (xid,)).fetchone()[0]
+
+            assert visible(before) and not visible(after), (format_lsn(slot.lsn), before, after)
+    finally:
+        writer.stop.set()
+        writer.join()
+
+
+def _commits_around(cluster: EphemeralCluster, lsn: int) -> tuple[int, int]:
+    """The transaction ids of the last commit record starting before ``lsn`` and of the
+    first starting at or after it (pg_waldump on the server's pg_wal)."""
+    cluster.execute("SELECT pg_switch_wal()")
+    segment = cluster.execute("SELECT pg_walfile_name(%s::pg_lsn)", params=(format_lsn(lsn),))
+    argv = [str(cluster.bin_dir / "pg_waldump"), "-p", str(cluster.data_dir / "pg_wal")]
+    argv += ["-r", "Transaction", segment[0][0]]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    commits = []
+    for line in out.splitlines():
+        match = re.search(r"tx:\s+(\d+), lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: COMMIT", line)
+        if match:
+            commits.append((parse_lsn(match.group(2)), int(match.group(1))))
+    before = [xid for at, xid in commits if at < lsn]
+    after = [xid for at, xid in commits if at >= lsn]
+    assert before and after, f"no commits on both sides of {format_lsn(lsn)}"
+    return before[-1], after[0]
 
 
 def _commit_at_a_known_lsn(cluster: EphemeralCluster) -> int:
