@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -43,12 +44,13 @@ from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
-from drbackup.scheduler.heartbeat import install_heartbeats
+from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
 from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
+from drbackup.scheduler.source_heartbeat import install_heartbeats
 
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
@@ -310,6 +312,7 @@ class Daemon:
             scheduled_at=scheduled.isoformat(),
             reason=reason,
         )
+        beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
             if job.jitter and self._stopping.wait(_jitter(job)):
@@ -344,6 +347,8 @@ class Daemon:
             duration_s=round(duration, 3),
             error=error,
         )
+        event, said = (FAILURE, error) if status == RUN_FAILED else (SUCCESS, "ok")
+        beat(job.heartbeat, event, job.name, f"run {run_id} of job {job.name}: {said}")
         self.probe.refresh_size()
         if self.pages is not None:
             self.pages.invalidate()
@@ -383,7 +388,7 @@ class Daemon:
     def _update_next_fires(self) -> None:
         for aps in self.scheduler.get_jobs():
             when = getattr(aps, "next_run_time", None)  # unset before the scheduler starts
-            if when and not aps.id.startswith(("catch-up:", "heartbeat:")):
+            if when and not aps.id.startswith(("catch-up:", "source-heartbeat:")):
                 self.metrics.job_next.labels(job=aps.id).set(when.timestamp())
 
     # --- probes ------------------------------------------------------------------------
@@ -487,8 +492,6 @@ class Daemon:
 
 
 def _jitter(job: Job) -> float:
-    import random
-
     return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
 
 

@@ -37,7 +37,7 @@ from drbackup.actions.wal_check import analyze_archive
 from drbackup.drill.plan import DrillPlan, ScratchPlan
 from drbackup.drill.points import PointChoice
 from drbackup.repository.wal import WalArchive
-from drbackup.scheduler.heartbeat import install_heartbeats
+from drbackup.scheduler.source_heartbeat import install_heartbeats
 from drbackup.sources.postgres.cluster import EphemeralCluster
 from drbackup.sources.postgres.recovery import LSN, RecoveryTarget
 from drbackup.sources.postgres.slot_snapshot import SlotSnapshot, slot_snapshot

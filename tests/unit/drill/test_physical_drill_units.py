@@ -13,7 +13,7 @@ from drbackup.drill.checks import check_rto
 from drbackup.drill.history import rto_trend
 from drbackup.drill.points import point_from_option, random_second
 from drbackup.errors import UsageError
-from drbackup.scheduler.heartbeat import install_heartbeats
+from drbackup.scheduler.source_heartbeat import install_heartbeats
 
 
 def test_random_seconds_cover_the_window_uniformly_and_stay_inside_it():
@@ -77,8 +77,8 @@ def test_the_daemon_schedules_a_heartbeat_for_targets_that_ask(tmp_path):
     scheduler = BackgroundScheduler(timezone="UTC")
     assert install_heartbeats(scheduler, app, lambda *a, **k: events.append((a, k))) == ["a"]
     (job,) = scheduler.get_jobs()
-    assert job.id == "heartbeat:a" and job.trigger.interval == timedelta(seconds=7)
-    assert events == [(("heartbeat_scheduled",), {"target": "a", "interval_s": 7.0})]
+    assert job.id == "source-heartbeat:a" and job.trigger.interval == timedelta(seconds=7)
+    assert events == [(("source_heartbeat_scheduled",), {"target": "a", "interval_s": 7.0})]
 
 
 def test_the_drill_page_shows_a_physical_drills_phases():
