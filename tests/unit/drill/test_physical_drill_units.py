@@ -93,3 +93,18 @@ def test_the_drill_page_shows_a_physical_drills_phases():
         ("WAL fetch and replay", 4.0),
         ("verification", 2.0),
     ]
+
+
+def test_a_restores_own_wal_fetch_imports_no_client_library_config_or_repository():
+    """A restore's server runs ``wal-fetch --no-spawn`` once per WAL file: its imports were
+    most of a second per file (psycopg, pydantic's config, the repository and codec)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, drbackup.cli.wal, drbackup.actions.wal_fetch, drbackup.sources.postgres.wal;"
+        "heavy = [m for m in ('psycopg', 'drbackup.config.schema', 'drbackup.repository.repo',"
+        " 'drbackup.codec.pipeline', 'boto3') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
