@@ -43,6 +43,7 @@ from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
@@ -308,6 +309,7 @@ class Daemon:
             scheduled_at=scheduled.isoformat(),
             reason=reason,
         )
+        beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
             if job.jitter and self._stopping.wait(_jitter(job)):
@@ -342,6 +344,8 @@ class Daemon:
             duration_s=round(duration, 3),
             error=error,
         )
+        event, said = (FAILURE, error) if status == RUN_FAILED else (SUCCESS, "ok")
+        beat(job.heartbeat, event, job.name, f"run {run_id} of job {job.name}: {said}")
         self.probe.refresh_size()
         if self.pages is not None:
             self.pages.invalidate()
