@@ -27,16 +27,18 @@ def drill_report(status: str, started: datetime, total_s: float | None) -> Drill
     timings = {} if total_s is None else {"total_s": total_s, "restore_s": total_s - 1}
     target = {"target": "app", "backup_id": "20261123T020000Z-aaaaaa", "selection": "latest",
               "timings": timings, "objectives": {"rto_s": 900.0}}  # fmt: skip
-    document = build_report(
-        drill_id=new_drill_id(started),
-        plan=None,
-        started_at=started,
-        finished_at=started + timedelta(seconds=60),
-        repository={"id": "r", "url": "/repo"},
-        targets=[target],
-        checks=[check],
+    # the record, as record_drill takes it (build_report gives its JSON form)
+    return DrillReport.from_dict(
+        build_report(
+            drill_id=new_drill_id(started),
+            plan=None,
+            started_at=started,
+            finished_at=started + timedelta(seconds=60),
+            repository={"id": "r", "url": "/repo"},
+            targets=[target],
+            checks=[check],
+        )
     )
-    return DrillReport.from_dict(document)
 
 
 @pytest.fixture
