@@ -50,6 +50,7 @@ from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
 from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
+from drbackup.scheduler.source_heartbeat import install_heartbeats
 
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
@@ -193,6 +194,7 @@ class Daemon:
                 timezone=job.spec.timezone,
                 next_fire=_next_fire(aps),
             )
+        install_heartbeats(self.scheduler, self.app, emit)
         self.metrics.schedules_loaded.set(time.time())
         self._update_next_fires()
 
@@ -388,7 +390,7 @@ class Daemon:
     def _update_next_fires(self) -> None:
         for aps in self.scheduler.get_jobs():
             when = getattr(aps, "next_run_time", None)  # unset before the scheduler starts
-            if when and not aps.id.startswith("catch-up:"):
+            if when and not aps.id.startswith(("catch-up:", "source-heartbeat:")):
                 self.metrics.job_next.labels(job=aps.id).set(when.timestamp())
 
     # --- probes ------------------------------------------------------------------------

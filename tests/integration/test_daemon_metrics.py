@@ -12,13 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from drbackup.catalog import Catalog
 from drbackup.catalog.drills import record_drill
 from drbackup.config import Config
+from drbackup.drill.record import DrillReport
 from drbackup.drill.report import build_report
 from drbackup.drill.scratch import new_drill_id
 from drbackup.scheduler.daemon import Daemon
 from tests.e2e.conftest import wait_for
 
 
-def drill_report(status: str, started: datetime, total_s: float | None) -> dict:
+def drill_report(status: str, started: datetime, total_s: float | None) -> DrillReport:
     """A report as ``drill run`` builds it (one target, one check)."""
     check = {"name": "tables", "target": "app", "database": "app", "status": status,
              "summary": "row counts differ" if status == "fail" else "match",
@@ -26,14 +27,17 @@ def drill_report(status: str, started: datetime, total_s: float | None) -> dict:
     timings = {} if total_s is None else {"total_s": total_s, "restore_s": total_s - 1}
     target = {"target": "app", "backup_id": "20261123T020000Z-aaaaaa", "selection": "latest",
               "timings": timings, "objectives": {"rto_s": 900.0}}  # fmt: skip
-    return build_report(
-        drill_id=new_drill_id(started),
-        plan=None,
-        started_at=started,
-        finished_at=started + timedelta(seconds=60),
-        repository={"id": "r", "url": "/repo"},
-        targets=[target],
-        checks=[check],
+    # the record, as record_drill takes it (build_report gives its JSON form)
+    return DrillReport.from_dict(
+        build_report(
+            drill_id=new_drill_id(started),
+            plan=None,
+            started_at=started,
+            finished_at=started + timedelta(seconds=60),
+            repository={"id": "r", "url": "/repo"},
+            targets=[target],
+            checks=[check],
+        )
     )
 
 
