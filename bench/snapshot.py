@@ -24,6 +24,10 @@ Usage::
 
     .venv/bin/python bench/snapshot.py [--objects 5000] [--mean-kib 32] [--large 2]
         [--large-mib 24] [--workers 8] [--repeat 2]
+    .venv/bin/python bench/snapshot.py --history [--history-objects 100000] [--changed 0.01]
+
+``--history`` measures versioned buckets instead: incremental capture after 1% changes
+against a full one, and restore to a second against a boto3 copy (bench/history.py).
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ with ThreadPoolExecutor(workers) as pool:
 
 FLOOR_SCRIPT = """
 import sys
-from drbackup.cli.main import _register
-_register()  # the imports every drbackup command pays
+from drbackup.cli.main import load_command
+load_command("snapshot")  # the imports a snapshot command pays
 from drbackup.sources.buckets.client import BucketClient
 client = BucketClient(sys.argv[1], "testing", "testing", secure=False)
 print(sum(1 for _ in client.list_objects(sys.argv[2])))
@@ -204,7 +208,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--fill", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--history", action="store_true", help="versioned buckets instead (bench/history.py)"
+    )
+    parser.add_argument("--history-objects", type=int, default=100_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of objects changed")
     args = parser.parse_args()
+    if args.history:
+        return history_main(args)
     if args.fill:  # child mode: keeps the generated data out of the measuring process
         count, total = fill_bucket(args.fill, args)
         client(args.fill).create_bucket(Bucket="repo")
@@ -261,6 +272,24 @@ def main() -> int:
                     f"{fmt_mib(m.tree_rss)} tree RSS"
                 )
         return report(count, total, *results)
+    finally:
+        moto.terminate()
+        moto.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def history_main(args) -> int:
+    """``--history``: see bench/history.py."""
+    from bench import history
+
+    byte_compile_drbackup()
+    tmp = Path(tempfile.mkdtemp(prefix="drbackup-bench-history-"))
+    moto, endpoint = start_moto(tmp)
+    env = {**os.environ, "DRBACKUP_PASSPHRASE": PASSPHRASE, "DRBACKUP_HOME": str(tmp)}
+    try:
+        print(machine_summary())
+        config = write_config(tmp, endpoint, 0)
+        return history.run(args, endpoint, env, drbackup, config, COPY_SCRIPT, FLOOR_SCRIPT)
     finally:
         moto.terminate()
         moto.wait()

@@ -16,6 +16,7 @@ from drbackup.errors import ObjectNotFoundError, UsageError
 from drbackup.repository.locks import LOCK_REFRESH_S, LOCK_STALE_S, LockInfo
 from drbackup.repository.manifest import new_backup_id
 from drbackup.sources.buckets.index import INDEX_ITEM_TYPE, iter_entries
+from drbackup.sources.buckets.versions import HISTORY_ITEM_TYPE, VersionEntry
 
 DEFAULT_GRACE_S = 24 * 3600.0
 
@@ -104,7 +105,7 @@ def mark_referenced(repo, result: GcResult) -> set[bytes]:
             manifest = repo.load_manifest(ref)
         except UsageError:
             continue  # deleted since the listing (a prune running alongside)
-        items = [i for i in manifest.items if i.type == INDEX_ITEM_TYPE]
+        items = [i for i in manifest.items if i.type in (INDEX_ITEM_TYPE, HISTORY_ITEM_TYPE)]
         if not items:
             continue
         try:
@@ -119,9 +120,14 @@ def mark_referenced(repo, result: GcResult) -> set[bytes]:
 
 
 def _mark_index(repo, ref, item, referenced: set[bytes]) -> None:
+    """Mark the blobs of an index, or of a history (its versions; delete markers have none)."""
+    history = item.type == HISTORY_ITEM_TYPE
+    parse = VersionEntry.from_dict if history else None
     with repo.open_item(item) as reader:
-        for entry in iter_entries(reader, f"{ref.target}/{ref.backup_id} {item.name}"):
-            referenced.add(bytes.fromhex(entry.blob))
+        for line in iter_entries(reader, f"{ref.target}/{ref.backup_id} {item.name}", parse):
+            entry = line.entry if history else line
+            if entry is not None:
+                referenced.add(bytes.fromhex(entry.blob))
 
 
 def _mark_and_sweep(repo, result: GcResult, now: float, *, delete: bool, lock=None) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup import notify as notifications
+from drbackup.actions.snapshot_versions import EVENTS_KIND
 from drbackup.drill.record import DrillReport, TargetReport
 from drbackup.errors import DrbackupError, EncryptionKeyError, StorageUnreachableError
 from drbackup.report.health import (
@@ -28,6 +29,7 @@ from drbackup.report.health import (
     build_report,
 )
 from drbackup.report.render import render, write_atomic
+from drbackup.sources.buckets.versions import bucket_guarantees
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -107,6 +109,8 @@ def gather_report(
             _read_backups(repo, fact, damaged)
             if fact.kind == "postgres":
                 _read_wal(app, repo, fact)
+            if fact.kind == "minio":
+                _read_history(repo, fact, events=configs[fact.name].events_token is not None)
             fact.drills = read_drills(repo, fact.name)
             _read_runs(catalog, fact, now)
         repository.size = repo.stored_bytes()
@@ -153,6 +157,38 @@ def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
     fact.restore_points = len(refs)
     fact.newest = _first_readable(repo, reversed(refs), fact, damaged)
     fact.oldest = _first_readable(repo, refs, fact, set()) if refs else None
+
+
+EVENTS_LOOKBACK = 200  # manifests read back for the newest snapshot and event capture
+
+
+def _read_history(repo, fact: TargetFacts, *, events: bool) -> None:
+    """Per bucket of the newest snapshot, the history a restore reaches (docs/buckets.md);
+    with event capture, the newest capture's lag and what reconciliation found missed."""
+    captured = snapshot = None
+    for ref in list(reversed(repo.list_refs(fact.name)))[:EVENTS_LOOKBACK]:
+        m = repo.load_manifest(ref)
+        if m.kind == EVENTS_KIND:
+            captured = captured or m
+        elif m.kind == "bucket":
+            snapshot = snapshot or m
+        if snapshot and (captured or not events):
+            break
+    if snapshot is not None:
+        fact.history = bucket_guarantees(snapshot)
+        fact.events = _events_facts(snapshot, captured)
+
+
+def _events_facts(snapshot, captured) -> dict:
+    missed = {}
+    for bucket, seen in (snapshot.meta.get("buckets") or {}).items():
+        found = ((seen or {}).get("history") or {}).get("missed_by_events") or {}
+        if found.get("count"):
+            missed[bucket] = found["count"]
+    facts = {"snapshot": snapshot.backup_id, "missed": missed}
+    if captured is not None:
+        facts.update(captured_at=captured.recovery_point, lag_s=captured.meta.get("lag_s", 0.0))
+    return facts
 
 
 def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
+from drbackup.sources.buckets.versions import EVENTS_KIND
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -126,7 +127,7 @@ def verify_backup(app: AppContext, backup_id: str, progress=None) -> VerifyResul
 
         problems = verify_base_backup(repo, manifest)
     kept = problems
-    if manifest.kind == "bucket" and not problems:
+    if manifest.kind in ("bucket", EVENTS_KIND) and not problems:
         # A snapshot's items are its indexes; the objects' content lives in shared blobs.
         from drbackup.actions.restore_minio import verify_snapshot_blobs
 

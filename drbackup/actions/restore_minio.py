@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.restore_history import HistoryPlan, open_state, plan_history
 from drbackup.actions.selection import Selection, select_backup
 from drbackup.actions.snapshot_minio import minio_target
 from drbackup.drill.bucket import BucketDrillResult, run_bucket_drill
@@ -24,6 +25,7 @@ from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
 from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.restore import RestoreSummary, VerifyingReader, restore_entries
+from drbackup.sources.buckets.versions import history_buckets, open_history
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -45,13 +47,16 @@ class MinioRestoreResult:
     bytes: int = 0
     elapsed_s: float = 0.0
     planned: list[dict] = field(default_factory=list)  # dry run: what would be written
+    history: dict | None = None  # restored to a second from version history (HistoryPlan)
 
 
 def select_snapshot(
     repo, target: str, *, snapshot_id: str | None = None, point_in_time: datetime | None = None
 ) -> Selection:
     """By id, the newest with recovery point at or before the time, or the latest."""
-    selection = select_backup(repo, target, backup_id=snapshot_id, point_in_time=point_in_time)
+    selection = select_backup(
+        repo, target, backup_id=snapshot_id, point_in_time=point_in_time, kind="bucket"
+    )
     if selection.manifest.kind != "bucket":
         raise UsageError(
             f"backup {selection.manifest.backup_id} of {target} is a "
@@ -142,13 +147,13 @@ def restore_minio(
     """
     repo = app.repository()
     repo.keyring.require(read=True)
-    selection = select_snapshot(repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time)
-    source = pick_bucket(selection.manifest, bucket)
+    selection, source, history = _choose(repo, target, snapshot_id, point_in_time, bucket)
     client = destination_client(app, target, into_target, workers)
     result = MinioRestoreResult(selection, source, into_bucket, client.endpoint, dry_run, prefix)
+    result.history = history.to_dict() if history else None
     exists = _check_destination(client, result, force=force or dry_run)
     started = time.monotonic()
-    with open_index(repo.open_item, selection.manifest, source) as entries:
+    with _open_entries(repo, selection.manifest, source, history) as entries:
         selected = _under_prefix(entries, prefix)
         if dry_run:
             return _plan_all(result, selected)
@@ -173,6 +178,25 @@ def restore_minio(
             redacted=f"{summary.failed} of {total} objects failed to restore into {into_bucket}",
         )
     return result
+
+
+def _choose(repo, target, snapshot_id, point_in_time, bucket):
+    """(selection, source bucket, HistoryPlan or None): the bucket at a second from its
+    version history when it has one, else one snapshot (by id, time, or the latest)."""
+    history = None
+    if point_in_time is not None and snapshot_id is None:
+        history = plan_history(repo, target, bucket, point_in_time)
+    if history is not None:
+        return Selection(history.manifest, history.note()), history.bucket, history
+    selection = select_snapshot(repo, target, snapshot_id=snapshot_id, point_in_time=point_in_time)
+    return selection, pick_bucket(selection.manifest, bucket), None
+
+
+def _open_entries(repo, manifest: Manifest, bucket: str, history: HistoryPlan | None):
+    """The objects to restore: the bucket at a second (versioned history), or a snapshot's."""
+    if history is not None:
+        return open_state(repo, history)
+    return open_index(repo.open_item, manifest, bucket)
 
 
 def _under_prefix(entries: Iterator[IndexEntry], prefix: str | None) -> Iterator[IndexEntry]:
@@ -231,6 +255,12 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
             for _, problem in ordered_map(check, entries, workers=workers):
                 if problem:
                     problems.append(f"{bucket}: {problem}")
+    for bucket in history_buckets(manifest):  # the versions of a versioned bucket's history
+        with open_history(repo.open_item, manifest, bucket) as lines:
+            versions = (v.entry for v in lines if v.entry is not None)
+            for _, problem in ordered_map(check, versions, workers=workers):
+                if problem:
+                    problems.append(f"{bucket} (history): {problem}")
     return problems
 
 

@@ -25,6 +25,12 @@ from itertools import chain
 from typing import TYPE_CHECKING
 
 from drbackup.actions.runs import recorded_run
+from drbackup.actions.snapshot_versions import (
+    HistoryCapture,
+    expect_events,
+    list_versions_selected,
+    start_history,
+)
 from drbackup.codec.pipeline import iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.blobs import ORACLE_LIMIT
@@ -53,6 +59,7 @@ from drbackup.sources.buckets.listing import (
     merge_join,
 )
 from drbackup.sources.buckets.pool import ordered_map
+from drbackup.sources.buckets.versions import HISTORY_ITEM_TYPE, history_item_name
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -69,6 +76,7 @@ class SnapshotOptions:
     lock_refresh: float = LOCK_REFRESH_S
     lock_stale: float = LOCK_STALE_S
     oracle_limit: int = ORACLE_LIMIT
+    events: bool = False  # event capture is on: report what no event capture held
 
 
 # --- one bucket -------------------------------------------------------------------------
@@ -99,6 +107,8 @@ class BucketStats:
     uploaded_blobs: int = 0
     uploaded_bytes: int = 0  # stored (compressed, encrypted) bytes written to the repository
     deduplicated: int = 0
+    versioning: str | None = None  # Enabled, Suspended, Off, Unknown (not readable)
+    history: dict | None = None  # a versioned bucket's history capture (snapshot_versions.py)
     events: dict[str, dict] = field(
         default_factory=lambda: {
             k: {"count": 0, "keys": []}
@@ -130,8 +140,9 @@ class BucketStats:
             self.uploaded_bytes += t.stored
 
     def to_meta(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "events"}
-        return {**data, **self.events}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("events", "history")}
+        history = {"history": self.history} if self.history else {}
+        return {**data, **self.events, **history}
 
 
 class BucketSnapshot:
@@ -140,6 +151,7 @@ class BucketSnapshot:
     def __init__(self, repo, writer, client: BucketClient, bucket: str, oracle, opts, cancel=None):
         self.repo, self.writer, self.client, self.bucket = repo, writer, client, bucket
         self.oracle, self.opts = oracle, opts
+        self.known: dict[str, IndexEntry] = {}  # latest versions the history pass has read
         self.cancel = cancel or threading.Event()
         self.codec = replace(repo.codec, threads=1)  # parallel across objects instead
         self.stats = BucketStats()
@@ -174,6 +186,8 @@ class BucketSnapshot:
             return Transfer("skipped")  # named in the manifest and in the command's output
         if is_unchanged(listed, previous):
             return Transfer("reused", previous)
+        if is_unchanged(listed, self.known.get(listed.key)):  # read by the history pass
+            return Transfer("reused", self.known[listed.key])
         try:
             return self._read(listed, reread=False)
         except ObjectGoneError:
@@ -191,13 +205,14 @@ class BucketSnapshot:
 
     def _read(self, listed: ListedObject, *, reread: bool) -> Transfer:
         """Read one object (``If-Match`` the listed ETag unless re-reading) and store it."""
-        if_match = None if reread else (listed.etag or None)
-        with self.client.open_object(self.bucket, listed.key, if_match=if_match) as obj:
+        version = getattr(listed, "version_id", None)  # a version is immutable: no If-Match
+        if_match = None if reread or version else (listed.etag or None)
+        with self._open(listed.key, if_match, version) as obj:
             if obj.size <= self.opts.small_object:
-                digest, stored, size = self._small(obj)
+                digest, stored, size = self._small(obj, version)
             else:
-                digest, stored, size = self._large(obj)
-            tags = self.client.get_tags(self.bucket, listed.key) if obj.tag_count else {}
+                digest, stored, size = self._large(obj, version)
+            tags = self.client.get_tags(self.bucket, listed.key, version) if obj.tag_count else {}
         entry = IndexEntry(
             key=listed.key,
             size=size,
@@ -215,7 +230,11 @@ class BucketSnapshot:
         )
         return Transfer("uploaded" if stored else "deduplicated", entry, size, stored or 0)
 
-    def _small(self, obj) -> tuple[str, int | None, int]:
+    def _open(self, key: str, if_match: str | None, version: str | None):
+        by_version = {"version_id": version} if version else {}  # only versioned reads name one
+        return self.client.open_object(self.bucket, key, if_match=if_match, **by_version)
+
+    def _small(self, obj, _version=None) -> tuple[str, int | None, int]:
         data = b"".join(iter_blocks(obj))
         if len(data) != obj.size:
             message = f"{self.bucket}/{obj.key}: read {len(data)} of {obj.size} bytes"
@@ -223,7 +242,7 @@ class BucketSnapshot:
         digest = hashlib.sha256(data).hexdigest()
         return digest, self._store(self.repo.blob_id(digest), lambda: iter([data])), len(data)
 
-    def _large(self, obj) -> tuple[str, int | None, int]:
+    def _large(self, obj, version=None) -> tuple[str, int | None, int]:
         # The blob's name is its content hash, and the name must be known before the
         # upload (it is bound into the encryption): hash in a first pass, upload in a
         # second GET of the same ETag, without ever holding the object in memory.
@@ -235,7 +254,7 @@ class BucketSnapshot:
         again = hashlib.sha256()
 
         def second_pass() -> Iterator[bytes]:
-            with self.client.open_object(self.bucket, obj.key, if_match=obj.etag) as src:
+            with self._open(obj.key, obj.etag, version) as src:
                 for block in iter_blocks(src):
                     again.update(block)
                     yield block
@@ -301,7 +320,8 @@ def take_snapshot(
     repo.keyring.require(write=True)
     for bucket in buckets:
         client.check_bucket(bucket)  # fail before writing anything
-    previous = None if opts.full else previous_snapshot(repo, target)
+    last = previous_snapshot(repo, target)
+    previous = None if opts.full else last
     with repo.new_backup(target, "bucket") as writer:
         lock = repo.lock(
             "snapshot",
@@ -316,6 +336,8 @@ def take_snapshot(
             stats = {}
             for bucket in buckets:
                 job = BucketSnapshot(repo, writer, client, bucket, oracle, opts, cancel)
+                history = capture_history(job, writer, last, previous, include, exclude)
+                job.known = history.latest if history else {}
                 with open_index(repo.open_item, previous, bucket) as prev_entries:
                     listing = list_selected(client, bucket, include, exclude)
                     blocks = encode_entries(job.entries(listing, prev_entries, progress))
@@ -327,10 +349,34 @@ def take_snapshot(
                     )
                 item.meta.update(objects=job.stats.objects, bytes=job.stats.bytes)
                 stats[bucket] = job.stats
+                job.stats.history = history.stats.to_meta() if history else None
             writer.recovery_point = datetime.now(UTC)  # every object was read before this
             writer.meta.update(_snapshot_meta(client, stats, include, exclude, previous, opts))
             lock.check(max_age=0)
             return writer.commit()
+
+
+def capture_history(job: BucketSnapshot, writer, last, previous, include, exclude):
+    """Write ``history:<bucket>`` for a versioned bucket (docs/buckets.md, "Version
+    history"); the History (stats, latest versions read), or None if not versioned."""
+    job.stats.versioning = job.client.versioning(job.bucket)
+    history = start_history(job.stats.versioning, job.bucket, last)
+    if history is None:
+        return None
+    if job.opts.events and history.stats.chained_from is not None:
+        expect_events(job.repo, history, last, job.bucket)
+    capture = HistoryCapture(job, history)
+    with open_index(job.repo.open_item, previous, job.bucket) as prev_entries:
+        versions = list_versions_selected(job.client, job.bucket, include, exclude)
+        blocks = encode_entries(capture.entries(versions, prev_entries))
+        name = history_item_name(job.bucket)
+        item = _interruptible(
+            lambda: writer.add_stream(name, HISTORY_ITEM_TYPE, blocks, {"bucket": job.bucket}),
+            job.cancel,
+        )
+    stats = history.stats
+    item.meta.update(versions=stats.versions, delete_markers=stats.delete_markers)
+    return history
 
 
 def _interruptible(fn: Callable, cancel: threading.Event):
@@ -386,8 +432,8 @@ def snapshot_target(
     app: AppContext, name: str, *, options: SnapshotOptions | None = None, progress=None
 ) -> Manifest:
     """Snapshot one configured target; record the run in the catalog (best effort)."""
-    opts = options or SnapshotOptions()
     cfg = minio_target(app, name)
+    opts = replace(options or SnapshotOptions(), events=cfg.events_token is not None)
     with recorded_run(app.index, "snapshot", name) as run:  # its error texts name no keys
         client = BucketClient.from_target(name, cfg, max_connections=opts.workers + 4)
         manifest = take_snapshot(

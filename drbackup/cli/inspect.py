@@ -15,6 +15,7 @@ from drbackup.actions.repository import (
     verify_backup,
 )
 from drbackup.cli.render import echo_json, echo_table, human_size, progress
+from drbackup.sources.buckets.versions import bucket_guarantees
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -116,6 +117,9 @@ def show(state, backup_id: str, as_json: bool, full: bool) -> None:
     for key, value in sorted(s["meta"].items()):
         if key != "server_version_num":
             click.echo(f"{key + ':':<17}{_shown(value)}")
+    if m.kind == "bucket":
+        for bucket, guarantee in bucket_guarantees(m).items():
+            click.echo(f"{'history:':<17}{bucket}: {guarantee}")
     click.echo("items:")
     for item in s["items"]:
         extra = ", ".join(

@@ -86,7 +86,7 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "key": ("key",),
     "backup": ("backup", "backup_all"),
     "recovery-points": ("backup_all",),
-    "restore": ("restore", "restore_minio"),
+    "restore": ("restore", "restore_minio", "restore_group"),
     "export": ("export",),
     "snapshot": ("snapshot",),
     "drill": ("drill",),

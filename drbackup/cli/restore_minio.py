@@ -34,7 +34,8 @@ def _bucket_name(value: str) -> str:
     "--point-in-time",
     "pit",
     metavar="TIME",
-    help="Newest snapshot whose recovery point is at or before TIME (ISO 8601, UTC if no zone).",
+    help="The bucket as it was at TIME (ISO 8601, UTC if no zone): to the second from a "
+    "versioned bucket's history, else the newest snapshot at or before TIME.",
 )
 @click.option(
     "--bucket", metavar="NAME", help="Which bucket of the snapshot (when it holds several)."
@@ -119,6 +120,7 @@ def _result_json(result) -> dict:
         "objects": result.objects,
         "bytes": result.bytes,
         "elapsed_s": round(result.elapsed_s, 3),
+        "point_in_time": result.history,
         **({"planned": result.planned} if result.dry_run else {}),
     }
 

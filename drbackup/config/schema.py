@@ -17,13 +17,14 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
-    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from drbackup.config import types as t
+from drbackup.config.groups import GroupSettings, check_group_targets
+from drbackup.config.minio import RPO, RTO, MinioTarget
 from drbackup.config.retention import RetentionSettings
 from drbackup.config.section import (  # noqa: F401 - found here by load.py and docs.py
     EMPTY_IS_DEFAULT,
@@ -35,6 +36,7 @@ from drbackup.config.section import (  # noqa: F401 - found here by load.py and 
     default_repository_url,
     env_only_marker,
     key_label,
+    reveal,
 )
 from drbackup.config.types import Duration, EnvOnly, ReadableFile, SecretFile, config_error
 from drbackup.config.wal import PhysicalSettings
@@ -189,11 +191,6 @@ class RepositorySettings(Section):
         }
 
 
-def reveal(secret: SecretStr | None) -> str | None:
-    """The secret's value, or None."""
-    return None if secret is None else secret.get_secret_value()
-
-
 def _databases(value: Any) -> list[str] | Literal["all"]:
     if value == "all":
         return "all"
@@ -242,7 +239,6 @@ Fingerprint = Annotated[
 ]
 PgDsn = t.pg_dsn("'password_file', PGPASSWORD or ~/.pgpass")
 ScratchDsn = t.pg_dsn("PGPASSWORD or ~/.pgpass")
-RPO, RTO = timedelta(hours=24), timedelta(hours=1)  # defaults of every target kind
 
 
 class PostgresTarget(PhysicalSettings, Section):
@@ -288,74 +284,6 @@ class PostgresTarget(PhysicalSettings, Section):
     """Which backups 'drbackup prune' keeps (docs/retention.md)."""
 
     secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
-
-
-class MinioTarget(Section):
-    """An S3-compatible server (MinIO, Ceph, AWS) whose buckets are snapshotted."""
-
-    kind: ClassVar[str] = "minio"
-
-    endpoint: t.Endpoint
-    """http(s)://host:port, or host:port with `secure`."""
-    access_key_file: SecretFile | None = None
-    """File holding the access key."""
-    secret_key_file: SecretFile | None = None
-    """File holding the secret key."""
-    access_key: EnvSecret = None
-    """Access key (environment only)."""
-    secret_key: EnvSecret = None
-    """Secret key (environment only)."""
-    buckets: list[t.BucketName] = Field(min_length=1)
-    """Buckets to snapshot."""
-    secure: bool | None = None
-    """Use TLS; unset means as the endpoint's scheme says (https without one)."""
-    verify_tls: bool = True
-    """Verify the server's TLS certificate."""
-    connect_timeout: Duration = timedelta(seconds=10)
-    """Give up connecting to the endpoint after this long (per attempt)."""
-    read_timeout: Duration = timedelta(minutes=2)
-    """Give up waiting for an answer after this long (per attempt)."""
-    max_attempts: int = Field(5, ge=1, le=20)
-    """Attempts per request, retries with backoff included (5xx, SlowDown, timeouts); 1 means no retry."""
-    include_prefixes: list[str] = []
-    """Snapshot only keys under these prefixes."""
-    exclude_prefixes: list[str] = []
-    """Skip keys under these prefixes."""
-    rpo: Duration = RPO
-    """Recovery point objective: the oldest a latest snapshot may be."""
-    rto: Duration = RTO
-    """Recovery time objective: the longest a restore may take."""
-
-    retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
-        default_factory=RetentionSettings
-    )
-    """Which backups 'drbackup prune' keeps (docs/retention.md)."""
-
-    secret_files: ClassVar[dict[str, str]] = {
-        "access_key": "access_key_file",
-        "secret_key": "secret_key_file",
-    }
-
-    @model_validator(mode="after")
-    def _secure_matches_scheme(self) -> Self:
-        scheme_secure = t.split_endpoint(self.endpoint)[1]
-        if None not in (self.secure, scheme_secure) and self.secure != scheme_secure:
-            raise config_error("secure", "'secure' contradicts the endpoint's scheme")
-        return self
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``minio.Minio(...)``, secrets revealed."""
-        host, scheme_secure = t.split_endpoint(self.endpoint)
-        return {
-            "endpoint": host,
-            "access_key": reveal(self.access_key),
-            "secret_key": reveal(self.secret_key),
-            "secure": next(v for v in (self.secure, scheme_secure, True) if v is not None),
-            "cert_check": self.verify_tls,
-            "connect_timeout": self.connect_timeout.total_seconds(),
-            "read_timeout": self.read_timeout.total_seconds(),
-            "max_attempts": self.max_attempts,
-        }
 
 
 class DrillSettings(Section):
@@ -456,6 +384,8 @@ class Config(Section):
         default_factory=NotificationSettings
     )
     """Where failures and reports are sent."""
+    groups: Annotated[dict[t.TargetName, GroupSettings], EMPTY_IS_DEFAULT] = {}
+    """Applications: a PostgreSQL target and its minio targets, restored to one second."""
 
     _source: str | None = PrivateAttr(None)
 
@@ -467,6 +397,8 @@ class Config(Section):
             template = "target '{name}' is also a postgres target (names must be unique)"
             raise config_error("duplicate", template, name=twice[0])
         return value
+
+    _groups_name_targets = model_validator(mode="after")(check_group_targets)
 
     @property
     def source(self) -> str | None:

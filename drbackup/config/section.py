@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, model_validator
 
 from drbackup.config import types as t
 from drbackup.config.types import EnvOnly, config_error
@@ -69,3 +69,8 @@ class Section(BaseModel):
 
 # On a section: an empty YAML value (`s3:`) means the section's defaults.
 EMPTY_IS_DEFAULT = BeforeValidator(_none_as_empty)
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The secret's value, or None."""
+    return None if secret is None else secret.get_secret_value()

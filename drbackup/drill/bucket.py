@@ -375,20 +375,22 @@ def _check_rpo(repo, manifest, now: datetime, rpo_s: float, how: str) -> CheckRe
 
 
 def find_missing_objects(
-    repo, manifest, refs: Iterable[tuple[str, str]]
+    repo, manifest, refs: Iterable[tuple[str, str]], open_entries=None
 ) -> Iterator[tuple[str, str]]:
     """The ``(bucket, key)`` references that snapshot ``manifest`` does not hold.
 
     ``refs`` must be sorted by bucket, then by key in byte order (in SQL:
     ``ORDER BY bucket, key COLLATE "C"``); each bucket's index is streamed once alongside,
-    so any number of references is checked in constant memory.  Raises UsageError for
-    unsorted references.
+    so any number of references is checked in constant memory.  ``open_entries(bucket)``,
+    when given, supplies each bucket's objects instead (a context manager of entries in
+    key order: the state at a second).  Raises UsageError for unsorted references.
     """
-    buckets = set(snapshot_buckets(manifest))
+    buckets = set(snapshot_buckets(manifest)) if manifest is not None else set()
     last: tuple[str, str] | None = None
     for bucket, group in itertools.groupby(refs, key=lambda ref: ref[0]):
         known = manifest if bucket in buckets else None
-        with open_index(repo.open_item, known, bucket) as entries:
+        opened = open_entries(bucket) if open_entries else None
+        with opened or open_index(repo.open_item, known, bucket) as entries:
             index_iter = iter(entries)
             current = next(index_iter, None)
             for ref in group:

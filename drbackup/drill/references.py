@@ -86,6 +86,34 @@ def check_reference(conn, repo, backup: Manifest | None, ref) -> CheckResult:
     return CheckResult(name, FAIL, summary, evidence)
 
 
+def check_references_at(dsn: str, query: str, open_entries, where: str) -> CheckResult:
+    """Do the rows of ``query`` in the database at ``dsn`` name objects that exist in
+    ``open_entries(bucket)`` (the buckets restored to the same second)?  A finding is a
+    ``fail`` result naming buckets and counts; the evidence names the objects."""
+    name = "references"
+    evidence: dict = {"query": query}
+    rows, missing, buckets, dangling = _Counter(), [], {}, 0
+    try:
+        with psycopg.connect(dsn) as conn, conn.transaction(force_rollback=True):
+            refs = rows.count(_stream_rows(conn, query))
+            for bucket, key in find_missing_objects(None, None, refs, open_entries):
+                dangling += 1
+                buckets[bucket] = buckets.get(bucket, 0) + 1
+                if len(missing) < EVIDENCE_LIMIT:
+                    missing.append(f"{bucket}/{key}")
+    except psycopg.Error as exc:
+        evidence["error"] = pg_message(exc)
+        return CheckResult(name, FAIL, f"reference query failed: {evidence['error']}", evidence)
+    evidence.update(references=rows.total, dangling=dangling, dangling_objects=missing)
+    if not dangling:
+        return CheckResult(
+            name, PASS, f"all {rows.total} referenced objects are in {where}", evidence
+        )
+    per_bucket = ", ".join(f"{b}: {n}" for b, n in sorted(buckets.items()))
+    summary = f"{dangling} of {rows.total} referenced objects missing from {where} ({per_bucket})"
+    return CheckResult(name, FAIL, summary, evidence)
+
+
 class _Counter:
     """Counts the rows streamed through :meth:`count`."""
 

@@ -132,6 +132,8 @@ class TargetFacts:
     run_totals: dict[str, int] | None = None  # runs ever recorded, by status (None: unknown)
     wal: WalFacts | None = None
     wal_error: str | None = None  # the WAL archive could not be read
+    history: dict[str, str] = field(default_factory=dict)  # bucket -> what a restore reaches
+    events: dict | None = None  # event capture: last capture, its lag, changes events missed
 
 
 @dataclass
@@ -175,6 +177,7 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
     """Apply the rules of the module docstring to one target's facts."""
     findings = _backup_findings(facts, now)
     findings += _wal_findings(facts)
+    findings += _history_findings(facts)
     if facts.kind in DRILLED_KINDS or facts.drills:
         findings += _drill_findings(facts, now)
     if facts.failed_runs is None:
@@ -182,6 +185,29 @@ def evaluate_target(facts: TargetFacts, now: datetime) -> TargetHealth:
     else:
         findings += _run_findings(facts)
     return TargetHealth(facts, worst(f.status for f in findings), findings)
+
+
+def _history_findings(facts: TargetFacts) -> list[Finding]:
+    """Each bucket's guarantee is said; a bucket that is not versioned warns."""
+    out = []
+    for bucket, guarantee in facts.history.items():
+        versioned = guarantee.startswith("every change")
+        status = Status.OK if versioned else Status.WARNING
+        hint = "" if versioned else " (not versioned: enable versioning to keep every change)"
+        out.append(Finding(status, f"bucket {bucket}: {guarantee}{hint}"))
+    events = facts.events
+    if events and events.get("captured_at"):
+        lag = f"{events['lag_s']:.1f}s"
+        out.append(Finding(Status.OK, f"events: last capture {events['captured_at']}, lag {lag}"))
+    for bucket, missed in (events or {}).get("missed", {}).items():
+        out.append(
+            Finding(
+                Status.WARNING,
+                f"bucket {bucket}: {missed} change(s) found by reconciliation that no event "
+                f"brought (snapshot {events['snapshot']}); check the server's notification target",
+            )
+        )
+    return out
 
 
 def _run_findings(facts: TargetFacts) -> list[Finding]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -43,7 +42,8 @@ from drbackup.actions.runs import RUN_FAILED, RUN_OK, RUN_REFUSED, CatalogIndex
 from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
-from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.attempts import TargetRuns, jitter_delay
+from drbackup.scheduler.events import EventService
 from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
@@ -85,6 +85,7 @@ class Daemon:
         self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
+        self.events = EventService(self.app, self.metrics)  # served with the HTTP endpoint
         probe = (self._check_repository, self._repository_size, self.metrics)
         self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
@@ -160,7 +161,8 @@ class Daemon:
         self.probe.start()
         if self.listen:
             pages = self.pages.get if self.pages is not None else None
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages)
+            receiver = self.events.receiver
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages, receiver)
             self.http.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
@@ -315,7 +317,7 @@ class Daemon:
         beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
-            if job.jitter and self._stopping.wait(_jitter(job)):
+            if job.jitter and self._stopping.wait(jitter_delay(job)):
                 results["(job)"] = {
                     "status": "failed",
                     "error": "abandoned: the daemon is stopping",
@@ -468,6 +470,7 @@ class Daemon:
         self.probe.stop()
         if self.http:
             self.http.stop()
+        self.events.stop()
         self._unlock_catalog()
         emit("stopped", inflight=self._inflight)
 
@@ -489,10 +492,6 @@ class Daemon:
         if status == "skipped":
             raise LockedError(f"job '{name}' is already running")
         return status
-
-
-def _jitter(job: Job) -> float:
-    return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
 
 
 def _next_fire(aps) -> str | None:

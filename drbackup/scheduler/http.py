@@ -38,6 +38,7 @@ from drbackup.times import parse_iso_time
 DEFAULT_PORT = 9612
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 LISTEN_ENV = "DRBACKUP_LISTEN"
+MAX_EVENT_BODY = 1 << 20  # one S3 event message; MinIO sends one record per request
 
 
 class Metrics:
@@ -52,6 +53,21 @@ class Metrics:
         self._drill_and_job_series(self.registry)
         self._repository_series(self.registry)
         self._wal_series(self.registry)
+        self._event_series(self.registry)
+
+    def _event_series(self, r: CollectorRegistry) -> None:
+        self.events = Counter(
+            "drbackup_bucket_events",
+            "Bucket event records received, by result (accepted, rejected, invalid)",
+            ["target", "result"],
+            registry=r,
+        )
+        self.capture_lag = Gauge(
+            "drbackup_bucket_capture_lag_seconds",
+            "From the first event of the last capture to its commit",
+            ["target"],
+            registry=r,
+        )
 
     def _run_series(self, r: CollectorRegistry) -> None:
         kt = ["kind", "target"]
@@ -351,9 +367,12 @@ class HttpEndpoint:
         metrics: Metrics,
         readiness: Callable[[], str | None],
         pages: Callable[[str], object | None] | None = None,
+        events: Callable[[str, str | None, bytes], tuple[int, str]] | None = None,
     ):
+        """``events(path, authorization, body) -> (status, text)`` answers ``POST /events/…``
+        (scheduler/events.py); without it every POST is 404."""
         host, port = parse_listen(listen)
-        handler = _handler(metrics, readiness, pages)
+        handler = _handler(metrics, readiness, pages, events)
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -398,8 +417,31 @@ HTML_HEADERS = {
 }
 
 
-def _handler(metrics: Metrics, readiness: Callable[[], str | None], pages=None):
+def _answer_post(request: BaseHTTPRequestHandler, events) -> None:
+    """``POST /events/<target>`` to ``events`` (scheduler/events.py); anything else 404."""
+    path = request.path.split("?", 1)[0]
+    length = int(request.headers.get("Content-Length") or 0)
+    if events is None or not path.startswith("/events/"):
+        code, text = 404, "not found"
+    elif length > MAX_EVENT_BODY:
+        code, text = 413, "event body over 1 MiB"
+    else:
+        body = request.rfile.read(length)
+        code, text = events(path, request.headers.get("Authorization"), body)
+    request.close_connection = True  # an unread body must not be taken for a request
+    data = text.encode() + b"\n"
+    request.send_response(code)
+    request.send_header("Content-Type", "text/plain; charset=utf-8")
+    request.send_header("Content-Length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data)
+
+
+def _handler(metrics: Metrics, readiness: Callable[[], str | None], pages=None, events=None):
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            _answer_post(self, events)
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/healthz":

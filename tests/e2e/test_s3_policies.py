@@ -134,8 +134,7 @@ def check_role(name: str, calls: set[Call], bucket: str, prefix: str = "") -> No
 def setting(s3_server, s3_bucket, pg_db, tmp_path, monkeypatch, run_cli):
     """Repository behind one recording proxy, the bucket source behind another."""
     client = s3_server.client()
-    client.create_bucket(Bucket="media")
-    client.put_bucket_versioning(Bucket="media", VersioningConfiguration={"Status": "Enabled"})
+    client.create_bucket(Bucket="media")  # versioned by the test after its first snapshot
     client.put_object(Bucket="media", Key="photos/a.jpg", Body=b"a" * 1000, Tagging="k=v")
     client.put_object(Bucket="media", Key="photos/b.jpg", Body=b"b" * 2000)
     pg_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 9)")
@@ -180,7 +179,7 @@ def ok(result) -> str:
 
 
 def test_each_role_uses_exactly_what_its_policy_grants(
-    setting, run_cli, pg_db, tmp_path, s3_bucket
+    setting, run_cli, pg_db, tmp_path, s3_bucket, s3_server
 ):
     repo, source = setting
     writer, reader, pruner = set(), set(), set()
@@ -190,7 +189,10 @@ def test_each_role_uses_exactly_what_its_policy_grants(
     writer |= recorded(repo)
     first = json.loads(ok(run_cli("backup", "postgres", "app", "--json")))
     second = json.loads(ok(run_cli("backup", "postgres", "app", "--json")))
-    ok(run_cli("snapshot", "minio", "media"))
+    ok(run_cli("snapshot", "minio", "media"))  # unversioned: GetObject
+    client = s3_server.client()  # versioned from now on: the history reads versions
+    client.put_bucket_versioning(Bucket="media", VersioningConfiguration={"Status": "Enabled"})
+    client.put_object(Bucket="media", Key="photos/a.jpg", Body=b"A" * 1000, Tagging="k=w")
     ok(run_cli("snapshot", "minio", "media"))
     ok(run_cli("drill", "run", "--target", "app"))
     ok(run_cli("verify", second["backup_id"]))

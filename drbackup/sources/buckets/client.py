@@ -30,6 +30,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from drbackup.errors import SourceError, SourceUnreachableError
+from drbackup.sources.buckets.versions import ListedVersion, parse_versions_page
 
 # Standard headers kept with an object besides its content type and user metadata.
 PRESERVED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language")
@@ -268,7 +269,7 @@ class BucketClient:
             return self._kept_failing(
                 what, f"{code or _status_of(exc)}: {_one_line(exc.message or '')}"
             )
-        if code == "NoSuchKey" and key is not None:
+        if code in ("NoSuchKey", "NoSuchVersion") and key is not None:
             return ObjectGoneError(f"{what}: object no longer exists")
         if code == "PreconditionFailed":
             return ObjectChangedError(f"{what}: object changed while being read")
@@ -314,24 +315,63 @@ class BucketClient:
                 last_modified=iso_time(obj.last_modified),
             )
 
+    def versioning(self, bucket: str) -> str:
+        """The bucket's versioning status: ``Enabled``, ``Suspended``, ``Off`` (never set), or
+        ``Unknown`` when the credentials may not read it (a policy from before versioned
+        capture: the bucket is then snapshotted as unversioned, not refused)."""
+        with self._errors("read the versioning of", bucket):
+            try:
+                return self._minio.get_bucket_versioning(bucket).status or "Off"
+            except S3Error as exc:
+                if exc.code != "AccessDenied":
+                    raise
+                return "Unknown"
+
+    def list_versions(self, bucket: str, prefix: str = "") -> Iterator[ListedVersion]:
+        """Every version and delete marker under ``prefix``, by key, newest first within a
+        key, one page at a time (constant memory).
+
+        Parsed here rather than by the minio client, which lists a page's versions before
+        its delete markers and so loses their order.
+        """
+        page = None
+        while page is None or page.truncated:
+            query = {"versions": "", "prefix": prefix, "max-keys": "1000", "delimiter": ""}
+            if page is not None:
+                query["key-marker"] = page.next_key or ""
+                if page.next_version:
+                    query["version-id-marker"] = page.next_version
+            with self._errors("list versions of", bucket):
+                # the minio client's own request path (signing, retries); it has no public
+                # call that returns a version page as the server ordered it
+                response = self._minio._execute("GET", bucket, query_params=query)  # noqa: SLF001
+                page = parse_versions_page(response.data)
+            yield from page.versions
+
     def first_key(self, bucket: str) -> str | None:
         """Any one key of ``bucket`` (None when empty): the non-empty-destination guard."""
         return next((o.key for o in self.list_objects(bucket)), None)
 
-    def open_object(self, bucket: str, key: str, *, if_match: str | None = None) -> SourceObject:
-        """GET ``key``; with ``if_match``, ObjectChangedError unless its ETag still matches.
+    def open_object(
+        self, bucket: str, key: str, *, if_match: str | None = None, version_id: str | None = None
+    ) -> SourceObject:
+        """GET ``key`` (its ``version_id`` if given); with ``if_match``, ObjectChangedError
+        unless its ETag still matches.
 
-        Raises ObjectGoneError if the key no longer exists.  The caller closes the result.
+        Raises ObjectGoneError if the key (or version) no longer exists.  The caller closes
+        the result.
         """
         headers = {"If-Match": f'"{if_match}"'} if if_match else None
         with self._errors("read", bucket, key):
-            response = self._minio.get_object(bucket, key, request_headers=headers)
+            response = self._minio.get_object(
+                bucket, key, request_headers=headers, version_id=version_id
+            )
         return SourceObject(response, key, lambda exc: self.translate(exc, "read", bucket, key))
 
-    def get_tags(self, bucket: str, key: str) -> dict[str, str]:
-        """The object's tags (``{}`` when it has none)."""
+    def get_tags(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
+        """The object's (or its version's) tags (``{}`` when it has none)."""
         with self._errors("read tags of", bucket, key):
-            tags = self._minio.get_object_tags(bucket, key)
+            tags = self._minio.get_object_tags(bucket, key, version_id=version_id)
         return dict(tags or {})
 
     # --- writing (restores, drills) -------------------------------------------------------

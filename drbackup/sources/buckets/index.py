@@ -119,10 +119,11 @@ def encode_entries(entries: Iterable[IndexEntry], block_size: int = BLOCK_SIZE) 
         yield b"".join(batch)
 
 
-def iter_entries(reader: BinaryIO, what: str = "index") -> Iterator[IndexEntry]:
+def iter_entries(reader: BinaryIO, what: str = "index", parse: Callable | None = None) -> Iterator:
     """Parse index lines from a plaintext reader, one block at a time.
 
-    Raises IntegrityError naming ``what`` for a line that is not a valid entry (the stream
+    Lines are parsed by ``parse`` (a ``from_dict``; IndexEntry's by default).  Raises
+    IntegrityError naming ``what`` for a line that is not a valid entry (the stream
     is authenticated, so this means a bug or a format from the future, not tampering).
     """
     pending = b""
@@ -132,13 +133,13 @@ def iter_entries(reader: BinaryIO, what: str = "index") -> Iterator[IndexEntry]:
         pending = lines.pop()
         for line in lines:
             number += 1
-            yield _parse(line, what, number)
+            yield _parse(line, what, number, parse)
     if pending:
-        yield _parse(pending, what, number + 1)
+        yield _parse(pending, what, number + 1, parse)
 
 
-def _parse(line: bytes, what: str, number: int) -> IndexEntry:
+def _parse(line: bytes, what: str, number: int, parse: Callable | None = None):
     try:
-        return IndexEntry.from_dict(json.loads(line))
+        return (parse or IndexEntry.from_dict)(json.loads(line))
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"{what}: line {number} is not a valid index entry") from None

@@ -152,7 +152,7 @@ def test_every_error_is_reported_with_its_path(tmp_path, home):
 
 def test_unknown_key_lists_known_keys_without_a_close_match(tmp_path, home):
     assert error_lines(tmp_path, "colour: red\n", home)[1:] == [
-        "at 'colour': unknown key (known keys: repository, catalog, postgres, minio, drill, notifications)"
+        "at 'colour': unknown key (known keys: repository, catalog, postgres, minio, drill, notifications, groups)"
     ]
 
 
