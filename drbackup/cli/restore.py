@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size, selection_json
+from drbackup.cli.render import echo_json, human_size, selection_json, user_time
 from drbackup.errors import UsageError
 
 if TYPE_CHECKING:
@@ -190,7 +189,7 @@ def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions)
     if opts.keep_old and not opts.force:
         raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
     password = opts.password()
-    point = parse_time(opts.pit) if opts.pit else None
+    point = user_time(opts.pit) if opts.pit else None
     # The passphrase is stretched in a helper thread while the restore code (psycopg) is
     # imported; its errors are raised where the key is first used.
     app.repository(background_key=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size, progress, selection_json
+from drbackup.cli.render import echo_json, human_size, progress, selection_json, user_time
 from drbackup.cli.restore import restore
 
 
@@ -82,7 +81,7 @@ def minio(
             target,
             into_bucket=into_bucket,
             snapshot_id=snapshot_id,
-            point_in_time=parse_time(pit) if pit else None,
+            point_in_time=user_time(pit) if pit else None,
             bucket=bucket,
             prefix=prefix,
             dry_run=dry_run,
