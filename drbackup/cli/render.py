@@ -8,6 +8,7 @@ from datetime import datetime
 
 import click
 
+from drbackup.errors import UsageError
 from drbackup.times import assumed_zone
 from drbackup.units import human_size  # noqa: F401 - re-exported for commands
 
@@ -37,6 +38,27 @@ def user_time(text: str) -> datetime:
             err=True,
         )
     return value
+
+
+def quiet_option(command):
+    """``-q/--quiet``: for cron, where any output is mail (see :func:`go_quiet`)."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="Print nothing when it succeeds (no progress, no summary); warnings and errors "
+        "still go to stderr. For cron.",
+    )(command)
+
+
+def go_quiet(app, quiet: bool, *others: tuple[str, bool]) -> None:
+    """Apply ``--quiet``: no progress bar; refuse it beside an option that asks for output
+    (``("--json", as_json)``).  The command itself skips its success lines."""
+    for name, given in others:
+        if quiet and given:
+            raise UsageError(f"--quiet and {name} exclude each other", hint="drop one of them")
+    if quiet:
+        app.progress = False
 
 
 def echo_json(data) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from drbackup.cli.render import echo_json, human_size, progress, selection_json, user_time
+from drbackup.cli.render import (
+    echo_json,
+    go_quiet,
+    human_size,
+    progress,
+    quiet_option,
+    selection_json,
+    user_time,
+)
 from drbackup.cli.restore import restore
 
 
@@ -52,6 +60,7 @@ def _bucket_name(value: str) -> str:
     "--workers", default=8, show_default=True, type=click.IntRange(1, 64), help="Objects at once."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 @click.pass_obj
 def minio(
     state,
@@ -66,6 +75,7 @@ def minio(
     into_target,
     workers,
     as_json,
+    quiet,
 ) -> None:
     """Restore a bucket snapshot of TARGET into --into-bucket, verifying every object."""
     # Imported here: this module loads with every `restore` command, and the bucket client
@@ -75,6 +85,7 @@ def minio(
     app = state.app
     if snapshot_id and pit:
         raise click.UsageError("give either --snapshot or --point-in-time, not both")
+    go_quiet(app, quiet, ("--json", as_json), ("--dry-run", dry_run))
     with progress(app.progress and not dry_run, None, f"restore {target}") as tick:
         result = restore_minio(
             app,
@@ -92,6 +103,8 @@ def minio(
         )
     if as_json:
         echo_json(_result_json(result))
+        return
+    if quiet:
         return
     click.echo(f"using {result.selection.note}")
     if dry_run:

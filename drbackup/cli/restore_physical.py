@@ -33,7 +33,7 @@ def recovery_target(pit, lsn, xid, restore_point, latest, timeline, exclusive):
     return RecoveryTarget(LATEST, timeline=timeline)
 
 
-def run(state, target, into_dir, point, *, backup_id, start, as_json) -> None:
+def run(state, target, into_dir, point, *, backup_id, start, as_json, quiet=False) -> None:
     from drbackup.actions.restore_physical import restore_physical
 
     app = state.app
@@ -52,7 +52,8 @@ def run(state, target, into_dir, point, *, backup_id, start, as_json) -> None:
     if as_json:
         echo_json(_record(restore))
         return
-    _echo(restore)
+    if not quiet:
+        _echo(restore)
 
 
 def _record(restore) -> dict:
