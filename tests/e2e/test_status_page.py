@@ -30,7 +30,7 @@ from drbackup.drill.scratch import new_drill_id
 from drbackup.drill.signing import load_signing_key, sign_report
 from drbackup.repository.reports import report_key
 from drbackup.sources.postgres.cluster import EphemeralCluster, resolve_run_as
-from tests.e2e.conftest import cli_argv
+from tests.e2e.conftest import cli_argv, wait_for
 from tests.fixtures.browser import DESKTOP, PHONE, Browser
 from tests.fixtures.walarchive import ARCHIVE_SETTINGS, make_wal_home, switch_wal, wait_archived
 from tests.integration.test_daemon import DaemonProcess
@@ -139,9 +139,21 @@ def take_backups(site: Site, cluster: EphemeralCluster) -> None:
             )
             site.cli("backup", "postgres", name)
     site.cli("backup", "postgres", "app", "--physical")
-    cluster.execute("CREATE TABLE later AS SELECT 1 AS i")
-    wait_archived(cluster, switch_wal(cluster))
+    cluster.execute("CREATE TABLE later (i int)")
+    wait_for(lambda: open_wal_window(site, cluster), 120, "app's WAL window", interval=0.2)
     assert site.cli("backup", "postgres", "inventory", check=False).returncode != 0
+
+
+def open_wal_window(site: Site, cluster: EphemeralCluster):
+    """Commit, archive, and say whether app's restorable window has opened: it ends the
+    second before the newest archived commit's, so a commit in the base backup's own second
+    opens none yet."""
+    from drbackup.actions.wal_check import analyze_archive
+
+    cluster.execute("INSERT INTO later VALUES (1)")
+    wait_archived(cluster, switch_wal(cluster))
+    app = AppContext(load_config(str(site.config)))
+    return analyze_archive(app.repository(), "app").oldest
 
 
 def store_history(site: Site) -> None:
