@@ -14,9 +14,14 @@ Modes: ``early`` (the default plan: tables hashed as soon as they are loaded) an
 (hash_during_restore: false, every table hashed after the restore).
 Target: verification <= 50% of the restore time.
 
+With ``--physical``: a physical drill (base backup + WAL to a logical backup's LSN) next to
+the logical drill, by phase, on a pgbench database of ``--size-gb``
+(``bench/drill_physical.py``).
+
 Usage::
 
     .venv/bin/python bench/drill.py [--size-gb 1.0] [--repeat 1] [--no-reuse] [--json FILE]
+    .venv/bin/python bench/drill.py --physical [--size-gb 1.0] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--modes", default="early,final", help="early,final (both)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument(
+        "--physical",
+        action="store_true",
+        help="physical drill (base backup + WAL) next to the logical one, on a pgbench "
+        "database (bench/drill_physical.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -113,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     byte_compile_drbackup()
     machine = machine_summary()
+    if args.physical:
+        from bench.drill_physical import run_physical
+
+        return run_physical(args, machine)
     cluster = open_cluster(argparse.Namespace(size_gb=args.size_gb, reuse=args.reuse))
     run_dir = BENCH_DIR / "drill-run"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -6,6 +6,9 @@ Flow of :func:`run_drill`, per target of the plan::
     open the scratch (drill/scratches.py: the plan's, drill.scratch_dsn, the target's own
         server only when opted in, else a private cluster); drop marked leftovers of crashed
         drills
+    a target with base backups (or kind: physical): a physical drill instead
+        (actions/drill_physical.py: base backup + WAL to the plan's point, in a server
+        of its own)
     per database of the backup: claim <prefix><target>_<drill id>, create it with the
         drill's marker, restore_postgres into it, verify it (drill.runner: schema, tables,
         foreign keys, sequences, assertions, amcheck)
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
+from drbackup.actions.drill_physical import drill_physical_target, wants_physical
 from drbackup.actions.drill_targets import Notify, drill_bucket_target, drill_database_target
 from drbackup.drill.checks import FAIL, CheckResult
 from drbackup.drill.history import history_entries, rto_trend
@@ -147,6 +151,10 @@ def run_drill(
             if name in app.config.minio:
                 drilled = drill_bucket_target(
                     app, repo, plan, name, notify, bucket_workers, drill_id
+                )
+            elif wants_physical(repo, plan, name):
+                drilled = drill_physical_target(
+                    app, repo, plan, name, drill_id, notify, after_restore
                 )
             else:
                 drilled = drill_database_target(

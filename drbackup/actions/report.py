@@ -226,6 +226,7 @@ def _drill_fact(report: DrillReport, target: TargetReport) -> DrillFact:
         restore_s=target.timings.total_s if target.timings else None,
         failed_checks=tuple(c.name for c in report.failed_checks(target.target)),
         backup_id=target.backup_id,
+        kind=target.kind or "logical",
     )
 
 

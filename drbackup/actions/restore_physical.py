@@ -149,10 +149,13 @@ def restore_physical(
     config_path: str | None = None,
     timeout: float | None = None,
     progress=None,
+    run_parent: Path | None = None,
 ) -> PhysicalRestore:
     """Restore ``target`` into ``into_dir`` to ``point`` (see the module docstring).
 
     ``detach``: the started server outlives this process (the CLI's ``--start``).
+    ``run_parent``: where the server's run directory (socket, log, spool) is made (default:
+    the system's temporary directory; a drill puts it in its scratch directory).
     Raises UsageError (no base backup reaches the point, DIR not empty), RestoreError
     (recovery stopped before the target, naming the segment), and what storage raises.
     """
@@ -160,7 +163,6 @@ def restore_physical(
     repo = app.repository()
     choice = choose_base_backup(repo, target, point, backup_id=backup_id)
     bin_dir = _server_of_backup(choice) if start else None  # before anything is written
-    archive = WalArchive(repo, target)
     _check_backup_wal(repo, choice)
     spaces = Path(into_dir).absolute()
     spaces = spaces.with_name(spaces.name + ".tablespaces")
@@ -176,8 +178,9 @@ def restore_physical(
         restore.restore_command = standalone
         _write_settings(restore, standalone)
         if start:
-            ahead = read_settings(app, target).fetch_ahead or 8
-            _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT, bin_dir)
+            recover(
+                app, restore, detach=detach, timeout=timeout, run_parent=run_parent, bin_dir=bin_dir
+            )
     except BaseException:
         keep_log = restore.run_dir
         restore.stop()
@@ -312,6 +315,21 @@ def _write_settings(restore: PhysicalRestore, restore_command: str) -> None:
 # --- recovering ----------------------------------------------------------------------------------
 
 
+def recover(
+    app, restore: PhysicalRestore, *, detach=False, timeout=None, run_parent=None, bin_dir=None
+) -> None:
+    """Start the server on ``restore`` (made without ``start``) and wait for recovery, as
+    step 5 of the module docstring; sets ``restore.outcome``.  ``bin_dir``: the server of
+    the backup's major (found here when not given).  Raises RestoreError when recovery
+    stopped before the target, naming the segment (the server is then stopped; the caller
+    removes the restore), ConfigError when that major's server is not installed."""
+    bin_dir = bin_dir or _server_of_backup(restore.choice)
+    archive = WalArchive(app.repository(), restore.target)
+    ahead = read_settings(app, restore.target).fetch_ahead or 8
+    limit = timeout or DEFAULT_RECOVERY_TIMEOUT
+    _recover(restore, archive, ahead, detach, limit, bin_dir, run_parent)
+
+
 def _server_of_backup(choice: BaseBackupChoice) -> Path:
     """initdb/postgres of exactly the base backup's major: a data directory is never started
     by another major's server.  Raises ConfigError naming the package when not installed."""
@@ -326,9 +344,12 @@ def _recover(
     detach: bool,
     timeout: float,
     bin_dir: Path | None = None,
+    run_parent: Path | None = None,
 ):
     started = time.monotonic()
-    restore.run_dir = Path(tempfile.mkdtemp(prefix="drbackup-restore-"))
+    restore.run_dir = Path(
+        tempfile.mkdtemp(prefix="run-" if run_parent else "drbackup-restore-", dir=run_parent)
+    )
     (restore.run_dir / "spool").mkdir(mode=0o700)
     if (owner := _owner()) is not None:  # before the spool's files are made: they follow it
         os.chown(restore.run_dir, *owner)

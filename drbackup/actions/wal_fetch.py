@@ -26,11 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drbackup.actions.wal_files import fetch_wal_file
-from drbackup.actions.wal_push import read_settings, spool_root
 from drbackup.actions.wal_spool import ERROR, MISSING, Spool, poll_until, spawn_background
 from drbackup.errors import DrbackupError, SourceError
-from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.wal import (
     PARTIAL,
     SEGMENT,
@@ -41,6 +38,11 @@ from drbackup.sources.postgres.wal import (
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
+    from drbackup.repository.wal import WalArchive
+
+# The repository, codec and config are imported where they are used: a restore's own
+# server runs ``wal-fetch --no-spawn`` once per WAL file, and that path only takes files
+# from the spool (importing them would cost it most of a second per file).
 
 FETCHER_IDLE = timedelta(seconds=60)
 STALE_MISSING = 2.0  # seconds after which a read-ahead "missing" is checked again
@@ -93,7 +95,11 @@ def _refuse_other_major(request: FetchRequest) -> None:
 
 
 def _fetch(app: AppContext | None, request: FetchRequest, config_path: str | None) -> bool:
-    settings = read_settings(app, request.target) if app is not None else None
+    settings = None
+    if app is not None:
+        from drbackup.actions.wal_push import read_settings
+
+        settings = read_settings(app, request.target)
     if settings is not None and (not settings.asynchronous or settings.fetch_ahead == 0):
         return _fetch_now(app, request)
     spool = Spool(request.spool).prepare()
@@ -155,6 +161,9 @@ def _take(spool: Spool, name: str, dest: Path) -> bool:
 
 
 def _fetch_now(app: AppContext, request: FetchRequest) -> bool:
+    from drbackup.actions.wal_files import fetch_wal_file
+    from drbackup.repository.wal import WalArchive
+
     archive = WalArchive(app.repository(), request.target)
     cluster = request.cluster or _current_cluster(archive)
     return fetch_wal_file(archive, cluster, request.name, request.dest) is not None
@@ -171,6 +180,8 @@ def default_fetch_spool(app: AppContext, target: str) -> Path:
     """``<spool_dir>/<target>/fetch/<server>``: one per data directory (PostgreSQL runs
     restore_command in it), so that two restores on one host never share read-ahead."""
     server = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    from drbackup.actions.wal_push import spool_root
+
     return spool_root(app, target) / "fetch" / server
 
 
@@ -263,6 +274,8 @@ class Fetcher:
 
     def _fetch(self, name: str):
         dest = self.spool.path / name
+        from drbackup.actions.wal_files import fetch_wal_file
+
         fetched = fetch_wal_file(self.archive, self.cluster, name, dest, owner=self.spool.owner())
         if fetched is not None and self.segment_size is None and len(name) == 24:
             with dest.open("rb") as f:
@@ -298,6 +311,9 @@ def run_fetcher(
     app: AppContext, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
 ) -> None:
     """The background fetcher of ``wal-async fetch``: serve ``spool_path`` until idle."""
+    from drbackup.actions.wal_push import read_settings
+    from drbackup.repository.wal import WalArchive
+
     spool = Spool(spool_path).prepare()
     if not spool.acquire():
         return

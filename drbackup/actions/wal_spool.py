@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from drbackup.errors import SourceError
-from drbackup.sources.postgres import processes
 
 OK, MISSING, ERROR = "ok", "missing", "error"
 STATUSES = (OK, MISSING, ERROR)
@@ -180,6 +179,8 @@ def spawn_background(args: list[str], config_path: str | None, log: Path) -> Non
     """Start ``drbackup [-c CONFIG] ARGS...`` detached from this process (its own session,
     no inherited terminal), its stderr appended to ``log``: the command that started it
     returns without waiting, and the process outlives it."""
+    from drbackup.sources.postgres import processes  # not on wal-fetch's quick path
+
     argv = [sys.executable, "-m", "drbackup"]
     if config_path:
         argv += ["-c", str(Path(config_path).absolute())]

@@ -8,6 +8,7 @@ from drbackup.actions import drill as actions
 from drbackup.cli.render import echo_json, echo_table
 from drbackup.drill.checks import format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
+from drbackup.drill.points import point_from_option
 from drbackup.drill.record import DrillReport
 from drbackup.drill.report import (
     failure_details,
@@ -47,8 +48,21 @@ def drill() -> None:
 @click.option(
     "-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown, .html: html)."
 )
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "logical", "physical"]),
+    help="physical: base backup + WAL; logical: dumps; auto (default): physical when the "
+    "target has base backups.",
+)
+@click.option(
+    "--point",
+    metavar="POINT",
+    help="Physical drills: latest, random, fingerprint, an ISO 8601 time or an LSN.",
+)
 @click.pass_obj
-def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output) -> None:
+def run(
+    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point
+) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
     A minio target is drilled by restoring its snapshot into scratch buckets.  With
@@ -57,7 +71,8 @@ def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, outpu
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """
-    overrides = {"keep": keep, "into_major": into_major}
+    overrides = {"keep": keep, "into_major": into_major, "kind": kind}
+    overrides["point"] = point_from_option(point) if point else None
     if backup_id:
         overrides["backup"] = BackupChoice("id", backup_id=backup_id)
     if ephemeral:
@@ -179,6 +194,7 @@ def history(state, target, limit, as_json) -> None:
         [
             e["drill_id"],
             e["target"],
+            e.get("kind", "logical"),
             e["backup_id"] or "-",
             e["status"].upper(),
             _seconds(e["restore_s"]),
@@ -189,7 +205,7 @@ def history(state, target, limit, as_json) -> None:
         ]
         for e in data["drills"]
     ]
-    headers = ["drill", "target", "backup", "status", "restore", "verify", "total", "rto"]
+    headers = ["drill", "target", "kind", "backup", "status", "restore", "verify", "total", "rto"]
     echo_table([*headers, "failed"], rows)
     for name, trend in sorted(data["trend"].items()):
         click.echo(_trend_line(name, trend))

@@ -66,7 +66,7 @@ def wal_fetch(state, name, path, target, spool, cluster, no_spawn) -> None:
     """
     from drbackup.actions.wal_fetch import FetchRequest, default_fetch_spool
     from drbackup.actions.wal_fetch import wal_fetch as fetch
-    from drbackup.sources.postgres.versions import data_directory_major
+    from drbackup.sources.postgres.wal import data_directory_major
 
     hosted = no_spawn and spool is not None and target is not None
     app = None if hosted else state.app  # a restore's own server needs no config or key

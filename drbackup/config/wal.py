@@ -63,3 +63,9 @@ class PhysicalSettings(BaseModel):
         default_factory=WalSettings
     )
     """WAL archiving through archive_command and restore_command (docs/pitr.md)."""
+    heartbeat: bool = False
+    """The daemon writes one row per heartbeat_interval into drbackup.heartbeat on the
+    source (a schema it creates), so physical drills can prove where a restore stopped
+    (docs/drills.md)."""
+    heartbeat_interval: Duration = timedelta(seconds=10)
+    """How often the daemon writes a heartbeat (with heartbeat: true)."""

@@ -382,7 +382,8 @@ def check_sequences(
 def check_rto(timings: dict, objective: dt.timedelta, *, restored: bool) -> CheckResult:
     """Restore plus verification wall time against the recovery time objective.
 
-    ``timings``: ``restore_s`` and ``verification_s``; with pg_restore's phases
+    ``timings``: ``restore_s`` and ``verification_s``; with a physical drill's phases
+    (``fetch_extract_s``, ``recovery_s``) the summary names those; with pg_restore's phases
     (``fetch_decrypt_s``, ``data_s``, ``post_data_s``, as a database drill measures them)
     the summary names those, else the restore and the verification (a bucket drill).  The
     evidence is the timings with ``total_s`` and ``objective_s``.  A failed restore never
@@ -420,6 +421,9 @@ def check_rto(timings: dict, objective: dt.timedelta, *, restored: bool) -> Chec
 
 def _rto_phases(timings: dict) -> str:
     verification = f"verification {timings['verification_s']:.1f}s"
+    if "recovery_s" in timings:  # a physical drill: base backup, then WAL
+        base, wal = timings.get("fetch_extract_s", 0), timings["recovery_s"]
+        return f"base backup fetch/extract {base:.1f}s, WAL fetch and replay {wal:.1f}s, {verification}"
     if "data_s" not in timings:  # no pg_restore: the restore as a whole
         return f"restore {timings['restore_s']:.1f}s, {verification}"
     return (

@@ -26,6 +26,7 @@ def _entry(report: DrillReport, target: TargetReport) -> dict:
         "drill_id": report.drill_id,
         "plan": report.plan,
         "target": target.target,
+        "kind": target.kind or "logical",
         "backup_id": target.backup_id,
         "status": target.status or report.status,
         "started_at": report.started_at.isoformat(),
@@ -47,8 +48,16 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARKS[round((v - low) / span * (len(SPARKS) - 1))] for v in values)
 
 
+def trend_key(entry: dict) -> str:
+    """The series an entry belongs to: its target; physical drills of it apart, as
+    ``<target> (physical)`` (their RTO is another restore's)."""
+    kind = entry.get("kind")
+    return f"{entry['target']} (physical)" if kind == "physical" else entry["target"]
+
+
 def rto_trend(entries: list[dict]) -> dict[str, dict]:
-    """Per target: restore-and-verify times oldest first, median, last vs previous, sparkline.
+    """Per target (and kind): restore-and-verify times oldest first, median, last vs
+    previous, sparkline.
 
     Drills whose restore failed have no time and are left out of the series.
     """
@@ -56,7 +65,7 @@ def rto_trend(entries: list[dict]) -> dict[str, dict]:
     for entry in sorted(entries, key=lambda e: (e["started_at"], e["drill_id"])):
         if entry["total_s"] is None:
             continue
-        trend.setdefault(entry["target"], {"series": []})["series"].append(entry["total_s"])
+        trend.setdefault(trend_key(entry), {"series": []})["series"].append(entry["total_s"])
     for target, info in trend.items():
         series = info["series"]
         info["drills"] = len(series)
@@ -68,7 +77,7 @@ def rto_trend(entries: list[dict]) -> dict[str, dict]:
             round(100 * (series[-1] - previous) / previous, 1) if previous else None
         )
         info["sparkline"] = sparkline(series)
-        rto = next((e["rto_s"] for e in reversed(entries) if e["target"] == target), None)
+        rto = next((e["rto_s"] for e in reversed(entries) if trend_key(e) == target), None)
         info["rto_s"] = rto
         info["headroom_pct"] = round(100 * (1 - series[-1] / rto), 1) if rto else None
     return trend

@@ -30,12 +30,16 @@ from pydantic import (
 from drbackup.config.load import dotted, read_yaml_mapping
 from drbackup.config.schema import ScratchDsn
 from drbackup.config.types import config_error, parse_duration
+from drbackup.drill.points import PointChoice, parse_point
 from drbackup.errors import ConfigError, DrbackupError
 from drbackup.times import parse_iso_time
 
 # Every check a drill knows, in the order it runs them.  ``restore`` always runs.
 CHECK_NAMES = (
     "restore",
+    "recovery",
+    "point",
+    "heartbeat",
     "schema",
     "tables",
     "foreign_keys",
@@ -131,6 +135,7 @@ def _check_names(value: Any) -> Literal["all"] | tuple[str, ...]:
 
 
 BackupField = Annotated[BackupChoice, PlainValidator(_backup_choice)]
+PointField = Annotated[PointChoice, PlainValidator(parse_point)]
 Checks = Annotated[Literal["all"] | tuple[str, ...], PlainValidator(_check_names)]
 Objective = Annotated[timedelta, PlainValidator(parse_objective)]
 
@@ -233,6 +238,12 @@ class DrillPlan(_Section):
     targets: list[str] = Field(min_length=1)
     """Names of postgres or minio targets in the config (minio: a bucket drill)."""
     backup: BackupField = BackupChoice("latest")
+    kind: Literal["auto", "logical", "physical"] = "auto"
+    """``physical``: restore base backup + WAL into a server of its own (docs/drills.md);
+    ``logical``: restore dumps; ``auto``: physical for a target with base backups."""
+    point: PointField | None = None
+    """Physical drills: latest, random, fingerprint, a time or an LSN (default: fingerprint
+    when a logical backup in the window has one, else latest)."""
     scratch: Annotated[ScratchPlan, BeforeValidator(_none_as_empty)] | None = None
     """Default: drill.scratch_dsn of the config, else the target's own server."""
     rto: Objective | None = None

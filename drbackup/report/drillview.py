@@ -123,9 +123,21 @@ def _target(target: TargetReport, checks: list[CheckResult]) -> DrillTargetView:
     )
 
 
+PHYSICAL_PHASES = (  # a physical drill's phases (Timings.extra), colours of pg_restore's
+    ("fetch_extract_s", "base backup fetch/extract", "pre_data"),
+    ("recovery_s", "WAL fetch and replay", "data"),
+)
+
+
 def phases(timings: Timings) -> tuple[Phase, ...]:
     """The restore's phases, the rest of the restore, and the verification (seconds > 0)."""
-    found = [Phase(label, float(getattr(timings, key) or 0), key[:-2]) for key, label in PHASES]
+    if "recovery_s" in timings.extra:  # a physical drill: base backup, then WAL
+        found = [
+            Phase(label, float(timings.extra.get(key) or 0), css)
+            for key, label, css in PHYSICAL_PHASES
+        ]
+    else:
+        found = [Phase(label, float(getattr(timings, key) or 0), key[:-2]) for key, label in PHASES]
     rest = float(timings.restore_s or 0) - sum(p.seconds for p in found)
     found.append(Phase("other restore work", max(rest, 0.0), "other"))
     found.append(Phase("verification", float(timings.verification_s or 0), "verify"))

@@ -90,6 +90,7 @@ class DrillFact:
     restore_s: float | None = None  # restore and verification time (history total_s)
     failed_checks: tuple[str, ...] = ()
     backup_id: str | None = None
+    kind: str = "logical"  # logical | physical | bucket
 
     @property
     def passed(self) -> bool:

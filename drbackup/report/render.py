@@ -88,6 +88,7 @@ def _target_dict(health: TargetHealth, now: datetime) -> dict:
             "started_at": _iso(last.started_at),
             "age_s": round((now - last.started_at).total_seconds(), 3),
             "status": last.status,
+            "kind": last.kind,
             "restore_s": last.restore_s,
             "failed_checks": list(last.failed_checks),
         },
@@ -95,6 +96,7 @@ def _target_dict(health: TargetHealth, now: datetime) -> dict:
         if not passing
         else {"drill_id": passing[-1].drill_id, "started_at": _iso(passing[-1].started_at)},
         "rto_trend_s": [d.restore_s for d in f.drills if d.restore_s is not None],
+        "rto_trend_by_kind_s": _trend_by_kind(f.drills),
         "failed_runs_24h": None if f.failed_runs is None else len(f.failed_runs),
         "interrupted_runs_24h": None if f.failed_runs is None else len(f.interrupted_runs),
         "refused_runs_24h": None if f.failed_runs is None else len(f.refused_runs),
@@ -132,6 +134,16 @@ def render_json(report: HealthReport) -> str:
 
 # -- text and markdown ------------------------------------------------------------------------
 
+
+def _trend_by_kind(drills) -> dict[str, list[float]]:
+    """Restore-and-verify times per drill kind (logical, physical, bucket), oldest first."""
+    trend: dict[str, list[float]] = {}
+    for d in drills:
+        if d.restore_s is not None:
+            trend.setdefault(d.kind, []).append(d.restore_s)
+    return trend
+
+
 HEADERS = [
     "target",
     "status",
@@ -150,7 +162,7 @@ def _rows(report: HealthReport) -> list[list[str]]:
     for t in report.targets:
         f = t.facts
         last = f.drills[-1] if f.drills else None
-        trend = [d.restore_s for d in f.drills if d.restore_s is not None][-5:]
+        trend = _trend_text(f.drills)
         rows.append(
             [
                 f.name,
@@ -161,14 +173,30 @@ def _rows(report: HealthReport) -> list[list[str]]:
                 else f"- / {human_age(f.rpo)}",
                 f"{f.restore_points}"
                 + (f" (oldest {f.oldest.recovery_point:%Y-%m-%d})" if f.oldest else ""),
-                f"{last.status} {human_age(now - last.started_at)} ago" if last else "never",
-                " ".join(f"{s:.0f}s" for s in trend)
-                + (f" / rto {human_age(f.rto)}" if trend else "")
-                or "-",
+                f"{last.status}{_kind_mark(last)} {human_age(now - last.started_at)} ago"
+                if last
+                else "never",
+                trend + (f" / rto {human_age(f.rto)}" if trend else "") or "-",
                 "?" if f.failed_runs is None else str(len(f.failed_runs)),
             ]
         )
     return rows
+
+
+def _kind_mark(drill) -> str:
+    return " (physical)" if drill.kind == "physical" else ""
+
+
+def _trend_text(drills) -> str:
+    """The last five restore times, per kind when physical and logical drills both exist."""
+    by_kind = _trend_by_kind(drills)
+    if len(by_kind) <= 1:
+        series = next(iter(by_kind.values()), [])
+        return " ".join(f"{s:.0f}s" for s in series[-5:])
+    return "; ".join(
+        f"{kind} " + " ".join(f"{s:.0f}s" for s in series[-5:])
+        for kind, series in sorted(by_kind.items())
+    )
 
 
 def _summary(report: HealthReport) -> str:

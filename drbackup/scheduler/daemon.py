@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -49,6 +50,7 @@ from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
 from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
+from drbackup.scheduler.source_heartbeat import install_heartbeats
 
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
@@ -190,6 +192,7 @@ class Daemon:
                 timezone=job.spec.timezone,
                 next_fire=_next_fire(aps),
             )
+        install_heartbeats(self.scheduler, self.app, emit)
         self.metrics.schedules_loaded.set(time.time())
         self._update_next_fires()
 
@@ -385,7 +388,7 @@ class Daemon:
     def _update_next_fires(self) -> None:
         for aps in self.scheduler.get_jobs():
             when = getattr(aps, "next_run_time", None)  # unset before the scheduler starts
-            if when and not aps.id.startswith("catch-up:"):
+            if when and not aps.id.startswith(("catch-up:", "source-heartbeat:")):
                 self.metrics.job_next.labels(job=aps.id).set(when.timestamp())
 
     # --- probes ------------------------------------------------------------------------
@@ -489,8 +492,6 @@ class Daemon:
 
 
 def _jitter(job: Job) -> float:
-    import random
-
     return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
 
 

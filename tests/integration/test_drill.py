@@ -183,6 +183,16 @@ def cluster_base():
     shutil.rmtree(base, ignore_errors=True)
 
 
+def test_a_logical_backup_of_a_replica_level_source_says_why_it_has_no_lsn(setup):
+    setup.db.execute(SHOP_SQL)
+    manifest = backup_target(setup.app, "app")
+    item = next(i for i in manifest.items if i.type == "pg_dump")
+    level = setup.db.cluster.execute("SHOW wal_level")[0][0]
+    assert level != "logical"
+    assert item.meta["snapshot_note"] == f"wal_level is {level}, not logical"
+    assert "snapshot_lsn" not in item.meta  # a drill cannot restore to it exactly
+
+
 def test_drill_into_an_ephemeral_cluster(setup, cluster_base):
     setup.db.execute(SHOP_SQL)
     backup_target(setup.app, "app")

@@ -9,22 +9,24 @@ order of these steps is the action's (``actions/backup_postgres.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC
 
 import psycopg
-from psycopg import IsolationLevel
+from psycopg import IsolationLevel, sql
 
 from drbackup.errors import SourceError
 from drbackup.sources.postgres import commands, processes
 from drbackup.sources.postgres.connection import client_env, connect
+from drbackup.sources.postgres.slot_snapshot import SlotSnapshot, slot_snapshot, why_no_slot
 
 BACKUP_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('drbackup backup ' || %s))"
 _DATABASES_SQL = (
     "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1"
 )
 _SNAPSHOT_SQL = "SELECT pg_export_snapshot(), statement_timestamp()"
+_SET_SNAPSHOT_SQL = "SET TRANSACTION SNAPSHOT {}"
 _SEQUENCES_SQL = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -61,13 +63,22 @@ class Snapshot:
 
 @contextmanager
 def exported_snapshot(dsn: str, password: str | None, db: str) -> Iterator[tuple]:
-    """``(connection, Snapshot)``: a read-only REPEATABLE READ transaction on ``db`` that
-    exported its snapshot; rolled back and closed when the block ends.  Raises
-    SourceError / SourceUnreachableError if the database cannot be reached."""
-    with connect(dsn, password, autocommit=False) as snap:
+    """``(connection, Snapshot)``: a read-only REPEATABLE READ transaction on ``db`` whose
+    snapshot pg_dump can import; rolled back and closed when the block ends.
+
+    With ``wal_level = logical``, the snapshot comes from a temporary logical replication
+    slot and the meta records its exact LSN (``snapshot_lsn``, sources/postgres/
+    slot_snapshot.py); otherwise from ``pg_export_snapshot()`` (``snapshot_note`` says why).
+    Raises SourceError / SourceUnreachableError if the database cannot be reached."""
+    with connect(dsn, password, autocommit=False) as snap, _slot(snap, dsn, password) as slot:
         snap.isolation_level = IsolationLevel.REPEATABLE_READ
         snap.read_only = True
-        snapshot_id, point = snap.execute(_SNAPSHOT_SQL).fetchone()
+        if isinstance(slot, SlotSnapshot):
+            snap.execute(sql.SQL(_SET_SNAPSHOT_SQL).format(sql.Literal(slot.snapshot_id)))
+            snapshot_id = slot.snapshot_id
+            point = snap.execute("SELECT statement_timestamp()").fetchone()[0]
+        else:
+            snapshot_id, point = snap.execute(_SNAPSHOT_SQL).fetchone()
         meta = {
             "database": db,
             "recovery_point": point.astimezone(UTC).isoformat(),
@@ -75,9 +86,16 @@ def exported_snapshot(dsn: str, password: str | None, db: str) -> Iterator[tuple
                 0
             ],
             "encoding": snap.execute("SHOW server_encoding").fetchone()[0],
+            **(slot.meta() if isinstance(slot, SlotSnapshot) else {"snapshot_note": slot}),
         }
         yield snap, Snapshot(snapshot_id, meta)
         snap.rollback()
+
+
+def _slot(conn: psycopg.Connection, dsn: str, password: str | None):
+    """A slot snapshot (or the reason there is none) for the snapshot of ``conn``."""
+    reason = why_no_slot(conn)
+    return nullcontext(reason) if reason else slot_snapshot(dsn, password)
 
 
 def sequence_states(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:

@@ -41,6 +41,7 @@ from drbackup.sources.postgres.server_bin import (
     has_server_binaries,
     server_major_version,
 )
+from drbackup.sources.postgres.wal import data_directory_major  # noqa: F401 - one copy, there
 
 SERVER_BIN_ENV = "DRBACKUP_PG_BIN"  # directory of initdb/postgres for ephemeral clusters
 APT_HINT = "apt.postgresql.org carries every major"
@@ -195,15 +196,6 @@ def older_cluster_error(cluster_major: int, backup_major: int) -> ConfigError:
         hint=f"{APT_HINT}; or set {SERVER_BIN_ENV} to its bin directory, or drill on a "
         "server (scratch.server)",
     )
-
-
-def data_directory_major(data_dir: Path) -> int | None:
-    """The major a data directory belongs to (its ``PG_VERSION``), None without one."""
-    try:
-        text = (Path(data_dir) / "PG_VERSION").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 # pg_restore 17 and later start every session with ``SET transaction_timeout = 0`` (its own

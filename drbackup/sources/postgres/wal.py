@@ -264,3 +264,15 @@ def ready_files(pg_wal) -> list[str]:
     except OSError as exc:
         raise SourceError(f"cannot list {status}: {exc.strerror or exc}") from None
     return sorted(names)
+
+
+def data_directory_major(data_dir: str | os.PathLike) -> int | None:
+    """The major a data directory belongs to (its ``PG_VERSION``), None without one: the
+    WAL format its server reads.  (Here, not in versions.py: ``wal-fetch`` asks it once per
+    WAL file and must not import the PostgreSQL client libraries for that.)"""
+    try:
+        with open(os.path.join(data_dir, "PG_VERSION")) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

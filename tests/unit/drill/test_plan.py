@@ -124,13 +124,14 @@ colour: blue
         "at 'scratch.server': contains a password; inline secrets are not allowed "
         "(use PGPASSWORD or ~/.pgpass)",
         "at 'rto': invalid duration (use e.g. 500ms, 30s, 15m, 1h30m, 7d)",
-        "at 'checks': unknown check 'tabels' (known checks: restore, schema, tables, "
-        "foreign_keys, sequences, assertions, amcheck, rto, rpo)",
+        "at 'checks': unknown check 'tabels' (known checks: restore, recovery, point, "
+        "heartbeat, schema, tables, foreign_keys, sequences, assertions, amcheck, rto, rpo)",
         "at 'assertions[0].expect': required key is missing",
         "at 'assertions[1].expect': expected a scalar or a list of rows, not a mapping",
         "at 'report.fmt': unknown key (known keys: format, output)",
-        "at 'colour': unknown key (known keys: name, targets, backup, scratch, rto, checks, "
-        "assertions, amcheck, report, keep, hash_during_restore, references, into_major)",
+        "at 'colour': unknown key (known keys: name, targets, backup, kind, point, scratch, "
+        "rto, checks, assertions, amcheck, report, keep, hash_during_restore, references, "
+        "into_major)",
         "at 'targets[1]': unknown target 'ap' (did you mean 'app'?); known targets: app, "
         "billing, media",
     ]
@@ -189,3 +190,27 @@ def test_default_plan(config):
     assert plan.targets == ["app"] and plan.keep and plan.backup.mode == "latest"
     with pytest.raises(ConfigError, match="unknown target 'nope'"):
         default_plan(["nope"], config)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "shown"),
+    [
+        ("latest", "latest", "latest"),
+        ("random", "random", "random"),
+        ("fingerprint", "fingerprint", "fingerprint"),
+        ("0/1501D80", "lsn", "LSN 0/1501D80"),
+        ("2026-11-23T02:00:00Z", "time", "time 2026-11-23T02:00:00+00:00"),
+    ],
+)
+def test_physical_points(tmp_path, config, value, mode, shown):
+    plan = load_plan(write(tmp_path, f"targets: [app]\nkind: physical\npoint: '{value}'\n"), config)
+    assert plan.kind == "physical"
+    assert plan.point.mode == mode and plan.point.describe() == shown
+
+
+def test_a_bad_point_is_named(tmp_path, config):
+    lines = errors_of(tmp_path, "targets: [app]\npoint: yesterday\n", config)
+    assert lines[1] == (
+        "at 'point': expected 'latest', 'random', 'fingerprint', an ISO 8601 time or an LSN "
+        "(e.g. 0/1501D80)"
+    )

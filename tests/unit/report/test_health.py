@@ -243,12 +243,14 @@ def test_json_follows_the_documented_schema():
     assert set(app) == {
         "target", "kind", "status", "findings", "rpo_s", "rto_s", "last_backup",
         "restore_points", "oldest_restore_point", "last_drill", "last_passing_drill",
-        "rto_trend_s", "failed_runs_24h", "interrupted_runs_24h", "refused_runs_24h",
-        "unreadable", "wal",
+        "rto_trend_s", "rto_trend_by_kind_s", "failed_runs_24h", "interrupted_runs_24h",
+        "refused_runs_24h", "unreadable", "wal",
     }  # fmt: skip
     assert app["wal"] is None  # a target without a WAL archive
     assert app["last_backup"]["age_s"] == 7200 and app["restore_points"] == 7
     assert app["last_drill"]["status"] == "pass" and app["rto_trend_s"] == [60.0, 60.0]
+    assert app["last_drill"]["kind"] == "logical"
+    assert app["rto_trend_by_kind_s"] == {"logical": [60.0, 60.0]}
     crm = data["targets"][1]
     assert crm["last_passing_drill"] is None and crm["last_drill"]["failed_checks"] == ["rto"]
 
