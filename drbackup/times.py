@@ -17,3 +17,10 @@ def parse_iso_time(text: str) -> datetime:
         raise ValueError(f"not a time: {text!r}")
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def assumed_zone(text: str) -> str | None:
+    """The zone :func:`parse_iso_time` assumes for ``text`` ("UTC" when it gives none), or
+    None when ``text`` names its own offset.  ``text`` must parse."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return None if value.tzinfo else "UTC"

@@ -8,7 +8,7 @@ import click
 
 from drbackup.actions.backup_postgres import backup_targets
 from drbackup.actions.repository import backup_summary
-from drbackup.cli.render import echo_json, human_size, progress
+from drbackup.cli.render import echo_json, go_quiet, human_size, progress, quiet_option
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -35,9 +35,16 @@ def backup() -> None:
     help="A base backup of the whole server (for point-in-time restores) instead of pg_dump.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the backup records as JSON.")
+@quiet_option
 @click.pass_obj
 def postgres(
-    state, targets: tuple[str, ...], all_targets: bool, parallel: int, physical: bool, as_json: bool
+    state,
+    targets: tuple[str, ...],
+    all_targets: bool,
+    parallel: int,
+    physical: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """pg_dump each database of TARGET(s), with globals and an integrity fingerprint; or,
     with --physical, a base backup of each TARGET's server (docs/pitr.md)."""
@@ -47,8 +54,9 @@ def postgres(
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     for name in names:
         app.config.target(name)  # unknown names fail before any work
+    go_quiet(app, quiet, ("--json", as_json))
     if physical:
-        _physical(app, names, as_json)
+        _physical(app, names, as_json, quiet)
         return
     with progress(app.progress and len(names) == 1, None, f"backup {names[0]}") as tick:
         manifests = backup_targets(app, names, max_parallel=parallel, progress=tick)
@@ -59,6 +67,8 @@ def postgres(
             else backup_summary(manifests[0])
         )
         return
+    if quiet:
+        return
     for m in manifests:
         dbs = [i for i in m.items if i.type == "pg_dump"]
         click.echo(
@@ -68,7 +78,7 @@ def postgres(
         )
 
 
-def _physical(app: AppContext, names: list[str], as_json: bool) -> None:
+def _physical(app: AppContext, names: list[str], as_json: bool, quiet: bool) -> None:
     from drbackup.actions.backup_physical import backup_physical
 
     manifests = []
@@ -79,7 +89,7 @@ def _physical(app: AppContext, names: list[str], as_json: bool) -> None:
         records = [backup_summary(m) for m in manifests]
         echo_json(records if len(records) > 1 else records[0])
         return
-    for m in manifests:
+    for m in [] if quiet else manifests:
         meta = m.meta
         click.echo(
             f"backup {m.target}/{m.backup_id} complete: base backup of cluster {meta['cluster']}, "

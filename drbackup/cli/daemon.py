@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from drbackup.errors import DrbackupError
+from drbackup.cli.render import echo_json
+from drbackup.errors import DrbackupError, UsageError
 from drbackup.scheduler.http import DEFAULT_LISTEN, LISTEN_ENV
 
 
@@ -49,6 +50,9 @@ from drbackup.scheduler.http import DEFAULT_LISTEN, LISTEN_ENV
     help="Seconds SIGTERM lets in-flight runs finish before cancelling them.",
 )
 @click.option("--check", is_flag=True, help="Validate the schedules and exit.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --check: print the jobs as a JSON list."
+)
 @click.pass_obj
 def daemon(
     state,
@@ -58,6 +62,7 @@ def daemon(
     once: str | None,
     grace: float,
     check: bool,
+    as_json: bool,
 ):
     """Run scheduled backups, snapshots, drills, prunes and reports.
 
@@ -71,11 +76,10 @@ def daemon(
     service = Daemon(
         state.app.config, schedules_dir, listen=listen_at, grace=grace, status_page=status_page
     )
+    if as_json and not check:
+        raise UsageError("--json goes with --check", hint="drbackup daemon --check --json")
     if check:
-        schedule = service.load()
-        for job in schedule.jobs:
-            targets = ", ".join(job.targets) or "-"
-            click.echo(f"{job.name}  {job.kind}  {job.spec.cron} {job.spec.timezone}  {targets}")
+        _print_check(service.load().jobs, as_json)
         return
     setup_logging()
     if once:
@@ -84,6 +88,27 @@ def daemon(
             raise DrbackupError(f"job '{once}' failed", hint="the JSON log above says why")
         return
     service.serve_forever()
+
+
+def _print_check(jobs, as_json: bool) -> None:
+    """``daemon --check``: one line per job, or the JSON list docs/daemon.md documents."""
+    if as_json:
+        echo_json([_job_json(job) for job in jobs])
+        return
+    for job in jobs:
+        targets = ", ".join(job.targets) or "-"
+        click.echo(f"{job.name}  {job.kind}  {job.spec.cron} {job.spec.timezone}  {targets}")
+
+
+def _job_json(job) -> dict:
+    return {
+        "name": job.name,
+        "kind": job.kind,
+        "cron": job.spec.cron,
+        "timezone": str(job.spec.timezone),
+        "targets": list(job.targets),
+        "source": job.source,
+    }
 
 
 COMMANDS = [daemon]

@@ -119,8 +119,11 @@ def run(
     type=click.Path(dir_okay=False),
     help="The detached signature (default: FILE.sig).",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print what was verified as JSON (exit 0 only)."
+)
 @click.pass_obj
-def verify_report_cmd(state, file, public_keys, key_file, signature) -> None:
+def verify_report_cmd(state, file, public_keys, key_file, signature, as_json) -> None:
     """Check that drill report FILE (Markdown, JSON, HTML) is exactly what was signed.
 
     Every byte of FILE is checked against its detached signature FILE.sig, and the signed
@@ -132,7 +135,34 @@ def verify_report_cmd(state, file, public_keys, key_file, signature) -> None:
     """
     app = state.app if not (public_keys or key_file) else None
     checked = actions.verify_report_file(app, file, public_keys, key_file, signature)
+    if as_json:
+        echo_json(_verified_json(file, checked))
+        return
     click.echo(_verified_line(file, checked))
+
+
+def _verified_json(file: str, checked) -> dict:
+    """``verify-report --json`` (keys documented in docs/drills.md); only when authentic."""
+    data = {
+        "file": file,
+        "authentic": True,
+        "key_id": checked.key.key_id,
+        "fingerprint": checked.key.fingerprint,
+        "covers": "document" if checked.document else "record",
+        "drill_id": None,
+        "targets": [],
+        "status": None,
+        "counts": None,
+    }
+    if checked.report is not None:
+        record = DrillReport.from_dict(checked.report)
+        data.update(
+            drill_id=record.drill_id,
+            targets=[t.target for t in record.targets],
+            status=record.status,
+            counts=dict(record.counts),
+        )
+    return data
 
 
 def _verified_line(file: str, checked) -> str:

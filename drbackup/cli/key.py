@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from drbackup.cli.render import echo_table
+from drbackup.cli.render import echo_json, echo_table
 from drbackup.codec import keys
 from drbackup.errors import UsageError
 
@@ -36,8 +36,9 @@ def generate(path: str, x25519: bool) -> None:
 
 
 @key.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the slots as a JSON list.")
 @click.pass_obj
-def list_slots(state) -> None:
+def list_slots(state, as_json: bool) -> None:
     """List the access slots that open the repository's master key.
 
     'current' marks the slot the configured passphrase or key file opens; slots made
@@ -45,6 +46,9 @@ def list_slots(state) -> None:
     """
     repo = state.app.repository()
     current = repo.keyring.opened_slot
+    if as_json:
+        echo_json([_slot_json(s, current) for s in repo.header["encryption"]["access_slots"]])
+        return
     rows = [_slot_row(s, current) for s in repo.header["encryption"]["access_slots"]]
     echo_table(["id", "kind", "kdf", "scrypt n", "created", "label", "current"], rows)
 
@@ -61,6 +65,20 @@ def _slot_row(slot: dict, current: str | None) -> list[str]:
         str(slot.get("label") or "-"),
         "yes" if current is not None and slot.get("id") == current else "-",
     ]
+
+
+def _slot_json(slot: dict, current: str | None) -> dict:
+    """One slot in ``key list --json`` (keys documented in docs/operations.md)."""
+    kdf = slot.get("kdf") if isinstance(slot.get("kdf"), dict) else {}
+    return {
+        "id": slot.get("id"),
+        "kind": slot.get("kind"),
+        "kdf": kdf.get("name"),
+        "scrypt_n": kdf.get("n"),
+        "created_at": slot.get("created_at"),
+        "label": slot.get("label"),
+        "current": current is not None and slot.get("id") == current,
+    }
 
 
 @key.command("add")

@@ -15,6 +15,7 @@ import threading
 import traceback
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from drbackup import __version__
 from drbackup.errors import EXIT_CODE_TABLE, EXIT_INTERRUPTED, EXIT_USAGE, DrbackupError
@@ -118,6 +119,22 @@ def _on_sigterm(signum, frame):  # turn SIGTERM into the same path as Ctrl-C
     raise KeyboardInterrupt
 
 
+def _show_click_error(exc: click.ClickException) -> int:
+    """click's own errors (missing argument, bad option or choice) in drbackup's one-line
+    style: ``drbackup: error: <message>`` and a hint naming the command's ``--help``."""
+    if isinstance(exc, NoArgsIsHelpError):  # `drbackup` or a group alone: its help
+        exc.show()
+        return EXIT_USAGE
+    text = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+    if text[:1].isupper() and text[1:2].islower():  # "Missing argument", not "S3 ..."
+        text = text[:1].lower() + text[1:]
+    click.echo(f"drbackup: error: {text.rstrip('.')}", err=True)
+    if isinstance(exc, click.UsageError):
+        path = exc.ctx.command_path if exc.ctx is not None else "drbackup"
+        click.echo(f"hint: see '{path} --help'", err=True)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code from the table (the console script exits with it)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -130,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
-        code = EXIT_USAGE
+        code = _show_click_error(exc)
     except click.exceptions.Abort:
         click.echo("drbackup: interrupted", err=True)
         code = EXIT_INTERRUPTED

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from datetime import datetime
 
 import click
 
+from drbackup.errors import UsageError
+from drbackup.times import assumed_zone
 from drbackup.units import human_size  # noqa: F401 - re-exported for commands
 
 
@@ -19,6 +22,43 @@ def selection_json(selection) -> dict:
         "recovery_point": m.recovery_point,
         "selection": selection.note,
     }
+
+
+def user_time(text: str) -> datetime:
+    """A time the user typed (``--point-in-time``); says on stderr which zone a time
+    without one was read in, so that 10:00 meant in Paris is not silently 10:00 UTC."""
+    from drbackup.actions.selection import parse_time  # only commands that take a time
+
+    value = parse_time(text)
+    zone = assumed_zone(text)
+    if zone is not None:
+        click.echo(
+            f"drbackup: note: {text.strip()} has no zone: read as {zone} "
+            f"({value.isoformat()}); add Z or an offset such as +01:00 to say so",
+            err=True,
+        )
+    return value
+
+
+def quiet_option(command):
+    """``-q/--quiet``: for cron, where any output is mail (see :func:`go_quiet`)."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="Print nothing when it succeeds (no progress, no summary); warnings and errors "
+        "still go to stderr. For cron.",
+    )(command)
+
+
+def go_quiet(app, quiet: bool, *others: tuple[str, bool]) -> None:
+    """Apply ``--quiet``: no progress bar; refuse it beside an option that asks for output
+    (``("--json", as_json)``).  The command itself skips its success lines."""
+    for name, given in others:
+        if quiet and given:
+            raise UsageError(f"--quiet and {name} exclude each other", hint="drop one of them")
+    if quiet:
+        app.progress = False
 
 
 def echo_json(data) -> None:

@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size, selection_json
+from drbackup.cli.render import (
+    echo_json,
+    go_quiet,
+    human_size,
+    quiet_option,
+    selection_json,
+    user_time,
+)
 from drbackup.errors import UsageError
 
 if TYPE_CHECKING:
@@ -102,6 +108,7 @@ def restore() -> None:
     help="Password for --into (else PGPASSWORD / .pgpass).",
 )
 @click.option("--json", "as_json", is_flag=True)
+@quiet_option
 @click.pass_obj
 def postgres(state, target: str, into: str | None, into_dir: str | None, **options) -> None:
     """Restore a dump of TARGET into the database at --into, or a base backup and its WAL
@@ -119,6 +126,7 @@ def postgres(state, target: str, into: str | None, into_dir: str | None, **optio
             "give exactly one of --into DSN (a dump) or --into-dir DIR (a base backup)"
         )
     opts = RestoreOptions(**options)
+    go_quiet(state.app, opts.quiet, ("--json", opts.as_json))
     if into_dir is not None:
         from drbackup.cli import restore_physical
 
@@ -139,6 +147,7 @@ def postgres(state, target: str, into: str | None, into_dir: str | None, **optio
             backup_id=opts.backup_id,
             start=opts.start,
             as_json=opts.as_json,
+            quiet=opts.quiet,
         )
         return
     _restore_dump(state.app, target, into, opts)
@@ -167,6 +176,7 @@ class RestoreOptions:
     no_owner: bool
     password_file: str | None
     as_json: bool
+    quiet: bool
 
     def password(self) -> str | None:
         if self.password_file:
@@ -190,7 +200,7 @@ def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions)
     if opts.keep_old and not opts.force:
         raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
     password = opts.password()
-    point = parse_time(opts.pit) if opts.pit else None
+    point = user_time(opts.pit) if opts.pit else None
     # The passphrase is stretched in a helper thread while the restore code (psycopg) is
     # imported; its errors are raised where the key is first used.
     app.repository(background_key=True)
@@ -214,8 +224,11 @@ def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions)
     )
     if opts.as_json:
         echo_json(_dump_json(result))
-    else:
+        return
+    if not opts.quiet:
         _print_dump(app, target, point, result)
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _dump_json(result) -> dict:
@@ -262,8 +275,6 @@ def _print_dump(app: AppContext, target: str, point: datetime | None, result) ->
         f"(fetch/decrypt {run.fetch_decrypt_s:.1f}s, pre-data {p['pre_data']:.1f}s, "
         f"data {p['data']:.1f}s, post-data {p['post_data']:.1f}s)"
     )
-    for line in result.warnings:
-        click.echo(f"warning: {line}", err=True)
 
 
 COMMANDS = [restore]

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size, progress, selection_json
+from drbackup.cli.render import (
+    echo_json,
+    go_quiet,
+    human_size,
+    progress,
+    quiet_option,
+    selection_json,
+    user_time,
+)
 from drbackup.cli.restore import restore
 
 
@@ -54,6 +61,7 @@ def _bucket_name(value: str) -> str:
     "--workers", default=8, show_default=True, type=click.IntRange(1, 64), help="Objects at once."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 @click.pass_obj
 def minio(
     state,
@@ -68,6 +76,7 @@ def minio(
     into_target,
     workers,
     as_json,
+    quiet,
 ) -> None:
     """Restore a bucket snapshot of TARGET into --into-bucket, verifying every object."""
     # Imported here: this module loads with every `restore` command, and the bucket client
@@ -77,13 +86,14 @@ def minio(
     app = state.app
     if snapshot_id and pit:
         raise click.UsageError("give either --snapshot or --point-in-time, not both")
+    go_quiet(app, quiet, ("--json", as_json), ("--dry-run", dry_run))
     with progress(app.progress and not dry_run, None, f"restore {target}") as tick:
         result = restore_minio(
             app,
             target,
             into_bucket=into_bucket,
             snapshot_id=snapshot_id,
-            point_in_time=parse_time(pit) if pit else None,
+            point_in_time=user_time(pit) if pit else None,
             bucket=bucket,
             prefix=prefix,
             dry_run=dry_run,
@@ -94,6 +104,8 @@ def minio(
         )
     if as_json:
         echo_json(_result_json(result))
+        return
+    if quiet:
         return
     click.echo(f"using {result.selection.note}")
     if dry_run:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
-from drbackup.cli.render import echo_json, human_size, progress
+from drbackup.cli.render import echo_json, human_size, progress, user_time
 from drbackup.errors import UsageError
 
 
 def recovery_target(pit, lsn, xid, restore_point, latest, timeline, exclusive):
     """The :class:`RecoveryTarget` the options name (``--latest`` when none does)."""
-    from drbackup.actions.selection import parse_time
     from drbackup.sources.postgres.recovery import LATEST, LSN, NAME, XID, RecoveryTarget
     from drbackup.sources.postgres.wal import parse_lsn
 
@@ -21,7 +20,7 @@ def recovery_target(pit, lsn, xid, restore_point, latest, timeline, exclusive):
         raise UsageError("give one of --point-in-time, --lsn, --xid, --restore-point or --latest")
     common = {"inclusive": not exclusive, "timeline": timeline}
     if pit is not None:
-        return RecoveryTarget.at_time(parse_time(pit), **common)
+        return RecoveryTarget.at_time(user_time(pit), **common)
     if lsn is not None:
         try:
             return RecoveryTarget(LSN, lsn=parse_lsn(lsn), **common)
@@ -34,7 +33,7 @@ def recovery_target(pit, lsn, xid, restore_point, latest, timeline, exclusive):
     return RecoveryTarget(LATEST, timeline=timeline)
 
 
-def run(state, target, into_dir, point, *, backup_id, start, as_json) -> None:
+def run(state, target, into_dir, point, *, backup_id, start, as_json, quiet=False) -> None:
     from drbackup.actions.restore_physical import restore_physical
 
     app = state.app
@@ -53,7 +52,8 @@ def run(state, target, into_dir, point, *, backup_id, start, as_json) -> None:
     if as_json:
         echo_json(_record(restore))
         return
-    _echo(restore)
+    if not quiet:
+        _echo(restore)
 
 
 def _record(restore) -> dict:

@@ -6,7 +6,7 @@ import click
 
 from drbackup.actions.repository import backup_summary
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_targets
-from drbackup.cli.render import echo_json, human_size, progress
+from drbackup.cli.render import echo_json, go_quiet, human_size, progress, quiet_option
 
 SKIPPED_SHOWN = 10  # keys named in the warning (the manifest keeps up to 100)
 EVENTS = (
@@ -38,15 +38,23 @@ def snapshot() -> None:
     help="Objects transferred at once.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot records as JSON.")
+@quiet_option
 @click.pass_obj
 def minio(
-    state, targets: tuple[str, ...], all_targets: bool, full: bool, workers: int, as_json: bool
+    state,
+    targets: tuple[str, ...],
+    all_targets: bool,
+    full: bool,
+    workers: int,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Snapshot the buckets of TARGET(s): only new or changed objects are read."""
     app = state.app
     names = list(app.config.minio) if all_targets else list(targets)
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
+    go_quiet(app, quiet, ("--json", as_json))
     options = SnapshotOptions(workers=workers, full=full)
     with progress(app.progress and len(names) == 1, None, f"snapshot {names[0]}") as tick:
         manifests = snapshot_targets(app, names, options=options, progress=tick)
@@ -56,7 +64,7 @@ def minio(
         records = [backup_summary(m) for m in manifests]
         echo_json(records if len(records) > 1 else records[0])
         return
-    for m in manifests:
+    for m in [] if quiet else manifests:
         _render(m)
 
 

@@ -215,7 +215,11 @@ def test_console_script_exit_codes_and_complete_output(tmp_path):
     assert helped.stdout.endswith("130  interrupted (Ctrl-C / SIGTERM)\n")
     unknown = console("frobnicate")
     assert unknown.returncode == 2
-    assert "No such command 'frobnicate'" in unknown.stderr
+    # issue 20: click's errors in drbackup's one-line style (was click's "No such command")
+    assert unknown.stderr.splitlines() == [
+        "drbackup: error: no such command 'frobnicate'",
+        "hint: see 'drbackup --help'",
+    ]
     missing = console("--config", str(tmp_path / "nope.yaml"), "list")
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"drbackup: error: config file not found: {tmp_path}")

@@ -58,6 +58,14 @@ def test_drill_passes_and_its_signed_report_verifies(repo_config, pg_db, run_cli
     ok = run_cli("drill", "verify-report", report_path, "--key-file", key_file)
     assert ok.code == 0, ok.stderr
     assert ok.stdout.startswith("ok: drill ") and "report is authentic (ed25519 key " in ok.stdout
+    as_json = run_cli("drill", "verify-report", report_path, "--key-file", key_file, "--json")
+    assert as_json.code == 0, as_json.stderr
+    verified = as_json.json()
+    assert (verified["file"], verified["authentic"]) == (str(report_path), True)
+    assert (verified["covers"], verified["targets"]) == ("document", ["app"])
+    assert (verified["status"], verified["counts"]) == ("warn", {"pass": 7, "warn": 1, "fail": 0})
+    assert verified["drill_id"] in ok.stdout and verified["key_id"] in ok.stdout
+    assert verified["fingerprint"].startswith("ed25519:")
     public = run_cli("drill", "public-key")
     assert (
         run_cli("drill", "verify-report", report_path, "--public-key", public.stdout.strip()).code

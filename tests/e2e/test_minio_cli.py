@@ -138,6 +138,24 @@ def test_snapshot_then_restore_with_dry_run_and_refusal(setup, run_cli):
     assert [b["kind"] for b in listed] == ["bucket", "bucket"]
 
 
+def test_quiet_snapshot_and_restore_print_nothing_but_errors(setup, run_cli):
+    """issue 20: ``--quiet`` for cron: nothing on success, the error when it fails."""
+    s3 = setup["s3"]
+    snap = run_cli("snapshot", "minio", "files", "--quiet")
+    assert (snap.code, snap.stdout, snap.stderr) == (0, "", "")
+    assert len(run_cli("list", "--json").json()) == 1
+    done = run_cli("restore", "minio", "files", "--into-bucket", "restored", "-q")
+    assert (done.code, done.stdout, done.stderr) == (0, "", "")
+    assert s3.get_object(Bucket="restored", Key="docs/a.txt")["Body"].read() == b"alpha"
+    refused = run_cli("restore", "minio", "files", "--into-bucket", "restored", "-q")
+    assert (refused.code, refused.stdout, refused.error_lines) == (1, "", NOT_EMPTY)
+    dry = run_cli("restore", "minio", "files", "--into-bucket", "other", "-q", "--dry-run")
+    assert (dry.code, dry.error_lines[0]) == (
+        2,
+        "drbackup: error: --quiet and --dry-run exclude each other",
+    )
+
+
 def test_bucket_drill_passes_then_fails_on_a_corrupted_blob(setup, run_cli):
     assert run_cli("snapshot", "minio", "files").code == 0
     ok = run_cli("drill-bucket", "files")

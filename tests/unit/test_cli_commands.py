@@ -34,7 +34,11 @@ def test_help_lists_every_command_and_the_exit_codes(capsys):
 
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["frobnicate"]) == 2
-    assert "No such command 'frobnicate'" in capsys.readouterr().err
+    # issue 20: click's errors in drbackup's one-line style (was click's "No such command")
+    assert capsys.readouterr().err.splitlines() == [
+        "drbackup: error: no such command 'frobnicate'",
+        "hint: see 'drbackup --help'",
+    ]
 
 
 def test_an_invalid_restore_bucket_name_is_a_usage_error(capsys):

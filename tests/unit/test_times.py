@@ -8,7 +8,7 @@ import pytest
 
 from drbackup.errors import IntegrityError
 from drbackup.repository.manifest import Manifest
-from drbackup.times import parse_iso_time
+from drbackup.times import assumed_zone, parse_iso_time
 
 CET = timezone(timedelta(hours=1))
 
@@ -65,3 +65,10 @@ def test_a_manifest_timestamp_that_does_not_parse_names_the_manifest():
     assert info.value.message == (
         "manifests/app/20261123T020000Z-000aaa: bad timestamp 'soon' in manifest"
     )
+
+
+def test_assumed_zone_names_utc_only_for_a_time_without_one():
+    assert assumed_zone("2026-12-01T10:00:00") == "UTC"
+    assert assumed_zone(" 2026-12-01 10:00 ") == "UTC"
+    assert assumed_zone("2026-12-01T10:00:00Z") is None
+    assert assumed_zone("2026-12-01T10:00:00+01:00") is None
