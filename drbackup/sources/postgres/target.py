@@ -90,6 +90,7 @@ class TargetServer:
 
     def __init__(self, conn: psycopg.Connection, dsn: str, password: str | None, name: str):
         self.conn, self._dsn, self._password, self.name = conn, dsn, password, name
+        self._locked = False
 
     @classmethod
     def open(cls, dsn: str, password: str | None) -> TargetServer:
@@ -115,6 +116,13 @@ class TargetServer:
         self.close()
 
     def close(self) -> None:
+        # The lock is released in a round trip before the connection closes: a backend ends
+        # (and drops its locks) only after its client has gone, so a restore started right
+        # after this one ended could otherwise still find the lock taken.
+        if self._locked:
+            with contextlib.suppress(Exception):  # a broken connection: the server releases it
+                databases.advisory_unlock(self.conn, RESTORE_LOCK_KEY, self.name)
+            self._locked = False
         with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
             self.conn.close()
 
@@ -130,6 +138,7 @@ class TargetServer:
 
     def _lock(self) -> None:
         if databases.try_advisory_lock(self.conn, RESTORE_LOCK_KEY, self.name):
+            self._locked = True
             return
         running = [m for _, m in self._marked() if m.target == self.name and m.role != "old"]
         who = f" ({running[0].describe()})" if running else ""
