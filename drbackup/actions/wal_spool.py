@@ -191,4 +191,5 @@ def spawn_background(args: list[str], config_path: str | None, log: Path) -> Non
             stderr=err,
             start_new_session=True,
             close_fds=True,
+            env=dict(os.environ),  # drbackup itself: it reads the key where we do
         )

@@ -370,6 +370,17 @@ class WalArchive:
     def delete(self, stored: StoredWal) -> None:
         self.storage.delete(stored.key)
 
+    def remove_partials(self, cluster: str, segment: str) -> int:
+        """Delete the stored ``.partial`` versions of ``segment`` once the complete segment
+        is stored (it holds all they hold); returns how many went.  Nothing goes while the
+        segment itself is not listed."""
+        if not any(s.is_segment for s in self.find(cluster, segment)):
+            return 0
+        partials = self.find(cluster, f"{segment}.partial")
+        for stored in partials:
+            self.storage.delete(stored.key)
+        return len(partials)
+
     def exists(self, stored: StoredWal) -> bool:
         try:
             self.storage.stat(stored.key)

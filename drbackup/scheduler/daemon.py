@@ -18,6 +18,9 @@ Signals.  SIGTERM/SIGINT: stop firing, let in-flight runs finish within ``grace`
 then cancel them (SIGTERM to the worker, SIGKILL :data:`jobs.ABORT_GRACE` later) and record
 them failed; a cancelled backup leaves no manifest.  SIGHUP: reload the schedules (a broken
 file is logged and the old schedules stay).
+
+WAL streaming (scheduler/streams.py) runs beside the schedule for every target whose WAL is
+streamed, from start until the in-flight runs are done at stop.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
+from drbackup.scheduler.streams import WalStreams
 
 log = logging.getLogger("drbackup.daemon")
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
@@ -120,6 +124,7 @@ class Daemon:
             self._check_repository, self._repository_size, self.metrics, interval=probe_interval
         )
         self._coord: Coordinator | None = None
+        self.streams: WalStreams | None = None  # WAL streaming (scheduler/streams.py)
         self._catalog_lock: CatalogLock | None = None
         self._job_locks = LocalLocks()
         self._stopping = threading.Event()
@@ -192,6 +197,8 @@ class Daemon:
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
+        self.streams = WalStreams(self.app, self.metrics, emit)
+        self.streams.start()
         self.scheduler.start()
         self._update_next_fires()
         emit("started", replica=self.replica, jobs=len(self.schedule.jobs))
@@ -580,6 +587,8 @@ class Daemon:
             self._idle.wait_for(
                 lambda: self._inflight == 0, timeout=max(0, bound - time.monotonic())
             )
+        if self.streams is not None:
+            self.streams.stop()  # streamed until now: WAL kept flowing while runs finished
         self.probe.stop()
         if self.http:
             self.http.stop()

@@ -1,0 +1,168 @@
+"""WAL streaming in the daemon: one :class:`WalStreamer` per streaming target, on one replica.
+
+Which targets: every postgres target whose WAL is streamed (``wal.capture``, by default
+those whose ``backup_kinds`` include physical).
+
+Never two for one target.  On a PostgreSQL catalog a replica streams a target only while it
+holds the session advisory lock ``lock_key("wal-stream", <target>)`` on a catalog connection
+of its own (scheduler/locks.py for the other locks); the other replicas try again every
+``CLAIM_RETRY`` seconds and take over once the holder's session ends (its daemon stopped,
+died, or lost the catalog).  The holder checks that connection every ``CLAIM_CHECK``
+seconds and stops streaming when it is gone, before another replica can start.  On SQLite
+(one daemon per catalog, ``CatalogLock``) the claim is this process's.  Beneath that, each
+streamer holds its spool's lock, and the server admits one client per replication slot.
+
+Shutdown: :meth:`WalStreams.stop` stops every pg_receivewal (SIGINT), uploads what it wrote
+and releases the claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from drbackup.errors import DrbackupError
+from drbackup.scheduler.locks import lock_key
+
+CLAIM_RETRY = 15.0
+CLAIM_CHECK = 5.0
+FAILED_RETRY = 30.0
+
+
+def streaming_targets(config) -> list[str]:
+    """The postgres targets whose WAL the daemon streams."""
+    return [name for name, cfg in config.postgres.items() if cfg.streams_wal]
+
+
+class StreamClaim:
+    """The right to stream one target (see the module docstring)."""
+
+    def __init__(self, engine, target: str):
+        self.engine, self.target = engine, target
+        self.shared = engine.dialect.name == "postgresql"
+        self._conn = None
+
+    def acquire(self) -> bool:
+        """Take it if free; False if another replica holds it.  Raises what the catalog
+        raises when unreachable."""
+        if not self.shared:
+            return True
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            key = lock_key("wal-stream", self.target)
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        except Exception:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def alive(self) -> bool:
+        """True while the claim's session is alive (always on SQLite)."""
+        if self._conn is None:
+            return not self.shared
+        try:
+            self._conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means the lock may be gone
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.execute(text("SELECT pg_advisory_unlock_all()"))
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class WalStreams:
+    """The daemon's streamers: a thread per streaming target that claims it and streams."""
+
+    def __init__(self, app, metrics, emit: Callable[..., None], *, streamer_factory=None):
+        self.app, self.metrics, self.emit = app, metrics, emit
+        self.targets = streaming_targets(app.config)
+        self.streamers: dict[str, object] = {}
+        self._factory = streamer_factory or _default_factory
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target in self.targets:
+            self.metrics.record_stream_idle(target)
+            thread = threading.Thread(
+                target=self._serve, args=(target,), name=f"wal-stream:{target}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every streamer (pg_receivewal stopped, its output uploaded)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _serve(self, target: str) -> None:
+        while not self._stop.is_set():
+            claim = StreamClaim(self.app.catalog.engine, target)
+            try:
+                held = claim.acquire()
+            except Exception as exc:  # noqa: BLE001 - the catalog is down: try again later
+                self.emit("wal_stream_claim_failed", logging.ERROR, target=target, error=str(exc))
+                self._stop.wait(CLAIM_RETRY)
+                continue
+            if not held:
+                self._stop.wait(CLAIM_RETRY)
+                continue
+            try:
+                self._stream(target, claim)
+            finally:
+                claim.release()
+                self.metrics.record_stream_idle(target)
+
+    def _stream(self, target: str, claim: StreamClaim) -> None:
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(claim, done), name=f"wal-claim:{target}", daemon=True
+        )
+        watcher.start()
+        try:
+            streamer = self._factory(self.app, target, self.emit, self.metrics.record_stream)
+            self.streamers[target] = streamer
+            streamer.run(done)
+        except DrbackupError as exc:
+            self.emit("wal_stream_failed", logging.ERROR, target=target, error=exc.message)
+            self._stop.wait(FAILED_RETRY)
+        except Exception as exc:  # noqa: BLE001 - a bug must not end streaming for good
+            self.emit("wal_stream_failed", logging.ERROR, target=target, error=repr(exc))
+            self._stop.wait(FAILED_RETRY)
+        finally:
+            self.streamers.pop(target, None)
+            done.set()
+            watcher.join()
+
+    def _watch(self, claim: StreamClaim, done: threading.Event) -> None:
+        """Set ``done`` when the daemon stops or the claim's session is gone."""
+        next_check = time.monotonic() + CLAIM_CHECK
+        while not done.wait(0.5):
+            if self._stop.is_set():
+                done.set()
+            elif time.monotonic() >= next_check:
+                next_check = time.monotonic() + CLAIM_CHECK
+                if not claim.alive():
+                    self.emit("wal_stream_claim_lost", logging.ERROR, target=claim.target)
+                    done.set()
+
+
+def _default_factory(app, target: str, emit, on_status):
+    from drbackup.actions.wal_stream import WalStreamer
+
+    return WalStreamer(app, target, on_event=emit, on_status=on_status)
