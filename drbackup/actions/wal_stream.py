@@ -266,6 +266,7 @@ class WalStreamer:
 
     def _exited(self, code: int) -> None:
         run, self._run = self._run, None
+        self.status.running = False
         ran = time.monotonic() - run.proc.started
         message = run.proc.last_error()
         self._flush_partials()  # what it received before it ended
@@ -310,14 +311,22 @@ class WalStreamer:
         self.log.event("wal_stream_gap", logging.ERROR, error=message)
 
     def _schedule_restart(self, ran: float) -> None:
-        self._backoff = BACKOFF_MIN if ran >= HEALTHY_RUN else min(self._backoff * 2, BACKOFF_MAX)
-        self._restart_at = time.monotonic() + (BACKOFF_MIN if ran >= HEALTHY_RUN else self._backoff)
+        """Start again after the backoff: 1 s, doubling to 60 s; 1 s after a healthy run."""
+        if ran >= HEALTHY_RUN:
+            self._backoff = BACKOFF_MIN
+        self._restart_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _stop_receiver(self) -> None:
         if self._run is not None:
             run, self._run = self._run, None
             run.proc.stop()
             self._restart_at = 0.0
+
+    @property
+    def receiver_pid(self) -> int | None:
+        """The running pg_receivewal's process id."""
+        return self._run.proc.pid if self._run is not None else None
 
     def kill_receiver(self) -> int | None:
         """SIGKILL pg_receivewal (a crash, for tests); its pid."""

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from drbackup.errors import DrbackupError
 from drbackup.scheduler.locks import lock_key
 
-CLAIM_RETRY = 15.0
+CLAIM_RETRY = 5.0
 CLAIM_CHECK = 5.0
 FAILED_RETRY = 30.0
 
@@ -111,6 +111,7 @@ class WalStreams:
             thread.join(timeout)
 
     def _serve(self, target: str) -> None:
+        waiting = False
         while not self._stop.is_set():
             claim = StreamClaim(self.app.catalog.engine, target)
             try:
@@ -120,8 +121,16 @@ class WalStreams:
                 self._stop.wait(CLAIM_RETRY)
                 continue
             if not held:
+                if not waiting:  # said once per stretch of waiting
+                    self.emit(
+                        "wal_stream_claim_waiting",
+                        target=target,
+                        reason="another replica streams this target; taking over when it stops",
+                    )
+                waiting = True
                 self._stop.wait(CLAIM_RETRY)
                 continue
+            waiting = False
             try:
                 self._stream(target, claim)
             finally:

@@ -11,8 +11,10 @@ later byte already written, an earlier one not yet), so :func:`snapshot_partial`
    ``S`` in the second read is final.  The record ``[S, E)`` itself counts only if its
    CRC-32C (``xl_crc``) matches in the second read; otherwise the snapshot ends at ``S``.
 
-The snapshot is the segment's bytes up to that end and zeros after (a file of the segment's
-size, as PostgreSQL reads segments): the same length always gives the same bytes, so an
+The end is rounded up to the next multiple of 8 (where the next record would start, and
+what ``pg_current_wal_lsn()`` says once that record is written).  The snapshot is the
+segment's bytes up to that end and zeros after (a file of the segment's size, as PostgreSQL
+reads segments): the same length always gives the same bytes, so an
 upload of it is idempotent.  Recovery that reads it replays up to its end, then finds the
 zeros (``invalid record length``) and ends there, as with any partial segment.
 """
@@ -106,9 +108,10 @@ def snapshot_partial(src: Path, dest: Path) -> int:
     if found is None:
         return 0
     start, end = found
+    aligned = min((end + 7) & ~7, len(first))  # the next record would start there
     with src.open("rb") as f:
-        second = f.read(end)
-    upto = end if _whole(second, start, header.block_size, header.pageaddr) else start
+        second = f.read(aligned)
+    upto = aligned if _whole(second, start, header.block_size, header.pageaddr) else start
     if upto:
         _write_padded(dest, memoryview(second)[:upto], len(first))
     return upto
