@@ -206,6 +206,8 @@ class WalStreamer:
     def _start(self) -> None:
         try:
             self._prepare_server()
+            for name in self.dir.truncate_unpadded(self._segment_size):
+                self.log.event("wal_stream_partial_reset", file=name, reason="not fully padded")
             seeded = self._seed()
             argv = receivewal_argv(
                 find_client_bin_dir(None, self.pg.pg_bin_dir),

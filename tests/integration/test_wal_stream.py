@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from drbackup.actions.backup_physical import backup_physical
@@ -18,6 +19,8 @@ from drbackup.actions.restore_physical import restore_physical
 from drbackup.actions.wal_check import analyze_archive
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.recovery import LATEST, RecoveryTarget
+from drbackup.sources.postgres.wal import parse_wal_file_name
+from drbackup.sources.postgres.walend import snapshot_partial
 from tests.fixtures.walarchive import make_wal_home
 from tests.fixtures.walstream import (
     STREAM_SETTINGS,
@@ -192,3 +195,64 @@ def test_a_slot_retaining_too_much_wal_and_inactive_is_a_warning_in_report(strea
         if s.name == "drbackup_health_wal_slot_retained_bytes" and s.labels == {"target": "app"}
     ]
     assert value > 16 << 20
+
+
+def test_the_spool_is_bounded_while_the_repository_is_down_and_drains_after(stream_home, source):
+    """Uploads fail (the repository's wal/ is a file); completed segments pile up until
+    stream_spool_max, then pg_receivewal is stopped (the slot keeps the WAL) and started again
+    once the uploads drain: no gap."""
+    limit = 32 << 20
+    doc = yaml.safe_load(stream_home.config_path.read_text())
+    doc["postgres"]["app"]["wal"]["stream_spool_max"] = limit
+    stream_home.config_path.write_text(yaml.safe_dump(doc))
+    wal_dir = stream_home.root / "repo" / "wal"
+    with streaming(stream_home) as stream:
+        streamer = stream.streamer
+        stream.wait_for(lambda: stored_files(stream_home), "the first WAL file stored")
+        wal_dir.rename(wal_dir.with_name("wal.away"))
+        wal_dir.write_text("not a directory: every upload fails\n")
+        for first in range(1, 7):
+            insert_markers(source, first * 100, first * 100 + 9)
+            source.execute("SELECT pg_switch_wal()")
+        stream.wait_for(lambda: "wal_stream_paused" in stream.names(), "the pause")
+        assert "wal_stream_upload_failed" in stream.names()
+        stream.wait_for(lambda: streamer.receiver_pid is None, "pg_receivewal to stop")
+        assert streamer.dir.waiting_bytes() <= limit + 3 * (16 << 20)
+        wal_dir.unlink()
+        wal_dir.with_name("wal.away").rename(wal_dir)
+        stream.wait_for(lambda: streamer.receiver_pid is not None, "pg_receivewal again")
+        insert_markers(source, 1, 10)
+        wait_streamed(stream_home, current_lsn(source))
+        stream.wait_for(lambda: not streamer.dir.completed(), "the spool to drain")
+    status = analyze_archive(stream_home.app().repository(), "app")
+    assert status.gaps == [], status.gaps
+
+
+def test_synchronous_streaming_has_each_commit_in_the_spool_when_it_returns(
+    pg_cluster_factory, stream_home
+):
+    settings = {
+        **STREAM_SETTINGS,
+        "synchronous_commit": "on",
+        "synchronous_standby_names": "drbackup_app",
+    }
+    cluster = pg_cluster_factory(settings=settings)
+    stream_home.set_dsn(cluster.dsn())
+    doc = yaml.safe_load(stream_home.config_path.read_text())
+    doc["postgres"]["app"]["wal"]["synchronous"] = True
+    stream_home.config_path.write_text(yaml.safe_dump(doc))
+    with streaming(stream_home) as stream:
+        stream.wait_for(
+            lambda: cluster.execute(
+                "SELECT 1 FROM pg_stat_replication"
+                " WHERE application_name = 'drbackup_app' AND sync_state = 'sync'"
+            ),
+            "pg_receivewal as the synchronous standby",
+        )
+        cluster.execute("CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)")
+        insert_markers(cluster, 1, 3)  # returns once pg_receivewal has flushed it
+        committed = current_lsn(cluster)
+        (partial,) = stream.streamer.dir.partials()
+        name = parse_wal_file_name(partial.name)
+        upto = snapshot_partial(stream.streamer.dir.path / partial.name, stream_home.root / "s")
+        assert name.segno(16 << 20) * (16 << 20) + upto >= committed

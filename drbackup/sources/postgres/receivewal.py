@@ -210,6 +210,19 @@ class ReceiveDir:
         path.touch()
         return path
 
+    def truncate_unpadded(self, segment_size: int) -> list[str]:
+        """Empty each ``.partial`` whose size is neither 0 nor the segment size (pg_receivewal
+        stopped while padding a new file, before any WAL went into it): it refuses to resume
+        from such a file, and resumes from an empty one at the same place.  Their names."""
+        fixed = []
+        for name in self.partials():
+            path = self.path / name.name
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size not in (0, segment_size):
+                    os.truncate(path, 0)
+                    fixed.append(name.name)
+        return fixed
+
     def remove_empty_partials(self) -> list[str]:
         """Remove ``.partial`` files nothing was written into (a start position that the
         server refused); their names."""

@@ -119,15 +119,16 @@ def snapshot_partial(src: Path, dest: Path) -> int:
 
 def _whole(data: bytes, start: int, block_size: int, start_lsn: int) -> bool:
     """True if the record at ``start`` is complete in ``data`` and its CRC matches."""
-    padded = data + bytes(-len(data) % block_size)
-    pages = _Pages(padded, block_size, start_lsn)
     if start + 4 > len(data):
         return False
-    (total,) = _U32.unpack_from(padded, start)
+    (total,) = _U32.unpack_from(data, start)
     if total < RECORD_HEADER or total > CRC_CHECK_MAX:
         return False
-    got = pages.read(start, total)
-    return got is not None and got[1] <= len(data) and record_crc_matches(got[0])
+    base = start - start % block_size  # only the pages the record is on
+    region = data[base : base + total + 2 * block_size]
+    region += bytes(-len(region) % block_size)
+    got = _Pages(region, block_size, start_lsn + base).read(start - base, total)
+    return got is not None and base + got[1] <= len(data) and record_crc_matches(got[0])
 
 
 def _write_padded(dest: Path, head: memoryview, size: int) -> None:

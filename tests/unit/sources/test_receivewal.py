@@ -92,3 +92,12 @@ def test_a_seed_marks_the_start_and_an_unused_one_is_removed(tmp_path):
     _touch(tmp_path, "00000001000000000000000A.partial")  # written into: kept
     assert spool.remove_empty_partials() == ["000000010000000000000009.partial"]
     assert [n.name for n in spool.partials()] == ["00000001000000000000000A.partial"]
+
+
+def test_a_partial_left_half_padded_is_emptied_so_that_pg_receivewal_resumes(tmp_path):
+    _touch(tmp_path, "000000010000000000000007.partial", 5 << 20)  # killed while padding
+    _touch(tmp_path, "000000010000000000000006.partial")  # ended timeline? full size: kept
+    spool = ReceiveDir(tmp_path)
+    assert spool.truncate_unpadded(SEG) == ["000000010000000000000007.partial"]
+    assert (tmp_path / "000000010000000000000007.partial").stat().st_size == 0
+    assert (tmp_path / "000000010000000000000006.partial").stat().st_size == SEG
