@@ -132,8 +132,9 @@ def test_an_immediate_stop_loses_nothing_committed_before_the_flush_interval(str
     assert len(acked) >= 20
     must = {m for m, at in acked.items() if at <= crashed_at - FLUSH - RPO_MARGIN}
     assert must <= restored, sorted(must - restored)
+    # a commit may be durable (and streamed) while its reply was lost in the stop
+    assert restored == set(range(1001, max(restored) + 1)), "restored markers have holes"
     newest = max(restored & acked.keys())
-    assert restored - {newest} == set(range(1001, newest)), "restored markers have holes"
     lost = sorted(set(acked) - restored)
     rpo = crashed_at - acked[newest]
     print(
