@@ -26,9 +26,9 @@ def list_(state, target: str | None, as_json: bool) -> None:
         echo_json([backup_summary(m) for m in manifests])
     else:
         _list_table(manifests)
+        _window_lines(state.app, manifests)
     for warning in storage_warnings(state.app):
         click.echo(f"warning: {warning}", err=True)
-        _window_lines(state.app, manifests)
     if damaged:
         raise damage_found(
             f"{len(damaged)} backup manifest(s) are damaged and not listed:",

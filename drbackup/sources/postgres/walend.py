@@ -24,36 +24,21 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import google_crc32c
+
 from drbackup.errors import SourceError
 from drbackup.sources.postgres.wal import read_segment_header
 from drbackup.sources.postgres.walrecords import RECORD_HEADER, _Pages, walk_records
 
 _U32 = struct.Struct("<I")
 _CRC_OFFSET = 20  # offsetof(XLogRecord, xl_crc)
-CRC_CHECK_MAX = 1 << 20  # a longer last record is left for the next snapshot, not checked
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc32c_table()
+CRC_CHECK_MAX = 16 << 20  # no whole record of a segment is longer
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
     """CRC-32C (Castagnoli), as PostgreSQL's ``INIT/COMP/FIN_CRC32C``; chainable like
     ``zlib.crc32``: ``crc32c(b, crc32c(a)) == crc32c(a + b)``."""
-    crc ^= 0xFFFFFFFF
-    table = _TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    return google_crc32c.extend(crc, data)
 
 
 def record_crc_matches(body: bytes) -> bool:
