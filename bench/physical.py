@@ -9,6 +9,9 @@ zstd threads = cores).  Measured, each command as its own child (common.py):
 
     backup    pgbackrest --type=full backup   (start-fast; waits for its WAL, as ours does)
               drbackup backup postgres --physical
+              pg_basebackup -Ft -X none -c fast, client zstd at the same level and thread
+              count, into a directory (no encryption: the floor of a streamed base backup;
+              -X none waits for the backup's WAL to be archived, as the others do)
     restore   pgbackrest restore --type=default, then the server started until it promotes
               drbackup restore postgres --into-dir DIR --latest --start
               (both replay the same WAL: a pgbench load written after the last backups)
@@ -68,6 +71,7 @@ EXCLUDE = frozenset({"postgres"})  # a restore's own server is not the tool's me
 LABELS = {
     "pgbr_backup": "pgbackrest backup --type=full",
     "drb_backup": "drbackup backup postgres --physical",
+    "pgbb_backup": "pg_basebackup -Ft, client zstd (no encryption)",
     "pgbr_restore": "pgbackrest restore + recovery to the end of WAL",
     "drb_restore": "drbackup restore --into-dir --latest --start",
 }
@@ -109,6 +113,15 @@ def measure_pgbr_backup(run: Run) -> Measurement:
 def measure_drb_backup(run: Run) -> Measurement:
     argv = run.tools.drbackup("backup", "postgres", "bench", "--physical", "--json")
     return run.child(argv, env=run.tools.drbackup_env()).check("drbackup backup --physical")
+
+
+def measure_pgbb_backup(run: Run) -> Measurement:
+    into = run.tools.run_dir / "pg_basebackup"
+    shutil.rmtree(into, ignore_errors=True)
+    try:
+        return run.child(run.tools.pg_basebackup(into)).check("pg_basebackup")
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
 
 
 def measure_pgbr_restore(run: Run) -> Measurement:
@@ -214,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     order: list[str] = []
     try:
         tools.setup()
-        size = cluster.execute("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0]
+        size = int(cluster.execute("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0])
         print(f"cluster {fmt_size(size)}; {machine}", flush=True)
-        backups = [("pgbr_backup", measure_pgbr_backup), ("drb_backup", measure_drb_backup)]
+        backups = [
+            ("pgbr_backup", measure_pgbr_backup),
+            ("drb_backup", measure_drb_backup),
+            ("pgbb_backup", measure_pgbb_backup),
+        ]
         rounds(run, backups, results, order)
         print("WAL: pgbench", flush=True)
         wal = wal_load(run)
@@ -286,6 +303,10 @@ def verdicts(results, order, wal) -> list[list[str]]:
         ok = best <= limit and median <= limit
         shown = f"{best:.2f}; beside {median:.2f} ({beside[0]:.2f}-{beside[-1]:.2f})"
         rows.append([what, shown, f"<= {limit}", "PASS" if ok else "MISS"])
+    best = results["drb_backup"].best.wall_s / results["pgbb_backup"].best.wall_s
+    beside = sorted(paired(results, order, "drb_backup", "pgbb_backup"))
+    shown = f"{best:.2f}; beside {statistics.median(beside):.2f} ({beside[0]:.2f}-{beside[-1]:.2f})"
+    rows.append(["backup / pg_basebackup (info)", shown, "-", "info"])
     for name in ("drb_backup", "drb_restore"):
         rss = results[name].best.tool_rss
         ok = rss < TARGETS["rss"]

@@ -147,6 +147,12 @@ class Tools:
     def pgbackrest(self, *args: str) -> list[str]:
         return as_server_user(["pgbackrest", f"--config={self.pgbr_conf}", "--stanza=bench", *args])
 
+    def pg_basebackup(self, into: Path) -> list[str]:
+        """A tar base backup into ``into``: zstd on the client at our level and threads."""
+        compress = f"client-zstd:level={self.level},workers={self.processes}"
+        return [str(self.cluster.bin_dir / "pg_basebackup"), "-d", self.cluster.dsn("postgres"),
+                "-D", str(into), "-Ft", "-X", "none", "-c", "fast", f"--compress={compress}"]  # fmt: skip
+
     def drbackup(self, *args: str) -> list[str]:
         return [DRBACKUP, *args]
 
