@@ -94,6 +94,16 @@ class BucketMissingError(StorageUnreachableError):
     exit_code = EXIT_USAGE
 
 
+class CommitUncertainError(StorageUnreachableError):
+    """A manifest write failed and reading it back did not tell whether it took effect.
+
+    The backup's data is kept (it may be a committed backup): the message names the backup
+    and the hint what to run once the storage answers again.
+    """
+
+    exit_code = EXIT_UNREACHABLE
+
+
 class ObjectNotFoundError(StorageError):
     """A named object does not exist in the storage backend."""
 
@@ -128,6 +138,13 @@ class SourceUnreachableError(SourceError):
 
 class RestoreError(DrbackupError):
     """A restore failed or was refused (non-empty target, pg_restore errors)."""
+
+    exit_code = EXIT_FAILED
+
+
+class LeaseLostError(DrbackupError):
+    """A running writer lost its lease (removed by prune, or not renewed in time): its
+    data may be gone, so it refuses to commit."""
 
     exit_code = EXIT_FAILED
 

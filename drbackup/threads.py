@@ -23,7 +23,7 @@ class Background(Generic[T]):
     def _run(self) -> None:
         try:
             self._value = self._fn()
-        except BaseException as exc:  # handed to result()
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
             self._error = exc
 
     @property

@@ -45,7 +45,7 @@ def backup_physical(app, name: str, *, progress=None) -> Manifest:
 
 
 def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
         app.catalog.record_run("backup", target, started, datetime.now(UTC), status, **kw)
 
 

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import subprocess
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from psycopg import IsolationLevel
-
 from drbackup.actions.runs import run_outcome
-from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
-from drbackup.errors import DrbackupError, LockedError, SourceError
+from drbackup.codec.pipeline import iter_blocks_threaded
+from drbackup.errors import DrbackupError, LockedError
 from drbackup.repository.manifest import Manifest
-from drbackup.sources.postgres import commands, versions
+from drbackup.sources.postgres import commands, dump, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
+from drbackup.sources.postgres.processes import StreamingProcess, tool_version
 from drbackup.threads import Background
-
-LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('drbackup backup ' || %s))"
 
 
 @dataclass
@@ -101,7 +96,7 @@ def backup_target(app, name: str, *, progress=None) -> Manifest:
         raise
     _record(app, name, started, "ok", backup_id=manifest.backup_id)
     # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
         app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
     return manifest
 
@@ -121,7 +116,7 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
         _take_lock(control, target.name)
         server_num = control.info.server_version
         bin_dir = commands.find_client_bin_dir(server_num, target.pg_bin_dir)
-        dump_version = commands.tool_version(bin_dir, "pg_dump")
+        dump_version = tool_version(bin_dir, "pg_dump")
         versions.require_client_for_server("pg_dump", dump_version, server_num)
         databases = _databases(control, target)
         with repo.new_backup(target.name, "postgres") as writer:
@@ -135,7 +130,7 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
             )
             writer.meta.update(
                 {
-                    "server_version": control.execute("SHOW server_version").fetchone()[0],
+                    "server_version": dump.server_version_text(control),
                     "server_version_num": server_num,
                     "pg_dump_version": f"{dump_version[0]}.{dump_version[1]}",
                     "databases": databases,
@@ -151,7 +146,7 @@ def _prefetch_catalog(after: Callable[[], None]) -> None:
     # the import's memory does not add to scrypt's.  Errors surface (and are suppressed) later.
     def load() -> None:
         after()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # an import error resurfaces where the catalog is used
             importlib.import_module("drbackup.catalog")
 
     threading.Thread(target=load, name="drbackup-catalog-import", daemon=True).start()
@@ -160,7 +155,7 @@ def _prefetch_catalog(after: Callable[[], None]) -> None:
 def _take_lock(control, name: str) -> None:
     # A session advisory lock on the source server: held for the whole backup, released
     # by the server if this process dies, and seen by every host backing up this target.
-    if not control.execute(LOCK_SQL, (name,)).fetchone()[0]:
+    if not dump.take_backup_lock(control, name):
         raise LockedError(
             f"another backup of target {name} is running",
             hint="wait for it to finish; backups of one target never overlap",
@@ -169,10 +164,7 @@ def _take_lock(control, name: str) -> None:
 
 def _databases(control, target: PgTarget) -> list[str]:
     if target.databases == "all":
-        rows = control.execute(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1"
-        ).fetchall()
-        return [r[0] for r in rows]
+        return dump.list_databases(control)
     if not target.databases:
         return [database_of(target.dsn) or "postgres"]
     return list(target.databases)
@@ -180,34 +172,21 @@ def _databases(control, target: PgTarget) -> list[str]:
 
 def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
     dsn = dsn_for_database(target.dsn, db)
-    with connect(dsn, target.password, autocommit=False) as snap:
-        snap.isolation_level = IsolationLevel.REPEATABLE_READ
-        snap.read_only = True
-        snapshot_id, point = snap.execute(
-            "SELECT pg_export_snapshot(), statement_timestamp()"
-        ).fetchone()
-        meta = {
-            "database": db,
-            "recovery_point": point.astimezone(UTC).isoformat(),
-            "database_size": snap.execute("SELECT pg_database_size(current_database())").fetchone()[
-                0
-            ],
-            "encoding": snap.execute("SHOW server_encoding").fetchone()[0],
-        }
+    with dump.exported_snapshot(dsn, target.password, db) as (snap, snapshot):
+        meta = dict(snapshot.meta)
         argv = commands.pg_dump_argv(
             bin_dir,
             dsn,
-            snapshot=snapshot_id,
+            snapshot=snapshot.snapshot_id,
             include_schemas=target.include_schemas,
             exclude_schemas=target.exclude_schemas,
             include_tables=target.include_tables,
             exclude_tables=target.exclude_tables,
             extra=target.pg_dump_options,
         )
-        sequences = _sequence_states(snap) if target.fingerprint != "off" else {}
-        with _Process(
-            argv, client_env(target.password, target.dsn), f"pg_dump of database {db}"
-        ) as proc:
+        sequences = dump.sequence_states(snap) if target.fingerprint != "off" else {}
+        env = client_env(target.password, target.dsn)
+        with StreamingProcess(argv, env, f"pg_dump of database {db}") as proc:
             # The key (stretched in the background while pg_dump starts) before the
             # fingerprint: a wrong passphrase stops here, before any table is scanned.
             writer.data_key  # noqa: B018 - waits for it, or raises
@@ -222,135 +201,21 @@ def _dump_database(writer, target: PgTarget, db: str, bin_dir, progress):
                 # fingerprint's table scan instead of finishing it for nothing.
                 snap.cancel_safe()
                 raise
-        meta["fingerprint"] = _pin_sequences(fingerprint.result(), sequences)
-        snap.rollback()
+        meta["fingerprint"] = dump.pin_sequences(fingerprint.result(), sequences)
     return item
 
 
 def _fingerprint(conn, target: PgTarget):
-    if target.fingerprint == "off":
-        return None
-    from drbackup.sources.postgres.fingerprint import (
-        ROW_HASH_RECORD,
-        default_row_hash,
-        take_fingerprint,
-    )
-
-    if default_row_hash(conn) == ROW_HASH_RECORD:
-        # One backend: pg_dump's COPY is the backup's critical path, and a single backend
-        # hashes rows faster than pg_dump copies them, so parallel workers would only take
-        # CPU from the COPY (and workers from the source server).  md5 is slow enough to
-        # become the tail: it keeps the planner's choice.
-        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-    return take_fingerprint(
-        conn,
-        target.fingerprint,
-        include_schemas=target.include_schemas or None,
-        exclude_schemas=target.exclude_schemas or None,
-        include_tables=target.include_tables or None,
-        exclude_tables=target.exclude_tables or None,
-    )
-
-
-_SEQUENCES_SQL = """
-SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'S' AND c.relpersistence <> 't'
-  AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT') END
-"""
-
-
-def _sequence_states(conn) -> dict[str, tuple[int, bool]]:
-    """``(last_value, is_called)`` of every readable sequence, read now (before pg_dump).
-
-    Sequences are not transactional: pg_dump reads them early in its run, while the
-    fingerprint, running alongside, reads them late; under writes it would expect values
-    the dump does not hold (a false "sequence is behind").  Values read before pg_dump
-    starts are a lower bound of what it dumps, which is what the comparison assumes.
-    """
-    from drbackup.sources.postgres.inventory import read_sequence_state
-
-    return {
-        f"{schema}.{name}": read_sequence_state(conn, schema, name)
-        for schema, name in conn.execute(_SEQUENCES_SQL).fetchall()
+    scope = {
+        "include_schemas": target.include_schemas or None,
+        "exclude_schemas": target.exclude_schemas or None,
+        "include_tables": target.include_tables or None,
+        "exclude_tables": target.exclude_tables or None,
     }
-
-
-def _pin_sequences(fingerprint: dict | None, states: dict[str, tuple[int, bool]]):
-    """The fingerprint with its sequence values replaced by those read before pg_dump."""
-    sequences = (fingerprint or {}).get("inventory", {}).get("sequences", {})
-    for name, entry in sequences.items():
-        if name in states:
-            entry["last_value"], entry["is_called"] = states[name]
-    return fingerprint
+    return dump.fingerprint_beside_dump(conn, target.fingerprint, scope)
 
 
 def _dump_globals(writer, target: PgTarget, bin_dir) -> None:
     """Roles, memberships and tablespaces; without superuser, role passwords are left out."""
-    env = client_env(target.password, target.dsn)
-    meta = {"role_passwords": True}
-    result = _run(commands.pg_dumpall_globals_argv(bin_dir, target.dsn), env)
-    if result.returncode != 0 and "permission denied" in result.stderr:
-        meta["role_passwords"] = False
-        result = _run(
-            commands.pg_dumpall_globals_argv(bin_dir, target.dsn, no_role_passwords=True), env
-        )
-    if result.returncode != 0:
-        raise SourceError(f"pg_dumpall --globals-only failed: {_last_line(result.stderr)}")
-    writer.add_stream("globals", "globals.sql", iter([result.stdout.encode()]), meta)
-
-
-def _run(argv, env) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SourceError(f"cannot run {argv[0]}: {exc}") from None
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no message)"
-
-
-class _Process:
-    """A child whose stdout we stream; stderr drained into a bounded tail; killed on error."""
-
-    def __init__(self, argv: list[str], env: dict, what: str):
-        self.argv, self.env, self.what = argv, env, what
-        self.stderr_tail: deque[str] = deque(maxlen=20)
-
-    def __enter__(self):
-        try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-            )
-        except OSError as exc:
-            raise SourceError(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
-        self.stdout = self.proc.stdout
-        widen_pipe(self.stdout.fileno())
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
-        self._drain.start()
-        return self
-
-    def _read_stderr(self) -> None:
-        for raw in self.proc.stderr:
-            self.stderr_tail.append(raw.decode("utf-8", "replace").rstrip())
-
-    def finish(self) -> None:
-        """Wait for exit; raise SourceError with the last stderr line on a non-zero status."""
-        code = self.proc.wait()
-        self._drain.join(timeout=5)
-        if code != 0:
-            raise SourceError(
-                f"{self.what} failed (exit {code}): {_last_line(chr(10).join(self.stderr_tail))}"
-            )
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
+    text, meta = dump.dump_globals(bin_dir, target.dsn, target.password)
+    writer.add_stream("globals", "globals.sql", iter([text]), meta)

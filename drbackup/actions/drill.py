@@ -40,12 +40,10 @@ from drbackup.drill.early import EarlyHasher
 from drbackup.drill.history import history_entries, rto_trend
 from drbackup.drill.plan import BackupChoice, DrillPlan, default_plan, load_plan
 from drbackup.drill.report import (
-    REPORT_PREFIX,
     build_report,
     expand_output_path,
     failed_checks,
     format_for_path,
-    report_key,
     write_report_file,
 )
 from drbackup.drill.runner import (
@@ -75,6 +73,7 @@ from drbackup.errors import (
     StorageUnreachableError,
     UsageError,
 )
+from drbackup.repository.reports import report_key, report_target
 from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import snapshot_buckets
 from drbackup.sources.postgres.commands import mask_dsn
@@ -485,15 +484,14 @@ def drill_history(app, target: str | None = None, limit: int | None = None) -> d
     Returns ``{"drills": [entry...], "trend": {target: {...}}, "unreadable": [key: problem]}``.
     """
     repo = app.repository()
-    prefix = f"{REPORT_PREFIX}{target}/" if target else REPORT_PREFIX
     entries, unreadable, seen = [], [], set()
-    for info in sorted(repo.storage.list(prefix), key=lambda i: i.key.rsplit("/", 1)[-1]):
+    for key in repo.report_keys(target):
         try:
-            report = repo.get_document(info.key)
+            report = repo.get_document(key)
         except DrbackupError as exc:
-            unreadable.append(f"{info.key}: {exc.message}")
+            unreadable.append(f"{key}: {exc.message}")
             continue
-        key_target = info.key[len(REPORT_PREFIX) :].split("/", 1)[0]
+        key_target = report_target(key)
         for entry in history_entries(report):
             if entry["target"] == key_target and (entry["drill_id"], key_target) not in seen:
                 seen.add((entry["drill_id"], key_target))

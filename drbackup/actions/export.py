@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from drbackup.errors import UsageError
+from drbackup.files import atomic_write
 
 
 def export_backup(app, backup_id: str, output: str, *, database: str | None = None) -> list[Path]:
@@ -39,16 +39,7 @@ def export_backup(app, backup_id: str, output: str, *, database: str | None = No
 def _write(repo, item, path: Path) -> Path:
     """Write one item, readable by its owner only: the data is decrypted, and the globals
     hold the roles' password hashes."""
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)  # a previous run's leftover, perhaps with wider mode
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as f, repo.open_item(item) as reader:
-            for block in reader:
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path, mode=0o600) as out, repo.open_item(item) as reader:
+        for block in reader:
+            out.write(block)
     return path

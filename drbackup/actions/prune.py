@@ -9,11 +9,12 @@ Per target, in this order:
 3. Delete each expired backup manifest first, data after (``Repository.delete_backup``): a
    crash in between leaves data without a manifest, which readers ignore and the next
    prune removes.  A backup whose manifest is under S3 Object Lock is skipped and reported.
-4. Remove data directories without a manifest (interrupted backups) once nothing was
-   written to them for the target's ``leftover_grace``.  A running backup writes its
-   manifest last, so its data looks the same: the grace period is what keeps it safe.
+4. Remove leftovers of interrupted backups (data without a manifest, local temporaries,
+   leases) once nothing was written for the target's ``leftover_grace`` and the writer's
+   lease, renewed while it runs, has expired: ``repository/leftovers.py``.
 
-Then, if bucket snapshots were removed, blob collection (``actions.gc``) frees the blobs
+Then temporaries of killed local writes outside ``data/`` older than the grace go, and if
+bucket snapshots were removed, blob collection (``actions.gc``) frees the blobs
 no snapshot references any more.  A failing target does not stop the others: its error
 is in the report (:meth:`PruneReport.raise_for_errors`).  ``dry_run`` decides and reports
 without deleting anything.  See ``docs/retention.md``.
@@ -21,17 +22,14 @@ without deleting anything.  See ``docs/retention.md``.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from drbackup.actions.gc import collect_garbage
 from drbackup.actions.prune_wal import WalPrune, prune_wal
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
 from drbackup.drill.history import history_entries
-from drbackup.drill.report import REPORT_PREFIX
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
@@ -40,14 +38,10 @@ from drbackup.errors import (
     StorageError,
     UsageError,
 )
-from drbackup.repository.manifest import (
-    DATA_PREFIX,
-    BackupRef,
-    is_backup_id,
-    manifest_key,
-)
+from drbackup.repository.leftovers import data_leftovers as find_leftovers  # noqa: F401
+from drbackup.repository.leftovers import lease_expiry
+from drbackup.repository.manifest import BackupRef
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy_by_kind
-from drbackup.storage.base import link_warnings
 
 DRILL_REASON = "last passing drill {drill_id}"
 GOOD_REASON = "newest backup not known to be damaged"
@@ -63,15 +57,19 @@ class Leftover:
     objects: int
     size: int
     last_written: datetime
-    action: str  # removed, would remove, kept (younger than grace), locked
+    action: str  # removed, would remove, kept (younger than grace | writer alive ...), locked
     locked_until: datetime | None = None
+    temporaries: int = 0  # local .tmp-* files of killed writes in its data directory
+    lease: str = "none"  # live, expired, none
 
     def to_dict(self) -> dict:
         return {
             "backup_id": self.backup_id,
             "objects": self.objects,
+            "temporaries": self.temporaries,
             "size": self.size,
             "last_written": _iso(self.last_written),
+            "lease": self.lease,
             "action": self.action,
             "locked_until": _iso(self.locked_until) if self.locked_until else None,
         }
@@ -142,6 +140,8 @@ class PruneReport:
     blobs: dict | None = None  # what blob collection reported, if it ran
     blob_error: DrbackupError | None = None
     warnings: list[str] = field(default_factory=list)  # links in the repository, not followed
+    temporaries: list[dict] = field(default_factory=list)  # {key, age_s, action}
+    temporaries_error: DrbackupError | None = None
 
     @property
     def failed(self) -> list[TargetPrune]:
@@ -152,6 +152,8 @@ class PruneReport:
         errors = [(t.target, t.error) for t in self.failed]
         if self.blob_error is not None:
             errors.append(("blob collection", self.blob_error))
+        if self.temporaries_error is not None:
+            errors.append(("temporaries", self.temporaries_error))
         if not errors:
             return
         first = errors[0][1]
@@ -165,6 +167,7 @@ class PruneReport:
             "targets": [t.to_dict() for t in self.targets],
             "blobs": self.blobs,
             "warnings": self.warnings,
+            "temporaries": self.temporaries,
         }
 
 
@@ -222,8 +225,15 @@ def prune_repository(
         report.targets.append(result)
         if catalog is not None and not dry_run:
             _record_run(catalog, result, started)
+    grace = lease_expiry(max(s.leftover_grace for s in settings.values()))
+    try:  # temporaries of killed local writes outside data/ (repository/leftovers.py)
+        report.temporaries = repo.remove_stray_temporaries(
+            now, grace, dry_run=dry_run, keep_blobs=lambda: _snapshot_running(repo, now)
+        )
+    except DrbackupError as exc:
+        report.temporaries_error = exc
     report.blobs = _collect_blobs(repo, report)
-    report.warnings = link_warnings(repo.storage)
+    report.warnings = repo.storage_warnings()
     return report
 
 
@@ -270,7 +280,7 @@ def _prune_wal(repo, result: TargetPrune, dry_run: bool) -> None:
         result.target,
         remaining,
         dry_run=dry_run,
-        locked_until=partial(locked_until, repo.storage),
+        locked_until=repo.locked_until,
     )
 
 
@@ -321,7 +331,7 @@ def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str 
 
 def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: bool) -> None:
     """Delete one backup unless Object Lock holds its manifest; record what happened."""
-    until = locked_until(repo.storage, ref.manifest_key)
+    until = repo.locked_until(ref.manifest_key)
     if until is not None:
         result.locked[ref.backup_id] = until
         return
@@ -330,7 +340,7 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
     try:
         repo.delete_backup(ref)
     except StorageError:
-        until = locked_until(repo.storage, ref.manifest_key)
+        until = repo.locked_until(ref.manifest_key)
         if until is None:
             raise
         result.locked[ref.backup_id] = until
@@ -340,54 +350,37 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
         _optional(lambda: catalog.forget_backup(ref.backup_id, repo.id))
 
 
-def locked_until(storage, key: str) -> datetime | None:
-    """Until when Object Lock protects ``key``; None if unlocked, missing, or no such feature."""
-    probe = getattr(storage, "locked_until", None)
-    if probe is None:
-        return None
-    try:
-        return probe(key)
-    except ObjectNotFoundError:
-        return None
-
-
-# --- leftovers of unfinished backups --------------------------------------------------------
-
-
 def _prune_leftovers(repo, result, committed: set[str], grace: timedelta, now, dry_run) -> None:
-    for backup_id, objects in find_leftovers(repo.storage, result.target, committed).items():
-        last = max([_id_time(backup_id), *(_mtime(o.mtime) for o in objects)])
-        leftover = Leftover(backup_id, len(objects), sum(o.size for o in objects), last, "")
+    """Report every leftover; remove those whose writer is gone (repository/leftovers.py)."""
+    for found in repo.find_leftovers(result.target, committed):
+        leftover = Leftover(
+            found.backup_id,
+            len(found.objects),
+            found.size,
+            found.last_written(),
+            "",
+            temporaries=len(found.temporaries),
+            lease=found.lease_state(now, grace),
+        )
         result.leftovers.append(leftover)
-        if now - last < grace:
-            leftover.action = "kept (younger than grace)"
-        elif repo.storage.exists(manifest_key(result.target, backup_id)):
-            leftover.action = "kept (committed meanwhile)"  # a backup finished during prune
-        else:
-            _remove_leftover(repo.storage, leftover, [o.key for o in objects], dry_run)
+        leftover.action = found.kept_because(now, grace) or _removal(
+            repo, found, leftover, grace, now, dry_run
+        )
 
 
-def find_leftovers(storage, target: str, committed: set[str]) -> dict[str, list]:
-    """``{backup_id: [ObjectInfo]}`` of data under ``data/<target>/`` without a manifest."""
-    found = defaultdict(list)
-    for info in storage.list(f"{DATA_PREFIX}{target}/"):
-        parts = info.key.split("/")
-        if len(parts) == 4 and is_backup_id(parts[2]) and parts[2] not in committed:
-            found[parts[2]].append(info)
-    return dict(found)
-
-
-def _remove_leftover(storage, leftover: Leftover, keys: list[str], dry_run: bool) -> None:
-    locks = [until for key in keys if (until := locked_until(storage, key)) is not None]
+def _removal(repo, found, leftover: Leftover, grace, now, dry_run: bool) -> str:
+    locks = [u for o in found.objects if (u := repo.locked_until(o.key)) is not None]
     if locks:
-        leftover.action, leftover.locked_until = "locked", max(locks)
-        return
+        leftover.locked_until = max(locks)
+        return "locked"
     if dry_run:
-        leftover.action = "would remove"
-        return
-    for key in keys:
-        storage.delete(key)
-    leftover.action = "removed"
+        return "would remove"
+    return repo.remove_leftover(found, now, grace)
+
+
+def _snapshot_running(repo, now: datetime) -> bool:
+    locks = repo.list_locks(now.timestamp())
+    return any(lock.kind == "snapshot" and not lock.stale for lock in locks)
 
 
 # --- drills, blobs, catalog -----------------------------------------------------------------
@@ -400,8 +393,7 @@ def last_passing_drill(repo, target: str) -> tuple[str, str] | None:
     first; a report that fails authentication is passed over.  "Passing" means status pass or
     warn: the restore worked and the data checks held, which is what the rule protects.
     """
-    keys = [info.key for info in repo.storage.list(f"{REPORT_PREFIX}{target}/")]
-    for key in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True):
+    for key in repo.report_keys(target, newest_first=True):
         try:
             report = repo.get_document(key)
         except (IntegrityError, ObjectNotFoundError):
@@ -459,7 +451,7 @@ def _optional(fn):
     """The catalog is only an index: its failures never fail a prune."""
     try:
         return fn()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the catalog is an index: `catalog rebuild` repairs it
         return None
 
 
@@ -478,10 +470,6 @@ def _backup_dict(backup: BackupInfo, **extra) -> dict:
 def _parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _id_time(backup_id: str) -> datetime:
-    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def _mtime(seconds: float) -> datetime:

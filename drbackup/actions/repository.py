@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
-from drbackup.storage.base import link_warnings
 
 
 def init_repository(
@@ -94,7 +93,7 @@ def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[s
 
 def storage_warnings(app) -> list[str]:
     """Lines about the repository's storage that the command met (links not followed)."""
-    return link_warnings(app.repository().storage)
+    return app.repository().storage_warnings()
 
 
 def show_backup(app, backup_id: str) -> Manifest:

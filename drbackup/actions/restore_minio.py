@@ -90,6 +90,29 @@ def destination_client(app, target: str, into_target: str | None, workers: int) 
     return BucketClient.from_target(name, targets[name], max_connections=workers + 4)
 
 
+def _check_destination(client, result: MinioRestoreResult, *, force: bool) -> bool:
+    """Whether the destination bucket exists; RestoreError if it holds objects (unless
+    ``force``): the first one is named."""
+    exists = client.bucket_exists(result.into_bucket)
+    result.non_empty = client.first_key(result.into_bucket) if exists else None
+    if result.non_empty is not None and not force:
+        raise RestoreError(
+            f"destination bucket {result.into_bucket} is not empty (it holds {result.non_empty!r})",
+            hint="restore into an empty or new bucket, or add --force to overwrite "
+            "objects with the same keys",
+        )
+    return exists
+
+
+def _plan_all(result: MinioRestoreResult, selected) -> MinioRestoreResult:
+    """A dry run: what would be written, nothing written."""
+    for entry in selected:
+        result.planned.append(_plan(entry))
+        result.objects += 1
+        result.bytes += entry.size
+    return result
+
+
 def restore_minio(
     app,
     target: str,
@@ -117,23 +140,12 @@ def restore_minio(
     source = pick_bucket(selection.manifest, bucket)
     client = destination_client(app, target, into_target, workers)
     result = MinioRestoreResult(selection, source, into_bucket, client.endpoint, dry_run, prefix)
-    exists = client.bucket_exists(into_bucket)
-    result.non_empty = client.first_key(into_bucket) if exists else None
-    if result.non_empty is not None and not force and not dry_run:
-        raise RestoreError(
-            f"destination bucket {into_bucket} is not empty (it holds {result.non_empty!r})",
-            hint="restore into an empty or new bucket, or add --force to overwrite "
-            "objects with the same keys",
-        )
+    exists = _check_destination(client, result, force=force or dry_run)
     started = time.monotonic()
     with open_index(repo.open_item, selection.manifest, source) as entries:
         selected = _under_prefix(entries, prefix)
         if dry_run:
-            for entry in selected:
-                result.planned.append(_plan(entry))
-                result.objects += 1
-                result.bytes += entry.size
-            return result
+            return _plan_all(result, selected)
         if not exists:
             client.make_bucket(into_bucket)
             result.created_bucket = True

@@ -36,12 +36,11 @@ from drbackup.actions.backup_physical import TAR_TYPE
 from drbackup.actions.pitr import BaseBackupChoice, choose_base_backup
 from drbackup.actions.verify_physical import missing_wal
 from drbackup.actions.wal_fetch import Fetcher, FetchLog
-from drbackup.actions.wal_push import wal_settings
+from drbackup.actions.wal_push import read_settings
 from drbackup.actions.wal_spool import Spool
 from drbackup.errors import RestoreError, SourceError
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.basebackup_files import extract_archive, is_empty_dir
-from drbackup.sources.postgres.cluster import resolve_run_as
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.physical import replay_state
 from drbackup.sources.postgres.recovery import (
@@ -52,6 +51,7 @@ from drbackup.sources.postgres.recovery import (
     recovery_settings,
     write_recovery_config,
 )
+from drbackup.sources.postgres.run_as import resolve_run_as
 from drbackup.sources.postgres.wal import format_lsn, parse_history
 
 DEFAULT_RECOVERY_TIMEOUT = 24 * 3600.0
@@ -171,7 +171,7 @@ def restore_physical(
         restore.restore_command = standalone
         _write_settings(restore, standalone)
         if start:
-            ahead = wal_settings(app, target).fetch_ahead or 8
+            ahead = read_settings(app, target).fetch_ahead or 8
             _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT)
     except BaseException:
         keep_log = restore.run_dir

@@ -31,6 +31,7 @@ from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
+from drbackup.sources.postgres.processes import tool_version
 from drbackup.sources.postgres.restore import INCOMPLETE_HINT, RestoreRun, run_pg_restore
 from drbackup.sources.postgres.restore_marker import (
     new_database_name,
@@ -109,17 +110,10 @@ def restore_postgres(
     repo = app.repository(background_key=True)
     opened = Background(lambda: _open_target(into, password), "drbackup-target-check")
     try:
-        selection = select_backup(
-            repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
-        )
-        if selection.manifest.kind == "postgres-physical":
-            raise UsageError(
-                f"backup {selection.manifest.backup_id} is a base backup, not a dump",
-                hint="restore it with --into-dir DIR (docs/pitr.md)",
-            )
+        selection = _select_dump(repo, target, backup_id, point_in_time)
         item = pick_item(selection.manifest, database)
     except BaseException:
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(BaseException):  # the backup's error is the one to report
             opened.result()[0].close()
         raise
     server, state = opened.result()
@@ -138,6 +132,18 @@ def restore_postgres(
         result.created, result.removed = job.created, removed
         job.finish(result)
         return result
+
+
+def _select_dump(repo, target: str, backup_id, point_in_time) -> Selection:
+    selection = select_backup(
+        repo, target, backup_id=backup_id, point_in_time=point_in_time, kind="postgres"
+    )
+    if selection.manifest.kind == "postgres-physical":
+        raise UsageError(
+            f"backup {selection.manifest.backup_id} is a base backup, not a dump",
+            hint="restore it with --into-dir DIR (docs/pitr.md)",
+        )
+    return selection
 
 
 def _open_target(into: str, password) -> tuple[TargetServer, TargetState]:
@@ -162,7 +168,7 @@ def _client_bin_dir(server_version: int):
 
 def _harmless_errors(bin_dir, server_version: int) -> frozenset[str]:
     """What this pg_restore says into this server that changes nothing (versions.py)."""
-    pg_restore_major = commands.tool_version(bin_dir, "pg_restore")[0]
+    pg_restore_major = tool_version(bin_dir, "pg_restore")[0]
     return versions.harmless_restore_errors(pg_restore_major, versions.major_of(server_version))
 
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
 
-from drbackup.actions.gc import LOCK_REFRESH_S, LOCK_STALE_S, RepositoryLock
 from drbackup.actions.runs import run_outcome
-from drbackup.codec.pipeline import encode_to_storage, iter_blocks
+from drbackup.codec.pipeline import iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
-from drbackup.repository.manifest import BLOB_PREFIX, Manifest, blob_id_of, blob_key
+from drbackup.repository.blobs import ORACLE_LIMIT
+from drbackup.repository.locks import LOCK_REFRESH_S, LOCK_STALE_S
+from drbackup.repository.manifest import Manifest
 from drbackup.sources.buckets.client import (
     BucketClient,
     ListedObject,
@@ -54,7 +55,6 @@ from drbackup.sources.buckets.pool import ordered_map
 
 SMALL_OBJECT = 8 << 20  # read whole into memory; larger objects stream (two passes)
 KEYS_RECORDED = 100  # keys listed per kind of event in the manifest (counts are exact)
-ORACLE_LIMIT = 200_000  # blob names loaded by one listing before falling back to HEADs
 
 
 @dataclass
@@ -65,72 +65,6 @@ class SnapshotOptions:
     lock_refresh: float = LOCK_REFRESH_S
     lock_stale: float = LOCK_STALE_S
     oracle_limit: int = ORACLE_LIMIT
-
-
-# --- which blobs exist ------------------------------------------------------------------
-
-
-class BlobOracle:
-    """Answers "must this blob be uploaded?" once per blob id, safely across threads.
-
-    The first question lists ``blobs/`` once (up to ``limit`` names, 1000 per request);
-    above the limit each new blob costs one ``exists``.  Two threads with the same content
-    never both upload: the second waits for the first and uploads only if it failed.
-    """
-
-    def __init__(self, storage, limit: int = ORACLE_LIMIT):
-        self._storage, self._limit = storage, limit
-        self._lock = threading.Lock()
-        self._state: dict[str, threading.Event | bool] = {}  # True: stored
-        self._listed: set[bytes] | None = None
-        self._list_lock = threading.Lock()
-        self._list_done = False
-
-    def claim(self, blob_id: str) -> bool:
-        """True if the caller must upload ``blob_id`` and then call :meth:`done`."""
-        while True:
-            with self._lock:
-                state = self._state.get(blob_id)
-                if state is True:
-                    return False
-                if state is None:
-                    self._state[blob_id] = threading.Event()
-                    break
-            state.wait()
-        if self._exists(blob_id):
-            self.done(blob_id, True)
-            return False
-        return True
-
-    def done(self, blob_id: str, stored: bool) -> None:
-        with self._lock:
-            event = self._state.pop(blob_id)
-            if stored:
-                self._state[blob_id] = True
-        event.set()
-
-    def _exists(self, blob_id: str) -> bool:
-        listed = self._listing()
-        if listed is not None:
-            return bytes.fromhex(blob_id) in listed
-        return self._storage.exists(blob_key(blob_id))
-
-    def _listing(self) -> set[bytes] | None:
-        with self._list_lock:
-            if not self._list_done:
-                self._listed = self._load()
-                self._list_done = True
-            return self._listed
-
-    def _load(self) -> set[bytes] | None:
-        names: set[bytes] = set()
-        for info in self._storage.list(BLOB_PREFIX):
-            blob_id = blob_id_of(info.key)
-            if blob_id is not None:
-                names.add(bytes.fromhex(blob_id))
-                if len(names) > self._limit:
-                    return None
-        return names
 
 
 # --- one bucket -------------------------------------------------------------------------
@@ -315,16 +249,7 @@ class BucketSnapshot:
             return None
         stored = False
         try:
-            dk = self.writer.data_key
-            record = encode_to_storage(
-                self.repo.storage,
-                blob_key(blob_id),
-                blocks(),
-                slot_type=dk.slot_type,
-                slot=dk.slot,
-                data_key=dk.key,
-                settings=self.codec,
-            )
+            record = self.repo.put_blob(blob_id, blocks(), self.writer.data_key, self.codec)
             stored = True
             return record.stored_size
         finally:
@@ -374,8 +299,7 @@ def take_snapshot(
         client.check_bucket(bucket)  # fail before writing anything
     previous = None if opts.full else previous_snapshot(repo, target)
     with repo.new_backup(target, "bucket") as writer:
-        lock = RepositoryLock(
-            repo,
+        lock = repo.lock(
             "snapshot",
             writer.backup_id,
             target=target,
@@ -383,7 +307,7 @@ def take_snapshot(
             stale_after=opts.lock_stale,
         )
         with lock.acquire(conflicts_with="gc"):
-            oracle = BlobOracle(repo.storage, opts.oracle_limit)
+            oracle = repo.blob_oracle(opts.oracle_limit)
             cancel = threading.Event()
             stats = {}
             for bucket in buckets:
@@ -418,7 +342,9 @@ def _interruptible(fn: Callable, cancel: threading.Event):
             return future.result()
         except BaseException:
             cancel.set()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(
+                BaseException
+            ):  # waits for the index thread; the first error is raised
                 future.result()
             raise
 

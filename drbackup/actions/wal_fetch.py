@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from drbackup.actions.wal_files import fetch_wal_file
-from drbackup.actions.wal_push import spool_root, wal_settings
+from drbackup.actions.wal_push import read_settings, spool_root
 from drbackup.actions.wal_spool import ERROR, MISSING, Spool, poll_until, spawn_background
 from drbackup.actions.wal_take import FetchFailed, answer
 from drbackup.errors import DrbackupError, SourceError
@@ -58,7 +58,7 @@ def wal_fetch(app, request: FetchRequest, *, config_path: str | None = None) -> 
     Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out).
     """
     parse_wal_file_name(request.name)
-    settings = wal_settings(app, request.target) if app is not None else None
+    settings = read_settings(app, request.target) if app is not None else None
     if settings is not None and (not settings.asynchronous or settings.fetch_ahead == 0):
         return _fetch_now(app, request)
     spool = Spool(request.spool).prepare()
@@ -245,7 +245,7 @@ def run_fetcher(
     try:
         archive = WalArchive(app.repository(), target)
         chosen = cluster or _current_cluster(archive)
-        ahead = wal_settings(app, target).fetch_ahead
+        ahead = read_settings(app, target).fetch_ahead
         Fetcher(archive, chosen, spool, ahead=ahead).run(idle)
     finally:
         spool.release()

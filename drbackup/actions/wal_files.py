@@ -13,12 +13,12 @@ position its name says; a fetched file is checked the same way before PostgreSQL
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from drbackup.errors import IntegrityError, SourceError
+from drbackup.files import atomic_write
 from drbackup.repository.wal import (
     PutResult,
     StoredWal,
@@ -195,20 +195,11 @@ def fetch_wal_file(
         stored = archive.choose(cluster, name + ".partial")
     if stored is None:
         return None
-    tmp = dest.with_name(f".{dest.name}.drbackup-tmp")
-    try:
-        with tmp.open("wb") as out:
-            size = archive.read(stored, out.write)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_write(dest, mode=0o600, owner=owner) as out:
+        size = archive.read(stored, out.write)
+        out.flush()
         if wal_name.kind in (SEGMENT, PARTIAL):
-            _check_fetched(tmp, wal_name, cluster, stored)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            _check_fetched(Path(out.name), wal_name, cluster, stored)
     return Fetched(name, stored, size)
 
 

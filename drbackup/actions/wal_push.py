@@ -21,6 +21,7 @@ from pathlib import Path
 
 from drbackup.actions.wal_files import ClusterState, upload_wal_file
 from drbackup.actions.wal_spool import ERROR, OK, Spool, poll_until, spawn_background
+from drbackup.config.wal import WalSettings
 from drbackup.errors import DrbackupError, SourceError, UsageError
 from drbackup.repository.wal import PutResult, WalArchive
 from drbackup.sources.postgres.wal import parse_wal_file_name, ready_files
@@ -37,9 +38,18 @@ def wal_settings(app, target: str):
     return cfg.wal
 
 
+def read_settings(app, target: str):
+    """The ``wal`` settings for reading ``target``'s WAL back (restores, ``wal-fetch``): the
+    target's own when it is configured, else the defaults, since a restore host's config may
+    name only the repository.  Writers use :func:`wal_settings`, which refuses unknown names."""
+    if target not in app.config.targets:
+        return WalSettings()
+    return wal_settings(app, target)
+
+
 def spool_root(app, target: str) -> Path:
     """``<spool_dir>/<target>``; the default spool_dir is ``$DRBACKUP_HOME/spool``."""
-    configured = wal_settings(app, target).spool_dir
+    configured = read_settings(app, target).spool_dir
     if configured is not None:
         return Path(configured) / target
     from drbackup.config.schema import default_home

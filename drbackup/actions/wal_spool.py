@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from drbackup.errors import SourceError
+from drbackup.sources.postgres import processes
 
 OK, MISSING, ERROR = "ok", "missing", "error"
 STATUSES = (OK, MISSING, ERROR)
@@ -184,12 +184,7 @@ def spawn_background(args: list[str], config_path: str | None, log: Path) -> Non
     if config_path:
         argv += ["-c", str(Path(config_path).absolute())]
     with log.open("a") as err:
-        subprocess.Popen(
-            [*argv, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-            env=dict(os.environ),  # drbackup itself: it reads the key where we do
+        # drbackup itself: it needs its own settings and secrets
+        processes.start(
+            [*argv, *args], env=os.environ, stderr=err, new_session=True, drbackup_child=True
         )

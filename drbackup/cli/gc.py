@@ -59,6 +59,7 @@ def gc_record(r: GcResult) -> dict:
         "deleted_bytes": r.deleted_bytes,
         "locks": [lock.describe() for lock in r.locks],
         "stale_locks_removed": r.stale_locks_removed,
+        "broken": r.broken,
         "note": r.note,
         "warnings": r.warnings,
     }
@@ -78,6 +79,12 @@ def _render(r: GcResult) -> None:
         click.echo(f"note: {r.note}", err=True)
     for key in r.stale_locks_removed:
         click.echo(f"removed stale lock {key}", err=True)
+    for name in r.broken:
+        click.echo(
+            f"warning: snapshot {name} has lost its index and cannot be restored "
+            f"('drbackup verify {name}' names the objects)",
+            err=True,
+        )
     for warning in r.warnings:
         click.echo(f"warning: {warning}", err=True)
     if r.missing:

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
         code = exc.exit_code
-    except Exception as exc:  # a bug: still one line unless --debug
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         if debug:
             traceback.print_exc()
         click.echo(f"drbackup: internal error: {type(exc).__name__}: {exc}", err=True)

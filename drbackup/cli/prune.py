@@ -34,6 +34,7 @@ def _render(report: PruneReport) -> None:
     for result in report.targets:
         _render_target(result)
         click.echo()
+    _render_temporaries(report)
     click.echo(_summary(report))
 
 
@@ -51,11 +52,7 @@ def _render_target(result: TargetPrune) -> None:
         extra = f" until {until:%Y-%m-%d %H:%M}Z (object lock): skipped" if until else ""
         click.echo(f"  {_verb(action):<7} {_line(backup)}{extra}")
     for left in result.leftovers:
-        click.echo(
-            f"  data    {left.backup_id}  no manifest, {left.objects} object(s), "
-            f"{human_size(left.size)}, last written {left.last_written:%Y-%m-%d %H:%M}Z: "
-            f"{left.action}"
-        )
+        click.echo(f"  data    {left.backup_id}  {_leftover(left)}: {left.action}")
     if result.wal is not None:
         wal = result.wal
         verb = "would remove" if wal.dry_run else "removed"
@@ -68,6 +65,24 @@ def _render_target(result: TargetPrune) -> None:
             click.echo(f"  wal     {note}")
     if result.error:
         click.echo(f"  error: {result.error.message}")
+
+
+def _leftover(left) -> str:
+    if not left.objects and not left.temporaries:
+        return f"lease only ({left.lease})"
+    temporaries = f" + {left.temporaries} unfinished write(s)" if left.temporaries else ""
+    return (
+        f"no manifest, {left.objects} object(s){temporaries}, {human_size(left.size)}, "
+        f"last written {left.last_written:%Y-%m-%d %H:%M}Z, lease {left.lease}"
+    )
+
+
+def _render_temporaries(report: PruneReport) -> None:
+    for temp in report.temporaries:
+        hours = temp["age_s"] / 3600
+        click.echo(f"temporary {temp['key']}  killed write, {hours:.1f}h old: {temp['action']}")
+    if report.temporaries:
+        click.echo()
 
 
 def _verb(action: str) -> str:
@@ -93,6 +108,9 @@ def _summary(report: PruneReport) -> str:
         )
     if totals.get("locked"):
         text += f", {totals['locked']} skipped under object lock"
+    removed = sum(1 for temp in report.temporaries if temp["action"] == "removed")
+    if removed:
+        text += f", {removed} temporary file(s) of killed writes removed"
     if report.blobs:
         blobs = report.blobs
         text += (

@@ -10,6 +10,17 @@ import click
 from drbackup.units import human_size  # noqa: F401 - re-exported for commands
 
 
+def selection_json(selection) -> dict:
+    """The backup a restore chose (``actions.selection.Selection``), in every restore's JSON."""
+    m = selection.manifest
+    return {
+        "backup_id": m.backup_id,
+        "target": m.target,
+        "recovery_point": m.recovery_point,
+        "selection": selection.note,
+    }
+
+
 def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 

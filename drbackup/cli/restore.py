@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size
+from drbackup.cli.render import echo_json, human_size, selection_json
 from drbackup.errors import UsageError
 
 
@@ -97,31 +97,7 @@ def restore() -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def postgres(
-    state,
-    target,
-    into,
-    into_dir,
-    backup_id,
-    pit,
-    lsn,
-    xid,
-    restore_point,
-    latest,
-    timeline,
-    exclusive,
-    start,
-    database,
-    jobs,
-    spool_dir,
-    create,
-    force,
-    keep_old,
-    with_globals,
-    no_owner,
-    password_file,
-    as_json,
-) -> None:
+def postgres(state, target, into, into_dir, pit, as_json, **options) -> None:
     """Restore a dump of TARGET into the database at --into, or a base backup and its WAL
     into the empty directory --into-dir, to any point the WAL archive covers.
 
@@ -137,24 +113,40 @@ def postgres(
             "give exactly one of --into DSN (a dump) or --into-dir DIR (a base backup)"
         )
     if into_dir is not None:
-        from drbackup.cli import restore_physical
-
-        point = restore_physical.recovery_target(
-            pit, lsn, xid, restore_point, latest, timeline, exclusive
-        )
-        restore_physical.run(
-            state, target, into_dir, point, backup_id=backup_id, start=start, as_json=as_json
-        )
+        _restore_base_backup(state, target, into_dir, pit, as_json, options)
         return
-    if lsn or xid is not None or restore_point or latest or start or exclusive:
+    result, point = _restore_dump(state, target, into, pit, options)
+    _echo_dump_result(state, target, point, result, as_json)
+
+
+def _restore_base_backup(state, target, into_dir, pit, as_json, o: dict) -> None:
+    from drbackup.cli import restore_physical
+
+    point = restore_physical.recovery_target(
+        pit, o["lsn"], o["xid"], o["restore_point"], o["latest"], o["timeline"], o["exclusive"]
+    )
+    restore_physical.run(
+        state,
+        target,
+        into_dir,
+        point,
+        backup_id=o["backup_id"],
+        start=o["start"],
+        as_json=as_json,
+    )
+
+
+def _restore_dump(state, target, into, pit, o: dict):
+    physical = ("lsn", "restore_point", "latest", "start", "exclusive")
+    if any(o[name] for name in physical) or o["xid"] is not None:
         raise UsageError(
             "--lsn, --xid, --restore-point, --latest, --start and --exclusive need --into-dir"
         )
-    if keep_old and not force:
+    if o["keep_old"] and not o["force"]:
         raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
     password = (
-        Path(password_file).read_text(encoding="utf-8").rstrip("\n")
-        if password_file
+        Path(o["password_file"]).read_text(encoding="utf-8").rstrip("\n")
+        if o["password_file"]
         else os.environ.get("PGPASSWORD")
     )
     point = parse_time(pit) if pit else None
@@ -163,32 +155,29 @@ def postgres(
     state.app.repository(background_key=True)
     from drbackup.actions.restore_postgres import restore_postgres
 
+    options = ("database", "jobs", "spool_dir", "create", "force", "keep_old")
     result = restore_postgres(
         state.app,
         target,
         into,
-        backup_id=backup_id,
+        backup_id=o["backup_id"],
         point_in_time=point,
-        database=database,
-        jobs=jobs,
-        create=create,
-        force=force,
-        keep_old=keep_old,
-        with_globals=with_globals,
-        no_owner=no_owner,
+        with_globals=o["with_globals"],
+        no_owner=o["no_owner"],
         password=password,
-        spool_dir=spool_dir,
+        **{name: o[name] for name in options},
     )
-    run, m = result.run, result.selection.manifest
+    return result, point
+
+
+def _echo_dump_result(state, target, point, result, as_json) -> None:
+    run = result.run
     if as_json:
         echo_json(
             {
-                "backup_id": m.backup_id,
-                "target": m.target,
+                **selection_json(result.selection),
                 "database": result.database,
                 "into": result.into,
-                "recovery_point": m.recovery_point,
-                "selection": result.selection.note,
                 "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
                 "fetch_decrypt_s": round(run.fetch_decrypt_s, 3),
                 "elapsed_s": round(run.elapsed_s, 3),

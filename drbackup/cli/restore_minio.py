@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from drbackup.actions.selection import parse_time
-from drbackup.cli.render import echo_json, human_size, progress
+from drbackup.cli.render import echo_json, human_size, progress, selection_json
 from drbackup.cli.restore import restore
 
 
@@ -91,14 +91,14 @@ def minio(
             workers=workers,
             progress=tick,
         )
-    m = result.selection.manifest
+    _echo_result(result, dry_run, as_json)
+
+
+def _echo_result(result, dry_run: bool, as_json: bool) -> None:
     if as_json:
         echo_json(
             {
-                "backup_id": m.backup_id,
-                "target": m.target,
-                "recovery_point": m.recovery_point,
-                "selection": result.selection.note,
+                **selection_json(result.selection),
                 "source_bucket": result.source_bucket,
                 "into_bucket": result.into_bucket,
                 "endpoint": result.endpoint,

@@ -100,5 +100,11 @@ def _echo(restore) -> None:
         f"log {server.log_path}"
     )
     click.echo(f'  connect: psql "{server.dsn()}"')
-    user = f" (as {server.run_as.user})" if server.run_as else ""
-    click.echo(f"  stop it: pg_ctl -D {restore.data_dir} stop -m fast{user}")
+    click.echo(f"  stop it: {stop_command(server, restore.data_dir)}")
+
+
+def stop_command(server, data_dir) -> str:
+    """The command that stops the restored server, ready to paste: pg_ctl by its full path
+    (Debian keeps it off PATH), run as the server's user when that is not this one."""
+    as_user = f"runuser -u {server.run_as.user} -- " if server.run_as else ""
+    return f"{as_user}{server.bin_dir / 'pg_ctl'} -D {data_dir} stop -m fast"

@@ -157,7 +157,8 @@ def check(state, target: str, no_server: bool, as_json: bool) -> None:
     from drbackup.actions.repository import damage_found
     from drbackup.actions.wal_check import check_wal
 
-    state.app.config.target(target)
+    if not no_server:  # the repository alone answers without it: a restore host's config
+        state.app.config.target(target)
     status = check_wal(state.app, target, server=not no_server)
     if as_json:
         echo_json(status.to_dict())

@@ -9,82 +9,39 @@ authenticates every chunk, decompresses, and checks the plaintext digest at the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
 
 from drbackup.codec.aead import (
-    DEFAULT_CHUNK_SIZE,
-    ChunkSealer,
     ObjectHeader,
-    new_header,
     open_chunks,
     read_header,
 )
+from drbackup.codec.blocks import (  # noqa: F401 - the stages' shared pieces, found here too
+    BLOCK_SIZE,
+    PIPE_SIZE,
+    QUEUE_DEPTH,
+    CodecSettings,
+    ObjectRecord,
+    iter_blocks,
+    widen_pipe,
+)
+from drbackup.codec.encode import (  # noqa: F401 - the encoding side, found here too
+    EncodingReader,
+    encode_to_bytes,
+    encode_to_storage,
+    fresh_sha256,
+)
 from drbackup.errors import IntegrityError
 
-BLOCK_SIZE = 1 << 20
-QUEUE_DEPTH = 8
-MT_JOB_SIZE = 2 << 20  # smallest zstd job when multithreaded; see _compressor
 PIPELINE_AFTER = 8 << 20  # plaintext bytes a DecodedReader reads before it uses helper threads
 DECODE_DEPTH = 4  # chunks (and plaintext blocks) queued between a DecodedReader's threads
-PIPE_SIZE = 1 << 20  # buffer asked for the pipes to and from pg_dump / pg_restore
-
-
-@dataclass
-class ObjectRecord:
-    """What a manifest records about one stored object."""
-
-    key: str
-    size: int  # plaintext bytes
-    sha256: str  # of the plaintext
-    stored_size: int
-    stored_sha256: str  # of the bytes in storage
-    chunks: int
-    compressed: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ObjectRecord:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class CodecSettings:
-    level: int = 1
-    threads: int = 0  # 0: as many as cores (zstd "-T0"); 1: single-threaded
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    compress: bool = True
-
-
-def iter_blocks(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
-    """Blocks of ``source`` read in the calling thread."""
-    while block := source.read(block_size):
-        yield block
-
-
-def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
-    """Ask the kernel for a ``size``-byte buffer on pipe ``fd`` (Linux; 64 KiB by default).
-
-    pg_dump writes its archive in 4 KiB stdio pieces: through a 64 KiB pipe the reader wakes
-    for nearly every one (~100,000 context switches per GiB); through 1 MiB it takes them
-    in batches, about 0.5 CPU-seconds less per GiB dumped (bench/README.md).  Best effort:
-    where the call is missing or refused (``/proc/sys/fs/pipe-max-size``, the user's pipe
-    quota) the pipe keeps its size, which is only slower.
-    """
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, setpipe, size)
 
 
 def iter_blocks_threaded(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
@@ -98,161 +55,6 @@ def iter_blocks_threaded(source: BinaryIO, block_size: int = BLOCK_SIZE) -> Iter
         yield from blocks
     finally:
         blocks.close()
-
-
-class EncodingReader:
-    """A file-like ``read(n)`` over the encoded object, pulled by ``Storage.put``.
-
-    ``plain_sha``: a fresh ``hashlib.sha256()`` to hash the plaintext into instead of a new
-    one, so that a caller who needs the same digest (an item of one segment) hashes once.
-    """
-
-    def __init__(
-        self,
-        blocks: Iterator[bytes],
-        header: ObjectHeader,
-        data_key: bytes,
-        object_key: str,
-        settings: CodecSettings,
-        progress: Callable[[int], None] | None = None,
-        plain_sha=None,
-    ):
-        self._blocks = blocks
-        self._sealer = ChunkSealer(data_key, object_key, header)
-        self._cctx = _compressor(settings).compressobj() if settings.compress else None
-        self._out: deque[bytes] = deque([self._sealer.header_bytes])
-        self._out_len = len(self._sealer.header_bytes)
-        self._done = False
-        self._progress = progress
-        self.plain_sha = _fresh_sha256(plain_sha)
-        self.stored_sha = hashlib.sha256()
-        self.plain_size = 0
-        self.stored_size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        while not self._done and (n < 0 or self._out_len < n):
-            self._advance()
-        if n < 0 or n >= self._out_len:
-            data = b"".join(self._out)
-            self._out.clear()
-        else:
-            data = self._take(n)
-        self._out_len -= len(data)
-        self.stored_sha.update(data)
-        self.stored_size += len(data)
-        return data
-
-    def _take(self, n: int) -> bytes:
-        parts, got = [], 0
-        while got < n:
-            part = self._out.popleft()
-            if got + len(part) > n:
-                cut = n - got
-                self._out.appendleft(part[cut:])
-                part = part[:cut]
-            parts.append(part)
-            got += len(part)
-        return b"".join(parts)
-
-    def _advance(self) -> None:
-        block = next(self._blocks, None)
-        if block is None:
-            tail = self._cctx.flush() if self._cctx else b""
-            chunks = self._sealer.update(tail) if tail else []
-            chunks.append(self._sealer.finish())
-            self._done = True
-        else:
-            self.plain_sha.update(block)
-            self.plain_size += len(block)
-            if self._progress:
-                self._progress(len(block))
-            data = self._cctx.compress(block) if self._cctx else block
-            chunks = self._sealer.update(data) if data else []
-        for chunk in chunks:
-            self._out.append(chunk)
-            self._out_len += len(chunk)
-
-    def record(self, key: str) -> ObjectRecord:
-        """The manifest record; valid once the reader has been read to the end."""
-        if not self._done or self._out_len:
-            raise RuntimeError("record() before the stream was fully read")
-        return ObjectRecord(
-            key=key,
-            size=self.plain_size,
-            sha256=self.plain_sha.hexdigest(),
-            stored_size=self.stored_size,
-            stored_sha256=self.stored_sha.hexdigest(),
-            chunks=self._sealer.chunks,
-            compressed=self._cctx is not None,
-        )
-
-
-_EMPTY_SHA256 = hashlib.sha256().digest()
-
-
-def _fresh_sha256(sha):
-    """``sha`` if it is a SHA-256 that has hashed nothing yet, a new one if ``None``.
-
-    Raises ValueError otherwise: a shared hash that already holds data would put a wrong
-    digest in the manifest.
-    """
-    if sha is None:
-        return hashlib.sha256()
-    if sha.name != "sha256" or sha.digest() != _EMPTY_SHA256:
-        raise ValueError("plain_sha must be a fresh hashlib.sha256()")
-    return sha
-
-
-def _compressor(settings: CodecSettings) -> zstandard.ZstdCompressor:
-    """zstd at ``settings.level``; multithreaded with jobs of max(2 MiB, one window).
-
-    zstd's default job is four windows (8 MiB at level 3) with several jobs in flight per
-    worker: ~60 MiB of buffers at level 3 on two cores.  Jobs of one window keep ~15 MiB
-    with the same ratio on dump data.
-    """
-    threads = _threads(settings.threads)
-    if threads == 0:
-        return zstandard.ZstdCompressor(level=settings.level)
-    window = 1 << zstandard.ZstdCompressionParameters.from_level(settings.level).window_log
-    params = zstandard.ZstdCompressionParameters.from_level(
-        settings.level, threads=threads, job_size=max(MT_JOB_SIZE, window)
-    )
-    return zstandard.ZstdCompressor(compression_params=params)
-
-
-def _threads(threads: int) -> int:
-    # zstandard: -1 means "as many as cores"; 0/1 single-threaded.
-    return -1 if threads == 0 else (0 if threads == 1 else threads)
-
-
-def encode_to_storage(
-    storage,
-    object_key: str,
-    blocks: Iterator[bytes],
-    *,
-    slot_type: int,
-    slot: bytes,
-    data_key: bytes,
-    settings: CodecSettings,
-    progress: Callable[[int], None] | None = None,
-    plain_sha=None,
-) -> ObjectRecord:
-    """Compress, encrypt and store ``blocks`` under ``object_key``; return its record.
-
-    ``plain_sha`` (optional): a fresh ``hashlib.sha256()`` that receives the plaintext and
-    gives the record its digest; the caller may go on using it (see :class:`EncodingReader`).
-    Raises whatever the storage raises; an interrupted put leaves no object (storage
-    contract), and the object is referenced by nothing until a manifest names it.
-    """
-    header = new_header(
-        slot_type, slot, compressed=settings.compress, chunk_size=settings.chunk_size
-    )
-    reader = EncodingReader(blocks, header, data_key, object_key, settings, progress, plain_sha)
-    storage.put(object_key, reader)
-    return reader.record(object_key)
 
 
 class _ChunkReader:
@@ -302,7 +104,7 @@ class _Prefetcher:
             for item in items:
                 if not self._put(item):
                     return
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._put(_Raised(exc))
             return
         self._put(self._END)
@@ -353,7 +155,7 @@ class _BackgroundSha:
             if self._error is None:  # after an error, keep draining: update() never blocks
                 try:
                     self._sha.update(data)
-                except BaseException as exc:  # raised by finish()
+                except BaseException as exc:  # noqa: BLE001 - raised by finish()
                     self._error = exc
 
     def update(self, data: bytes) -> None:
@@ -406,7 +208,7 @@ class DecodedReader:
             )
         else:
             self._stream = self._source
-        self._sha = _fresh_sha256(plain_sha)
+        self._sha = fresh_sha256(plain_sha)
         self._hash = self._sha.update
         self._prefetch: _Prefetcher | None = None
         self._hasher: _BackgroundSha | None = None

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from drbackup.config.types import DocType, Duration, config_error
-from drbackup.retention.policy import UNLIMITED, RetentionPolicy
+from drbackup.retention.policy import COUNT_RULES, UNLIMITED, RetentionPolicy
 
 DEFAULT_LEFTOVER_GRACE = timedelta(hours=24)
 
@@ -77,16 +77,8 @@ class RetentionSettings(BaseModel):
 
     def policy(self) -> RetentionPolicy:
         """The pure policy these settings describe."""
-        return RetentionPolicy(
-            keep_last=self.keep_last,
-            keep_hourly=self.keep_hourly,
-            keep_daily=self.keep_daily,
-            keep_weekly=self.keep_weekly,
-            keep_monthly=self.keep_monthly,
-            keep_yearly=self.keep_yearly,
-            keep_within=self.keep_within,
-            tz=_zone(self.timezone),
-        )
+        counts = {rule: getattr(self, rule) for rule in COUNT_RULES}
+        return RetentionPolicy(**counts, keep_within=self.keep_within, tz=_zone(self.timezone))
 
 
 def retention_settings(target_cfg: object) -> RetentionSettings:

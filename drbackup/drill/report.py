@@ -9,27 +9,19 @@ in a fenced block, so a readable report is also a verifiable one
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from drbackup import __version__
+from drbackup import __version__, files
 from drbackup.drill.checks import FAIL, PASS, STATUSES, WARN, format_seconds, worst
 from drbackup.errors import UsageError
 
 REPORT_FORMAT = "drbackup-drill-report"
 REPORT_VERSION = 1
-REPORT_PREFIX = "reports/"
 _FENCE = "```json " + REPORT_FORMAT
 _FENCE_RE = re.compile(r"^```json " + REPORT_FORMAT + r"\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def report_key(target: str, drill_id: str) -> str:
-    """Where the report lives in the repository."""
-    return f"{REPORT_PREFIX}{target}/{drill_id}"
 
 
 def build_report(
@@ -258,18 +250,8 @@ def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: 
 
 def write_report_file(report: dict, path: Path, fmt: str) -> Path:
     """Write atomically (temp file, fsync, rename); returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, text, mode=0o600)
     return path
 
 

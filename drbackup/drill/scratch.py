@@ -49,14 +49,12 @@ from pathlib import Path
 
 from drbackup.errors import SourceError, UsageError
 from drbackup.sources.postgres import databases as db
-from drbackup.sources.postgres.cluster import (
-    EphemeralCluster,
-    cleanup_stale,
-    server_major_version,
-)
+from drbackup.sources.postgres.cluster import EphemeralCluster
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import connect, database_of, dsn_for_database
+from drbackup.sources.postgres.postmaster import cleanup_stale
 from drbackup.sources.postgres.restore_marker import user_comment
+from drbackup.sources.postgres.server_bin import server_major_version
 
 DRILL_LOCK_KEY = 0x6472696C  # "dril": the first key of every scratch advisory lock
 KEPT_SUFFIX = ", kept for inspection"
@@ -224,7 +222,7 @@ class ScratchServer:
 
     def close(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
                 self._conn.close()
             self._conn = None
 

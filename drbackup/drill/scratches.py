@@ -32,8 +32,8 @@ from drbackup.drill.scratch import (
 )
 from drbackup.errors import ConfigError, DrbackupError, SourceError
 from drbackup.sources.postgres import versions
-from drbackup.sources.postgres.cluster import find_pg_bin_dir
 from drbackup.sources.postgres.connection import dsn_for_database
+from drbackup.sources.postgres.server_bin import find_pg_bin_dir
 
 Notify = Callable[[str], None]
 NO_SCRATCH_HINT = (

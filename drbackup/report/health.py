@@ -397,7 +397,7 @@ def gather_report(
                 _read_wal(app, repo, fact)
             fact.drills = read_drills(repo, fact.name)
             _read_runs(catalog, fact, now)
-        repository.size = sum(info.size for info in repo.storage.list(""))
+        repository.size = repo.stored_bytes()
     except DrbackupError as exc:  # lost the repository half-way
         repository.reachable, repository.error = False, exc.message
     return build_report(repository, facts, now)
@@ -495,14 +495,9 @@ def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]
     the newest passing one if older, oldest first.  Unreadable reports are skipped."""
     try:
         from drbackup.drill.history import history_entries
-        from drbackup.drill.report import REPORT_PREFIX
     except ImportError:  # drills not installed: no drill facts
         return []
-    keys = sorted(
-        (i.key for i in repo.storage.list(f"{REPORT_PREFIX}{target}/")),
-        key=lambda k: k.rsplit("/", 1)[-1],
-        reverse=True,
-    )
+    keys = repo.report_keys(target, newest_first=True)
     found: list[DrillFact] = []
     for key in keys:
         if len(found) >= limit and any(d.passed for d in found):

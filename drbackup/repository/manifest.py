@@ -6,6 +6,7 @@ Names (clear, sortable by time; never table names, bucket keys or data)::
     data/<target>/<backup_id>/<item>-<segment>  encrypted data objects
     blobs/<2 hex>/<blob id>                     bucket object contents, named by a keyed hash
     locks/<kind>-<id>                           snapshot and gc locks
+    leases/<target>/<backup_id>                 a running writer's lease (repository/lease.py)
 
 ``backup_id`` is ``YYYYmmddTHHMMSSZ-<3 hex: millisecond><3 hex: random>``.
 """
@@ -24,6 +25,7 @@ MANIFEST_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
 BLOB_PREFIX = "blobs/"  # content-addressed blobs of bucket snapshots (docs/buckets.md)
 LOCK_PREFIX = "locks/"  # snapshot and gc locks (docs/buckets.md)
+LEASE_PREFIX = "leases/"  # running writers' leases (docs/repository-format.md)
 MANIFEST_FORMAT = "drbackup-manifest"
 MANIFEST_VERSION = 1
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -52,6 +54,25 @@ def data_key(target: str, backup_id: str, item: int, segment: int) -> str:
 
 def data_prefix(target: str, backup_id: str) -> str:
     return f"{DATA_PREFIX}{target}/{backup_id}/"
+
+
+def lease_key(target: str, backup_id: str) -> str:
+    return f"{LEASE_PREFIX}{target}/{backup_id}"
+
+
+def lease_prefix(target: str) -> str:
+    return f"{LEASE_PREFIX}{target}/"
+
+
+def backup_id_under(key: str, prefix: str) -> str | None:
+    """The backup id that ``key`` names right under ``prefix`` (``data/<t>/``, ``leases/<t>/``).
+
+    ``data/<t>/<id>/<object>`` and ``leases/<t>/<id>`` give ``<id>``; anything else None.
+    """
+    if not key.startswith(prefix):
+        return None
+    head = key[len(prefix) :].split("/", 1)[0]
+    return head if is_backup_id(head) else None
 
 
 _BLOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -52,7 +52,7 @@ def recovery_point_document(
 
 def list_recovery_point_ids(repo, since: str | None = None) -> list[str]:
     """Ids of the stored recovery points, oldest first (only those ≥ ``since`` if given)."""
-    keys = (info.key for info in repo.storage.list(RECOVERY_POINT_PREFIX))
+    keys = (info.key for info in repo._storage.list(RECOVERY_POINT_PREFIX))
     ids = (k.removeprefix(RECOVERY_POINT_PREFIX) for k in keys)
     return sorted(i for i in ids if is_backup_id(i) and (since is None or i >= since))
 

@@ -10,19 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from drbackup import __version__
 from drbackup.codec import keys
 from drbackup.codec.aead import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
-from drbackup.codec.keys import DataKey
 from drbackup.codec.pipeline import CodecSettings, ObjectRecord, encode_to_storage, open_decoded
 from drbackup.errors import (
     IntegrityError,
@@ -32,18 +27,30 @@ from drbackup.errors import (
     StorageUnreachableError,
     UsageError,
 )
+from drbackup.repository import blobs
 from drbackup.repository import header as hdr
+from drbackup.repository.commit import BytesReader
 from drbackup.repository.keyring import KeyRing, Secrets
+from drbackup.repository.lease import LEASE_EXPIRY_S, LEASE_RENEW_S
+from drbackup.repository.leftovers import (
+    Leftover,
+    find_leftovers,
+    remove_leftover,
+    remove_stray_temporaries,
+)
+from drbackup.repository.locks import LOCK_STALE_S, LockInfo, RepositoryLock, list_locks
 from drbackup.repository.manifest import (
     MANIFEST_PREFIX,
     BackupRef,
     Item,
     Manifest,
     blob_key,
-    data_key,
     data_prefix,
-    new_backup_id,
 )
+from drbackup.repository.reader import ItemReader
+from drbackup.repository.reports import list_report_keys
+from drbackup.repository.writer import BackupWriter
+from drbackup.storage.base import ObjectInfo, link_warnings
 
 DEFAULT_SEGMENT_SIZE = 4 << 30  # plaintext bytes per data object
 _BLOB_ID_INFO = b"drbackup/v1/blob-id"
@@ -53,7 +60,7 @@ class Repository:
     """An opened repository.  Create with :meth:`init` or :meth:`open`."""
 
     def __init__(self, storage, header: dict, keyring: KeyRing, codec: CodecSettings | None = None):
-        self.storage = storage
+        self._storage = storage
         self.header = header
         self.keyring = keyring
         self.id = header["repository_id"]
@@ -65,11 +72,32 @@ class Repository:
             self._bad_chunk_size, chunk_size = repr(chunk_size)[:40], DEFAULT_CHUNK_SIZE
         self.codec = codec or CodecSettings(chunk_size=chunk_size)
         self.segment_size = DEFAULT_SEGMENT_SIZE
+        self.lease_timing = (LEASE_RENEW_S, LEASE_EXPIRY_S)  # writers' (renew every, expiry)
         self._blob_id_key: bytes | None = None
 
     @property
     def url(self) -> str:
-        return self.storage.url
+        return self._storage.url
+
+    def storage_warnings(self) -> list[str]:
+        """What the storage says about itself that the user should know (links in a local
+        repository, which are never followed)."""
+        return link_warnings(self._storage)
+
+    def stored_bytes(self) -> int:
+        """The size of every object in the repository (one listing)."""
+        return sum(info.size for info in self._storage.list(""))
+
+    def locked_until(self, key: str) -> datetime | None:
+        """Until when Object Lock protects ``key``; None if unlocked, missing, or the
+        storage has no such feature."""
+        probe = getattr(self._storage, "locked_until", None)
+        if probe is None:
+            return None
+        try:
+            return probe(key)
+        except ObjectNotFoundError:
+            return None
 
     # --- creating and opening ---------------------------------------------------------
 
@@ -119,7 +147,7 @@ class Repository:
         )
         if public:
             repo_hdr["encryption"]["public_key"] = keys.b64(public)
-        storage.put(hdr.HEADER_KEY, _BytesReader(hdr.encode_header(repo_hdr)))
+        storage.put(hdr.HEADER_KEY, BytesReader(hdr.encode_header(repo_hdr)))
         return cls(storage, repo_hdr, KeyRing(repo_hdr, secrets))
 
     @classmethod
@@ -182,7 +210,7 @@ class Repository:
         self._write_header()
 
     def _write_header(self) -> None:
-        self.storage.put(hdr.HEADER_KEY, _BytesReader(hdr.encode_header(self.header)))
+        self._storage.put(hdr.HEADER_KEY, BytesReader(hdr.encode_header(self.header)))
 
     # --- writing ------------------------------------------------------------------------
 
@@ -205,7 +233,7 @@ class Repository:
     def list_refs(self, target: str | None = None) -> list[BackupRef]:
         """Every committed backup (those with a manifest), oldest first, without decrypting."""
         prefix = f"{MANIFEST_PREFIX}{target}/" if target else MANIFEST_PREFIX
-        refs = (BackupRef.from_key(info.key) for info in self.storage.list(prefix))
+        refs = (BackupRef.from_key(info.key) for info in self._storage.list(prefix))
         return sorted((r for r in refs if r is not None), key=lambda r: (r.backup_id, r.target))
 
     def resolve(self, text: str, target: str | None = None) -> BackupRef:
@@ -230,6 +258,10 @@ class Repository:
             raise UsageError(f"backup id {text} is ambiguous: {names}", hint="give more characters")
         return refs[0]
 
+    def has_manifest(self, ref: BackupRef) -> bool:
+        """True if the backup's manifest is stored (it still exists)."""
+        return self._storage.exists(ref.manifest_key)
+
     def load_manifest(self, ref: BackupRef) -> Manifest:
         """Decrypt, authenticate and parse a manifest; check it is the one its key names."""
         self.keyring.require(read=True)
@@ -246,7 +278,7 @@ class Repository:
 
     def _open(self, key: str, expected: ObjectRecord | None = None, plain_sha=None):
         return open_decoded(
-            self.storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
+            self._storage, key, lambda h: self.keyring.data_key_for(h, key), expected, plain_sha
         )
 
     def open_item(self, item: Item) -> ItemReader:
@@ -287,7 +319,7 @@ class Repository:
         dk = self.keyring.new_data_key()
         body = json.dumps(doc, sort_keys=True).encode()
         return encode_to_storage(
-            self.storage,
+            self._storage,
             key,
             iter([body]),
             slot_type=dk.slot_type,
@@ -328,6 +360,22 @@ class Repository:
         digest = bytes.fromhex(content_sha256)
         return hmac.new(self._blob_id_key, digest, hashlib.sha256).hexdigest()
 
+    def put_blob(self, blob_id: str, blocks, data_key, settings: CodecSettings | None = None):
+        """Store a blob (encrypted under ``data_key``, a writer's); its ObjectRecord."""
+        return blobs.put_blob(self._storage, blob_id, blocks, data_key, settings or self.codec)
+
+    def blob_oracle(self, limit: int = blobs.ORACLE_LIMIT) -> blobs.BlobOracle:
+        """Answers "must this blob be uploaded?" for one snapshot (see blobs.py)."""
+        return blobs.BlobOracle(self._storage, limit)
+
+    def list_blobs(self) -> Iterator[tuple[ObjectInfo, str]]:
+        """``(object, blob id)`` of every blob."""
+        return blobs.list_blobs(self._storage)
+
+    def delete_blob(self, key: str) -> None:
+        """Delete a blob listed by :meth:`list_blobs` (gc only); gone already is fine."""
+        blobs.delete_blob(self._storage, key)
+
     def open_blob(self, blob_id: str):
         """A plaintext reader of a blob; authenticates every chunk (the caller checks sha256).
 
@@ -336,239 +384,46 @@ class Repository:
         self.keyring.require(read=True)
         return self._open(blob_key(blob_id))
 
+    # --- locks (repository/locks.py) and drill reports (repository/reports.py) ----------
+
+    def lock(self, kind: str, lock_id: str, **options) -> RepositoryLock:
+        """The repository lock ``locks/<kind>-<lock_id>`` (not taken yet: ``acquire``)."""
+        return RepositoryLock(self, kind, lock_id, **options)
+
+    def list_locks(self, now: float, stale_after: float = LOCK_STALE_S) -> list[LockInfo]:
+        """Every repository lock, aged against ``now`` (the storage's clock)."""
+        return list_locks(self._storage, now, stale_after)
+
+    def report_keys(self, target: str | None = None, *, newest_first=False) -> list[str]:
+        """Keys of the drill reports (of ``target``), by drill id."""
+        return list_report_keys(self._storage, target, newest_first=newest_first)
+
+    # --- leftovers of interrupted writes (repository/leftovers.py) ----------------------
+
+    def find_leftovers(self, target: str, committed: set[str] | None = None) -> list[Leftover]:
+        """Data, temporaries and leases of ``target`` that no committed backup owns (and
+        leases of committed ones); ``committed``: the target's backup ids, listed if None."""
+        if committed is None:
+            committed = {ref.backup_id for ref in self.list_refs(target)}
+        return find_leftovers(self._storage, target, committed)
+
+    def remove_leftover(self, left: Leftover, now: datetime, grace: timedelta) -> str:
+        """Remove a leftover unless its writer turns out alive or committed; the action."""
+        return remove_leftover(self._storage, left, now, grace)
+
+    def remove_stray_temporaries(
+        self, now: datetime, grace: timedelta, *, dry_run: bool, keep_blobs: Callable[[], bool]
+    ) -> list[dict]:
+        """Temporaries of killed writes outside ``data/`` (local storage only): removed once
+        older than ``grace`` (see repository/leftovers.py); ``{key, age_s, action}`` each."""
+        return remove_stray_temporaries(
+            self._storage, now, grace, dry_run=dry_run, keep_blobs=keep_blobs
+        )
+
     # --- deleting -----------------------------------------------------------------------
 
     def delete_backup(self, ref: BackupRef) -> None:
         """Manifest first (the backup stops existing), data after: crash-safe in that order."""
-        self.storage.delete(ref.manifest_key)
-        for info in list(self.storage.list(data_prefix(ref.target, ref.backup_id))):
-            self.storage.delete(info.key)
-
-
-class ItemReader:
-    """Chains an item's segment objects; checks each object and the whole stream's digest."""
-
-    def __init__(self, repo: Repository, item: Item):
-        self._repo, self._item = repo, item
-        self._records = iter(item.objects)
-        self._current = None
-        self._sha = hashlib.sha256()
-        self._size = 0
-        self._opened = 0
-
-    def read(self, n: int = 1 << 20) -> bytes:
-        while True:
-            if self._current is None:
-                record = next(self._records, None)
-                if record is None:
-                    self._check_end()
-                    return b""
-                # The first object's digest is the item's so far: let it hash for both.
-                shared = self._sha if self._opened == 0 else None
-                self._current = self._repo._open(record.key, record, shared)
-                self._opened += 1
-            data = self._current.read(n)
-            if data:
-                if self._opened > 1:
-                    self._sha.update(data)
-                self._size += len(data)
-                return data
-            self._current.close()
-            self._current = None
-
-    def _check_end(self) -> None:
-        if self._size != self._item.size or self._sha.hexdigest() != self._item.sha256:
-            raise IntegrityError(
-                f"item {self._item.name}: reassembled stream does not match the manifest "
-                "(segments missing, reordered or swapped)"
-            )
-
-    def __iter__(self) -> Iterator[bytes]:
-        while data := self.read():
-            yield data
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-
-    def __enter__(self) -> ItemReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@dataclass
-class _Segmenter:
-    """Splits a block stream into segments of at most ``limit`` plaintext bytes."""
-
-    blocks: Iterator[bytes]
-    limit: int
-    pending: bytes | None = None
-    exhausted: bool = False
-
-    def has_more(self) -> bool:
-        if self.pending is None and not self.exhausted:
-            self.pending = next(self.blocks, None)
-            self.exhausted = self.pending is None
-        return self.pending is not None
-
-    def segment(self) -> Iterator[bytes]:
-        used = 0
-        while used < self.limit and self.has_more():
-            block, self.pending = self.pending, None
-            room = self.limit - used
-            if len(block) > room:
-                block, self.pending = block[:room], block[room:]
-            used += len(block)
-            yield block
-
-
-class BackupWriter:
-    """Writes one backup: data objects first, then :meth:`commit` writes the manifest.
-
-    Used as a context manager: leaving the block without a commit (an error, Ctrl-C)
-    deletes the data objects written so far (best effort; a crash leaves them as invisible
-    leftovers that ``prune`` removes).
-    """
-
-    def __init__(self, repo: Repository, target: str, kind: str):
-        self.repo, self.target, self.kind = repo, target, kind
-        self.started = _start_after(repo.list_refs(target))
-        self.backup_id = new_backup_id(self.started)
-        self._data_key: DataKey | None = None  # made on first use: see data_key
-        self._data_key_lock = threading.Lock()
-        self.items: list[Item] = []
-        self.meta: dict = {}
-        self.recovery_point: datetime | None = None
-        self.committed: Manifest | None = None
-
-    @property
-    def data_key(self) -> DataKey:
-        """The backup's data key, made when the first object is sealed: with a passphrase
-        still being stretched in the background, the source is already started by then."""
-        with self._data_key_lock:  # segments may be stored from several threads
-            if self._data_key is None:
-                self._data_key = self.repo.keyring.new_data_key()
-            return self._data_key
-
-    def add_stream(
-        self,
-        name: str,
-        type_: str,
-        blocks: Iterator[bytes],
-        meta: dict | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Item:
-        """Store a stream as one item (split into segments); return its record."""
-        index = len(self.items)
-        seg = _Segmenter(iter(blocks), self.repo.segment_size)
-        whole = hashlib.sha256()
-
-        def tap(stream: Iterator[bytes]) -> Iterator[bytes]:
-            for block in stream:
-                whole.update(block)
-                yield block
-
-        records: list[ObjectRecord] = []
-        while not records or seg.has_more():
-            key = data_key(self.target, self.backup_id, index, len(records))
-            if records:  # later segments: the item digest needs their bytes too
-                records.append(self._store(key, tap(seg.segment()), progress))
-            else:  # the first segment's digest is the item's so far: hash once
-                records.append(self._store(key, seg.segment(), progress, plain_sha=whole))
-        item = Item(
-            name=name,
-            type=type_,
-            size=sum(r.size for r in records),
-            sha256=whole.hexdigest(),
-            objects=records,
-            meta=meta or {},
-        )
-        self.items.append(item)
-        return item
-
-    def _store(self, key: str, blocks: Iterator[bytes], progress, plain_sha=None) -> ObjectRecord:
-        dk = self.data_key
-        record = encode_to_storage(
-            self.repo.storage,
-            key,
-            blocks,
-            slot_type=dk.slot_type,
-            slot=dk.slot,
-            data_key=dk.key,
-            settings=self.repo.codec,
-            progress=progress,
-            plain_sha=plain_sha,
-        )
-        stored = self.repo.storage.stat(key)
-        if stored.size != record.stored_size:
-            raise IntegrityError(
-                f"{key}: storage reports {stored.size} bytes after upload, {record.stored_size} were sent"
-            )
-        return record
-
-    def commit(self) -> Manifest:
-        """Write the manifest: from this moment the backup exists."""
-        finished = datetime.now(UTC)
-        manifest = Manifest(
-            backup_id=self.backup_id,
-            target=self.target,
-            kind=self.kind,
-            repository_id=self.repo.id,
-            started_at=_iso(self.started),
-            finished_at=_iso(finished),
-            recovery_point=_iso(self.recovery_point) if self.recovery_point else None,
-            tool_version=__version__,
-            items=self.items,
-            meta=self.meta,
-        )
-        body = json.dumps(manifest.to_dict(), sort_keys=True).encode()
-        self._store(manifest.ref.manifest_key, iter([body]), None)
-        self.committed = manifest
-        return manifest
-
-    def abort(self) -> None:
-        """Remove the data objects of an uncommitted backup (best effort)."""
-        prefix = data_prefix(self.target, self.backup_id)
-        try:
-            for info in list(self.repo.storage.list(prefix)):
-                self.repo.storage.delete(info.key)
-        except StorageError:
-            pass
-
-    def __enter__(self) -> BackupWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.committed is None:
-            self.abort()
-
-
-def _start_after(refs: list[BackupRef]) -> datetime:
-    """Now, or a moment later if the target's newest id already names this millisecond.
-
-    Ids sort by start time to the millisecond; backups of one target never overlap, so
-    this keeps a target's ids in time order (``list_refs()[-1]`` is the newest backup).
-    """
-    now = datetime.now(UTC)
-    while refs and refs[-1].backup_id[:20] >= new_backup_id(now)[:20]:
-        time.sleep(0.001)
-        now = datetime.now(UTC)
-    return now
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self._data, self._pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        chunk = self._data[self._pos : end]
-        self._pos += len(chunk)
-        return chunk
+        self._storage.delete(ref.manifest_key)
+        for info in list(self._storage.list(data_prefix(ref.target, ref.backup_id))):
+            self._storage.delete(info.key)

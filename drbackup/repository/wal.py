@@ -160,7 +160,7 @@ class WalArchive:
 
     @property
     def storage(self):
-        return self.repo.storage
+        return self.repo._storage
 
     # --- clusters ---------------------------------------------------------------------------
 

@@ -481,7 +481,7 @@ class Daemon:
         killed = exc is not None and not exc.unwound  # SIGKILLed: it could not record
         if target is None or (spec.records_runs and not killed):
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the catalog is an index: never stops the daemon
             self.app.catalog.record_run(
                 job.kind,
                 target,
@@ -580,7 +580,7 @@ class Daemon:
         if self._stop_at is None:
             self._stop_at = time.monotonic() + self.grace
         self._stopping.set()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # stopping: a scheduler already shut down is fine
             self.scheduler.shutdown(wait=False)
         bound = self._stop_at + jobkinds.ABORT_GRACE + 5
         with self._idle:

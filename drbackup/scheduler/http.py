@@ -330,7 +330,7 @@ class HttpEndpoint:
         self._thread.start()
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # stopping: a server already closed is fine
             self.server.shutdown()
             self.server.server_close()
 

@@ -301,7 +301,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
     try:
         outcome = adapter(app, job, target)
         conn.send(("ok", outcome))
-    except BaseException as exc:  # reported to the parent, which records and logs it
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records it
         info = {
             "kind": type(exc).__name__,
             "message": getattr(exc, "message", None) or str(exc) or type(exc).__name__,
@@ -312,7 +312,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
             info["traceback"] = traceback.format_exc(limit=8)
         if isinstance(getattr(exc, "details", None), dict):
             info["details"] = exc.details
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the parent is gone: nobody is left to tell
             conn.send(("failed", info))
     finally:
         _close_catalog(app)
@@ -430,5 +430,5 @@ class InlineRunner:
 def _close_catalog(app) -> None:
     catalog = app.__dict__.get("catalog")  # only if the action opened it
     if catalog is not None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closing at exit: nothing to report
             catalog.close()

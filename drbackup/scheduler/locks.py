@@ -129,7 +129,9 @@ class Coordinator:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key("run", str(run_id))})
             yield HeldRun(self, conn)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(
+                Exception
+            ):  # a broken connection: the server releases its locks
                 conn.execute(text("SELECT pg_advisory_unlock_all()"))
             conn.close()
 
@@ -182,7 +184,9 @@ class HeldRun:
             finally:
                 if self._conn is not None:
                     key = lock_key("target", name)
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(
+                        Exception
+                    ):  # a broken connection: the server releases its locks
                         self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         finally:
             local.release()
@@ -197,7 +201,7 @@ class HeldRun:
                 raise _busy(name) from None
             raise
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a broken connection is closed next
                 self._conn.execute(text("RESET lock_timeout"))
 
 

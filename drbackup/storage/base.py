@@ -53,6 +53,11 @@ Optional: ``locked_until(key)`` → ``datetime | None`` where the backend suppor
 lock (S3): until when the object is protected.  A plain delete of a locked object on a
 versioned bucket only hides it behind a delete marker, so deleters ask first.
 
+Optional: ``list_incomplete(prefix)`` → ``ObjectInfo`` of the temporaries of unfinished
+writes under ``prefix`` (local: ``.tmp-*`` files a killed process left behind), keyed so
+that ``delete`` removes them; ``mtime`` is their last write.  Prune removes those of dead
+writers (docs/retention.md).
+
 Every method raises ``StorageUnreachableError`` when the backend cannot be reached, and
 ``StorageError`` for other failures, each with a one-line message naming the key.
 """
@@ -62,6 +67,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
+
+from drbackup.errors import ObjectNotFoundError
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,22 @@ class Storage(Protocol):
     def prepare(self) -> None: ...
 
     def check(self) -> None: ...
+
+
+class StatBacked:
+    """What every backend derives from its ``stat`` in the same way (mixed in)."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        """``True`` if ``key`` exists; never raises for a missing key (other failures
+        raise as ``stat`` does)."""
+        try:
+            self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
 
 
 def validate_key(key: str) -> str:

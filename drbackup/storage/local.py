@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from drbackup.errors import ObjectNotFoundError, StorageError, StorageUnreachableError
-from drbackup.storage.base import Capabilities, ObjectInfo, validate_key
+from drbackup.storage.base import Capabilities, ObjectInfo, StatBacked, validate_key
 
 _TMP_PREFIX = ".tmp-"
 _COPY_BUFSIZE = 1 << 20
@@ -42,7 +42,7 @@ def _start_writeback(fd: int, start: int, end: int) -> None:
             os.posix_fadvise(fd, lo, end - lo, os.POSIX_FADV_DONTNEED)
 
 
-class LocalStorage:
+class LocalStorage(StatBacked):
     """A directory as a flat key space; ``/`` in keys become subdirectories.
 
     Symbolic links are never followed below the root (the root itself may be one: it is
@@ -183,13 +183,6 @@ class LocalStorage:
             raise ObjectNotFoundError(key)
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
 
-    def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFoundError:
-            return False
-        return True
-
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names; filter the rest by string prefix.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -251,6 +244,33 @@ class LocalStorage:
         if not stat.S_ISREG(st.st_mode):
             return None
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def list_incomplete(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Temporary files of writes not finished (``.tmp-*``) whose path starts with ``prefix``.
+
+        A write killed outright leaves its temporary behind (``list`` never shows it); the
+        key of each is its relative path, ``mtime`` its last write, and ``delete`` takes it.
+        Optional method (storage.base): prune uses it to clean up after killed writers.
+        Symbolic links are never followed.
+        """
+        import stat as _stat
+
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        if not start.is_dir():
+            self._require_root("list", prefix or self.url)
+            return
+        for directory, subdirs, files in os.walk(start):  # followlinks=False
+            subdirs.sort()
+            for name in sorted(n for n in files if n.startswith(_TMP_PREFIX)):
+                path = os.path.join(directory, name)
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # renamed or removed since the walk saw it
+                if rel.startswith(prefix) and _stat.S_ISREG(st.st_mode):  # never a link
+                    yield ObjectInfo(key=rel, size=st.st_size, mtime=st.st_mtime)
 
     def delete(self, key: str) -> None:
         parents, name = self._split(key)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from drbackup.actions.context import AppContext
-from drbackup.actions.gc import RepositoryLock
 from drbackup.config import load_config
+from drbackup.repository.locks import RepositoryLock
 from drbackup.repository.manifest import blob_key
 from drbackup.sources.buckets.index import open_index
 from tests.e2e.conftest import PASSPHRASE, write_secret

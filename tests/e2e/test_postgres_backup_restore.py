@@ -168,7 +168,7 @@ class Writer(threading.Thread):
                             "INSERT INTO history (account, delta) VALUES (%s, 1)", (account,)
                         )
                     self.commits += 1
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
 

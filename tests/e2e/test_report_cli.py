@@ -9,8 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drbackup.actions.context import AppContext
 from drbackup.config import load_config
-from drbackup.drill.report import build_report, report_key
+from drbackup.drill.report import build_report
 from drbackup.drill.scratch import new_drill_id
+from drbackup.repository.reports import report_key
 from tests.fixtures.s3server import free_port
 
 

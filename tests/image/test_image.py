@@ -76,8 +76,11 @@ def drbackup(ws: Workspace, *args: str, timeout: float = 300):
 
 
 def data_keys(s3_server, bucket: str) -> list[str]:
+    """The repository's objects but leases: a run the stopping daemon abandons keeps its
+    lease until prune removes it (docs/operations.md, "The commit protocol")."""
     listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="prod/")
-    return sorted(o["Key"] for o in listing.get("Contents", []))
+    keys = (o["Key"] for o in listing.get("Contents", []))
+    return sorted(key for key in keys if not key.startswith("prod/leases/"))
 
 
 def test_the_image_backs_up_restores_drills_and_serves_the_daemon(

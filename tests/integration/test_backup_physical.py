@@ -107,7 +107,7 @@ def test_a_backup_whose_wal_never_reaches_the_archive_fails_and_leaves_nothing(a
             backup_physical(app, "app")
         repo = app.repository()
         assert repo.list_refs("app") == []
-        assert not [i for i in repo.storage.list("data/")]
+        assert not [i for i in repo._storage.list("data/")]
         assert cluster.is_running
     finally:
         import shutil

@@ -21,7 +21,7 @@ from datetime import timedelta
 import pytest
 
 from drbackup.actions.context import AppContext
-from drbackup.actions.gc import RepositoryLock, collect_garbage, list_locks
+from drbackup.actions.gc import collect_garbage
 from drbackup.actions.restore_minio import restore_minio, verify_snapshot_blobs
 from drbackup.actions.restore_postgres import parse_time
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_target, take_snapshot
@@ -41,6 +41,7 @@ from drbackup.errors import (
     UsageError,
 )
 from drbackup.repository.keyring import Secrets
+from drbackup.repository.locks import RepositoryLock, list_locks
 from drbackup.repository.manifest import LOCK_PREFIX, blob_key
 from drbackup.repository.repo import Repository
 from drbackup.sources.buckets.client import BucketClient
@@ -367,14 +368,14 @@ def test_interrupted_snapshot_stops_early_and_leaves_no_backup(repo, s3_server, 
         snap(repo, Interrupting(host, "testing", "testing", secure=False), workers=2)
     assert len(reads) < 50  # the index stream stopped; it did not read the whole bucket
     assert repo.list_refs() == []
-    assert list(repo.storage.list("data/")) == list(repo.storage.list(LOCK_PREFIX)) == []
+    assert list(repo._storage.list("data/")) == list(repo._storage.list(LOCK_PREFIX)) == []
 
 
 def test_missing_source_bucket_fails_before_writing(repo, source, s3):
     with pytest.raises(SourceError) as exc:
         take_snapshot(repo, source, "files", ["nope"])
     assert exc.value.message == f"bucket nope does not exist on {source.endpoint}"
-    assert list(repo.storage.list("")) == [next(iter(repo.storage.list("drbackup.repo")))]
+    assert list(repo._storage.list("")) == [next(iter(repo._storage.list("drbackup.repo")))]
 
 
 # --- point in time ----------------------------------------------------------------------
@@ -423,7 +424,7 @@ def test_repository_gone_mid_restore_stops_as_unreachable(app, s3, photos):
     put_many(s3, photos, 20)
     snapshot_target(app, "files")
     repo = app.repository()
-    repo.storage = _BlobsGone(repo.storage)
+    repo._storage = _BlobsGone(repo._storage)
     with pytest.raises(StorageUnreachableError, match="unreachable"):
         restore_minio(app, "files", into_bucket="half")
 
@@ -549,7 +550,7 @@ def test_gc_dry_run_reports_unreferenced_blobs_and_deletes_nothing(repo, source,
     result = collect_garbage(repo, dry_run=True, grace_s=0)
     assert [b.key for b in result.unreferenced] == [orphan]
     assert (result.blobs, result.referenced, result.missing) == (3, 2, 0)
-    assert repo.storage.exists(orphan)
+    assert repo._storage.exists(orphan)
 
     young = collect_garbage(repo, dry_run=True)  # default grace: 24h
     assert (young.unreferenced, young.young) == ([], 1)
@@ -559,14 +560,14 @@ def test_gc_never_deletes_referenced_or_young_blobs(repo, source, s3, photos):
     orphan, second = orphan_one_blob(repo, source, s3, photos)
     kept = collect_garbage(repo, grace_s=3600)
     assert (kept.deleted, kept.young) == (0, 1)
-    assert repo.storage.exists(orphan)
+    assert repo._storage.exists(orphan)
 
     swept = collect_garbage(repo, grace_s=0)
     assert (swept.deleted, [b.key for b in swept.unreferenced]) == (1, [orphan])
-    assert not repo.storage.exists(orphan)
+    assert not repo._storage.exists(orphan)
     for entry in index_of(repo, second).values():
-        assert repo.storage.exists(blob_key(entry.blob))
-    assert list(repo.storage.list(LOCK_PREFIX)) == []
+        assert repo._storage.exists(blob_key(entry.blob))
+    assert list(repo._storage.list(LOCK_PREFIX)) == []
 
 
 def test_gc_refuses_to_delete_while_a_snapshot_lock_is_live(repo, source, s3, photos):
@@ -577,18 +578,18 @@ def test_gc_refuses_to_delete_while_a_snapshot_lock_is_live(repo, source, s3, ph
         assert exc.value.message.startswith(
             "refusing to delete blobs: a snapshot is running (snapshot 20261123T000000Z-abcdef (live"
         )
-        assert repo.storage.exists(orphan)
-        assert [i.key for i in repo.storage.list(LOCK_PREFIX)] == [
+        assert repo._storage.exists(orphan)
+        assert [i.key for i in repo._storage.list(LOCK_PREFIX)] == [
             "locks/snapshot-20261123T000000Z-abcdef"
         ]
         dry = collect_garbage(repo, dry_run=True, grace_s=0)
         assert dry.note == "1 snapshot(s) running: their new blobs show as unreferenced"
-    assert list(repo.storage.list(LOCK_PREFIX)) == []
+    assert list(repo._storage.list(LOCK_PREFIX)) == []
 
 
 def wait_until_older(repo, key: str, seconds: float) -> None:
     """Poll until the storage clock says ``key`` is more than ``seconds`` old."""
-    written = repo.storage.stat(key).mtime
+    written = repo._storage.stat(key).mtime
     deadline = time.monotonic() + seconds + 10
     while time.time() - written <= seconds + 1:  # +1: S3 times have 1 s resolution
         assert time.monotonic() < deadline, f"{key} never got {seconds}s old"
@@ -616,7 +617,7 @@ def test_snapshot_refuses_while_gc_deletes_and_leaves_nothing(repo, source, s3, 
             snap(repo, source)
         assert exc.value.message.startswith("cannot snapshot while gc deletes blobs (gc ")
     assert repo.list_refs() == []
-    assert list(repo.storage.list(LOCK_PREFIX)) == []
+    assert list(repo._storage.list(LOCK_PREFIX)) == []
 
 
 def test_snapshot_lock_is_held_while_running_and_removed_after(repo, source, s3, photos):
@@ -625,13 +626,13 @@ def test_snapshot_lock_is_held_while_running_and_removed_after(repo, source, s3,
 
     class Watching(BucketClient):
         def open_object(self, bucket, key, *, if_match=None):
-            seen.extend(list_locks(repo.storage, time.time()))
+            seen.extend(list_locks(repo._storage, time.time()))
             return super().open_object(bucket, key, if_match=if_match)
 
     watching = Watching(source.endpoint.removeprefix("http://"), "testing", "testing", secure=False)
     manifest = snap(repo, watching)
     assert [lock.key for lock in seen] == [f"locks/snapshot-{manifest.backup_id}"]
-    assert list(repo.storage.list(LOCK_PREFIX)) == []
+    assert list(repo._storage.list(LOCK_PREFIX)) == []
 
 
 # --- public-key mode --------------------------------------------------------------------

@@ -21,9 +21,10 @@ from drbackup.codec import keys
 from drbackup.config import load_config
 from drbackup.drill import bucket as bucket_drill
 from drbackup.drill.plan import BackupChoice, DrillPlan
-from drbackup.drill.report import failure_summary, render_text, report_key
+from drbackup.drill.report import failure_summary, render_text
 from drbackup.drill.signing import trusted_key, verify_report
 from drbackup.repository.manifest import blob_key
+from drbackup.repository.reports import report_key
 from drbackup.sources.buckets.index import open_index
 from tests.e2e.conftest import _run_in_process, make_repo_config, minio_target
 
@@ -143,7 +144,7 @@ def test_ctrl_c_during_the_restore_still_removes_the_scratch_bucket(setup, monke
     with pytest.raises(KeyboardInterrupt):
         run_drill(setup.app, both_plan())
     assert scratch_buckets(setup.s3) == []
-    assert list(setup.app.repository().storage.list("reports/")) == []  # no report
+    assert list(setup.app.repository()._storage.list("reports/")) == []  # no report
 
 
 def test_drill_run_target_and_plan_file_on_the_cli(setup, run_cli, tmp_path):

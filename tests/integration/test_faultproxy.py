@@ -89,6 +89,26 @@ def test_hold_stops_a_request_until_released(proxied_s3_storage, fault_proxy):
     assert done.is_set() and proxied_s3_storage.get("h") == BODY
 
 
+def test_a_dropped_hold_never_reaches_the_server(proxied_s3_storage, fault_proxy):
+    rule = fault_proxy.hold(method="PUT", path=r"/repo/d$", times=3)  # every attempt
+    failed = []
+
+    def put() -> None:
+        try:
+            proxied_s3_storage.put("d", io.BytesIO(BODY))
+        except StorageError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=put)
+    thread.start()
+    rule.wait_arrived()
+    rule.drop()
+    thread.join(30)
+    assert rule.hits == 3 and len(failed) == 1
+    assert isinstance(failed[0], StorageUnreachableError)
+    assert not proxied_s3_storage.exists("d")
+
+
 def test_fail_rate_hits_about_that_share(proxied_s3_storage, fault_proxy):
     rule = fault_proxy.fail_rate(0.3)
     stored = 0

@@ -29,11 +29,11 @@ from drbackup.actions.prune import (
 from drbackup.catalog import Catalog
 from drbackup.cli.prune import prune as prune_command
 from drbackup.config.retention import RetentionSettings
-from drbackup.drill.report import report_key
 from drbackup.errors import StorageError, UsageError
 from drbackup.repository.keyring import Secrets
 from drbackup.repository.manifest import DATA_PREFIX
 from drbackup.repository.repo import Repository
+from drbackup.repository.reports import report_key
 from drbackup.retention.policy import BackupInfo, apply_policy
 from tests.fixtures.s3server import TEST_PART_SIZE
 
@@ -80,7 +80,7 @@ def data_dirs(storage, target="app") -> set[str]:
 
 
 def verify_all(repo) -> None:
-    fresh = Repository.open(repo.storage, SECRETS)
+    fresh = Repository.open(repo._storage, SECRETS)
     for ref in fresh.list_refs():
         assert fresh.verify(fresh.load_manifest(ref)) == [], ref
 

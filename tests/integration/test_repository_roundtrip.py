@@ -131,7 +131,7 @@ def backup(repo: Repository, blocks: Iterable[bytes], name: str = "db"):
 
 def reopen(repo: Repository) -> Repository:
     """The repository as a restore host sees it: only the storage and the passphrase."""
-    return Repository.open(repo.storage, Secrets(passphrase="pw"))
+    return Repository.open(repo._storage, Secrets(passphrase="pw"))
 
 
 # -- tests -------------------------------------------------------------------------------

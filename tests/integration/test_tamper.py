@@ -59,7 +59,7 @@ class Setup:
 
     @property
     def storage(self):
-        return self.repo.storage
+        return self.repo._storage
 
     @property
     def item(self):
@@ -429,14 +429,14 @@ def test_verify_with_the_storage_gone_is_unreachable_not_damage(setup, tmp_path)
     so in the catalog)."""
     repo = reopen(setup.storage)
     if isinstance(setup.storage, LocalStorage):
-        repo.storage = LocalStorage(tmp_path / "unmounted")
+        repo._storage = LocalStorage(tmp_path / "unmounted")
     else:  # the same bucket, through an endpoint nothing listens on
         from drbackup.storage.s3 import S3Storage
 
         s3 = setup.storage
         dead = f"http://127.0.0.1:{free_port()}"
         options = {"access_key_id": "k", "secret_access_key": "s", "max_attempts": 1}
-        repo.storage = S3Storage(s3.bucket, s3.prefix, endpoint_url=dead, **options)
+        repo._storage = S3Storage(s3.bucket, s3.prefix, endpoint_url=dead, **options)
     with pytest.raises(StorageUnreachableError):
         repo.verify(setup.manifest)
 
@@ -495,7 +495,7 @@ def test_header_from_another_repository(setup, tmp_path):
     other = Repository.init(
         LocalStorage(tmp_path / "other"), Secrets(passphrase="pw"), scrypt_params=FAST
     )
-    setup.storage.put(HEADER_KEY, io.BytesIO(other.storage.get(HEADER_KEY)))
+    setup.storage.put(HEADER_KEY, io.BytesIO(other._storage.get(HEADER_KEY)))
     repo = reopen(setup.storage)  # the passphrase opens the other repository's master key
     got, err = read_until_error(repo, setup.item)
     assert got == b""

@@ -165,7 +165,7 @@ class BaseBackupStream:
     def _run(self) -> None:
         try:
             self._protocol()
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._put(
                 exc if isinstance(exc, SourceError) else SourceError(f"base backup failed: {exc}")
             )

@@ -26,30 +26,64 @@ Clients (psycopg here, psql and pg_dump elsewhere) connect from this process ove
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
-import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
 
 from drbackup.errors import SourceError
-from drbackup.sources.postgres.environment import child_environ
+from drbackup.sources.postgres import databases, processes
+from drbackup.sources.postgres.environment import child_environ, server_env
+from drbackup.sources.postgres.postmaster import (
+    HOST,
+    STOP_TIMEOUT,
+    cleanup_stale,
+    free_port,
+    is_postmaster_of,
+    read_postmaster_pid,
+    stop_postmaster,
+)
+from drbackup.sources.postgres.run_as import (
+    RunAs,
+    build_run_prefix,
+    chown_tree,
+    find_unsearchable_parent,
+    is_searchable,
+    resolve_run_as,
+)
+from drbackup.sources.postgres.server_bin import (
+    INSTALL_HINT,
+    find_pg_bin_dir,
+    has_server_binaries,
+    parse_major_version,
+    server_major_version,
+)
 
-HOST = "127.0.0.1"
+__all__ = [  # the helpers of a cluster's life live in their own modules; found here too
+    "RunAs",
+    "build_run_prefix",
+    "cleanup_stale",
+    "find_pg_bin_dir",
+    "find_unsearchable_parent",
+    "free_port",
+    "has_server_binaries",
+    "is_postmaster_of",
+    "is_searchable",
+    "parse_major_version",
+    "read_postmaster_pid",
+    "resolve_run_as",
+    "server_major_version",
+    "stop_postmaster",
+]
+
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
 # Durability off: for throwaway clusters only (fast=True).
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 SETTINGS_FILE = "drbackup.conf"
@@ -57,185 +91,6 @@ _SOCKET_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
 _SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_.]*$")
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[\d+\] ")
 _LOG_SEVERE = re.compile(r"^(?:ERROR|FATAL|PANIC):|could not|invalid|unrecognized|too long")
-_INSTALL_HINT = (
-    "install postgresql (apt-get install postgresql) "
-    "or set DRBACKUP_PG_BIN to the directory holding initdb and postgres"
-)
-
-
-# --- finding the server binaries ----------------------------------------------------------
-
-
-def parse_major_version(text: str) -> int:
-    """Major version from ``postgres --version`` or ``pg_config --version`` output.
-
-    ``"postgres (PostgreSQL) 15.18 (Debian ...)"`` -> 15.  Raises SourceError if none is found.
-    """
-    match = re.search(r"PostgreSQL\)?\s+(\d+)", text)
-    if not match:
-        raise SourceError(f"cannot read a postgresql version from {text.strip()!r}")
-    return int(match.group(1))
-
-
-def has_server_binaries(bin_dir: Path) -> bool:
-    """True if ``bin_dir`` holds executable ``initdb`` and ``postgres``."""
-    return all(os.access(bin_dir / name, os.X_OK) for name in ("initdb", "postgres"))
-
-
-def server_major_version(bin_dir: Path) -> int:
-    """Major version of ``bin_dir/postgres``; raises SourceError if it cannot be run."""
-    try:
-        out = subprocess.run(
-            [str(bin_dir / "postgres"), "--version"],
-            env=child_environ(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError as exc:
-        raise SourceError(f"cannot run {bin_dir / 'postgres'}: {exc.strerror}") from exc
-    return parse_major_version(out.stdout)
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    """Sort key for Debian's ``/usr/lib/postgresql/<version>/bin`` directories."""
-    parts = path.parent.name.split(".")
-    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (-1,)
-
-
-def _candidate_bin_dirs() -> list[Path]:
-    """Where server binaries may be, best first: pg_config, Debian's dirs newest first, PATH."""
-    candidates: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run(
-            [pg_config, "--bindir"],
-            env=child_environ(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            candidates.append(Path(out.stdout.strip()))
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
-    candidates.extend(debian)
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(initdb).resolve().parent)
-    return list(dict.fromkeys(candidates))
-
-
-def find_pg_bin_dir(min_major: int | None = None) -> Path:
-    """Directory holding ``initdb`` and ``postgres``, at least ``min_major`` if given.
-
-    Order: env DRBACKUP_PG_BIN (used as is, or an error), ``pg_config --bindir``, the highest
-    ``/usr/lib/postgresql/*/bin``, then ``initdb`` on PATH.  Raises SourceError with an
-    install hint when nothing fits.
-    """
-    from_env = os.environ.get("DRBACKUP_PG_BIN")
-    candidates = [Path(from_env)] if from_env else _candidate_bin_dirs()
-    found: list[str] = []
-    for bin_dir in candidates:
-        if not has_server_binaries(bin_dir):
-            continue
-        if min_major is None:
-            return bin_dir
-        major = server_major_version(bin_dir)
-        if major >= min_major:
-            return bin_dir
-        found.append(f"{major} in {bin_dir}")
-    where = f"DRBACKUP_PG_BIN={from_env}" if from_env else "pg_config, /usr/lib/postgresql, PATH"
-    if found:
-        raise SourceError(
-            f"postgresql server binaries >= {min_major} not found (found {', '.join(found)})",
-            hint=_INSTALL_HINT,
-        )
-    raise SourceError(f"postgresql server binaries not found in {where}", hint=_INSTALL_HINT)
-
-
-# --- running as an unprivileged user --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunAs:
-    """The account that runs initdb and postgres when this process is root."""
-
-    user: str
-    uid: int
-    gid: int
-    gids: tuple[int, ...]  # primary and supplementary groups, for the traversal check
-
-
-def resolve_run_as(euid: int | None = None) -> RunAs | None:
-    """None unless running as root; then the ``postgres`` user, else ``nobody``.
-
-    Raises SourceError if neither account exists.
-    """
-    if (os.geteuid() if euid is None else euid) != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        gids = tuple(os.getgrouplist(name, entry.pw_gid))
-        return RunAs(name, entry.pw_uid, entry.pw_gid, gids)
-    raise SourceError(
-        "running as root, and neither a 'postgres' nor a 'nobody' user exists to run the server",
-        hint="create a 'postgres' system user, or run as an ordinary user",
-    )
-
-
-def build_run_prefix(
-    run_as: RunAs | None, *, setpriv: str | None, runuser: str | None, pdeathsig: bool
-) -> list[str]:
-    """Argv prefix that runs a command as ``run_as`` (None: as is) and, with ``pdeathsig``,
-    has the kernel send it SIGINT (fast shutdown) when the starting thread dies.
-
-    Without setpriv, the death signal is not available; as root, runuser is the fallback.
-    Raises SourceError when root has neither tool.
-    """
-    if setpriv:
-        prefix = [setpriv]
-        if run_as:
-            prefix += [f"--reuid={run_as.user}", f"--regid={run_as.gid}", "--init-groups"]
-        if pdeathsig:
-            prefix += ["--pdeathsig", "INT"]
-        return [*prefix, "--"] if len(prefix) > 1 else []
-    if run_as is None:
-        return []
-    if runuser:
-        return [runuser, "-u", run_as.user, "--"]
-    raise SourceError(
-        "running as root needs setpriv or runuser to start postgresql as another user",
-        hint="install util-linux",
-    )
-
-
-def is_searchable(mode: int, owner_uid: int, owner_gid: int, run_as: RunAs) -> bool:
-    """True if ``run_as`` may search (traverse) a directory with this mode and ownership."""
-    if owner_uid == run_as.uid:
-        return bool(mode & stat.S_IXUSR)
-    if owner_gid in run_as.gids:
-        return bool(mode & stat.S_IXGRP)
-    return bool(mode & stat.S_IXOTH)
-
-
-def find_unsearchable_parent(path: Path, run_as: RunAs) -> Path | None:
-    """The first parent of ``path`` (from /) that ``run_as`` cannot traverse, else None."""
-    for parent in reversed(path.resolve().parents):
-        info = parent.stat()
-        if not is_searchable(info.st_mode, info.st_uid, info.st_gid, run_as):
-            return parent
-    return None
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    """``chown -R uid:gid root``, touching only entries that differ."""
-    for path in [root, *root.rglob("*")]:
-        info = path.lstat()
-        if (info.st_uid, info.st_gid) != (uid, gid):
-            os.lchown(path, uid, gid)
 
 
 # --- argv, settings and log builders (pure) -------------------------------------------------
@@ -300,104 +155,10 @@ def summarize_log(text: str, max_lines: int = 3) -> str:
     return "; ".join(chosen) if chosen else "no output"
 
 
-# --- processes ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def read_postmaster_pid(data_dir: Path) -> int | None:
-    """The pid in ``data_dir/postmaster.pid``, or None if the file is missing or unreadable."""
-    try:
-        first = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
-    except OSError:
-        return None
-    return int(first) if first.strip().isdigit() else None
-
-
-def is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    """True if ``pid`` is a live process serving ``data_dir``.
-
-    On Linux the postmaster's working directory is its data directory, which guards against
-    a reused pid; zombies count as gone.  Elsewhere, any live pid counts.
-    """
-    if not Path("/proc/self").exists():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except FileNotFoundError:
-        return False
-    except PermissionError:
-        return True  # not ours to inspect; trust postmaster.pid
-    return os.path.realpath(cwd) == os.path.realpath(data_dir)
-
-
-def stop_postmaster(data_dir: Path, timeout: float = STOP_TIMEOUT) -> bool:
-    """Fast shutdown (SIGINT, as ``pg_ctl stop -m fast``) of the server in ``data_dir``,
-    whoever started it; waits until it is gone.
-
-    Returns True if a server was running, False if none was.  Raises SourceError if it
-    cannot be signalled or is still running after ``timeout`` seconds.
-    """
-    pid = read_postmaster_pid(data_dir)
-    if pid is None or not is_postmaster_of(pid, data_dir):
-        return False
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return False
-    except PermissionError as exc:
-        raise SourceError(
-            f"cannot stop the postgresql server (pid {pid}) in {data_dir}: permission denied",
-            hint="run as root or as the user that owns it",
-        ) from exc
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while is_postmaster_of(pid, data_dir):
-        if time.monotonic() > deadline:
-            raise SourceError(f"postgresql server (pid {pid}) in {data_dir} did not stop in time")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    return True
-
-
-def cleanup_stale(base_dir: Path) -> list[Path]:
-    """Stop every server whose data directory (one holding postmaster.pid) is under ``base_dir``.
-
-    For leftovers of killed runs.  Deletes nothing.  Returns the data directories whose
-    server was stopped.  Raises SourceError as :func:`stop_postmaster`.
-    """
-    stopped = []
-    for pid_file in sorted(Path(base_dir).glob("**/postmaster.pid")):
-        if stop_postmaster(pid_file.parent):
-            stopped.append(pid_file.parent)
-    return stopped
-
-
-def _server_env() -> dict[str, str]:
-    """Environment for initdb and postgres: a child's (no secrets of ours), minus PG*
-    variables, English messages."""
-    env = {key: value for key, value in child_environ().items() if not key.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
-
-
 def _available_locales() -> list[str]:
     try:
-        out = subprocess.run(
-            ["locale", "-a"], env=child_environ(), capture_output=True, text=True, check=False
-        )
-    except OSError:
+        out = processes.run(["locale", "-a"], env=child_environ())
+    except SourceError:
         return []
     return out.stdout.split()
 
@@ -454,7 +215,7 @@ class EphemeralCluster:
         self.detach = detach
         self.start_timeout = start_timeout
         self.run_as = resolve_run_as()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: processes.Popen[bytes] | None = None
         if len(str(self.socket_dir)) + len("/.s.PGSQL.65535") > _SOCKET_PATH_MAX:
             raise SourceError(
                 f"cluster directory path is too long for a unix socket: {self.base_dir}",
@@ -506,7 +267,7 @@ class EphemeralCluster:
         proc.send_signal(signal.SIGINT)  # a postmaster that had not written its pid file yet
         try:
             proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+        except processes.TimeoutExpired:
             proc.kill()
             proc.wait()
 
@@ -546,7 +307,7 @@ class EphemeralCluster:
                 "who runs the postgresql server",
                 hint=f"put the cluster under {tempfile.gettempdir()} or run 'chmod o+x {blocked}'",
             )
-        _chown_tree(self.base_dir, self.run_as.uid, self.run_as.gid)
+        chown_tree(self.base_dir, self.run_as.uid, self.run_as.gid)
 
     def _initdb(self) -> None:
         argv = self._prefix(pdeathsig=False) + build_initdb_argv(
@@ -556,17 +317,14 @@ class EphemeralCluster:
             locale=choose_locale(_available_locales()),
             no_sync=self.fast,
         )
-        try:
-            result = subprocess.run(
-                argv, cwd=self.base_dir, env=_server_env(), capture_output=True, text=True
-            )
-        except OSError as exc:
-            raise SourceError(f"cannot run initdb ({argv[0]}): {exc.strerror}") from exc
+        result = processes.run(
+            argv, cwd=self.base_dir, env=server_env(), name=f"initdb ({argv[0]})"
+        )
         if result.returncode != 0:  # initdb removes what it created
             summary = summarize_log(result.stdout + "\n" + result.stderr)
             raise SourceError(
                 f"initdb failed for {self.data_dir} (exit {result.returncode}): {summary}",
-                hint=_INSTALL_HINT if result.returncode == 127 else None,
+                hint=INSTALL_HINT if result.returncode == 127 else None,
             )
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude = '{SETTINGS_FILE}'\n")
@@ -580,18 +338,15 @@ class EphemeralCluster:
         offset = self.log_path.stat().st_size
         argv = self._prefix(pdeathsig=not self.detach) + self._postgres_argv(settings)
         with self.log_path.open("ab") as log:
-            try:
-                self._proc = subprocess.Popen(
-                    argv,
-                    cwd=self.base_dir,
-                    env=_server_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a terminal's Ctrl-C goes to us, not the server
-                )
-            except OSError as exc:
-                raise SourceError(f"cannot run postgres ({argv[0]}): {exc.strerror}") from exc
+            self._proc = processes.start(
+                argv,
+                cwd=self.base_dir,
+                env=server_env(),
+                stdout=log,
+                stderr=processes.STDOUT,
+                new_session=True,  # a terminal's Ctrl-C goes to us, not the server
+                name=f"postgres ({argv[0]})",
+            )
         self._wait_until_ready(offset)
 
     def _postgres_argv(self, settings: dict[str, str]) -> list[str]:
@@ -671,15 +426,14 @@ class EphemeralCluster:
             return cursor.fetchall() if cursor.description else []
 
     def create_database(self, name: str) -> None:
-        """CREATE DATABASE ``name`` (quoted as an identifier).  Raises psycopg errors."""
+        """Create database ``name`` (from template1, no comment).  Raises SourceError."""
         with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            databases.create_database(conn, name, template=None)
 
     def drop_database(self, name: str) -> None:
-        """DROP DATABASE IF EXISTS ``name`` WITH (FORCE), ending its sessions."""
+        """Drop database ``name`` if it exists, ending its sessions.  Raises SourceError."""
         with self.connect() as conn:
-            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(query.format(sql.Identifier(name)))
+            databases.drop_database(conn, name)
 
     @property
     def server_version_num(self) -> int:

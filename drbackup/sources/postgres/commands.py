@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from drbackup.errors import ConfigError, SourceError
 from drbackup.sources.postgres.dump_options import find_problem
-from drbackup.sources.postgres.environment import child_environ, dsn_without_password
+from drbackup.sources.postgres.environment import dsn_without_password, mask_dsn
+
+__all__ = ["mask_dsn"]  # where callers have always found it; it lives with the secrets
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 CLIENT_BIN_ENV = "DRBACKUP_PG_CLIENT_BIN"  # directory of pg_dump/pg_restore to use
@@ -54,21 +55,6 @@ def find_client_bin_dir(
             "pg_dump not found", hint="install the PostgreSQL client (postgresql-client)"
         )
     return Path(found).parent
-
-
-def tool_version(bin_dir: Path, tool: str) -> tuple[int, int]:
-    try:
-        out = subprocess.run(
-            [str(bin_dir / tool), "--version"],
-            env=child_environ(),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SourceError(f"cannot run {bin_dir / tool}: {exc}") from None
-    return parse_tool_version(out)
 
 
 def pg_dump_argv(
@@ -145,10 +131,3 @@ def pg_restore_argv(
     if archive:
         argv.append(archive)
     return argv
-
-
-def mask_dsn(dsn: str) -> str:
-    """Hide a password in a DSN (for messages and logs): ``user:PASSWORD@`` in a URL, and
-    ``password=...`` in key=value form or a URL's query."""
-    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", dsn, flags=re.I)

@@ -20,6 +20,7 @@ in argv, where ``ps`` shows it to every user of the machine: the argv builders i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import psycopg
@@ -48,6 +49,14 @@ def child_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     child's environment."""
     source = os.environ if base is None else base
     return {k: v for k, v in source.items() if not is_secret_variable(k)}
+
+
+def server_env() -> dict[str, str]:
+    """Environment for initdb and postgres: a child's (no secrets of ours), minus PG*
+    variables, English messages."""
+    env = {key: value for key, value in child_environ().items() if not key.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
 
 
 def client_env(password: str | None, dsn: str | None = None) -> dict[str, str]:
@@ -88,3 +97,10 @@ def _parse(dsn: str) -> dict:
             f"invalid postgres dsn: {reason}",
             hint="e.g. postgresql://user@host:5432/dbname or 'host=... dbname=...'",
         ) from None
+
+
+def mask_dsn(text: str) -> str:
+    """Hide a password in a DSN, or in any text that may hold one (messages and logs):
+    ``user:PASSWORD@`` in a URL, and ``password=...`` in key=value form or a URL's query."""
+    text = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", text, flags=re.I)

@@ -103,11 +103,16 @@ class ArchiverState:
 
 
 def archiver_state(conn: psycopg.Connection) -> ArchiverState:
-    row = conn.execute(
-        "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn()), last_archived_wal,"
-        " last_archived_time, last_failed_wal, last_failed_time, clock_timestamp()"
-        " FROM pg_stat_archiver"
-    ).fetchone()
+    """The server's WAL position and its archiver's state.  Raises SourceError with the
+    server's first line when it cannot say (e.g. a standby: its WAL position is not its own)."""
+    try:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn()),"
+            " last_archived_wal, last_archived_time, last_failed_wal, last_failed_time,"
+            " clock_timestamp() FROM pg_stat_archiver"
+        ).fetchone()
+    except psycopg.Error as exc:
+        raise SourceError((str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
     return ArchiverState(parse_lsn(str(row[0])), *row[1:])
 
 

@@ -1,4 +1,5 @@
-"""``pg_receivewal``: its argv (a pure builder) and the one place it runs.
+"""``pg_receivewal``: its argv (a pure builder) and its supervision (started through
+``processes``, the one place children start).
 
 pg_receivewal (PostgreSQL's own streaming client) writes the WAL a server sends over a
 replication connection into a directory: the segment being filled as
@@ -23,7 +24,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections import deque
@@ -33,8 +33,9 @@ from pathlib import Path
 from psycopg.conninfo import make_conninfo
 
 from drbackup.errors import SourceError
-from drbackup.sources.postgres.cluster import build_run_prefix
+from drbackup.sources.postgres import processes
 from drbackup.sources.postgres.environment import dsn_without_password
+from drbackup.sources.postgres.run_as import build_run_prefix
 from drbackup.sources.postgres.wal import (
     HISTORY,
     PARTIAL,
@@ -89,7 +90,7 @@ class ReceiveWal:
         self.argv, self.env, self.on_line = argv, env, on_line
         self.tail: deque[str] = deque(maxlen=20)
         self.started = 0.0
-        self._proc: subprocess.Popen | None = None
+        self._proc: processes.Popen | None = None
         self._drain: threading.Thread | None = None
 
     def start(self) -> ReceiveWal:
@@ -97,17 +98,13 @@ class ReceiveWal:
         prefix = build_run_prefix(
             None, setpriv=shutil.which("setpriv"), runuser=None, pdeathsig=True
         )
-        try:
-            self._proc = subprocess.Popen(
-                [*prefix, *self.argv],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=self.env,
-                start_new_session=True,  # a terminal's Ctrl-C reaches us, who stop it in order
-            )
-        except OSError as exc:
-            raise SourceError(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
+        self._proc = processes.start(
+            [*prefix, *self.argv],
+            env=self.env,
+            stderr=processes.PIPE,
+            new_session=True,  # a terminal's Ctrl-C reaches us, who stop it in order
+            name=self.argv[0],
+        )
         self.started = time.monotonic()
         self._drain = threading.Thread(target=self._read_stderr, daemon=True, name="receivewal")
         self._drain.start()
@@ -146,7 +143,7 @@ class ReceiveWal:
             self._proc.send_signal(signal.SIGINT)
             try:
                 self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except processes.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         return self.poll()

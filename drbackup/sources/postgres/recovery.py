@@ -27,7 +27,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from drbackup.errors import SourceError
-from drbackup.sources.postgres.cluster import EphemeralCluster, find_unsearchable_parent
+from drbackup.sources.postgres.cluster import EphemeralCluster
+from drbackup.sources.postgres.run_as import find_unsearchable_parent
 from drbackup.sources.postgres.wal import format_lsn, parse_lsn
 
 AUTO_CONF = "postgresql.auto.conf"

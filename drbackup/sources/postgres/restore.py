@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drbackup.codec.pipeline import iter_blocks_threaded, widen_pipe
-from drbackup.errors import IntegrityError, RestoreError, SourceError
+from drbackup.errors import RestoreError
+from drbackup.sources.postgres import processes
 from drbackup.sources.postgres.archive import DataOffsets
 from drbackup.threads import Background
 
@@ -119,7 +119,7 @@ def run_pg_restore(
         alongside()
     started = time.monotonic()
     clock = PhaseClock()
-    proc = _spawn(argv, env, stdin=subprocess.PIPE)
+    proc = _spawn(argv, env, stdin=processes.PIPE)
     widen_pipe(proc.stdin.fileno())
     feeder = _Feeder(reader, proc)
     feeder.start()
@@ -162,7 +162,7 @@ def _restore_spooled(
         offsets.patch(archive)
         fetch = time.monotonic() - started
         clock = PhaseClock()
-        proc = _spawn(argv[:-1] + [str(archive)], env, stdin=subprocess.DEVNULL)
+        proc = _spawn(argv[:-1] + [str(archive)], env, stdin=processes.DEVNULL)
         _collect(proc, clock)
         code = proc.wait()
         clock.end = time.monotonic()
@@ -189,13 +189,8 @@ def _spool(reader, archive: Path, helper: Background | None, offsets: DataOffset
     return size
 
 
-def _spawn(argv, env, stdin) -> subprocess.Popen:
-    try:
-        return subprocess.Popen(
-            argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-        )
-    except OSError as exc:
-        raise SourceError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+def _spawn(argv, env, stdin) -> processes.Popen:
+    return processes.start(argv, env=env, stdin=stdin)
 
 
 def _collect(proc, clock: PhaseClock) -> None:
@@ -270,7 +265,7 @@ class _Feeder(threading.Thread):
                 self.bytes += len(block)
         except BrokenPipeError:
             pass  # pg_restore exited early; its status and messages tell why
-        except (IntegrityError, Exception) as exc:  # noqa: BLE001 - handed to the caller
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
             self.error = exc
             self.proc.kill()
         finally:

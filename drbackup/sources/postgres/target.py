@@ -11,6 +11,7 @@ leftover marked for that target (restore_marker.py) belongs to a restore that is
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -18,6 +19,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from drbackup.errors import RestoreError
+from drbackup.sources.postgres import databases
 from drbackup.sources.postgres.connection import connect, database_of, dsn_for_database
 from drbackup.sources.postgres.restore_marker import (
     MARKER_PREFIX,
@@ -37,11 +39,6 @@ SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relname
      + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
      + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
-"""
-_DATABASE_SQL = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
-_MARKED_SQL = """
-SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database
-WHERE starts_with(shobj_description(oid, 'pg_database'), %s) ORDER BY datname
 """
 _TERMINATE_SQL = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -118,7 +115,7 @@ class TargetServer:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
             self.conn.close()
 
     def dsn(self, name: str) -> str:
@@ -132,8 +129,7 @@ class TargetServer:
     # -- looking -------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        query = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
-        if self.conn.execute(query, (RESTORE_LOCK_KEY, self.name)).fetchone()[0]:
+        if databases.try_advisory_lock(self.conn, RESTORE_LOCK_KEY, self.name):
             return
         running = [m for _, m in self._marked() if m.target == self.name and m.role != "old"]
         who = f" ({running[0].describe()})" if running else ""
@@ -144,43 +140,40 @@ class TargetServer:
 
     def state(self) -> TargetState:
         """Look at the target database without changing anything."""
-        row = self.conn.execute(_DATABASE_SQL, (self.name,)).fetchone()
-        if row is None:
+        comment = self.comment_of(self.name, exists=True)
+        if comment is None:
             return TargetState(self.name, False, 0, self.server_version, None)
         with connect(self._dsn, self._password) as conn:
             objects = conn.execute(_OBJECTS_SQL).fetchone()[0]
-        return TargetState(self.name, True, objects, self.server_version, row[0])
+        return TargetState(self.name, True, objects, self.server_version, comment or None)
 
     def _marked(self) -> list[tuple[str, RestoreMarker]]:
-        rows = self.conn.execute(_MARKED_SQL, (MARKER_PREFIX,))
-        found = [(name, parse_marker(comment)) for name, comment in rows.fetchall()]
+        rows = databases.databases_commented(self.conn, MARKER_PREFIX)
+        found = [(name, parse_marker(comment)) for name, comment in rows]
         return [(name, marker) for name, marker in found if marker is not None]
 
     def leftovers(self) -> list[Leftover]:
         """Databases interrupted restores into the target left and meant to drop."""
         return [Leftover(n, m) for n, m in self._marked() if is_leftover(n, m, self.name)]
 
-    def comment_of(self, name: str) -> str | None:
-        row = self.conn.execute(_DATABASE_SQL, (name,)).fetchone()
-        return row[0] if row else None
+    def comment_of(self, name: str, *, exists: bool = False) -> str | None:
+        """The comment of database ``name`` (None without one; with ``exists``, '' without
+        one and None only if there is no such database)."""
+        comment = databases.database_comment(self.conn, name)
+        return comment if exists else comment or None
 
     # -- changing ------------------------------------------------------------------------
 
     def create(self, name: str, marker: RestoreMarker, *, encoding: str | None) -> None:
         """Create database ``name`` (from template0, in the dump's encoding) and mark it."""
-        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-        if encoding:
-            stmt += sql.SQL(" ENCODING {}").format(sql.Literal(encoding))
         label = "target database" if name == self.name else "database"
-        self._execute(stmt, f"cannot create {label} {name}")
-        self.set_comment(name, marker.comment())
+        with _restore_error(f"cannot create {label} {name}"):
+            databases.create_database(self.conn, name, comment=marker.comment(), encoding=encoding)
 
     def set_comment(self, name: str, text: str | None) -> None:
         """Set (None: remove) the comment of database ``name``."""
-        stmt = sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            sql.Identifier(name), sql.Literal(text)
-        )
-        self._execute(stmt, f"cannot set the comment of database {name}")
+        with _restore_error(f"cannot set the comment of database {name}"):
+            databases.set_database_comment(self.conn, name, text)
 
     def mark(self, name: str, marker: RestoreMarker) -> bool:
         """Set ``marker`` on existing database ``name``; False if only its owner may (the
@@ -193,8 +186,8 @@ class TargetServer:
 
     def drop(self, name: str) -> None:
         """Drop database ``name``, ending its sessions; nothing if it does not exist."""
-        stmt = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        self._execute(stmt, f"cannot drop database {name}")
+        with _restore_error(f"cannot drop database {name}"):
+            databases.drop_database(self.conn, name)
 
     def drop_if_marked(self, name: str, marker: RestoreMarker) -> bool:
         """Drop ``name`` only if it still carries ``marker`` (this restore's own database)."""
@@ -233,18 +226,18 @@ class TargetServer:
             self.conn.execute(comment.format(renamed, sql.Literal(old_comment)))
         return ended
 
-    def _execute(self, stmt, what: str) -> None:
-        # May run in the preparation thread: its failure must read as one line.
-        try:
-            self.conn.execute(stmt)
-        except pg_errors.InsufficientPrivilege as exc:
-            raise _NotOwner(_one_line(exc, what).message) from None
-        except psycopg.Error as exc:
-            raise _one_line(exc, what) from None
-
 
 class _NotOwner(RestoreError):
     """A statement only the database's owner (or a superuser) may run was refused."""
+
+
+@contextlib.contextmanager
+def _restore_error(what: str) -> Iterator[None]:
+    # Statements may run in the preparation thread: a failure must read as one line.
+    try:
+        yield
+    except databases.StatementError as exc:
+        raise (_NotOwner if exc.not_permitted else RestoreError)(f"{what}: {exc.reason}") from None
 
 
 def _database_name(dsn: str) -> str:

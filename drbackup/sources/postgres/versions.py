@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from drbackup.errors import ConfigError, SourceError
-from drbackup.sources.postgres.cluster import find_pg_bin_dir, server_major_version
 from drbackup.sources.postgres.commands import CLIENT_BIN_ENV
+from drbackup.sources.postgres.server_bin import find_pg_bin_dir, server_major_version
 
 SERVER_BIN_ENV = "DRBACKUP_PG_BIN"  # directory of initdb/postgres for ephemeral clusters
 

@@ -260,7 +260,7 @@ def test_rebuild_forgets_rows_of_deleted_backups_only_in_its_repository(catalog,
 def test_rebuild_marks_an_unreadable_manifest_damaged(catalog, repo):
     manifest = make_backup(repo)
     catalog.record_backup(repo.id, repo.url, manifest)
-    path = repo.storage.root / manifest.ref.manifest_key
+    path = repo._storage.root / manifest.ref.manifest_key
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01
     path.write_bytes(bytes(data))

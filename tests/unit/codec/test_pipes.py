@@ -7,8 +7,8 @@ from __future__ import annotations
 import fcntl
 import os
 
-from drbackup.actions.backup_postgres import _Process
 from drbackup.codec.pipeline import PIPE_SIZE, widen_pipe
+from drbackup.sources.postgres.processes import StreamingProcess as _Process
 
 
 def pipe_size(fd: int) -> int:

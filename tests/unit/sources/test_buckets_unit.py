@@ -15,10 +15,11 @@ import pytest
 import urllib3
 from minio.error import S3Error
 
-from drbackup.actions.gc import list_locks, lock_key
-from drbackup.actions.snapshot_minio import BlobOracle, BucketStats, Transfer
+from drbackup.actions.snapshot_minio import BucketStats, Transfer
 from drbackup.drill.bucket import scratch_bucket_name, stale_scratch_buckets
 from drbackup.errors import IntegrityError, SourceError, SourceUnreachableError
+from drbackup.repository.blobs import BlobOracle
+from drbackup.repository.locks import list_locks, lock_key
 from drbackup.repository.manifest import blob_id_of, blob_key
 from drbackup.sources.buckets.client import (
     BucketClient,

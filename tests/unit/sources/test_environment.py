@@ -109,7 +109,8 @@ def test_no_argv_builder_puts_a_password_in_argv():
         }
 
 
-_STARTERS = {"run", "Popen", "call", "check_call", "check_output"}
+_STARTERS = {"run", "Popen", "call", "check_call", "check_output", "start"}
+_OWNERS = {"subprocess", "processes"}  # the runner (sources/postgres/processes.py) too
 
 
 def _subprocess_calls(tree: ast.AST):
@@ -117,7 +118,7 @@ def _subprocess_calls(tree: ast.AST):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         owner = node.func.value
-        if isinstance(owner, ast.Name) and owner.id == "subprocess" and node.func.attr in _STARTERS:
+        if isinstance(owner, ast.Name) and owner.id in _OWNERS and node.func.attr in _STARTERS:
             yield node
 
 
@@ -132,3 +133,15 @@ def test_every_child_process_gets_an_explicit_environment():
                 missing.append(f"{path.relative_to(PACKAGE)}:{call.lineno}")
     assert seen >= 8  # the scan finds the calls it is meant to check
     assert missing == []
+
+
+def test_child_processes_are_started_only_by_the_runner():
+    """argv is built by pure functions; one module starts processes and masks secrets."""
+    runner = PACKAGE / "sources" / "postgres" / "processes.py"
+    elsewhere = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = [c for c in _subprocess_calls(tree) if c.func.value.id == "subprocess"]
+        if calls and path != runner:
+            elsewhere.append(f"{path.relative_to(PACKAGE)}:{calls[0].lineno}")
+    assert elsewhere == []
