@@ -198,7 +198,7 @@ class WalStreamer:
     def _report(self) -> None:
         self.status.running = self._run is not None
         if self._on_status is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a status listener never stops the stream
                 self._on_status(self.status)
 
     # --- pg_receivewal ------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class WalStreamer:
     def _shutdown(self) -> None:
         self._stopping = True
         self._stop_receiver()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # best effort: left files are sent on restart
             self._upload_completed()
             self._flush_partials()
         self._report()

@@ -78,9 +78,9 @@ class StreamClaim:
     def release(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a lost session has released its locks
                 conn.execute(text("SELECT pg_advisory_unlock_all()"))
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the connection may be gone already
                 conn.close()
 
 

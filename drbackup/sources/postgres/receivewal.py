@@ -115,7 +115,7 @@ class ReceiveWal:
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
             if self.on_line is not None and not is_routine_line(line):
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # a listener never stops the drain
                     self.on_line(line)
 
     @property

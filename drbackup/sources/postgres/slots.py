@@ -61,8 +61,13 @@ class SlotState:
 
 
 def read_slot(conn: psycopg.Connection, name: str) -> SlotState:
-    """The state of slot ``name`` (``exists`` False if there is none)."""
-    row = conn.execute(_STATE_SQL, (name,)).fetchone()
+    """The state of slot ``name`` (``exists`` False if there is none).  Raises SourceError
+    with the server's first line when it cannot be read."""
+    try:
+        row = conn.execute(_STATE_SQL, (name,)).fetchone()
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SourceError(f"cannot read replication slot {name}: {first}") from None
     if row is None:
         return SlotState(name, exists=False)
     slot_type, active, pid, restart, wal_status, safe, retained = row
