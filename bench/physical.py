@@ -268,7 +268,8 @@ def report(args, results, order, wal, repo, size, machine, started) -> list[list
     print("\nrepository: " + ", ".join(f"{k} {fmt_size(v)}" for k, v in repo.items()))
     print("WAL: " + "; ".join(f"{k}: {v}" for k, v in wal.items()) + "\n")
     verdict = verdicts(results, order, wal)
-    print(render_table(["target", "value", "goal", "result"], verdict))
+    headers = ["target", "value: best/best; beside: median (min-max)", "goal", "result"]
+    print(render_table(headers, verdict))
     if args.json:
         args.json.write_text(json.dumps({
             "date": started.isoformat(), "machine": machine, "cluster_size": size,
@@ -308,9 +309,10 @@ def verdicts(results, order, wal) -> list[list[str]]:
     shown = f"{best:.2f}; beside {statistics.median(beside):.2f} ({beside[0]:.2f}-{beside[-1]:.2f})"
     rows.append(["backup / pg_basebackup (info)", shown, "-", "info"])
     for name in ("drb_backup", "drb_restore"):
-        rss = results[name].best.tool_rss
+        rss = max(m.tool_rss for m in results[name].runs)  # the largest run, not the fastest
         ok = rss < TARGETS["rss"]
-        rows.append([f"RSS of {LABELS[name]}", fmt_mib(rss), "< 150 MiB", "PASS" if ok else "MISS"])
+        rows.append([f"RSS of {LABELS[name]} (largest run)", fmt_mib(rss), "< 150 MiB",
+                     "PASS" if ok else "MISS"])  # fmt: skip
     lag = wal["pgbench full speed"]["drbackup_max_lag_segments"]
     ok = lag <= TARGETS["lag_segments"]
     rows.append(["streamed archive behind, pgbench full speed", f"{lag} segments", "<= 2",

@@ -32,7 +32,6 @@ from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.wal import (
     SEGMENT,
     parse_wal_file_name,
-    read_segment_header,
     segment_name,
 )
 
@@ -139,6 +138,8 @@ class Fetcher:
         self.archive, self.cluster, self.spool = archive, cluster, spool
         self.ahead, self.jobs = ahead, max(1, min(jobs, ahead or 1))
         self.inflight: dict[str, Future] = {}
+        self.delivered: set[str] = set()  # fetched into the spool, not evicted by us
+        self.taken: dict[str, tuple] = {}  # name -> the request it was taken for
         self.segment_size: int | None = None
         self.log = FetchLog()
         self.stop = threading.Event()
@@ -147,15 +148,17 @@ class Fetcher:
         last_want, last_change = None, time.monotonic()
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="drbackup-fetch") as pool:
             while not self.stop.is_set():
-                want = self.spool.wanted()
+                request = self.spool.request()
+                want = request[0] if request is not None else None
                 if want != last_want:
                     last_want, last_change = want, time.monotonic()
                     if want:
                         with self.log.lock:
                             self.log.requested.append(want)
                 plan = self._plan(want) if want else []
+                self._note_taken(request)
                 self._evict(plan)
-                self._submit(pool, plan)
+                self._submit(pool, plan, request)
                 self._collect()
                 quiet = time.monotonic() - last_change
                 if idle is not None and not self.inflight and quiet > idle.total_seconds():
@@ -179,23 +182,34 @@ class Fetcher:
         ]
         return [want, *ahead]
 
+    def _note_taken(self, request: tuple | None) -> None:
+        """A file we delivered that left the spool was taken by the client, for the current
+        request: not fetched again unless the name is asked for anew (a new request)."""
+        for name in [n for n in self.delivered if not (self.spool.path / n).exists()]:
+            self.delivered.discard(name)
+            self.taken[name] = request
+
     def _evict(self, plan: list[str]) -> None:
         keep = set(plan) | set(self.inflight)
+        self.taken = {n: r for n, r in self.taken.items() if n in keep}
         for entry in self.spool.entries():
             base = (
                 entry.rsplit(".", 1)[0] if entry.endswith((".missing", ".error", ".log")) else entry
             )
             if entry.endswith(".log") or base in keep:
                 continue
+            self.delivered.discard(entry)
             with contextlib.suppress(FileNotFoundError):
                 (self.spool.path / entry).unlink()
 
-    def _submit(self, pool: ThreadPoolExecutor, plan: list[str]) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, plan: list[str], request=None) -> None:
         for name in plan:
             if len(self.inflight) >= self.jobs:
                 return
-            if name in self.inflight:
+            if name in self.inflight or (name in self.taken and self.taken[name] == request):
                 continue
+            if not _archivable(name):  # answered missing by _plan; the client may have
+                continue  # taken that answer already: never fetch it
             status = self.spool.status(name)
             if status is not None and status[0] == MISSING:
                 return  # nothing beyond a missing file is fetched ahead
@@ -205,9 +219,9 @@ class Fetcher:
     def _fetch(self, name: str):
         dest = self.spool.path / name
         fetched = fetch_wal_file(self.archive, self.cluster, name, dest, owner=self.spool.owner())
-        if fetched is not None and self.segment_size is None and len(name) == 24:
-            with dest.open("rb") as f:
-                self.segment_size = read_segment_header(f.read(1 << 16), name).segment_size
+        # read before the rename: the client may take the file the moment it appears
+        if fetched is not None and fetched.segment_size is not None:
+            self.segment_size = self.segment_size or fetched.segment_size
         return fetched
 
     def _collect(self) -> None:
@@ -222,6 +236,7 @@ class Fetcher:
                     self.spool.mark(name, MISSING)
                 elif exc is None:
                     self.log.fetched.append(name)
+                    self.delivered.add(name)
                 else:
                     self._failed(name, exc)
 
@@ -233,6 +248,15 @@ class Fetcher:
         self.log.failed[name] = text.splitlines()[0]
         self.spool.mark(name, ERROR, text)
         self.spool.log("fetcher", f"{name}: {text.splitlines()[0]}")
+
+
+def _archivable(name: str) -> bool:
+    """True for a name an archive can hold (``00000001.history`` is not one)."""
+    try:
+        parse_wal_file_name(name)
+    except SourceError:
+        return False
+    return True
 
 
 def run_fetcher(

@@ -356,11 +356,13 @@ class WalArchive:
         self.repo.keyring.require(read=True)
         sha = hashlib.sha256()
         size = 0
-        with open_decoded(
-            self.storage, stored.key, lambda h: self.repo.keyring.data_key_for(h, stored.key)
+        with open_decoded(  # the reader hashes the plaintext into ``sha`` (once, in a thread)
+            self.storage,
+            stored.key,
+            lambda h: self.repo.keyring.data_key_for(h, stored.key),
+            plain_sha=sha,
         ) as reader:
             for block in reader:
-                sha.update(block)
                 size += len(block)
                 sink(block)
         if not hmac.compare_digest(self.tag(sha.hexdigest()), stored.tag):

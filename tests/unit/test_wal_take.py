@@ -62,3 +62,26 @@ def test_the_script_answers_as_postgresql_expects_while_the_spool_is_served(tmp_
     done = run_script(tmp_path, NAME, tmp_path / "dest")  # nobody serves it now
     assert done.returncode == 1
     assert done.stderr == f"drbackup: error: no WAL fetcher serves {tmp_path}\n"
+
+
+def run_restore_command(spool, name, dest):
+    """The restored server's restore_command, run as PostgreSQL runs it (``sh -c``)."""
+    from drbackup.actions.restore_physical import _hosted_command
+
+    command = _hosted_command(spool).replace("%f", name).replace("%p", str(dest))
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+
+
+def test_the_restore_command_moves_a_read_ahead_file_without_the_client(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / NAME).write_bytes(b"wal")
+    # nobody serves the spool: only the shell's path can succeed
+    done = run_restore_command(spool, NAME, tmp_path / "RECOVERYXLOG")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (tmp_path / "RECOVERYXLOG").read_bytes() == b"wal" and not (spool / NAME).exists()
+    assert (spool / "want").read_text().strip() == NAME  # the fetcher reads ahead from here
+    done = run_restore_command(spool, "000000010000000000000008", tmp_path / "RECOVERYXLOG")
+    assert done.returncode == 1  # not in the spool: the client asks, and nobody serves it
+    assert done.stderr == f"drbackup: error: no WAL fetcher serves {spool}\n"
+    assert (spool / "want").read_text().strip() == "000000010000000000000008"
