@@ -51,6 +51,10 @@ RUN /opt/drbackup/bin/pip install --no-cache-dir --disable-pip-version-check \
     && /opt/drbackup/bin/python -m compileall -q /opt/drbackup/lib
 
 FROM runtime
+ARG PG_MAJOR=17
+# The PostgreSQL majors whose programs the image carries (docs/majors.md: its pg_dump and
+# pg_restore serve every server and dump up to it; its server runs drills and restores).
+LABEL io.drbackup.postgresql.majors="${PG_MAJOR}"
 COPY --from=builder /opt/drbackup /opt/drbackup
 COPY deploy/image/drbackup.yaml /etc/drbackup/drbackup.yaml
 COPY schedules /etc/drbackup/schedules

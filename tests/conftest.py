@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.pg",
     "tests.fixtures.faultproxy",
     "tests.fixtures.walarchive",
+    "tests.fixtures.majors",
 ]
 
 # A shell without job control starts background commands (`.ci/run &`) with SIGINT ignored,

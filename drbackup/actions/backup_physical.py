@@ -11,11 +11,12 @@ by time or LSN without reading it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
+from drbackup.actions.runs import recorded_run
 from drbackup.errors import LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.repository.wal import WalArchive, cluster_name
@@ -24,32 +25,25 @@ from drbackup.sources.postgres.basebackup import MANIFEST_CHECKSUMS, BaseBackupS
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.wal import format_lsn, segment_name, segno_of, segno_of_end
 
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+
 KIND = "postgres-physical"
 TAR_TYPE = "pg-base-tar"
 MANIFEST_TYPE = "pg-backup-manifest"
 
 
-def backup_physical(app, name: str, *, progress=None) -> Manifest:
+def backup_physical(app: AppContext, name: str, *, progress=None) -> Manifest:
     """Take a base backup of target ``name``; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
-    started = datetime.now(UTC)
-    try:
+    with recorded_run(app.index, "backup", name) as run:
         manifest = _backup(app, target, progress)
-    except BaseException as exc:
-        _record(app, name, started, "failed", error=str(exc))
-        raise
-    _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
-        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+        run.backup_id = manifest.backup_id
+    app.index.record_backup(app.repository(), manifest)
     return manifest
 
 
-def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
-        app.catalog.record_run("backup", target, started, datetime.now(UTC), status, **kw)
-
-
-def _backup(app, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
     repo = app.repository(background_key=True)
     repo.keyring.require(write=True)
     wait = app.config.target(target.name).wal.backup_wait.total_seconds()

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from drbackup.actions.runs import run_outcome
+from drbackup.actions.runs import recorded_run
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import DrbackupError, LockedError
 from drbackup.repository.manifest import Manifest
@@ -25,6 +26,10 @@ from drbackup.sources.postgres import commands, dump, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of, dsn_for_database
 from drbackup.sources.postgres.processes import StreamingProcess, tool_version
 from drbackup.threads import Background
+from drbackup.times import parse_iso_time
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @dataclass
@@ -62,7 +67,7 @@ class PgTarget:
 
 
 def backup_targets(
-    app, names: list[str], *, max_parallel: int = 2, progress=None
+    app: AppContext, names: list[str], *, max_parallel: int = 2, progress=None
 ) -> list[Manifest]:
     """Back up several targets, at most ``max_parallel`` at once; fail if any failed.
 
@@ -84,29 +89,17 @@ def backup_targets(
     return [futures[n].result() for n in names]
 
 
-def backup_target(app, name: str, *, progress=None) -> Manifest:
+def backup_target(app: AppContext, name: str, *, progress=None) -> Manifest:
     """Back up one target into the repository; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
-    started = datetime.now(UTC)
-    try:
+    with recorded_run(app.index, "backup", name) as run:
         manifest = _backup(app, target, progress)
-    except BaseException as exc:
-        status, error = run_outcome(exc)
-        _record(app, name, started, status, error=error)
-        raise
-    _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    # The catalog is an index: its failure never fails a backup (`catalog rebuild` repairs it).
-    with contextlib.suppress(Exception):  # the catalog is an index: `catalog rebuild` repairs it
-        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+        run.backup_id = manifest.backup_id
+    app.index.record_backup(app.repository(), manifest)
     return manifest
 
 
-def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):  # see above
-        app.catalog.record_run("backup", target, started, datetime.now(UTC), status, **kw)
-
-
-def _backup(app, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
     # The passphrase is stretched in a helper thread while the source is checked and
     # pg_dump starts; a wrong one stops the backup before the fingerprint or any write.
     repo = app.repository(background_key=True)
@@ -125,9 +118,7 @@ def _backup(app, target: PgTarget, progress) -> Manifest:
                 item = _dump_database(writer, target, db, bin_dir, progress)
                 points.append(item.meta["recovery_point"])
             _dump_globals(writer, target, bin_dir)
-            writer.recovery_point = (
-                datetime.fromisoformat(min(points)) if points else datetime.now(UTC)
-            )
+            writer.recovery_point = parse_iso_time(min(points)) if points else datetime.now(UTC)
             writer.meta.update(
                 {
                     "server_version": dump.server_version_text(control),

@@ -8,7 +8,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from drbackup.actions.runs import CatalogIndex
 from drbackup.codec import keys
 from drbackup.codec.pipeline import CodecSettings
 from drbackup.errors import ConfigError
@@ -16,18 +18,27 @@ from drbackup.repository.keyring import Secrets
 from drbackup.repository.repo import Repository
 from drbackup.storage import open_storage
 
+if TYPE_CHECKING:
+    from drbackup.catalog import Catalog
+    from drbackup.config import Config
+    from drbackup.config.schema import EncryptionSettings
+    from drbackup.storage.base import Storage
+
 
 @dataclass
 class AppContext:
     """Lazily built collaborators of one command run."""
 
-    config: object  # drbackup.config.Config
+    config: Config
     progress: bool = False  # show progress bars (stderr is a terminal)
+    # What went wrong beside the run without failing it (a catalog write): the command
+    # line prints these after the command, the daemon logs those of its workers.
+    warnings: list[str] = field(default_factory=list)
     _repo: Repository | None = field(default=None, repr=False)
     _repo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
-    def storage(self):
+    def storage(self) -> Storage:
         repo_cfg = self.config.repository
         s3 = None
         if str(repo_cfg.url).startswith("s3://"):
@@ -56,13 +67,18 @@ class AppContext:
             return self._repo
 
     @cached_property
-    def catalog(self):
+    def catalog(self) -> Catalog:
         from drbackup.catalog import Catalog
 
         return Catalog.open(str(self.config.catalog))
 
+    @cached_property
+    def index(self) -> CatalogIndex:
+        """The catalog for recording runs and backups: its failures land in ``warnings``."""
+        return CatalogIndex(lambda: self.catalog, self.warnings.append)
 
-def secrets_from_config(enc) -> Secrets:
+
+def secrets_from_config(enc: EncryptionSettings) -> Secrets:
     """Read key material named by ``repository.encryption`` (files are read here, once)."""
     passphrase = enc.passphrase.get_secret_value() if enc.passphrase is not None else None
     key_file = keys.read_key_file(enc.key_file, "key file") if enc.key_file else None

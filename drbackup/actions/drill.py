@@ -24,80 +24,64 @@ It raises for what prevents a drill (no backup, an unreachable scratch server, b
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
-from drbackup.actions.restore_postgres import parse_time, restore_postgres, select_backup
-from drbackup.actions.snapshot_minio import minio_target
-from drbackup.drill import checks as c
-from drbackup.drill.bucket import run_bucket_drill
-from drbackup.drill.early import EarlyHasher
+from drbackup.actions.drill_targets import Notify, drill_bucket_target, drill_database_target
+from drbackup.drill.checks import FAIL, CheckResult
 from drbackup.drill.history import history_entries, rto_trend
-from drbackup.drill.plan import BackupChoice, DrillPlan, default_plan, load_plan
+from drbackup.drill.plan import DrillPlan, default_plan, load_plan
+from drbackup.drill.record import DrillReport, TargetReport
 from drbackup.drill.report import (
-    build_report,
     expand_output_path,
-    failed_checks,
     format_for_path,
     write_report_file,
-)
-from drbackup.drill.runner import (
-    DatabaseUnderTest,
-    Verification,
-    applicable_assertions,
-    verify_database,
 )
 from drbackup.drill.scratch import (
     ScratchServer,
     default_base_dir,
     new_drill_id,
     remove_stale_clusters,
-    scratch_database_name,
     unmarked_clusters,
 )
 from drbackup.drill.scratches import Scratches
 from drbackup.drill.signing import load_signing_key, sign_report
 from drbackup.errors import (
     DrbackupError,
-    IntegrityError,
-    ObjectNotFoundError,
-    RestoreError,
-    SourceError,
-    SourceUnreachableError,
-    StorageError,
-    StorageUnreachableError,
     UsageError,
 )
 from drbackup.repository.reports import report_key, report_target
-from drbackup.sources.buckets.client import BucketClient
-from drbackup.sources.buckets.index import snapshot_buckets
 from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
-Notify = Callable[[str], None]
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+    from drbackup.catalog import Catalog
+    from drbackup.repository.repo import Repository
 
 
 @dataclass
 class DrillResult:
     """A finished drill: its (signed) report and where it went."""
 
-    report: dict
+    record: DrillReport  # the report, as drbackup reads it
+    report: dict  # its JSON form: what was signed, stored in the repository and written
     stored: list[str] = field(default_factory=list)  # repository keys
     output: Path | None = None
     kept: list[str] = field(default_factory=list)  # how to reach kept scratch databases
-    warnings: list[str] = field(default_factory=list)  # storing/catalog problems
 
     @property
     def failed(self) -> bool:
-        return self.report["status"] == c.FAIL
+        return self.record.failed
 
 
-def plan_for(app, plan_path: str | None, targets: tuple[str, ...] = (), **overrides) -> DrillPlan:
+def plan_for(
+    app: AppContext, plan_path: str | None, targets: tuple[str, ...] = (), **overrides
+) -> DrillPlan:
     """The plan file's plan (restricted to ``targets`` if given), or the default plan."""
     if plan_path:
         plan = load_plan(plan_path, app.config)
@@ -121,7 +105,7 @@ def plan_for(app, plan_path: str | None, targets: tuple[str, ...] = (), **overri
 
 
 def run_drill(
-    app,
+    app: AppContext,
     plan: DrillPlan,
     *,
     output: str | None = None,
@@ -142,343 +126,93 @@ def run_drill(
     started = datetime.now(UTC)
     notify(f"drill {drill_id}: {', '.join(plan.targets)} ({plan.backup.describe()})")
     repo = app.repository()
-    targets, results, kept = [], [], []
+    targets: list[TargetReport] = []
+    results: list[CheckResult] = []
     with Scratches(app.config.drill, plan, drill_id, notify) as scratches:
         for name in plan.targets:
             if name in app.config.minio:
-                info, checks = _drill_bucket_target(
+                drilled = drill_bucket_target(
                     app, repo, plan, name, notify, bucket_workers, drill_id
                 )
             else:
-                info, checks = _drill_target(
+                drilled = drill_database_target(
                     app, repo, plan, name, scratches, drill_id, notify, after_restore
                 )
-            targets.append(info)
-            results += checks
+            targets.append(drilled[0])
+            results += drilled[1]
         kept = scratches.kept
     results += scratches.cleanup_failures
-    report = build_report(
+    report = DrillReport.build(
         drill_id=drill_id,
         plan=plan.name,
         started_at=started,
         finished_at=datetime.now(UTC),
         repository={"id": repo.id, "url": mask_dsn(repo.url)},
         targets=targets,
-        checks=[r.to_dict() for r in results],
+        checks=results,
     )
-    key_file = app.config.drill.signing_key_file
-    if key_file:
-        report = sign_report(report, load_signing_key(key_file))
-    result = DrillResult(report, kept=kept)
+    result = _signed(app, report, kept)
     _store(app, repo, result)
     _write_output(plan, output, result)
     return result
 
 
-def _drill_target(app, repo, plan, name, scratches, drill_id, notify, after_restore):
-    target = PgTarget.from_config(name, app.config.target(name))
-    cfg = app.config.postgres[name]
-    drill_time = datetime.now(UTC)
-    manifest, how, newest = _select(repo, name, plan.backup, "postgres")
-    notify(f"{name}: restoring backup {manifest.backup_id} ({how})")
-    scratch = scratches.for_target(
-        name, target.dsn, target.password, manifest.meta.get("server_version_num")
-    )
-    dumps = [i for i in manifest.items if i.type == "pg_dump"]
-    results, databases = [], []
-    timings = dict.fromkeys(
-        ("restore_s", "fetch_decrypt_s", "pre_data_s", "data_s", "post_data_s", "verification_s"),
-        0.0,
-    )
-    restored_all = True
-    for index, item in enumerate(dumps):
-        dbname = scratch_database_name(
-            scratch.prefix, name, drill_id, index + 1 if len(dumps) > 1 else 0
-        )
-        outcome, verification = _drill_database(
-            app, plan, target, cfg, manifest, item, scratch, dbname, notify, after_restore
-        )
-        restored_all &= outcome.error is None
-        databases.append(
-            {"database": item.name, "scratch_database": dbname, "restored": outcome.error is None}
-        )
-        _add_timings(timings, outcome, verification)
-        results.append(_tag(c.check_restore(outcome), name, item.name))
-        results += verification.results if verification else []
-    timings["total_s"] = timings["restore_s"] + timings["verification_s"]
-    rto = plan.rto or cfg.rto
-    if plan.runs("rto"):
-        results.append(_tag(c.check_rto(timings, rto, restored=restored_all and bool(dumps)), name))
-    if plan.runs("rpo"):
-        selected_point = parse_time(manifest.recovery_point)
-        newest_point = parse_time(newest.recovery_point)
-        results.append(
-            _tag(c.check_rpo(selected_point, newest_point, drill_time, cfg.rpo, how), name)
-        )
-    info = {
-        "target": name,
-        "backup_id": manifest.backup_id,
-        "recovery_point": manifest.recovery_point,
-        "selection": how,
-        "databases": databases,
-        "scratch": scratch.describe(plan.keep),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "objectives": {"rto_s": rto.total_seconds(), "rpo_s": cfg.rpo.total_seconds()},
-    }
-    return info, results
-
-
-def _drill_bucket_target(app, repo, plan, name, notify, workers, drill_id):
-    """The bucket drill of minio target ``name``: ``(target info, checks)`` for the report.
-
-    Restore, checksums, objects, bytes and cleanup always run; rto and rpo as the plan says.
-    """
-    cfg = minio_target(app, name)
-    repo.keyring.require(read=True)
-    manifest, how, _newest = _select(repo, name, plan.backup, "bucket")
-    if manifest.kind != "bucket":
-        raise UsageError(
-            f"backup {manifest.backup_id} of {name} is a {manifest.kind} backup, "
-            "not a bucket snapshot"
-        )
-    notify(f"{name}: restoring snapshot {manifest.backup_id} ({how}) into scratch buckets")
-    rto = plan.rto or cfg.rto
-    client = BucketClient.from_target(name, cfg, max_connections=workers + 4)
-    drilled = run_bucket_drill(
-        repo,
-        client,
-        manifest,
-        rto_s=rto.total_seconds(),
-        rpo_s=cfg.rpo.total_seconds(),
-        how=how,
-        workers=workers,
-        drill_id=drill_id,
-    )
-    if drilled.stale_removed:
-        notify(
-            f"removed leftover scratch buckets of earlier drills: {', '.join(drilled.stale_removed)}"
-        )
-    results = [
-        _tag(check, name)
-        for check in drilled.checks
-        if check.name not in ("rto", "rpo") or plan.runs(check.name)
-    ]
-    timings = dict.fromkeys(("fetch_decrypt_s", "pre_data_s", "data_s", "post_data_s"), 0.0)
-    timings.update(drilled.timings)
-    info = {
-        "target": name,
-        "kind": "bucket",
-        "backup_id": manifest.backup_id,
-        "recovery_point": manifest.recovery_point,
-        "selection": how,
-        "databases": [],
-        "buckets": [
-            {"bucket": bucket, "scratch_bucket": scratch}
-            for bucket, scratch in zip(
-                snapshot_buckets(manifest), drilled.scratch_buckets, strict=True
-            )
-        ],
-        "stale_scratch_removed": drilled.stale_removed,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "objectives": {"rto_s": rto.total_seconds(), "rpo_s": cfg.rpo.total_seconds()},
-    }
-    return info, results
-
-
-def _tag(result: c.CheckResult, target: str, database: str | None = None) -> c.CheckResult:
-    result.target, result.database = target, database
-    return result
-
-
-def _add_timings(timings: dict, outcome: c.RestoreOutcome, verification) -> None:
-    timings["restore_s"] += outcome.seconds
-    if outcome.run is not None:
-        phases = outcome.run.phases
-        timings["fetch_decrypt_s"] += outcome.run.fetch_decrypt_s
-        timings["pre_data_s"] += phases.get("pre_data", 0.0)
-        timings["data_s"] += phases.get("data", 0.0)
-        timings["post_data_s"] += phases.get("post_data", 0.0)
-    if verification is not None:
-        timings["verification_s"] += verification.seconds
-
-
-def _drill_database(app, plan, target, cfg, manifest, item, scratch, dbname, notify, after_restore):
-    """Restore one database of the backup into ``dbname`` and verify it."""
-    scratch.claim(dbname)
-    into = scratch.server.dsn(dbname)
-    expected = item.meta.get("fingerprint")
-    early = None
-    if _hash_early(plan, expected, after_restore):
-        early = EarlyHasher(into, scratch.password, expected)
-        early.start()
-    try:
-        outcome = _restore(app, target, cfg, manifest, item, scratch, dbname)
-    except BaseException:
-        if early is not None:
-            early.abandon()  # its session ends with the scratch database
-        raise
-    verified = early.finish() if early is not None else set()
-    if outcome.error is not None:
-        notify(
-            f"{target.name}: restore of {item.name} failed: {outcome.error.message.splitlines()[0]}"
-        )
-    if not scratch.server.exists(dbname):
-        return outcome, None
-    if after_restore is not None:
-        after_restore(into)
-    notify(f"{target.name}: verifying {item.name} in {dbname}")
-    db = DatabaseUnderTest(
-        target=target.name,
-        database=item.name,
-        scratch_database=dbname,
-        dsn=into,
-        password=scratch.password,
-        expected=expected,
-        verified_early=verified,
-        early_seconds=early.seconds if early is not None else 0.0,
-        backup=manifest,
-        repository=app.repository(),
-        scope={
-            "include_schemas": target.include_schemas or None,
-            "exclude_schemas": target.exclude_schemas or None,
-            "include_tables": target.include_tables or None,
-            "exclude_tables": target.exclude_tables or None,
-        },
-    )
-    assertions = applicable_assertions(plan, target.name, item.name)
-    try:
-        return outcome, verify_database(db, plan, assertions)
-    except DrbackupError as exc:  # e.g. the restored database refuses connections
-        failure = c.CheckResult(
-            "verification", c.FAIL, f"could not verify {dbname}: {exc.message}", {}
-        )
-        return outcome, Verification([_tag(failure, target.name, item.name)], 0.0)
-
-
-def _hash_early(plan, expected, after_restore) -> bool:
-    # A hook may change the data after the restore: then only the final pass counts.
-    full = bool(expected) and expected.get("level") == "full"
-    return full and plan.hash_during_restore and plan.runs("tables") and after_restore is None
-
-
-def _restore(app, target, cfg, manifest, item, scratch, dbname) -> c.RestoreOutcome:
-    """Create and mark scratch database ``dbname``, then restore ``item`` into it."""
-    started = time.monotonic()
-    try:
-        scratch.create(dbname, encoding=item.meta.get("encoding"))
-    except SourceUnreachableError:
-        raise
-    except SourceError as exc:  # e.g. it exists: then it is not ours, and is left alone
-        return c.RestoreOutcome(error=exc, seconds=time.monotonic() - started)
-    try:
-        result = restore_postgres(
-            app,
-            target.name,
-            scratch.server.dsn(dbname),
-            backup_id=manifest.backup_id,
-            database=item.name,
-            jobs=cfg.jobs,
-            create=False,
-            with_globals=scratch.with_globals,
-            no_owner=scratch.no_owner,
-            password=scratch.password,
-        )
-    except StorageUnreachableError:
-        raise
-    except (RestoreError, IntegrityError, ObjectNotFoundError, StorageError) as exc:
-        return c.RestoreOutcome(error=exc, seconds=time.monotonic() - started)
-    return c.RestoreOutcome(run=result.run, seconds=time.monotonic() - started)
-
-
-def _select(repo, target: str, choice: BackupChoice, kind: str):
-    """``(manifest, how it was chosen, newest manifest)`` among the target's backups of
-    ``kind`` (a database drill restores dumps: base backups are passed over)."""
-    refs = repo.list_refs(target)
-    if not refs:
-        raise UsageError(
-            f"no backups of target {target} in {repo.url}", hint="'drbackup list' shows what exists"
-        )
-    if choice.mode == "random":
-        manifest = _random_of_kind(repo, refs, kind)
-        how = f"random backup among {len(refs)}"
-    else:
-        selection = select_backup(
-            repo,
-            target,
-            backup_id=choice.backup_id if choice.mode == "id" else None,
-            point_in_time=choice.point_in_time if choice.mode == "point_in_time" else None,
-            kind=kind,
-        )
-        manifest, how = selection.manifest, selection.note
-    newest = select_backup(repo, target, kind=kind).manifest
-    return manifest, how, newest
-
-
-def _random_of_kind(repo, refs, kind: str):
-    """A uniformly random backup of ``kind`` among the target's backups."""
-    shuffled = list(refs)
-    random.SystemRandom().shuffle(shuffled)
-    for ref in shuffled:
-        manifest = repo.load_manifest(ref)
-        if manifest.kind == kind:
-            return manifest
-    raise UsageError(f"no {kind} backups of target {refs[0].target}")
+def _signed(app: AppContext, report: DrillReport, kept: list[str]) -> DrillResult:
+    """The result of ``report``, signed with drill.signing_key_file when there is one."""
+    document = report.to_dict()
+    key_file = app.config.drill.signing_key_file
+    if key_file:
+        document = sign_report(document, load_signing_key(key_file))
+    return DrillResult(DrillReport.from_dict(document), document, kept=kept)
 
 
 # -- storing and writing ----------------------------------------------------------------------
 
 
-def _store(app, repo, result: DrillResult) -> None:
+def _store(app: AppContext, repo: Repository, result: DrillResult) -> None:
     """Repository first (the truth), then the catalog and the runs history (an index)."""
-    report = result.report
-    for target in report["targets"]:
-        key = report_key(target["target"], report["drill_id"])
-        repo.put_document(key, report)
+    for target in result.record.targets:
+        key = report_key(target.target, result.record.drill_id)
+        repo.put_document(key, result.report)
         result.stored.append(key)
-    try:
-        from drbackup.catalog.drills import record_drill
+    app.index(lambda catalog: _record_in_catalog(catalog, result.record))
 
-        catalog = app.catalog
-        record_drill(catalog, report)
-        for target in report["targets"]:
-            failed = [
-                f"{check['name']}: {check['summary']}"
-                for check in failed_checks(report)
-                if check["target"] == target["target"]
-            ]
-            catalog.record_run(
-                "drill",
-                target["target"],
-                datetime.fromisoformat(report["started_at"]),
-                datetime.fromisoformat(report["finished_at"]),
-                "failed" if target["status"] == c.FAIL else "ok",
-                backup_id=target.get("backup_id"),
-                error="; ".join(failed)[:500] or None,  # what report shows for the run
-                details={"drill_id": report["drill_id"], "status": target["status"]},
-            )
-    except Exception as exc:  # noqa: BLE001 - the catalog is an index; the repository has it
-        result.warnings.append(f"catalog not updated: {exc}")
+
+def _record_in_catalog(catalog: Catalog, report: DrillReport) -> None:
+    """The report's rows and one run per target (what ``report`` shows for the run)."""
+    from drbackup.catalog.drills import record_drill
+
+    record_drill(catalog, report)
+    for target in report.targets:
+        failed = [f"{check.name}: {check.summary}" for check in report.failed_checks(target.target)]
+        catalog.record_run(
+            "drill",
+            target.target,
+            report.started_at,
+            report.finished_at,
+            "failed" if target.status == FAIL else "ok",
+            backup_id=target.backup_id,
+            error="; ".join(failed)[:500] or None,
+            details={"drill_id": report.drill_id, "status": target.status},
+        )
 
 
 def _write_output(plan: DrillPlan, output: str | None, result: DrillResult) -> None:
     template = output or plan.report.output
     if not template:
         return
-    report = result.report
+    report = result.record
     path = expand_output_path(
-        template,
-        drill_id=report["drill_id"],
-        plan=plan.name,
-        when=datetime.fromisoformat(report["started_at"]),
+        template, drill_id=report.drill_id, plan=plan.name, when=report.started_at
     )
     fmt = format_for_path(path, None if output else plan.report.format)
-    result.output = write_report_file(report, path, fmt)
+    result.output = write_report_file(result.report, path, fmt)
 
 
 # -- history, verification, cleanup ---------------------------------------------------------------
 
 
-def drill_history(app, target: str | None = None, limit: int | None = None) -> dict:
+def drill_history(app: AppContext, target: str | None = None, limit: int | None = None) -> dict:
     """Past drills from the repository's reports (oldest first) and the RTO trend per target.
 
     Returns ``{"drills": [entry...], "trend": {target: {...}}, "unreadable": [key: problem]}``.
@@ -487,7 +221,7 @@ def drill_history(app, target: str | None = None, limit: int | None = None) -> d
     entries, unreadable, seen = [], [], set()
     for key in repo.report_keys(target):
         try:
-            report = repo.get_document(key)
+            report = DrillReport.from_dict(repo.get_document(key))
         except DrbackupError as exc:
             unreadable.append(f"{key}: {exc.message}")
             continue
@@ -513,7 +247,7 @@ class ScratchCleanup:
     left: list[str] = field(default_factory=list)
 
 
-def cleanup_scratch(app, plan: DrillPlan | None = None, *, include_kept: bool = False):
+def cleanup_scratch(app: AppContext, plan: DrillPlan | None = None, *, include_kept: bool = False):
     """Remove leftover scratch databases and clusters (and kept ones with ``include_kept``).
 
     Looks where drills would restore: the plan's scratch, ``drill.scratch_dsn``, the
@@ -541,7 +275,7 @@ def cleanup_scratch(app, plan: DrillPlan | None = None, *, include_kept: bool = 
     return done
 
 
-def _scratch_servers(app, plan) -> list[tuple[str, str | None]]:
+def _scratch_servers(app: AppContext, plan: DrillPlan | None) -> list[tuple[str, str | None]]:
     if plan is not None and plan.scratch is not None:
         if plan.scratch.server:
             return [(plan.scratch.server, None)]
@@ -559,7 +293,7 @@ def _scratch_servers(app, plan) -> list[tuple[str, str | None]]:
     return list(servers.items())
 
 
-def public_key_of(app) -> str:
+def public_key_of(app: AppContext) -> str:
     """The base64 public key of ``drill.signing_key_file``; raises UsageError without one."""
     import base64
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.errors import UsageError
 from drbackup.files import atomic_write
 
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
-def export_backup(app, backup_id: str, output: str, *, database: str | None = None) -> list[Path]:
+
+def export_backup(
+    app: AppContext, backup_id: str, output: str, *, database: str | None = None
+) -> list[Path]:
     """Write the pg_dump archive (``output``) and the globals SQL (``output.globals.sql``).
 
     The archive is written to ``output.partial`` and renamed once its digest checked out,

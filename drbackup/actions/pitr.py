@@ -15,6 +15,7 @@ from drbackup.repository.manifest import Manifest
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.recovery import LATEST, LSN, NAME, TIME, XID, RecoveryTarget
 from drbackup.sources.postgres.wal import HistoryEntry, parse_history, parse_lsn
+from drbackup.times import parse_iso_time
 
 PHYSICAL_KIND = "postgres-physical"
 
@@ -140,7 +141,7 @@ def _reaches(manifest: Manifest, point: RecoveryTarget, path, archive: WalArchiv
     if not on_path(path, meta["timeline"], stop_lsn):
         return False
     if point.kind == TIME:
-        return datetime.fromisoformat(meta["stop_time"]) <= point.time
+        return parse_iso_time(meta["stop_time"]) <= point.time
     if point.kind == LSN:
         return stop_lsn <= point.lsn
     if point.kind == XID:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from drbackup.actions.gc import collect_garbage
 from drbackup.actions.prune_wal import WalPrune, prune_wal
+from drbackup.actions.runs import CatalogIndex, recorded_run
 from drbackup.config.retention import RetentionSettings, retention_settings
 from drbackup.drill.checks import PASS, WARN
-from drbackup.drill.history import history_entries
+from drbackup.drill.record import DrillReport
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
@@ -37,11 +39,16 @@ from drbackup.errors import (
     ObjectNotFoundError,
     StorageError,
     UsageError,
+    shareable,
 )
 from drbackup.repository.leftovers import data_leftovers as find_leftovers  # noqa: F401
 from drbackup.repository.leftovers import lease_expiry
 from drbackup.repository.manifest import BackupRef
 from drbackup.retention.policy import BackupInfo, RetentionPolicy, apply_policy_by_kind
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+    from drbackup.catalog import Catalog
 
 DRILL_REASON = "last passing drill {drill_id}"
 GOOD_REASON = "newest backup not known to be damaged"
@@ -175,7 +182,11 @@ class PruneReport:
 
 
 def prune_targets(
-    app, names: list[str] | None = None, *, dry_run: bool = False, now: datetime | None = None
+    app: AppContext,
+    names: list[str] | None = None,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune the named targets (every configured target when ``names`` is empty).
 
@@ -183,11 +194,10 @@ def prune_targets(
     when no target has one.  Per-target failures are in the report (``raise_for_errors``).
     """
     settings = _settings_for(app.config, names)
-    catalog = _optional(lambda: app.catalog)
-    return prune_repository(app.repository(), settings, dry_run=dry_run, now=now, catalog=catalog)
+    return _prune(app.repository(), settings, dry_run, now, lambda: app.catalog)
 
 
-def prune_target(app, name: str, *, dry_run: bool = False, now: datetime | None = None):
+def prune_target(app: AppContext, name: str, *, dry_run: bool = False, now: datetime | None = None):
     """Prune one target (the daemon's job); returns its :class:`TargetPrune`.
 
     Raises what the prune raised (after recording the run), ``UsageError`` for an unknown
@@ -204,27 +214,32 @@ def prune_repository(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
-    catalog=None,
+    catalog: Catalog | None = None,
 ) -> PruneReport:
     """Prune ``repo`` target by target with the given settings; see the module docstring.
 
     ``catalog`` (optional) protects the newest backup not marked damaged, forgets deleted
-    backups and records one ``prune`` run per target (not for a dry run).
-    Raises ``ConfigError`` / ``EncryptionKeyError`` without a key that reads manifests.
+    backups and records one ``prune`` run per target (not for a dry run); its failures are
+    warnings in the report.  Raises ``ConfigError`` / ``EncryptionKeyError`` (no key).
     """
+    return _prune(repo, settings, dry_run, now, lambda: catalog)
+
+
+def _prune(repo, settings, dry_run: bool, now: datetime | None, open_catalog) -> PruneReport:
     repo.keyring.require(read=True)
     now = now or datetime.now(UTC)
     report = PruneReport(dry_run=dry_run, targets=[], now=now)
+    index = CatalogIndex(open_catalog, (catalog_warnings := []).append)
     for target, target_settings in settings.items():
-        started = datetime.now(UTC)
         result = TargetPrune(target=target, policy=target_settings.policy())
-        try:
-            _prune_target(repo, result, target_settings, dry_run, now, catalog)
-        except DrbackupError as exc:
-            result.error = exc
+        with recorded_run(index, "prune", target, record=not dry_run) as run:
+            try:
+                _prune_target(repo, result, target_settings, dry_run, now, index)
+            except DrbackupError as exc:
+                result.error = exc
+            run.problem = shareable(result.error) if result.error else None
+            run.details = {**result.counts(), "policy": result.policy.describe()}
         report.targets.append(result)
-        if catalog is not None and not dry_run:
-            _record_run(catalog, result, started)
     grace = lease_expiry(max(s.leftover_grace for s in settings.values()))
     try:  # temporaries of killed local writes outside data/ (repository/leftovers.py)
         report.temporaries = repo.remove_stray_temporaries(
@@ -233,7 +248,7 @@ def prune_repository(
     except DrbackupError as exc:
         report.temporaries_error = exc
     report.blobs = _collect_blobs(repo, report)
-    report.warnings = repo.storage_warnings()
+    report.warnings = [*repo.storage_warnings(), *catalog_warnings]
     return report
 
 
@@ -253,16 +268,18 @@ def _settings_for(config, names: list[str] | None) -> dict[str, RetentionSetting
 # --- one target -----------------------------------------------------------------------------
 
 
-def _prune_target(repo, result: TargetPrune, settings, dry_run: bool, now: datetime, catalog):
+def _prune_target(
+    repo, result: TargetPrune, settings, dry_run: bool, now: datetime, index: CatalogIndex
+):
     refs = repo.list_refs(result.target)
     backups = _load_backups(repo, refs, result)
-    protected = _protections(repo, result.target, backups, catalog)
+    protected = _protections(repo, result.target, backups, index)
     result.keep, result.remove = apply_policy_by_kind(backups, result.policy, protected, now)
     if result.policy.is_empty():
         result.note = NO_POLICY_NOTE
     for backup in result.remove:
         ref = BackupRef(backup.backup_id, result.target)
-        _delete_backup(repo, result, ref, catalog, dry_run)
+        _delete_backup(repo, result, ref, index, dry_run)
     committed = {ref.backup_id for ref in refs}
     _prune_leftovers(repo, result, committed, settings.leftover_grace, now, dry_run)
     _prune_wal(repo, result, dry_run)
@@ -295,33 +312,33 @@ def _load_backups(repo, refs: list[BackupRef], result: TargetPrune) -> list[Back
             continue
         except UsageError:
             continue  # deleted since the listing (another prune): nothing to decide
-        point = manifest.recovery_point or manifest.started_at
+        point = manifest.recovery_time or manifest.started_time
         if manifest.kind == "postgres-physical":
             result.physical[ref.backup_id] = manifest.meta
-        backups.append(
-            BackupInfo(ref.backup_id, ref.target, _parse_time(point), kind=manifest.kind)
-        )
+        backups.append(BackupInfo(ref.backup_id, ref.target, point, kind=manifest.kind))
     return backups
 
 
-def _protections(repo, target: str, backups: list[BackupInfo], catalog) -> dict[str, str]:
+def _protections(
+    repo, target: str, backups: list[BackupInfo], index: CatalogIndex
+) -> dict[str, str]:
     """Backup ids no policy may remove, with the reason: last passing drill, newest good."""
     protected = {}
     drill = last_passing_drill(repo, target)
     if drill is not None:
         drill_id, backup_id = drill
         protected[backup_id] = DRILL_REASON.format(drill_id=drill_id)
-    good = _newest_good(backups, catalog, repo.id)
+    good = _newest_good(backups, index, repo.id)
     if good is not None:
         protected.setdefault(good, GOOD_REASON)
     return protected
 
 
-def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str | None:
+def _newest_good(backups: list[BackupInfo], index: CatalogIndex, repository_id: str) -> str | None:
     """The newest backup the catalog does not mark damaged, when the newest one is damaged."""
-    if catalog is None or not backups:
+    if not backups:
         return None
-    records = _optional(lambda: catalog.list_backups(backups[0].target, repository_id)) or []
+    records = index.read(lambda cat: cat.list_backups(backups[0].target, repository_id)) or []
     damaged = {r.backup_id for r in records if r.status == "damaged"}
     ordered = sorted(backups, key=lambda b: (b.recovery_point, b.backup_id), reverse=True)
     if ordered[0].backup_id not in damaged:
@@ -329,7 +346,9 @@ def _newest_good(backups: list[BackupInfo], catalog, repository_id: str) -> str 
     return next((b.backup_id for b in ordered if b.backup_id not in damaged), None)
 
 
-def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: bool) -> None:
+def _delete_backup(
+    repo, result: TargetPrune, ref: BackupRef, index: CatalogIndex, dry_run: bool
+) -> None:
     """Delete one backup unless Object Lock holds its manifest; record what happened."""
     until = repo.locked_until(ref.manifest_key)
     if until is not None:
@@ -346,8 +365,7 @@ def _delete_backup(repo, result: TargetPrune, ref: BackupRef, catalog, dry_run: 
         result.locked[ref.backup_id] = until
         return
     result.removed.append(ref.backup_id)
-    if catalog is not None:
-        _optional(lambda: catalog.forget_backup(ref.backup_id, repo.id))
+    index(lambda cat: cat.forget_backup(ref.backup_id, repo.id))
 
 
 def _prune_leftovers(repo, result, committed: set[str], grace: timedelta, now, dry_run) -> None:
@@ -395,13 +413,12 @@ def last_passing_drill(repo, target: str) -> tuple[str, str] | None:
     """
     for key in repo.report_keys(target, newest_first=True):
         try:
-            report = repo.get_document(key)
+            report = DrillReport.from_dict(repo.get_document(key))
         except (IntegrityError, ObjectNotFoundError):
             continue  # damaged or just removed; storage errors propagate (never guess)
-        for entry in history_entries(report):
-            passed = entry["status"] in (PASS, WARN)
-            if entry["target"] == target and passed and entry["backup_id"]:
-                return entry["drill_id"], entry["backup_id"]
+        drilled = report.target(target)
+        if drilled and (drilled.status or report.status) in (PASS, WARN) and drilled.backup_id:
+            return report.drill_id, drilled.backup_id
     return None
 
 
@@ -436,25 +453,6 @@ def _collect_blobs(repo, report: PruneReport) -> dict | None:
     }
 
 
-def _record_run(catalog, result: TargetPrune, started: datetime) -> None:
-    details = {**result.counts(), "policy": result.policy.describe()}
-    status = "failed" if result.error else "ok"
-    error = result.error.message if result.error else None
-    _optional(
-        lambda: catalog.record_run(
-            "prune", result.target, started, datetime.now(UTC), status, error=error, details=details
-        )
-    )
-
-
-def _optional(fn):
-    """The catalog is only an index: its failures never fail a prune."""
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001 - the catalog is an index: `catalog rebuild` repairs it
-        return None
-
-
 # --- small helpers --------------------------------------------------------------------------
 
 
@@ -465,11 +463,6 @@ def _backup_dict(backup: BackupInfo, **extra) -> dict:
         "recovery_point": _iso(backup.recovery_point),
         **extra,
     }
-
-
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _mtime(seconds: float) -> datetime:

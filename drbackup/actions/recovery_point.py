@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import backup_targets
 from drbackup.actions.snapshot_minio import snapshot_targets
@@ -24,6 +25,9 @@ from drbackup.repository.recovery_points import (
     recovery_point_document,
     recovery_point_key,
 )
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,9 @@ def select_members(config, names: list[str] | None = None) -> Members:
     return Members(postgres, minio)
 
 
-def backup_all(app, members: Members, *, max_parallel: int = 2, snapshot_options=None) -> dict:
+def backup_all(
+    app: AppContext, members: Members, *, max_parallel: int = 2, snapshot_options=None
+) -> dict:
     """Back up ``members.postgres``, then snapshot ``members.minio``; record the recovery point.
 
     Returns the recovery point document.  Raises what the backups raise: every database
@@ -69,6 +75,6 @@ def backup_all(app, members: Members, *, max_parallel: int = 2, snapshot_options
     return doc
 
 
-def list_recovery_points(app) -> list[dict]:
+def list_recovery_points(app: AppContext) -> list[dict]:
     """Every recovery point document in the repository, oldest first."""
     return list(iter_recovery_points(app.repository()))

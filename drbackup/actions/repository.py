@@ -5,29 +5,26 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
 
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+    from drbackup.catalog import Catalog
+
 
 def init_repository(
-    app, *, public_key_mode: bool = False, scrypt_params: dict | None = None
+    app: AppContext, *, public_key_mode: bool = False, scrypt_params: dict | None = None
 ) -> Repository:
     """Create the configured repository.  Raises RepositoryError if one exists there."""
     repo = Repository.init(
         app.storage, app.secrets, public_key_mode=public_key_mode, scrypt_params=scrypt_params
     )
-    _try_catalog(app, lambda cat: cat.rebuild_from(repo))
+    app.index(lambda cat: cat.rebuild_from(repo))  # the catalog is kept in step, best effort
     return repo
-
-
-def _try_catalog(app, fn):
-    """Keep the catalog in step; it is only an index, so its failures never fail the action."""
-    try:
-        return fn(app.catalog)
-    except Exception:  # noqa: BLE001 - the repository already holds the truth
-        return None
 
 
 def backup_summary(m: Manifest) -> dict:
@@ -71,7 +68,7 @@ def _public_meta(meta: dict) -> dict:
     return out
 
 
-def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[str]]:
+def list_backups(app: AppContext, target: str | None = None) -> tuple[list[Manifest], list[str]]:
     """Every backup in the repository (decrypting manifests), oldest first, and one line per
     manifest that failed authentication: one damaged manifest must not hide the others.
 
@@ -87,16 +84,16 @@ def list_backups(app, target: str | None = None) -> tuple[list[Manifest], list[s
             manifests.append(repo.load_manifest(ref))
         except IntegrityError as exc:
             damaged.append(f"{ref.target}/{ref.backup_id}: {exc.message}")
-    _try_catalog(app, lambda cat: [cat.record_backup(repo.id, repo.url, m) for m in manifests])
+    app.index(lambda cat: [cat.record_backup(repo.id, repo.url, m) for m in manifests])
     return manifests, damaged
 
 
-def storage_warnings(app) -> list[str]:
+def storage_warnings(app: AppContext) -> list[str]:
     """Lines about the repository's storage that the command met (links not followed)."""
     return app.repository().storage_warnings()
 
 
-def show_backup(app, backup_id: str) -> Manifest:
+def show_backup(app: AppContext, backup_id: str) -> Manifest:
     repo = app.repository()
     return repo.load_manifest(repo.resolve(backup_id))
 
@@ -109,7 +106,7 @@ class VerifyResult:
     seconds: float
 
 
-def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
+def verify_backup(app: AppContext, backup_id: str, progress=None) -> VerifyResult:
     """Re-read every object of a backup.  Raises CheckFailedError listing every problem."""
     repo = app.repository()
     ref: BackupRef = repo.resolve(backup_id)
@@ -136,7 +133,7 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
         problems = verify_snapshot_blobs(repo, manifest)
         kept = _per_bucket(problems)  # they name object keys (users' data): counts are kept
     seconds = (datetime.now(UTC) - start).total_seconds()
-    _try_catalog(app, lambda cat: cat.mark_verified(manifest.backup_id, not problems, kept))
+    app.index(lambda cat: _mark_verified(cat, repo, manifest, not problems, kept))
     result = VerifyResult(manifest, problems, total[0], seconds)
     if problems:
         headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
@@ -146,6 +143,13 @@ def verify_backup(app, backup_id: str, progress=None) -> VerifyResult:
         error.redacted = damage_found(headline, kept, hint="").message
         raise error
     return result
+
+
+def _mark_verified(catalog: Catalog, repo, manifest: Manifest, ok: bool, problems: list[str]):
+    """The verification in the catalog, which learns the backup first if it did not know it
+    (taken on another host, or before the catalog was moved aside)."""
+    catalog.record_backup(repo.id, repo.url, manifest)
+    catalog.mark_verified(manifest.backup_id, ok, problems, repository_id=repo.id)
 
 
 def _per_bucket(problems: list[str]) -> list[str]:
@@ -161,7 +165,7 @@ def damage_found(headline: str, problems: list[str], *, hint: str) -> CheckFaile
     return CheckFailedError(headline + lines, hint=hint)
 
 
-def rebuild_catalog(app):
+def rebuild_catalog(app: AppContext):
     """Recreate the catalog's backup index from the repository alone."""
     repo = app.repository()
     return app.catalog.rebuild_from(repo)

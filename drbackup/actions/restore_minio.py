@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from drbackup.actions.selection import Selection, select_backup
 from drbackup.actions.snapshot_minio import minio_target
@@ -23,6 +24,9 @@ from drbackup.sources.buckets.client import BucketClient
 from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
 from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.restore import RestoreSummary, VerifyingReader, restore_entries
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 FAILURES_IN_MESSAGE = 3
 
@@ -75,7 +79,9 @@ def pick_bucket(manifest: Manifest, bucket: str | None) -> str:
     return buckets[0]
 
 
-def destination_client(app, target: str, into_target: str | None, workers: int) -> BucketClient:
+def destination_client(
+    app: AppContext, target: str, into_target: str | None, workers: int
+) -> BucketClient:
     """The server to restore into: ``into_target``'s, else the target's own."""
     name = into_target or target
     targets = app.config.minio
@@ -114,7 +120,7 @@ def _plan_all(result: MinioRestoreResult, selected) -> MinioRestoreResult:
 
 
 def restore_minio(
-    app,
+    app: AppContext,
     target: str,
     *,
     into_bucket: str,
@@ -229,7 +235,7 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
 
 
 def drill_bucket(
-    app, target: str, *, snapshot_id: str | None = None, workers: int = 8
+    app: AppContext, target: str, *, snapshot_id: str | None = None, workers: int = 8
 ) -> BucketDrillResult:
     """Drill the latest (or ``snapshot_id``) snapshot of a configured minio target.
 

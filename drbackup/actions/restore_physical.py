@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions import wal_take
 from drbackup.actions.backup_physical import TAR_TYPE
@@ -39,7 +40,8 @@ from drbackup.actions.wal_fetch import Fetcher, FetchLog
 from drbackup.actions.wal_push import read_settings
 from drbackup.actions.wal_spool import Spool
 from drbackup.errors import RestoreError, SourceError
-from drbackup.repository.wal import WalArchive
+from drbackup.repository.wal import WalArchive, parse_cluster_name
+from drbackup.sources.postgres import versions
 from drbackup.sources.postgres.basebackup_files import extract_archive, is_empty_dir
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.physical import replay_state
@@ -53,6 +55,9 @@ from drbackup.sources.postgres.recovery import (
 )
 from drbackup.sources.postgres.run_as import resolve_run_as
 from drbackup.sources.postgres.wal import format_lsn, parse_history
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 DEFAULT_RECOVERY_TIMEOUT = 24 * 3600.0
 
@@ -134,7 +139,7 @@ class PhysicalRestore:
 
 
 def restore_physical(
-    app,
+    app: AppContext,
     target: str,
     into_dir: str | Path,
     point: RecoveryTarget,
@@ -155,6 +160,7 @@ def restore_physical(
     _refuse_data(Path(into_dir).absolute())  # before anything is read
     repo = app.repository()
     choice = choose_base_backup(repo, target, point, backup_id=backup_id)
+    bin_dir = _server_of_backup(choice) if start else None  # before anything is written
     archive = WalArchive(repo, target)
     _check_backup_wal(repo, choice)
     spaces = Path(into_dir).absolute()
@@ -172,7 +178,7 @@ def restore_physical(
         _write_settings(restore, standalone)
         if start:
             ahead = read_settings(app, target).fetch_ahead or 8
-            _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT)
+            _recover(restore, archive, ahead, detach, timeout or DEFAULT_RECOVERY_TIMEOUT, bin_dir)
     except BaseException:
         keep_log = restore.run_dir
         restore.stop()
@@ -318,8 +324,20 @@ def _write_settings(restore: PhysicalRestore, restore_command: str) -> None:
 # --- recovering ----------------------------------------------------------------------------------
 
 
+def _server_of_backup(choice: BaseBackupChoice) -> Path:
+    """initdb/postgres of exactly the base backup's major: a data directory is never started
+    by another major's server.  Raises ConfigError naming the package when not installed."""
+    major = choice.manifest.meta.get("major") or parse_cluster_name(choice.cluster)[0]
+    return versions.server_bin_dir_for_major(int(major))
+
+
 def _recover(
-    restore: PhysicalRestore, archive: WalArchive, ahead: int, detach: bool, timeout: float
+    restore: PhysicalRestore,
+    archive: WalArchive,
+    ahead: int,
+    detach: bool,
+    timeout: float,
+    bin_dir: Path | None = None,
 ):
     started = time.monotonic()
     restore.run_dir = Path(tempfile.mkdtemp(prefix="drbackup-restore-"))
@@ -342,6 +360,7 @@ def _recover(
         },
         detach=detach,
         start_timeout=timeout,
+        bin_dir=bin_dir,
     )
     try:
         failure = _start(restore.server)

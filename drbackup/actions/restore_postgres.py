@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
 from drbackup.errors import (
@@ -31,7 +32,7 @@ from drbackup.repository.manifest import Item, Manifest
 from drbackup.sources.postgres import commands, versions
 from drbackup.sources.postgres.connection import client_env, connect, database_of
 from drbackup.sources.postgres.globals import GlobalsResult, apply_globals
-from drbackup.sources.postgres.processes import tool_version
+from drbackup.sources.postgres.processes import tool_major
 from drbackup.sources.postgres.restore import INCOMPLETE_HINT, RestoreRun, run_pg_restore
 from drbackup.sources.postgres.restore_marker import (
     new_database_name,
@@ -41,6 +42,9 @@ from drbackup.sources.postgres.restore_marker import (
 )
 from drbackup.sources.postgres.target import ADMIN_DATABASE, TargetServer, TargetState
 from drbackup.threads import Background
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @dataclass
@@ -76,7 +80,7 @@ def pick_item(manifest: Manifest, database: str | None) -> Item:
 
 
 def restore_postgres(
-    app,
+    app: AppContext,
     target: str,
     into: str,
     *,
@@ -120,7 +124,7 @@ def restore_postgres(
     with server:
         plan = _Plan(state, swap=_refuse(state, create=create, force=force), keep_old=keep_old)
         globals_item = _globals_item(selection.manifest) if with_globals else None
-        bin_dir = _client_bin_dir(state.server_version)
+        bin_dir = _client_bin_dir(app, target, selection.manifest)
         removed = _remove_leftovers(server)
         marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
@@ -155,20 +159,27 @@ def _open_target(into: str, password) -> tuple[TargetServer, TargetState]:
         raise
 
 
-def _client_bin_dir(server_version: int):
-    bin_dir = commands.find_client_bin_dir(server_version, None)
-    if not (bin_dir / "pg_restore").is_file():  # before any database is created or marked
+def _client_bin_dir(app, target: str, manifest):
+    """The pg_restore to run: the target's ``pg_bin_dir`` when the config has the target,
+    else the newest installed; checked (before any database is created or marked) to be
+    at least as new as the pg_dump that wrote the backup."""
+    configured = getattr(app.config.postgres.get(target), "pg_bin_dir", None)
+    bin_dir = commands.find_client_bin_dir(None, configured)
+    if not (bin_dir / "pg_restore").is_file():
         raise SourceError(
             f"pg_restore not found in {bin_dir}",
             hint=f"install the PostgreSQL client tools, or set {commands.CLIENT_BIN_ENV} "
             "to the directory holding them",
         )
+    dumped_by = manifest.meta.get("pg_dump_version")
+    if dumped_by:
+        versions.require_restore_client(tool_major(bin_dir, "pg_restore"), dumped_by)
     return bin_dir
 
 
 def _harmless_errors(bin_dir, server_version: int) -> frozenset[str]:
     """What this pg_restore says into this server that changes nothing (versions.py)."""
-    pg_restore_major = tool_version(bin_dir, "pg_restore")[0]
+    pg_restore_major = tool_major(bin_dir, "pg_restore")
     return versions.harmless_restore_errors(pg_restore_major, versions.major_of(server_version))
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from drbackup.errors import UsageError
 from drbackup.repository.manifest import Manifest
+from drbackup.times import parse_iso_time
 
 
 @dataclass
@@ -22,12 +23,11 @@ class Selection:
 def parse_time(text: str) -> datetime:
     """ISO 8601 (``2026-11-23T02:00:00Z``, ``2026-11-23 02:00``); naive means UTC."""
     try:
-        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_iso_time(text)
     except ValueError:
         raise UsageError(
             f"invalid time: {text!r}", hint="use ISO 8601, e.g. 2026-11-23T02:00:00Z"
         ) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def select_backup(
@@ -96,7 +96,7 @@ def _load_second(repo, refs, kind: str | None = None) -> list[Manifest]:
 
 
 def _point(m: Manifest) -> datetime:
-    return parse_time(m.recovery_point or m.finished_at)
+    return m.recovery_time or m.finished_time
 
 
 def _select_at(repo, target, refs, when: datetime, kind: str | None = None) -> Selection:

@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
+from typing import TYPE_CHECKING
 
-from drbackup.actions.runs import run_outcome
+from drbackup.actions.runs import recorded_run
 from drbackup.codec.pipeline import iter_blocks
 from drbackup.errors import DrbackupError, SourceError, UsageError, shareable
 from drbackup.repository.blobs import ORACLE_LIMIT
@@ -52,6 +53,9 @@ from drbackup.sources.buckets.listing import (
     merge_join,
 )
 from drbackup.sources.buckets.pool import ordered_map
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 SMALL_OBJECT = 8 << 20  # read whole into memory; larger objects stream (two passes)
 KEYS_RECORDED = 100  # keys listed per kind of event in the manifest (counts are exact)
@@ -367,7 +371,7 @@ def _snapshot_meta(client, stats: dict[str, BucketStats], include, exclude, prev
 # --- from the configuration -------------------------------------------------------------
 
 
-def minio_target(app, name: str):
+def minio_target(app: AppContext, name: str):
     """The ``minio.<name>`` config entry; UsageError if it is unknown or not a bucket target."""
     cfg = app.config.target(name)
     if getattr(cfg, "kind", None) != "minio":
@@ -379,13 +383,12 @@ def minio_target(app, name: str):
 
 
 def snapshot_target(
-    app, name: str, *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext, name: str, *, options: SnapshotOptions | None = None, progress=None
 ) -> Manifest:
     """Snapshot one configured target; record the run in the catalog (best effort)."""
     opts = options or SnapshotOptions()
     cfg = minio_target(app, name)
-    started = datetime.now(UTC)
-    try:
+    with recorded_run(app.index, "snapshot", name) as run:  # its error texts name no keys
         client = BucketClient.from_target(name, cfg, max_connections=opts.workers + 4)
         manifest = take_snapshot(
             app.repository(),
@@ -397,18 +400,13 @@ def snapshot_target(
             options=opts,
             progress=progress,
         )
-    except BaseException as exc:
-        status, error = run_outcome(exc)  # its error text names no object keys
-        _record(app, name, started, status, error=error)
-        raise
-    _record(app, name, started, "ok", backup_id=manifest.backup_id)
-    with contextlib.suppress(Exception):  # the catalog is an index; `catalog rebuild` repairs
-        app.catalog.record_backup(app.repository().id, app.repository().url, manifest)
+        run.backup_id = manifest.backup_id
+    app.index.record_backup(app.repository(), manifest)
     return manifest
 
 
 def snapshot_targets(
-    app, names: list[str], *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext, names: list[str], *, options: SnapshotOptions | None = None, progress=None
 ) -> list[Manifest]:
     """Snapshot each target in turn; every target runs, the error lists those that failed."""
     for name in names:
@@ -430,8 +428,3 @@ def snapshot_targets(
         error.redacted = head + "; ".join(f"{n}: {shareable(e)}" for n, e in failures)
         raise error
     return manifests
-
-
-def _record(app, target, started, status, **kw) -> None:
-    with contextlib.suppress(Exception):  # see above
-        app.catalog.record_run("snapshot", target, started, datetime.now(UTC), status, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
 from drbackup.errors import SourceError
@@ -12,6 +13,9 @@ from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.physical import RestorePoint, create_restore_point, server_facts
 from drbackup.sources.postgres.wal import format_lsn
 
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+
 
 @dataclass(frozen=True)
 class Mark:
@@ -20,7 +24,7 @@ class Mark:
     key: str  # where the repository records it
 
 
-def mark_restore_point(app, target: str, name: str, *, switch: bool = True) -> Mark:
+def mark_restore_point(app: AppContext, target: str, name: str, *, switch: bool = True) -> Mark:
     """Create restore point ``name`` on the target's server and record it in the repository,
     so that ``restore --restore-point NAME`` knows which base backup comes before it.
 
@@ -49,7 +53,7 @@ def mark_restore_point(app, target: str, name: str, *, switch: bool = True) -> M
     return Mark(point, cluster, archive.put_mark(cluster, doc))
 
 
-def register_cluster(app, target: str) -> Registration:
+def register_cluster(app: AppContext, target: str) -> Registration:
     """Register the cluster now serving the target's dsn as the one it archives (after
     initdb or pg_upgrade re-created it).  Its WAL goes to its own directory; the old
     cluster's WAL stays for the old base backups."""

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from drbackup.actions.pitr import physical_backups, read_timelines
+from drbackup.actions.runs import recorded_run
 from drbackup.errors import DrbackupError
 from drbackup.repository.wal import StoredWal, WalArchive
 from drbackup.sources.postgres.slots import SlotState
@@ -36,6 +38,10 @@ from drbackup.sources.postgres.wal import (
     segno_of_end,
 )
 from drbackup.sources.postgres.walrecords import scan_segment_end
+from drbackup.times import parse_iso_time
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 DEFAULT_SEGMENT = 16 << 20
 SCAN_BACK = 8  # segments read back from the newest to find its last commit
@@ -192,7 +198,7 @@ def _window(status: WalStatus, archive: WalArchive, segments, backups) -> None:
     complete = [m for m in backups if not _backup_gap(status, m)]
     status.restorable = bool(complete)
     if complete and status.newest_commit is not None:
-        status.oldest = datetime.fromisoformat(complete[0].meta["stop_time"]).replace(microsecond=0)
+        status.oldest = parse_iso_time(complete[0].meta["stop_time"]).replace(microsecond=0)
         status.newest = status.newest_commit.replace(microsecond=0) - timedelta(seconds=1)
         if status.newest < status.oldest:  # no commit since: only "latest" is a target
             status.oldest = status.newest = None
@@ -225,7 +231,9 @@ def _newest_commit(archive: WalArchive, by_segno: dict[int, StoredWal], newest: 
 # --- the server's side: archive lag ---------------------------------------------------------
 
 
-def measure_lag(app, target: str, status: WalStatus, now: datetime | None = None) -> None:
+def measure_lag(
+    app: AppContext, target: str, status: WalStatus, now: datetime | None = None
+) -> None:
     """Fill in the archive lag from the target's server (its errors go to ``lag_error``)."""
     from drbackup.actions.backup_postgres import PgTarget
     from drbackup.sources.postgres.connection import connect
@@ -251,7 +259,7 @@ def measure_lag(app, target: str, status: WalStatus, now: datetime | None = None
     status.lag_seconds = max(0.0, (now - since).total_seconds()) if since else None
 
 
-def _read_slot(app, target: str, conn, status: WalStatus) -> None:
+def _read_slot(app: AppContext, target: str, conn, status: WalStatus) -> None:
     """The streaming slot's state, for a target whose WAL is streamed or that has one."""
     from drbackup.sources.postgres.slots import default_slot_name, read_slot
 
@@ -261,20 +269,12 @@ def _read_slot(app, target: str, conn, status: WalStatus) -> None:
         status.slot, status.slot_max_retained = slot, cfg.wal.slot_max_retained
 
 
-def check_wal(app, target: str, *, server: bool = True) -> WalStatus:
+def check_wal(app: AppContext, target: str, *, server: bool = True) -> WalStatus:
     """``wal check``: analyse the archive, ask the server for the lag, record in the catalog."""
-    started = datetime.now(UTC)
-    status = analyze_archive(app.repository(), target)
-    if server and status.cluster is not None:
-        measure_lag(app, target, status)
-    with contextlib.suppress(Exception):  # the catalog is an index: never fails the check
-        app.catalog.record_run(
-            "wal-check",
-            target,
-            started,
-            datetime.now(UTC),
-            "failed" if status.problems else "ok",
-            error="; ".join(status.problems)[:500] or None,
-            details=status.to_dict(),
-        )
+    with recorded_run(app.index, "wal-check", target) as run:
+        status = analyze_archive(app.repository(), target)
+        if server and status.cluster is not None:
+            measure_lag(app, target, status)
+        run.problem = "; ".join(status.problems)[:500] or None
+        run.details = status.to_dict()
     return status

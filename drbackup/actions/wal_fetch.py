@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.wal_files import fetch_wal_file
 from drbackup.actions.wal_push import read_settings, spool_root
@@ -30,10 +31,15 @@ from drbackup.actions.wal_take import FetchFailed, answer
 from drbackup.errors import DrbackupError, SourceError
 from drbackup.repository.wal import WalArchive
 from drbackup.sources.postgres.wal import (
+    PARTIAL,
     SEGMENT,
     parse_wal_file_name,
+    read_segment_header,
     segment_name,
 )
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 FETCHER_IDLE = timedelta(seconds=60)
 _POLL = 0.02
@@ -49,14 +55,42 @@ class FetchRequest:
     spool: Path
     cluster: str | None = None  # None: the target's current cluster
     spawn: bool = True  # start a background fetcher when none serves the spool
+    server_major: int | None = None  # the major of the server asking (its PG_VERSION)
 
 
-def wal_fetch(app, request: FetchRequest, *, config_path: str | None = None) -> bool:
+def wal_fetch(app: AppContext, request: FetchRequest, *, config_path: str | None = None) -> bool:
     """Put WAL file ``request.name`` at ``request.dest``; False if the archive lacks it.
 
-    Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out).
+    Raises DrbackupError with the reason when it failed (damaged, unreachable, timed out,
+    or WAL of another major than ``request.server_major``: nothing is left at the
+    destination).
     """
     parse_wal_file_name(request.name)
+    found = _fetch(app, request, config_path)
+    if found and request.server_major is not None:
+        _refuse_other_major(request)
+    return found
+
+
+def _refuse_other_major(request: FetchRequest) -> None:
+    """A segment of another major never reaches the server: its WAL format differs, and
+    recovery would take the unreadable page for the end of the WAL and stop there."""
+    if parse_wal_file_name(request.name).kind not in (SEGMENT, PARTIAL):
+        return
+    with request.dest.open("rb") as f:
+        header = read_segment_header(f.read(1 << 16), request.name)
+    if header.major == request.server_major:
+        return
+    request.dest.unlink(missing_ok=True)
+    raise SourceError(
+        f"WAL file {request.name} of target {request.target} is PostgreSQL {header.major} WAL "
+        f"and the server recovering is PostgreSQL {request.server_major}; refusing it",
+        hint="restore a base backup of this major (after pg_upgrade: take a new base backup "
+        f"and 'drbackup wal register {request.target}')",
+    )
+
+
+def _fetch(app: AppContext | None, request: FetchRequest, config_path: str | None) -> bool:
     settings = read_settings(app, request.target) if app is not None else None
     if settings is not None and (not settings.asynchronous or settings.fetch_ahead == 0):
         return _fetch_now(app, request)
@@ -92,7 +126,7 @@ def _start_fetcher(request: FetchRequest, spool: Spool, started: list, config_pa
     started.append(time.monotonic())
 
 
-def _fetch_now(app, request: FetchRequest) -> bool:
+def _fetch_now(app: AppContext, request: FetchRequest) -> bool:
     archive = WalArchive(app.repository(), request.target)
     cluster = request.cluster or _current_cluster(archive)
     return fetch_wal_file(archive, cluster, request.name, request.dest) is not None
@@ -105,7 +139,7 @@ def _current_cluster(archive: WalArchive) -> str:
     return cluster
 
 
-def default_fetch_spool(app, target: str) -> Path:
+def default_fetch_spool(app: AppContext, target: str) -> Path:
     """``<spool_dir>/<target>/fetch/<server>``: one per data directory (PostgreSQL runs
     restore_command in it), so that two restores on one host never share read-ahead."""
     server = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
@@ -260,7 +294,7 @@ def _archivable(name: str) -> bool:
 
 
 def run_fetcher(
-    app, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
+    app: AppContext, target: str, spool_path: Path, cluster: str | None, *, idle=FETCHER_IDLE
 ) -> None:
     """The background fetcher of ``wal-async fetch``: serve ``spool_path`` until idle."""
     spool = Spool(spool_path).prepare()

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drbackup.actions.wal_files import ClusterState, upload_wal_file
 from drbackup.actions.wal_spool import ERROR, OK, Spool, poll_until, spawn_background
@@ -26,11 +27,14 @@ from drbackup.errors import DrbackupError, SourceError, UsageError
 from drbackup.repository.wal import PutResult, WalArchive
 from drbackup.sources.postgres.wal import parse_wal_file_name, ready_files
 
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+
 PUSHER_IDLE = timedelta(seconds=30)  # the background pusher exits after this long idle
 _POLL = 0.05
 
 
-def wal_settings(app, target: str):
+def wal_settings(app: AppContext, target: str):
     """The ``wal`` settings of postgres target ``target``; UsageError for another kind."""
     cfg = app.config.target(target)
     if type(cfg).kind != "postgres":
@@ -38,7 +42,7 @@ def wal_settings(app, target: str):
     return cfg.wal
 
 
-def read_settings(app, target: str):
+def read_settings(app: AppContext, target: str):
     """The ``wal`` settings for reading ``target``'s WAL back (restores, ``wal-fetch``): the
     target's own when it is configured, else the defaults, since a restore host's config may
     name only the repository.  Writers use :func:`wal_settings`, which refuses unknown names."""
@@ -47,7 +51,7 @@ def read_settings(app, target: str):
     return wal_settings(app, target)
 
 
-def spool_root(app, target: str) -> Path:
+def spool_root(app: AppContext, target: str) -> Path:
     """``<spool_dir>/<target>``; the default spool_dir is ``$DRBACKUP_HOME/spool``."""
     configured = read_settings(app, target).spool_dir
     if configured is not None:
@@ -57,7 +61,7 @@ def spool_root(app, target: str) -> Path:
     return default_home(os.environ) / "spool" / target
 
 
-def push_spool(app, target: str, pg_wal: Path) -> Spool:
+def push_spool(app: AppContext, target: str, pg_wal: Path) -> Spool:
     """``<spool_dir>/<target>/push/<server>``: one per pg_wal directory, so that two servers
     archiving into one target (an old primary and a promoted restore, a standby with
     archive_mode = always) each have their own pusher watching their own pg_wal."""
@@ -65,7 +69,7 @@ def push_spool(app, target: str, pg_wal: Path) -> Spool:
     return Spool(spool_root(app, target) / "push" / server)
 
 
-def wal_push(app, target: str, path: Path, *, config_path: str | None = None) -> str:
+def wal_push(app: AppContext, target: str, path: Path, *, config_path: str | None = None) -> str:
     """Archive the WAL file at ``path`` (as PostgreSQL passes it: ``pg_wal/<name>``).
 
     Returns what happened ("stored", "already archived", "stored by the background pusher").
@@ -104,7 +108,7 @@ def _settle(spool: Spool, name: str, status: str, text: str) -> str:
     raise SourceError(message or f"the background pusher could not store {name}", hint=hint or None)
 
 
-def push_now(app, target: str, path: Path) -> PutResult:
+def push_now(app: AppContext, target: str, path: Path) -> PutResult:
     """Store one file from this process (synchronous mode)."""
     archive = WalArchive(app.repository(), target)
     return upload_wal_file(ClusterState(archive), path)
@@ -113,7 +117,7 @@ def push_now(app, target: str, path: Path) -> PutResult:
 # --- the background pusher ----------------------------------------------------------------------
 
 
-def run_pusher(app, target: str, pg_wal: Path, *, idle: timedelta = PUSHER_IDLE) -> int:
+def run_pusher(app: AppContext, target: str, pg_wal: Path, *, idle: timedelta = PUSHER_IDLE) -> int:
     """Upload every ready file of ``pg_wal`` until nothing is ready for ``idle``.
 
     Returns how many files it acknowledged; 0 at once if another pusher serves this spool.
@@ -130,7 +134,7 @@ def run_pusher(app, target: str, pg_wal: Path, *, idle: timedelta = PUSHER_IDLE)
 
 
 class _PushLoop:
-    def __init__(self, app, target: str, pg_wal: Path, spool: Spool, idle: timedelta):
+    def __init__(self, app: AppContext, target: str, pg_wal: Path, spool: Spool, idle: timedelta):
         settings = wal_settings(app, target)
         repo = app.repository()
         # parallelism comes from several files at once: one compression thread each

@@ -8,12 +8,15 @@ catalog can answer without decrypting anything.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from drbackup.catalog.models import Base, UTCDateTime
+
+if TYPE_CHECKING:
+    from drbackup.catalog.index import Catalog
 
 
 class DrillRow(Base):
@@ -36,31 +39,32 @@ class DrillRow(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-def record_drill(catalog, report: dict) -> int:
+def record_drill(catalog: Catalog, report: Any) -> int:  # drill/record.DrillReport (above us)
     """Add (or replace) the rows of a report, one per target; returns how many."""
+    document = report.to_dict()
     rows = 0
     with Session(catalog.engine) as session, session.begin():
-        for target in report["targets"]:
+        for target in report.targets:
             existing = session.scalars(
                 select(DrillRow).where(
-                    DrillRow.drill_id == report["drill_id"], DrillRow.target == target["target"]
+                    DrillRow.drill_id == report.drill_id, DrillRow.target == target.target
                 )
             ).first()
-            row = existing or DrillRow(drill_id=report["drill_id"], target=target["target"])
-            row.repository_id = report.get("repository", {}).get("id")
-            row.backup_id = target.get("backup_id")
-            row.started_at = datetime.fromisoformat(report["started_at"])
-            row.finished_at = datetime.fromisoformat(report["finished_at"])
-            row.status = target.get("status", report["status"])
-            row.total_s = (target.get("timings") or {}).get("total_s")
-            row.rto_s = (target.get("objectives") or {}).get("rto_s")
-            row.report = report
+            row = existing or DrillRow(drill_id=report.drill_id, target=target.target)
+            row.repository_id = report.repository.get("id")
+            row.backup_id = target.backup_id
+            row.started_at = report.started_at
+            row.finished_at = report.finished_at
+            row.status = target.status or report.status
+            row.total_s = target.timings.total_s if target.timings else None
+            row.rto_s = target.objectives.rto_s if target.objectives else None
+            row.report = document
             session.add(row)
             rows += 1
     return rows
 
 
-def list_drills(catalog, target: str | None = None) -> list[dict]:
+def list_drills(catalog: Catalog, target: str | None = None) -> list[dict]:
     """Summaries of recorded drills, oldest first: drill_id, target, status, total_s, rto_s."""
     query = select(DrillRow).order_by(DrillRow.started_at, DrillRow.id)
     if target is not None:

@@ -102,6 +102,14 @@ class Catalog:
                     hint=REBUILD_HINT,
                 )
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite file of the catalog; None for PostgreSQL and an in-memory database."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return url.database
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -7,7 +7,7 @@ Never table names, object keys, dsns or data.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from drbackup.errors import IntegrityError, UsageError
@@ -24,13 +24,12 @@ def backup_values(manifest: Manifest) -> dict[str, Any]:
 
     Raises IntegrityError if a timestamp does not parse.
     """
-    key = manifest.ref.manifest_key
-    rp = manifest.recovery_point
+    point = manifest.recovery_time
     return {
         "kind": manifest.kind,
-        "started_at": parse_time(manifest.started_at, key),
-        "finished_at": parse_time(manifest.finished_at, key),
-        "recovery_point": parse_time(rp, key) if rp else None,
+        "started_at": manifest.started_time.astimezone(UTC),
+        "finished_at": manifest.finished_time.astimezone(UTC),
+        "recovery_point": point.astimezone(UTC) if point else None,
         "tool_version": manifest.tool_version,
         "size": manifest.size,
         "stored_size": manifest.stored_size,
@@ -83,15 +82,6 @@ def _fingerprint_totals(fingerprint: dict) -> tuple[int, int]:
     count = tables if isinstance(tables, int) else 0
     rows = fingerprint.get("rows")
     return count, rows if isinstance(rows, int) else 0
-
-
-def parse_time(text: str, key: str) -> datetime:
-    """A manifest timestamp (ISO 8601, ``Z``) as an aware UTC datetime."""
-    try:
-        value = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise IntegrityError(f"{key}: bad timestamp {text!r} in manifest") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def read_repository(repo) -> tuple[dict[tuple[str, str], dict], dict[tuple[str, str], str]]:

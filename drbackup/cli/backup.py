@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from drbackup.actions.backup_postgres import backup_targets
 from drbackup.actions.repository import backup_summary
 from drbackup.cli.render import echo_json, human_size, progress
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @click.group("backup")
@@ -63,7 +68,7 @@ def postgres(
         )
 
 
-def _physical(app, names: list[str], as_json: bool) -> None:
+def _physical(app: AppContext, names: list[str], as_json: bool) -> None:
     from drbackup.actions.backup_physical import backup_physical
 
     manifests = []

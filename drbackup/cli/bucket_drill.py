@@ -39,34 +39,32 @@ def drill_bucket_command(state, target: str, snapshot_id, workers: int, as_json:
     backup = BackupChoice("id", backup_id=snapshot_id) if snapshot_id else None
     plan = default_plan([target], app.config, backup=backup)
     result = run_drill(app, plan, bucket_workers=workers)
-    report = result.report
-    info = report["targets"][0]
+    report = result.record
+    info = report.targets[0]
     if as_json:
         echo_json(
             {
-                "drill_id": report["drill_id"],
+                "drill_id": report.drill_id,
                 "target": target,
-                "backup_id": info["backup_id"],
-                "recovery_point": info["recovery_point"],
-                "started_at": report["started_at"],
-                "elapsed_s": report["elapsed_s"],
-                "status": report["status"],
-                "scratch_buckets": [b["scratch_bucket"] for b in info["buckets"]],
-                "stale_scratch_removed": info["stale_scratch_removed"],
-                "checks": report["checks"],
+                "backup_id": info.backup_id,
+                "recovery_point": info.recovery_point,
+                "started_at": report.started_at.isoformat(),
+                "elapsed_s": report.elapsed_s,
+                "status": report.status,
+                "scratch_buckets": [b.scratch_bucket for b in info.buckets or []],
+                "stale_scratch_removed": info.stale_scratch_removed,
+                "checks": [c.to_dict() for c in report.checks],
             }
         )
     else:
-        click.echo(f"bucket drill of {target}/{info['backup_id']}: {report['status']}")
-        for check in report["checks"]:
-            click.echo(f"  {MARKS[check['status']]}  {check['name']:<9} {check['summary']}")
+        click.echo(f"bucket drill of {target}/{info.backup_id}: {report.status}")
+        for check in report.checks:
+            click.echo(f"  {MARKS[check.status]}  {check.name:<9} {check.summary}")
             for detail in object_details(check):  # the summary counts; these name objects
                 click.echo(f"{' ' * 17}{detail}")
-    for line in result.warnings:
-        click.echo(line, err=True)
     if result.failed:
-        failed = [c for c in report["checks"] if c["status"] == "fail"]
-        names = ", ".join(sorted({c["name"] for c in failed}))
+        failed = report.failed_checks()
+        names = ", ".join(sorted({c.name for c in failed}))
         raise CheckFailedError(
             f"bucket drill of {target} failed: {len(failed)} check(s) failed ({names})"
         )

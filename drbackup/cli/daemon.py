@@ -48,7 +48,8 @@ def daemon(state, schedules_dir: str, listen: str, once: str | None, grace: floa
     Logs are JSON lines on stderr. SIGTERM stops gracefully, SIGHUP reloads the
     schedules. See docs/daemon.md.
     """
-    from drbackup.scheduler.daemon import Daemon, setup_logging
+    from drbackup.scheduler.daemon import Daemon
+    from drbackup.scheduler.logs import setup_logging
 
     listen_at = None if once or check or listen.lower() in ("off", "none", "") else listen
     service = Daemon(state.app.config, schedules_dir, listen=listen_at, grace=grace)

@@ -8,6 +8,7 @@ from drbackup.actions import drill as actions
 from drbackup.cli.render import echo_json, echo_table
 from drbackup.drill.checks import format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
+from drbackup.drill.record import DrillReport
 from drbackup.drill.report import (
     failure_details,
     failure_summary,
@@ -32,6 +33,12 @@ def drill() -> None:
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
 @click.option(
+    "--into-major",
+    type=click.IntRange(10, 99),
+    metavar="N",
+    help="Restore into PostgreSQL N (an upgrade rehearsal; the plan's into_major).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json", "markdown"]),
@@ -41,14 +48,16 @@ def drill() -> None:
 )
 @click.option("-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown).")
 @click.pass_obj
-def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
+def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
-    A minio target is drilled by restoring its snapshot into scratch buckets.
+    A minio target is drilled by restoring its snapshot into scratch buckets.  With
+    --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
+    compared across majors and timed (docs/majors.md).
 
     Exit 0 when every check passed (warnings allowed), 3 when a check failed.
     """
-    overrides = {"keep": keep}
+    overrides = {"keep": keep, "into_major": into_major}
     if backup_id:
         overrides["backup"] = BackupChoice("id", backup_id=backup_id)
     if ephemeral:
@@ -59,7 +68,7 @@ def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
         app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
     )
     click.echo(render(result.report, fmt))
-    for line in [*result.kept, *result.warnings]:
+    for line in result.kept:
         click.echo(line, err=True)
     if result.kept:
         click.echo("remove kept scratch with: drbackup drill cleanup --kept", err=True)
@@ -67,7 +76,7 @@ def run(state, plan, targets, backup_id, keep, ephemeral, fmt, output) -> None:
         click.echo(f"report written to {result.output}", err=True)
     if result.failed:
         raise CheckFailedError(
-            failure_details(result.report), redacted=failure_summary(result.report)
+            failure_details(result.record), redacted=failure_summary(result.record)
         )
 
 
@@ -91,10 +100,11 @@ def verify_report_cmd(state, file, public_key, key_file) -> None:
     if not (public_key or key_file):
         configured = state.app.config.drill.signing_key_file
     verified = verify_report(report, trusted_key(public_key, key_file, configured))
-    counts = report["counts"]
+    record = DrillReport.from_dict(report)  # the signed JSON is verified; now read it
+    counts = record.counts
     click.echo(
-        f"ok: drill {report['drill_id']} report is authentic (ed25519 key {verified.key_id}); "
-        f"status {report['status']}: {counts['pass']} passed, {counts['warn']} warned, "
+        f"ok: drill {record.drill_id} report is authentic (ed25519 key {verified.key_id}); "
+        f"status {record.status}: {counts['pass']} passed, {counts['warn']} warned, "
         f"{counts['fail']} failed"
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from drbackup.actions.repository import (
@@ -13,6 +15,9 @@ from drbackup.actions.repository import (
     verify_backup,
 )
 from drbackup.cli.render import echo_json, echo_table, human_size, progress
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @click.command("list")
@@ -63,7 +68,7 @@ def _list_table(manifests) -> None:
     echo_table(["backup", "kind", "recovery point", "size", "stored", "items"], rows)
 
 
-def _window_lines(app, manifests) -> None:
+def _window_lines(app: AppContext, manifests) -> None:
     """Under the table: the restorable window of each listed target that has base backups."""
     from drbackup.actions.wal_check import analyze_archive
 

@@ -39,6 +39,11 @@ class State:
             self._ctx = AppContext(load_config(self.config_path), progress=sys.stderr.isatty())
         return self._ctx
 
+    def print_warnings(self) -> None:
+        """What went wrong beside the command without failing it (a catalog write)."""
+        for warning in self._ctx.warnings if self._ctx is not None else ():
+            click.echo(f"drbackup: warning: {warning}", err=True)
+
 
 class LazyGroup(click.Group):
     """A group whose commands are imported when used (see LAZY_COMMANDS)."""
@@ -65,6 +70,7 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     """Encrypted, verified backups of PostgreSQL and S3 buckets, and drills that prove them."""
     ctx.obj = State(config_path, debug)
+    ctx.call_on_close(ctx.obj.print_warnings)  # also when the command failed: before its error
 
 
 # Command name -> the modules that build it: the first defines it, the others attach

@@ -52,22 +52,17 @@ def report(ctx: click.Context, fmt: str, output: str | None, targets, notify: st
     older than the RPO, failed last drill), UNKNOWN (repository unreachable). The exit
     code is the status: for cron and monitoring plugins.
     """
-    from drbackup.report import notify as notifications
-    from drbackup.report.health import gather_report
-    from drbackup.report.render import render, write_atomic
+    from drbackup.actions.report import report_and_notify
 
-    app = ctx.obj.app
-    for name in targets:
-        app.config.target(name)  # unknown names fail before any work
-    destinations = notifications.destinations_from_config(app.config, required=bool(notify))
-    result = gather_report(app, list(targets) or None)
-    text = render(result, fmt)
-    if output:
-        write_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
-    if notify == "always" or (notify == "problems" and result.exit_code != 0):
-        notifications.send_report(destinations, result)  # NotifyError: exit 1, after output
+    result = report_and_notify(
+        ctx.obj.app,
+        targets=list(targets) or None,
+        fmt=fmt,
+        output=output,
+        notify=notify,
+        require_destinations=bool(notify),
+        show=lambda text: click.echo(text, nl=False),
+    )  # NotifyError (exit 1) after the report was shown
     ctx.exit(result.exit_code)
 
 

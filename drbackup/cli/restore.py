@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from drbackup.actions.selection import parse_time
 from drbackup.cli.render import echo_json, human_size, selection_json
 from drbackup.errors import UsageError
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
 
 
 @click.group("restore")
@@ -97,7 +103,7 @@ def restore() -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def postgres(state, target, into, into_dir, pit, as_json, **options) -> None:
+def postgres(state, target: str, into: str | None, into_dir: str | None, **options) -> None:
     """Restore a dump of TARGET into the database at --into, or a base backup and its WAL
     into the empty directory --into-dir, to any point the WAL archive covers.
 
@@ -112,89 +118,130 @@ def postgres(state, target, into, into_dir, pit, as_json, **options) -> None:
         raise UsageError(
             "give exactly one of --into DSN (a dump) or --into-dir DIR (a base backup)"
         )
+    opts = RestoreOptions(**options)
     if into_dir is not None:
-        _restore_base_backup(state, target, into_dir, pit, as_json, options)
+        from drbackup.cli import restore_physical
+
+        point = restore_physical.recovery_target(
+            opts.pit,
+            opts.lsn,
+            opts.xid,
+            opts.restore_point,
+            opts.latest,
+            opts.timeline,
+            opts.exclusive,
+        )
+        restore_physical.run(
+            state,
+            target,
+            into_dir,
+            point,
+            backup_id=opts.backup_id,
+            start=opts.start,
+            as_json=opts.as_json,
+        )
         return
-    result, point = _restore_dump(state, target, into, pit, options)
-    _echo_dump_result(state, target, point, result, as_json)
+    _restore_dump(state.app, target, into, opts)
 
 
-def _restore_base_backup(state, target, into_dir, pit, as_json, o: dict) -> None:
-    from drbackup.cli import restore_physical
+@dataclass(frozen=True)
+class RestoreOptions:
+    """The options of ``restore postgres`` besides TARGET, --into and --into-dir."""
 
-    point = restore_physical.recovery_target(
-        pit, o["lsn"], o["xid"], o["restore_point"], o["latest"], o["timeline"], o["exclusive"]
-    )
-    restore_physical.run(
-        state,
-        target,
-        into_dir,
-        point,
-        backup_id=o["backup_id"],
-        start=o["start"],
-        as_json=as_json,
-    )
+    backup_id: str | None
+    pit: str | None
+    lsn: str | None
+    xid: int | None
+    restore_point: str | None
+    latest: bool
+    timeline: str
+    exclusive: bool
+    start: bool
+    database: str | None
+    jobs: int
+    spool_dir: str | None
+    create: bool
+    force: bool
+    keep_old: bool
+    with_globals: bool
+    no_owner: bool
+    password_file: str | None
+    as_json: bool
+
+    def password(self) -> str | None:
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").rstrip("\n")
+        return os.environ.get("PGPASSWORD")
 
 
-def _restore_dump(state, target, into, pit, o: dict):
-    physical = ("lsn", "restore_point", "latest", "start", "exclusive")
-    if any(o[name] for name in physical) or o["xid"] is not None:
+def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions) -> None:
+    """A dump into the database at ``into`` (``--into``)."""
+    if (
+        opts.lsn
+        or opts.xid is not None
+        or opts.restore_point
+        or opts.latest
+        or opts.start
+        or opts.exclusive
+    ):
         raise UsageError(
             "--lsn, --xid, --restore-point, --latest, --start and --exclusive need --into-dir"
         )
-    if o["keep_old"] and not o["force"]:
+    if opts.keep_old and not opts.force:
         raise UsageError("--keep-old goes with --force", hint="add --force, or drop --keep-old")
-    password = (
-        Path(o["password_file"]).read_text(encoding="utf-8").rstrip("\n")
-        if o["password_file"]
-        else os.environ.get("PGPASSWORD")
-    )
-    point = parse_time(pit) if pit else None
+    password = opts.password()
+    point = parse_time(opts.pit) if opts.pit else None
     # The passphrase is stretched in a helper thread while the restore code (psycopg) is
     # imported; its errors are raised where the key is first used.
-    state.app.repository(background_key=True)
+    app.repository(background_key=True)
     from drbackup.actions.restore_postgres import restore_postgres
 
-    options = ("database", "jobs", "spool_dir", "create", "force", "keep_old")
     result = restore_postgres(
-        state.app,
+        app,
         target,
         into,
-        backup_id=o["backup_id"],
+        backup_id=opts.backup_id,
         point_in_time=point,
-        with_globals=o["with_globals"],
-        no_owner=o["no_owner"],
+        database=opts.database,
+        jobs=opts.jobs,
+        create=opts.create,
+        force=opts.force,
+        keep_old=opts.keep_old,
+        with_globals=opts.with_globals,
+        no_owner=opts.no_owner,
         password=password,
-        **{name: o[name] for name in options},
+        spool_dir=opts.spool_dir,
     )
-    return result, point
+    if opts.as_json:
+        echo_json(_dump_json(result))
+    else:
+        _print_dump(app, target, point, result)
 
 
-def _echo_dump_result(state, target, point, result, as_json) -> None:
+def _dump_json(result) -> dict:
     run = result.run
-    if as_json:
-        echo_json(
-            {
-                **selection_json(result.selection),
-                "database": result.database,
-                "into": result.into,
-                "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
-                "fetch_decrypt_s": round(run.fetch_decrypt_s, 3),
-                "elapsed_s": round(run.elapsed_s, 3),
-                "bytes": run.bytes,
-                "roles_created": result.globals.created if result.globals else [],
-                "replaced": result.replaced,
-                "kept_old": result.kept_old,
-                "removed": result.removed,
-                "warnings": result.warnings,
-            }
-        )
-        return
+    return {
+        **selection_json(result.selection),
+        "database": result.database,
+        "into": result.into,
+        "phases_s": {k: round(v, 3) for k, v in run.phases.items()},
+        "fetch_decrypt_s": round(run.fetch_decrypt_s, 3),
+        "elapsed_s": round(run.elapsed_s, 3),
+        "bytes": run.bytes,
+        "roles_created": result.globals.created if result.globals else [],
+        "replaced": result.replaced,
+        "kept_old": result.kept_old,
+        "removed": result.removed,
+        "warnings": result.warnings,
+    }
+
+
+def _print_dump(app: AppContext, target: str, point: datetime | None, result) -> None:
     click.echo(f"using {result.selection.note}")
     if point is not None:
         from drbackup.actions.pitr import exact_restore_note
 
-        note = exact_restore_note(state.app.repository(), target, point)
+        note = exact_restore_note(app.repository(), target, point)
         if note:
             click.echo(f"note: {note}")
     for line in result.removed:
@@ -209,7 +256,7 @@ def _echo_dump_result(state, target, point, result, as_json) -> None:
             f"globals: {len(g.created)} role(s) created, {len(g.existing)} already present"
             + (f", {len(g.skipped)} tablespace statement(s) skipped" if g.skipped else "")
         )
-    p = run.phases
+    run, p = result.run, result.run.phases
     click.echo(
         f"restored {result.database} into {result.into}: {human_size(run.bytes)} archive in {run.elapsed_s:.1f}s "
         f"(fetch/decrypt {run.fetch_decrypt_s:.1f}s, pre-data {p['pre_data']:.1f}s, "

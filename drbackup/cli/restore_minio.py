@@ -91,27 +91,8 @@ def minio(
             workers=workers,
             progress=tick,
         )
-    _echo_result(result, dry_run, as_json)
-
-
-def _echo_result(result, dry_run: bool, as_json: bool) -> None:
     if as_json:
-        echo_json(
-            {
-                **selection_json(result.selection),
-                "source_bucket": result.source_bucket,
-                "into_bucket": result.into_bucket,
-                "endpoint": result.endpoint,
-                "prefix": result.prefix,
-                "dry_run": result.dry_run,
-                "created_bucket": result.created_bucket,
-                "destination_not_empty": result.non_empty is not None,
-                "objects": result.objects,
-                "bytes": result.bytes,
-                "elapsed_s": round(result.elapsed_s, 3),
-                **({"planned": result.planned} if dry_run else {}),
-            }
-        )
+        echo_json(_result_json(result))
         return
     click.echo(f"using {result.selection.note}")
     if dry_run:
@@ -123,6 +104,23 @@ def _echo_result(result, dry_run: bool, as_json: bool) -> None:
         f"{result.source_bucket} into {result.into_bucket}{created} at {result.endpoint} "
         f"in {result.elapsed_s:.1f}s; sha256 of every object verified"
     )
+
+
+def _result_json(result) -> dict:
+    return {
+        **selection_json(result.selection),
+        "source_bucket": result.source_bucket,
+        "into_bucket": result.into_bucket,
+        "endpoint": result.endpoint,
+        "prefix": result.prefix,
+        "dry_run": result.dry_run,
+        "created_bucket": result.created_bucket,
+        "destination_not_empty": result.non_empty is not None,
+        "objects": result.objects,
+        "bytes": result.bytes,
+        "elapsed_s": round(result.elapsed_s, 3),
+        **({"planned": result.planned} if result.dry_run else {}),
+    }
 
 
 def _render_plan(result) -> None:

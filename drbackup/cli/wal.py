@@ -66,12 +66,22 @@ def wal_fetch(state, name, path, target, spool, cluster, no_spawn) -> None:
     """
     from drbackup.actions.wal_fetch import FetchRequest, default_fetch_spool
     from drbackup.actions.wal_fetch import wal_fetch as fetch
+    from drbackup.sources.postgres.versions import data_directory_major
 
     hosted = no_spawn and spool is not None and target is not None
     app = None if hosted else state.app  # a restore's own server needs no config or key
     chosen = target if hosted else _postgres_target(state, target)
     spool_dir = Path(spool) if spool else default_fetch_spool(app, chosen)
-    request = FetchRequest(chosen, name, Path(path), spool_dir, cluster, spawn=not no_spawn)
+    # PostgreSQL runs restore_command in its data directory: PG_VERSION there says its major.
+    request = FetchRequest(
+        chosen,
+        name,
+        Path(path),
+        spool_dir,
+        cluster,
+        spawn=not no_spawn,
+        server_major=data_directory_major(Path.cwd()),
+    )
     if not fetch(app, request, config_path=state.config_path):
         click.get_current_context().exit(1)
 

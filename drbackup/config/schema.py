@@ -275,6 +275,10 @@ class PostgresTarget(PhysicalSettings, Section):
     """Taken at dump time for drills: off, counts (row counts) or full (counts and hashes)."""
     jobs: int = Field(1, ge=1, le=64)
     """Parallel jobs where the archive allows it (pg_restore -j)."""
+    pg_bin_dir: t.LocalPath | None = None
+    """Directory of the pg_dump, pg_dumpall and pg_restore this target uses; unset: the
+    newest installed (/usr/lib/postgresql/<major>/bin), which works with every older
+    server (docs/operations.md, PostgreSQL majors)."""
 
     retention: Annotated[RetentionSettings, EMPTY_IS_DEFAULT] = Field(
         default_factory=RetentionSettings

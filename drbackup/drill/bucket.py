@@ -31,11 +31,9 @@ from datetime import UTC, datetime, timedelta
 from drbackup.drill.checks import (
     FAIL,
     PASS,
-    RTO_WARN_RATIO,
-    WARN,
     CheckResult,
     check_rpo,
-    format_seconds,
+    check_rto,
     worst,
 )
 from drbackup.drill.scratch import marked_by, new_drill_id, scratch_marker, signals_deferred
@@ -170,7 +168,8 @@ def run_bucket_drill(
         "verification_s": timing.verification_s,
         "total_s": timing.restore_s + timing.verification_s,
     }
-    result.checks.append(_check_rto(timing, rto_s, restored=restored_all))
+    spent = {"restore_s": timing.restore_s, "verification_s": timing.verification_s}
+    result.checks.append(check_rto(spent, timedelta(seconds=rto_s), restored=restored_all))
     result.checks.append(_check_rpo(repo, manifest, started, rpo_s, how))
     for check in result.checks:
         check.target = manifest.target
@@ -364,44 +363,12 @@ def _remove_stale_scratch(client: BucketClient, now: datetime) -> list[str]:
     return removed
 
 
-def _check_rto(timing: _Timing, rto_s: float, *, restored: bool) -> CheckResult:
-    total = timing.restore_s + timing.verification_s
-    evidence = {
-        "restore_s": round(timing.restore_s, 3),
-        "verification_s": round(timing.verification_s, 3),
-        "total_s": round(total, 3),
-        "objective_s": rto_s,
-    }
-    phases = f"restore {timing.restore_s:.1f}s, verification {timing.verification_s:.1f}s"
-    if not restored:
-        return CheckResult("rto", FAIL, f"not met: the restore failed ({phases})", evidence)
-    if total > rto_s:
-        return CheckResult(
-            "rto",
-            FAIL,
-            f"{total:.1f}s, over the objective of {format_seconds(rto_s)} ({phases})",
-            evidence,
-        )
-    status = WARN if total >= RTO_WARN_RATIO * rto_s else PASS
-    return CheckResult(
-        "rto",
-        status,
-        f"{total:.1f}s, {100 * total / rto_s:.0f}% of the objective of "
-        f"{format_seconds(rto_s)} ({phases})",
-        evidence,
-    )
-
-
 def _check_rpo(repo, manifest, now: datetime, rpo_s: float, how: str) -> CheckResult:
-    selected = _time(manifest.recovery_point or manifest.finished_at)
+    selected = manifest.recovery_time or manifest.finished_time
     newest_ref = repo.list_refs(manifest.target)[-1]
     newest = manifest if newest_ref == manifest.ref else repo.load_manifest(newest_ref)
-    newest_time = _time(newest.recovery_point or newest.finished_at)
+    newest_time = newest.recovery_time or newest.finished_time
     return check_rpo(selected, newest_time, now, timedelta(seconds=rpo_s), how)
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # --- does the snapshot hold these objects? ----------------------------------------------

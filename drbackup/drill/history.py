@@ -1,39 +1,41 @@
-"""Past drills from their reports, and the RTO trend (pure functions over report dicts)."""
+"""Past drills from their reports, and the RTO trend (pure functions).
+
+A history entry is the JSON listing of one target of one report (``drill history --json``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from statistics import median
+from typing import Any
+
+from drbackup.drill.record import DrillReport, TargetReport, as_report
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def history_entries(report: dict) -> list[dict]:
+def history_entries(report: DrillReport | Mapping[str, Any]) -> list[dict]:
     """One listing entry per target of a report (a report may cover several targets)."""
-    entries = []
-    for target in report.get("targets", []):
-        timings = target.get("timings") or {}
-        objectives = target.get("objectives") or {}
-        entries.append(
-            {
-                "drill_id": report["drill_id"],
-                "plan": report.get("plan"),
-                "target": target["target"],
-                "backup_id": target.get("backup_id"),
-                "status": target.get("status", report["status"]),
-                "started_at": report["started_at"],
-                "restore_s": timings.get("restore_s"),
-                "verification_s": timings.get("verification_s"),
-                "total_s": timings.get("total_s"),
-                "rto_s": objectives.get("rto_s"),
-                "failed": [
-                    c["name"]
-                    for c in report.get("checks", [])
-                    if c["target"] == target["target"] and c["status"] == "fail"
-                ],
-                "signed": "signature" in report,
-            }
-        )
-    return entries
+    report = as_report(report)
+    return [_entry(report, target) for target in report.targets]
+
+
+def _entry(report: DrillReport, target: TargetReport) -> dict:
+    timings, objectives = target.timings, target.objectives
+    return {
+        "drill_id": report.drill_id,
+        "plan": report.plan,
+        "target": target.target,
+        "backup_id": target.backup_id,
+        "status": target.status or report.status,
+        "started_at": report.started_at.isoformat(),
+        "restore_s": timings.restore_s if timings else None,
+        "verification_s": timings.verification_s if timings else None,
+        "total_s": timings.total_s if timings else None,
+        "rto_s": objectives.rto_s if objectives else None,
+        "failed": [c.name for c in report.failed_checks(target.target)],
+        "signed": report.signature is not None,
+    }
 
 
 def sparkline(values: list[float]) -> str:

@@ -31,6 +31,7 @@ from drbackup.config.load import dotted, read_yaml_mapping
 from drbackup.config.schema import ScratchDsn
 from drbackup.config.types import config_error, parse_duration
 from drbackup.errors import ConfigError, DrbackupError
+from drbackup.times import parse_iso_time
 
 # Every check a drill knows, in the order it runs them.  ``restore`` always runs.
 CHECK_NAMES = (
@@ -73,14 +74,13 @@ def _parse_time(value: Any) -> datetime:
     if isinstance(value, datetime):  # YAML reads an unquoted timestamp itself
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
-        ts = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        return parse_iso_time(str(value))
     except ValueError:
         raise config_error(
             "point_in_time",
             "invalid time '{value}' (use ISO 8601, e.g. 2026-11-23T02:00:00Z)",
             value=str(value),
         ) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def _backup_choice(value: Any) -> BackupChoice:
@@ -247,6 +247,10 @@ class DrillPlan(_Section):
     """Hash each table as soon as it is loaded, while pg_restore builds indexes (on 1 core)."""
     references: list[ReferenceCheck] = []
     """Cross-service checks, run whenever declared (see docs/drills.md)."""
+    into_major: int | None = Field(None, ge=10, le=99)
+    """Restore into this PostgreSQL major (an ephemeral cluster of it, or a scratch server
+    that must be of it): an upgrade rehearsal, compared across majors and timed.  Default:
+    the backup's own major when its server is installed, else the nearest newer one."""
 
     @field_validator("targets")
     @classmethod

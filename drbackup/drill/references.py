@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime
 
 import psycopg
 
@@ -126,24 +125,17 @@ def pair_snapshot(repo, backup: Manifest, snapshot_target: str, tolerance) -> tu
                 ref = BackupRef(member["backup_id"], snapshot_target)
                 with contextlib.suppress(UsageError):  # pruned since: pair by time below
                     return repo.load_manifest(ref), f"recovery point {point['id']}"
-    if backup.recovery_point is None:
+    if backup.recovery_time is None:
         return None, "the backup has no recovery point"
-    limit = _parse(backup.recovery_point) + tolerance
+    limit = backup.recovery_time + tolerance
     for ref in reversed(repo.list_refs(snapshot_target)):
         if ref.backup_id[:16] > limit.strftime("%Y%m%dT%H%M%SZ"):
             continue  # started after the limit: its recovery point is later still
         manifest = repo.load_manifest(ref)
-        point = manifest.recovery_point
-        if manifest.kind == "bucket" and point is not None and _parse(point) <= limit:
+        point = manifest.recovery_time
+        if manifest.kind == "bucket" and point is not None and point <= limit:
             return manifest, (
                 f"newest snapshot at or before the backup's recovery point "
                 f"{backup.recovery_point} + {tolerance}"
             )
     return None, f"none at or before {backup.recovery_point} + {tolerance}"
-
-
-def _parse(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"invalid recovery point: {text!r}") from None

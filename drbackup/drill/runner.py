@@ -18,6 +18,7 @@ from drbackup.drill.amcheck import check_amcheck
 from drbackup.drill.assertions import check_assertion
 from drbackup.drill.checks import FAIL, CheckResult
 from drbackup.drill.references import check_references
+from drbackup.drill.upgrade import check_schema_across_majors
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.fingerprint import take_fingerprint, take_inventory
 
@@ -37,6 +38,7 @@ class DatabaseUnderTest:
     early_seconds: float = 0.0
     backup: object = None  # the drilled Manifest (for the cross-service reference checks)
     repository: object = None  # the Repository it is read from
+    source_major: int | None = None  # the PostgreSQL major the backup was taken on
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _run_checks(conn, db: DatabaseUnderTest, plan, assertions) -> list[CheckResu
                 results.append(CheckResult(name, FAIL, summary, {"error": fp_error}))
     else:
         if plan.runs("schema"):
-            results.append(c.timed("schema", c.check_schema, db.expected, actual))
+            results.append(_schema_check(conn, db, actual))
         if plan.runs("tables"):
             result = c.timed("tables", c.check_tables, db.expected, actual)
             result.seconds += fp_seconds  # reading the fingerprint is the bulk of the work
@@ -88,6 +90,22 @@ def _run_checks(conn, db: DatabaseUnderTest, plan, assertions) -> list[CheckResu
         heapallindexed = plan.amcheck.heapallindexed
         results.append(c.timed("amcheck", check_amcheck, conn, heapallindexed=heapallindexed))
     return results
+
+
+def _schema_check(conn, db: DatabaseUnderTest, actual: dict | None) -> CheckResult:
+    """The schema check; across majors when the backup was taken on another one."""
+    restored_major = conn.info.server_version // 10000
+    if db.source_major is None or db.source_major == restored_major:
+        return c.timed("schema", c.check_schema, db.expected, actual)
+    return c.timed(
+        "schema",
+        check_schema_across_majors,
+        conn,
+        db.expected,
+        actual,
+        db.source_major,
+        restored_major,
+    )
 
 
 def _actual_fingerprint(conn, db: DatabaseUnderTest) -> tuple[dict | None, float, str | None]:

@@ -9,6 +9,10 @@ Where a target restores, the first that applies:
 4. a private local cluster, when PostgreSQL server binaries are found on this host;
 5. else the drill is refused (ConfigError) with a line saying how to configure one.
 
+A private cluster is of the backup's own major when its server is installed, else of the
+nearest newer one, and of exactly the plan's ``into_major`` when set (versions.py); one per
+major per drill.  A scratch server must be of ``into_major`` when it is set.
+
 A drill never restores onto the server it backs up unless told to.  What it creates
 (databases, a cluster) it marks (drill/scratch.py) and removes at the end -- after failures,
 Ctrl-C and SIGTERM too -- unless the plan keeps it; leftovers of crashed drills are removed
@@ -23,10 +27,12 @@ from pathlib import Path
 
 from drbackup.drill import checks as c
 from drbackup.drill.plan import DrillPlan
+from drbackup.drill.record import Scratch
 from drbackup.drill.scratch import (
     EphemeralScratch,
     ScratchServer,
     default_base_dir,
+    new_drill_id,
     remove_stale_clusters,
     signals_deferred,
 )
@@ -57,6 +63,7 @@ class TargetScratch:
     with_globals: bool
     no_owner: bool
     drill_id: str
+    major: int | None = None  # the scratch server's PostgreSQL major
     claimed: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
 
@@ -75,8 +82,8 @@ class TargetScratch:
             self.server.create(name, self.drill_id, encoding=encoding)
             self.created.append(name)
 
-    def describe(self, kept: bool) -> dict:
-        return {"kind": self.kind, "server": self.server.shown, "kept": kept}
+    def describe(self, kept: bool) -> Scratch:
+        return Scratch(self.kind, self.server.shown, kept, self.major)
 
 
 def choose_base_dir(plan: DrillPlan) -> Path:
@@ -92,7 +99,7 @@ class Scratches:
         self.settings, self.plan, self.drill_id, self.notify = settings, plan, drill_id, notify
         self.prefix = settings.scratch_prefix
         self.servers: dict[str, TargetScratch] = {}
-        self.ephemeral: EphemeralScratch | None = None
+        self.ephemerals: dict[int, EphemeralScratch] = {}  # one private cluster per major
         self.kept: list[str] = []
         self.cleanup_failures: list[c.CheckResult] = []
 
@@ -103,10 +110,11 @@ class Scratches:
         self, name: str, dsn: str, password: str | None, backup_server: int | None = None
     ) -> TargetScratch:
         """The scratch of target ``name`` (whose server is ``dsn``); see the module docstring.
-        ``backup_server``: the backup's server_version_num (an ephemeral cluster must not be
-        of an older major).
+        ``backup_server``: the backup's server_version_num (which major a private cluster
+        runs).
 
-        Raises ConfigError when none is configured and no local cluster can be started.
+        Raises ConfigError when none is configured and no local cluster can be started, or
+        the scratch is of another major than the plan's ``into_major``.
         """
         plan_scratch = self.plan.scratch
         with_globals = bool(plan_scratch and plan_scratch.with_globals)
@@ -127,41 +135,71 @@ class Scratches:
         key = f"{dsn}|{with_globals}|{no_owner}"
         if key not in self.servers:
             server = ScratchServer(dsn, password, self.prefix).open()
+            major = versions.major_of(server.conn.info.server_version)
+            if kind != "ephemeral":
+                self._require_major(server, major)
             dropped = server.remove_leftovers()
             if dropped:
                 self.notify(
                     f"removed leftover scratch databases of earlier drills: {', '.join(dropped)}"
                 )
             self.servers[key] = TargetScratch(
-                kind, server, password, with_globals, no_owner, self.drill_id
+                kind, server, password, with_globals, no_owner, self.drill_id, major
             )
         return self.servers[key]
 
+    def _require_major(self, server: ScratchServer, major: int) -> None:
+        wanted = self.plan.into_major
+        if wanted is not None and major != wanted:
+            server.close()
+            raise ConfigError(
+                f"scratch server {server.shown} is PostgreSQL {major}, and the drill restores "
+                f"into PostgreSQL {wanted} (into_major)",
+                hint=f"give a scratch server of PostgreSQL {wanted}, or drill into a private "
+                "cluster (scratch: {ephemeral: true})",
+            )
+
     def _ephemeral(self, backup_server: int | None) -> TargetScratch:
         plan_scratch = self.plan.scratch
-        if self.ephemeral is not None:  # one cluster per drill: it must fit every backup
-            versions.require_cluster_for_backup(self.ephemeral.major, backup_server)
-        else:
-            bin_dir = versions.server_bin_dir_for_backup(backup_server)  # before any cleanup
-            base = choose_base_dir(self.plan)
+        # before any cleanup or start: the binaries of the major this backup restores into
+        major, bin_dir = versions.server_bin_dir_for_backup(backup_server, self.plan.into_major)
+        backup_major = versions.major_of(backup_server) if backup_server else None
+        if self.plan.into_major is None and backup_major is not None and major > backup_major:
+            self.notify(
+                f"the PostgreSQL {backup_major} server is not installed here: restoring into "
+                f"PostgreSQL {major} (install {versions.server_package(backup_major)} to "
+                "drill on the backup's own major)"
+            )
+        if major not in self.ephemerals:
+            self._start_ephemeral(bin_dir, major)
+        cluster = self.ephemerals[major].cluster
+        with_globals = plan_scratch is None or plan_scratch.with_globals is not False
+        no_owner = bool(plan_scratch and plan_scratch.no_owner)
+        return self._server("ephemeral", cluster.dsn(), None, with_globals, no_owner)
+
+    def _start_ephemeral(self, bin_dir: Path, major: int) -> None:
+        base = choose_base_dir(self.plan)
+        if not self.ephemerals:
             removed = remove_stale_clusters(base)
             if removed:
                 self.notify(f"removed leftover scratch clusters: {', '.join(map(str, removed))}")
-            self.ephemeral = EphemeralScratch(
-                base, self.drill_id, keep=self.plan.keep, bin_dir=bin_dir
-            )
-            self.notify(f"starting an ephemeral postgresql cluster in {self.ephemeral.directory}")
-            self.ephemeral.start()
-        with_globals = plan_scratch is None or plan_scratch.with_globals is not False
-        no_owner = bool(plan_scratch and plan_scratch.no_owner)
-        return self._server("ephemeral", self.ephemeral.cluster.dsn(), None, with_globals, no_owner)
+        # A cluster's directory is named by an id of its own: the drill's for the first,
+        # a fresh one for each further major.
+        cluster_id = new_drill_id() if self.ephemerals else self.drill_id
+        ephemeral = EphemeralScratch(base, cluster_id, keep=self.plan.keep, bin_dir=bin_dir)
+        self.ephemerals[major] = ephemeral  # before it starts: __exit__ removes what it made
+        self.notify(
+            f"starting an ephemeral postgresql cluster in {ephemeral.directory} "
+            f"(PostgreSQL {major})"
+        )
+        ephemeral.start()
 
     def __exit__(self, *exc) -> None:
         with signals_deferred():
             for scratch in self.servers.values():
                 self._finish(scratch)
-            if self.ephemeral is not None:
-                self._finish_ephemeral()
+            for ephemeral in self.ephemerals.values():
+                self._finish_ephemeral(ephemeral)
 
     def _finish(self, scratch: TargetScratch) -> None:
         for name in scratch.claimed:
@@ -181,15 +219,15 @@ class Scratches:
         else:
             scratch.server.drop(name, scratch.drill_id)
 
-    def _finish_ephemeral(self) -> None:
+    def _finish_ephemeral(self, ephemeral: EphemeralScratch) -> None:
         try:
-            self.ephemeral.finish()
+            ephemeral.finish()
         except Exception as exc:  # noqa: BLE001 - as above
             self._cleanup_failed(
-                f"scratch cluster {self.ephemeral.directory} could not be removed: {exc}"
+                f"scratch cluster {ephemeral.directory} could not be removed: {exc}"
             )
         if self.plan.keep:
-            self.kept.append(f"kept scratch cluster {self.ephemeral.directory} (server running)")
+            self.kept.append(f"kept scratch cluster {ephemeral.directory} (server running)")
 
     def _cleanup_failed(self, message: str) -> None:
         hint = "remove it by hand, or run 'drbackup drill cleanup'"

@@ -1,8 +1,9 @@
 """The health report: per target, is there a recent enough backup, and a recent passing drill?
 
 Facts come from the **repository** (the source of truth: manifests and drill reports) and
-the catalog (the runs history).  :func:`gather_report` does the reading;
-:func:`evaluate_target` applies the rules, without I/O, so they are tested on synthetic data.
+the catalog (the runs history); ``actions/report.py`` reads them.  This module applies the
+rules (:func:`evaluate_target`, :func:`build_report`) without I/O, so they are tested on
+synthetic data.
 
 Rules per target (the worst finding is the target's status)::
 
@@ -32,12 +33,10 @@ its exit code follows the nagios convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKN
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import IntEnum
 
-from drbackup.errors import DrbackupError, EncryptionKeyError, StorageUnreachableError
 from drbackup.units import human_size
 
 DRILL_MAX_AGE = timedelta(days=35)
@@ -372,203 +371,3 @@ def human_age(value: timedelta) -> str:
         if count or (unit == "s" and not parts):
             parts.append(f"{count}{unit}")
     return "".join(parts[:2])
-
-
-# -- reading the facts ------------------------------------------------------------------------
-
-
-def gather_report(
-    app, targets: list[str] | None = None, now: datetime | None = None
-) -> HealthReport:
-    """Read the repository and the catalog for ``targets`` (default: every target)."""
-    now = now or datetime.now(UTC)
-    names = targets or list(app.config.targets)
-    configs = {name: app.config.target(name) for name in names}
-    facts = [TargetFacts(name, type(cfg).kind, cfg.rpo, cfg.rto) for name, cfg in configs.items()]
-    repository, repo = _open_repository(app)
-    if repo is None:
-        return build_report(repository, facts, now)
-    catalog = _catalog(app)
-    damaged = _damaged_backups(catalog)
-    try:
-        for fact in facts:
-            _read_backups(repo, fact, damaged)
-            if fact.kind == "postgres":
-                _read_wal(app, repo, fact)
-            fact.drills = read_drills(repo, fact.name)
-            _read_runs(catalog, fact, now)
-        repository.size = repo.stored_bytes()
-    except DrbackupError as exc:  # lost the repository half-way
-        repository.reachable, repository.error = False, exc.message
-    return build_report(repository, facts, now)
-
-
-def _open_repository(app):
-    url = _safe_url(app)
-    try:
-        repo = app.repository()
-    except EncryptionKeyError as exc:
-        return RepositoryFacts(url, True, exc.message, wrong_key=True), None
-    except DrbackupError as exc:
-        return RepositoryFacts(url, False, exc.message), None
-    return RepositoryFacts(repo.url, True, id=repo.id), repo
-
-
-def _safe_url(app) -> str:
-    try:
-        return app.storage.url
-    except DrbackupError:
-        return str(app.config.repository.url)
-
-
-def _catalog(app):
-    try:
-        return app.catalog
-    except DrbackupError:
-        return None
-
-
-def _damaged_backups(catalog) -> set[str]:
-    if catalog is None:
-        return set()
-    with contextlib.suppress(DrbackupError):
-        return {b.backup_id for b in catalog.list_backups() if b.status != "ok"}
-    return set()
-
-
-def _read_backups(repo, fact: TargetFacts, damaged: set[str]) -> None:
-    refs = repo.list_refs(fact.name)
-    fact.restore_points = len(refs)
-    fact.newest = _first_readable(repo, reversed(refs), fact, damaged)
-    fact.oldest = _first_readable(repo, refs, fact, set()) if refs else None
-
-
-def _first_readable(repo, refs, fact: TargetFacts, skip: set[str]) -> BackupFact | None:
-    from drbackup.catalog.summary import parse_time
-
-    for ref in refs:
-        if ref.backup_id in skip:
-            continue
-        try:
-            m = repo.load_manifest(ref)
-        except StorageUnreachableError:
-            raise  # the storage is failing now: nothing is known about this manifest
-        except DrbackupError as exc:
-            if f"{ref.backup_id}: {exc.message}" not in fact.unreadable:
-                fact.unreadable.append(f"{ref.backup_id}: {exc.message}")
-            continue
-        point = parse_time(m.recovery_point or m.started_at, ref.manifest_key)
-        return BackupFact(m.backup_id, point, m.size, m.stored_size)
-    return None
-
-
-def _read_wal(app, repo, fact: TargetFacts) -> None:
-    """The WAL facts of a target that archives WAL (none for dumps-only targets)."""
-    from drbackup.actions.wal_check import analyze_archive, measure_lag
-
-    try:
-        status = analyze_archive(repo, fact.name)
-    except DrbackupError as exc:
-        fact.wal_error = exc.message
-        return
-    if status.cluster is None:
-        return
-    measure_lag(app, fact.name, status)
-    fact.wal = WalFacts(
-        status.cluster,
-        status.oldest,
-        status.newest,
-        tuple(status.gaps),
-        tuple(status.breaks),
-        status.lag_seconds,
-        status.lag_bytes,
-        status.lag_error,
-        status.base_backups,
-        status.restorable,
-        status.slot.to_dict() if status.slot else None,
-        status.slot_max_retained,
-    )
-
-
-def read_drills(repo, target: str, limit: int = TREND_DRILLS) -> list[DrillFact]:
-    """The target's drills from its reports in the repository: the newest ``limit``, plus
-    the newest passing one if older, oldest first.  Unreadable reports are skipped."""
-    try:
-        from drbackup.drill.history import history_entries
-    except ImportError:  # drills not installed: no drill facts
-        return []
-    keys = repo.report_keys(target, newest_first=True)
-    found: list[DrillFact] = []
-    for key in keys:
-        if len(found) >= limit and any(d.passed for d in found):
-            break
-        try:
-            report = repo.get_document(key)
-        except StorageUnreachableError:
-            raise
-        except DrbackupError:
-            continue
-        found += [_drill_fact(e) for e in history_entries(report) if e["target"] == target]
-    return sorted(found, key=lambda d: (d.started_at, d.drill_id))
-
-
-def _drill_fact(entry: dict) -> DrillFact:
-    started = datetime.fromisoformat(entry["started_at"])
-    return DrillFact(
-        drill_id=entry["drill_id"],
-        started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
-        status=entry["status"],
-        restore_s=entry.get("total_s"),
-        failed_checks=tuple(entry.get("failed") or ()),
-        backup_id=entry.get("backup_id"),
-    )
-
-
-def _read_runs(catalog, fact: TargetFacts, now: datetime) -> None:
-    """The target's failed, interrupted and refused runs of the last 24 hours (failed_runs
-    None when the catalog cannot be read)."""
-    if catalog is None:
-        fact.failed_runs = None
-        return
-    try:
-        runs = catalog.runs(since=now - FAILED_RUNS_WINDOW, target=fact.name)
-    except DrbackupError:
-        fact.failed_runs = None
-        return
-    by_status: dict[str, list[str]] = {"failed": [], "interrupted": [], "refused": []}
-    for r in runs:
-        if r.kind != "job" and r.status in by_status:  # job rows summarise these same runs
-            text = r.error or ("no message" if r.status == "failed" else r.status)
-            by_status[r.status].append(f"{r.kind} at {r.started_at:%Y-%m-%d %H:%M}Z: {text}")
-    fact.failed_runs = by_status["failed"]
-    fact.interrupted_runs = by_status["interrupted"]
-    fact.refused_runs = by_status["refused"]
-
-
-# -- report, write, notify (what `drbackup report` and the daemon's report job do) ---------
-
-
-def report_and_notify(
-    app,
-    *,
-    targets: list[str] | None = None,
-    fmt: str = "text",
-    output: str | None = None,
-    notify: str = "never",
-) -> HealthReport:
-    """Gather the report; write it to ``output`` (atomically) in ``fmt``; notify when
-    ``notify`` is ``always``, or ``problems`` and the status is not OK (nothing when no
-    destination is configured: the daemon's default schedule works without one).
-
-    Raises NotifyError if a configured destination failed (after trying all of them).
-    """
-    from drbackup.report import notify as notifications
-    from drbackup.report.render import render, write_atomic
-
-    report = gather_report(app, targets)
-    if output:
-        write_atomic(output, render(report, fmt))
-    destinations = notifications.destinations_from_config(app.config)
-    if destinations and (notify == "always" or (notify == "problems" and report.exit_code)):
-        notifications.send_report(destinations, report)
-    return report

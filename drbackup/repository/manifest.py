@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from drbackup.codec.pipeline import ObjectRecord
 from drbackup.errors import IntegrityError
+from drbackup.times import parse_iso_time
 
 MANIFEST_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
@@ -171,6 +172,30 @@ class Manifest:
     @property
     def stored_size(self) -> int:
         return sum(i.stored_size for i in self.items)
+
+    # The timestamps as datetimes (the strings above are what the manifest stores); each
+    # raises IntegrityError naming the manifest for one that does not parse.
+
+    @property
+    def started_time(self) -> datetime:
+        return self._time(self.started_at)
+
+    @property
+    def finished_time(self) -> datetime:
+        return self._time(self.finished_at)
+
+    @property
+    def recovery_time(self) -> datetime | None:
+        """The recovery point; None for a backup that records none."""
+        return self._time(self.recovery_point) if self.recovery_point else None
+
+    def _time(self, text: str) -> datetime:
+        try:
+            return parse_iso_time(text)
+        except ValueError:
+            raise IntegrityError(
+                f"{self.ref.manifest_key}: bad timestamp {text!r} in manifest"
+            ) from None
 
     def item(self, name: str) -> Item:
         for it in self.items:

@@ -26,12 +26,10 @@ streamed, from start until the in-flight runs are done at stop.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -39,58 +37,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from drbackup.actions.context import AppContext
-from drbackup.catalog.models import RUN_FAILED, RUN_INTERRUPTED, RUN_OK, RUN_REFUSED
-from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError, shareable
+from drbackup.actions.runs import RUN_FAILED, RUN_OK, RUN_REFUSED, CatalogIndex
+from drbackup.config import Config
+from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
+from drbackup.scheduler.attempts import TargetRuns
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
+from drbackup.scheduler.logs import emit
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 from drbackup.scheduler.streams import WalStreams
 
-log = logging.getLogger("drbackup.daemon")
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
-
-
-# -- structured logs ----------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, then the record's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", None) or record.name,
-        }
-        if not hasattr(record, "event"):  # a library's record (apscheduler)
-            entry["message"] = record.getMessage()
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info and record.levelno >= logging.ERROR:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, sort_keys=False)
-
-
-def setup_logging(stream=None, level: int = logging.INFO) -> logging.Handler:
-    """Send ``drbackup.*`` and ``apscheduler`` logs as JSON lines to ``stream`` (stderr)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    for name, lvl in (("drbackup", level), ("apscheduler", logging.WARNING)):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.setLevel(lvl)
-        logger.propagate = False
-    return handler
-
-
-def emit(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log ``event`` with ``fields`` (job, target, run_id, duration_s, error, ...)."""
-    fields = {k: v for k, v in fields.items() if v is not None}
-    log.log(level, event, extra={"event": event, "fields": fields})
 
 
 # -- the daemon ---------------------------------------------------------------------------
@@ -101,7 +64,7 @@ class Daemon:
 
     def __init__(
         self,
-        config,
+        config: Config,
         schedules_dir: str,
         *,
         listen: str | None = None,
@@ -125,6 +88,8 @@ class Daemon:
         )
         self._coord: Coordinator | None = None
         self.streams: WalStreams | None = None  # WAL streaming (scheduler/streams.py)
+        self.index = CatalogIndex(lambda: self.app.catalog, self._catalog_warning)
+        self.targets: TargetRuns | None = None  # with the runner (_make_runner)
         self._catalog_lock: CatalogLock | None = None
         self._job_locks = LocalLocks()
         self._stopping = threading.Event()
@@ -156,13 +121,15 @@ class Daemon:
     def _make_runner(self, schedule: Schedule):
         if self.runner is None:
             modules = {jobkinds.REGISTRY[j.kind].module for j in schedule.jobs} | {
-                "drbackup.report.health",
-                "drbackup.report.render",
+                "drbackup.actions.report",
                 "drbackup.drill.report",
                 "drbackup.drill.history",
                 "psycopg",
             }
             self.runner = jobkinds.ProcessRunner(preload=sorted(modules))
+        self.targets = TargetRuns(
+            self.config, self.runner, self.metrics, self.index, self._stopping, self._cancel_at
+        )
         return self.runner
 
     def lock_catalog(self) -> None:
@@ -172,7 +139,7 @@ class Daemon:
         second daemon never marks the first one's live runs abandoned.
         """
         if self._catalog_lock is None:
-            self._catalog_lock = CatalogLock.for_catalog(self.app.catalog.engine)
+            self._catalog_lock = CatalogLock.for_catalog(self.app.catalog)
         if self._catalog_lock is not None:
             self._catalog_lock.acquire()
 
@@ -340,9 +307,9 @@ class Daemon:
                 }
             elif jobkinds.REGISTRY[job.kind].per_target:
                 for target in job.targets:
-                    results[target] = self._run_target(job, target, held, run_id)
+                    results[target] = self.targets.run(job, target, held, run_id)
             else:
-                results["(all)"] = self._run_target(job, None, None, run_id)
+                results["(all)"] = self.targets.run(job, None, None, run_id)
         return self._finish(job, run_id, results, started)
 
     def _finish(self, job: Job, run_id: int, results: dict, started: float) -> str:
@@ -352,17 +319,8 @@ class Daemon:
         status = RUN_FAILED if failed else RUN_OK
         error = "; ".join(f"{t}: {e}" for t, e in failed.items()) or None
         duration = time.monotonic() - started
-        with contextlib.suppress(DrbackupError):
-            self.app.catalog.finish_run(
-                run_id,
-                status,
-                error=error,
-                details={
-                    "results": results,
-                    "duration_s": round(duration, 3),
-                    "replica": self.replica,
-                },
-            )
+        details = {"results": results, "duration_s": round(duration, 3), "replica": self.replica}
+        self.index(lambda catalog: catalog.finish_run(run_id, status, error=error, details=details))
         self.metrics.job_runs.labels(job=job.name, status=status).inc()
         level = logging.INFO if status == RUN_OK else logging.ERROR
         emit(
@@ -380,118 +338,19 @@ class Daemon:
         return status
 
     def _notify_failure(self, job: Job, error: str) -> None:
-        from drbackup.report import notify
-
-        destinations = notify.destinations_from_config(self.config)
-        if not destinations or not notify.notify_failures(self.config):
-            return
+        from drbackup.actions.report import notify_failure
 
         def send() -> None:
             try:
-                notify.send(destinations, notify.failure_message(job.name, job.kind, error))
+                notify_failure(self.config, job.name, job.kind, error)
             except DrbackupError as exc:
                 emit("notify_failed", logging.ERROR, job=job.name, error=exc.message)
 
         threading.Thread(target=send, name="notify", daemon=True).start()
 
-    def _run_target(self, job: Job, target: str | None, held, run_id: int) -> dict:
-        try:
-            lock = held.target(target, job.timeout) if held and target else contextlib.nullcontext()
-            with lock:
-                return self._attempts(job, target, run_id)
-        except LockedError as exc:
-            return self._refused(job, target, run_id, exc.message, attempt=None)
-
-    def _refused(self, job: Job, target: str | None, run_id: int, error: str, attempt) -> dict:
-        """A run declined because another run held its target's lock (not a failure)."""
-        self.metrics.record_refusal(job.kind, target or "(all)")
-        emit(
-            "run_refused",
-            logging.WARNING,
-            job=job.name,
-            target=target,
-            run_id=run_id,
-            attempt=attempt,
-            error=error,
-        )
-        return {"status": RUN_REFUSED, "error": error, "attempts": attempt or 0}
-
-    def _attempts(self, job: Job, target: str | None, run_id: int) -> dict:
-        label = target or "(all)"
-        attempts = job.retry.attempts
-        for attempt in range(1, attempts + 1):
-            started, wall = time.monotonic(), datetime.now(UTC)
-            try:
-                outcome = self.runner.run(self.config, job, target, job.timeout, self._cancel_at)
-            except jobkinds.ActionError as exc:
-                if exc.kind == LockedError.__name__:  # the action's own lock: final, no retry
-                    self._record_target_run(job, target, wall, RUN_REFUSED, exc)
-                    return self._refused(job, target, run_id, exc.message, attempt)
-                duration = time.monotonic() - started
-                abandoned = isinstance(exc, jobkinds.ActionAbandoned)
-                final = attempt == attempts or abandoned
-                self.metrics.record_failure(job.kind, label, duration, final=final)
-                self.metrics.record_drill(job.kind, label, exc.details)
-                self.metrics.record_wal(job.kind, label, exc.details)
-                status = RUN_INTERRUPTED if abandoned else RUN_FAILED
-                self._record_target_run(job, target, wall, status, exc)
-                emit(
-                    "run_failed",
-                    logging.ERROR,
-                    job=job.name,
-                    target=target,
-                    run_id=run_id,
-                    attempt=attempt,
-                    attempts=attempts,
-                    duration_s=round(duration, 3),
-                    error=exc.message,
-                    error_kind=exc.kind,
-                    traceback=getattr(exc, "traceback", None),
-                )
-                if final or self._stopping.wait(job.retry.delay(attempt)):
-                    # recorded in the catalog and sent to chat: without object keys
-                    return {"status": "failed", "error": shareable(exc), "attempts": attempt}
-                continue
-            duration = time.monotonic() - started
-            self.metrics.record_success(job.kind, label, duration, outcome, time.time())
-            self._record_target_run(job, target, wall, RUN_OK, None, outcome)
-            emit(
-                "run_ok",
-                job=job.name,
-                target=target,
-                run_id=run_id,
-                attempt=attempt,
-                duration_s=round(duration, 3),
-                backup_id=outcome.backup_id,
-                stored_bytes=outcome.stored_bytes,
-            )
-            return {
-                **_small(outcome.details),
-                "status": "ok",
-                "attempts": attempt,
-                "backup_id": outcome.backup_id,
-                "duration_s": round(duration, 3),
-            }
-        raise AssertionError("unreachable")
-
-    def _record_target_run(self, job, target, started, status, exc, outcome=None) -> None:
-        """Per-target runs rows for kinds whose actions do not record their own, and for
-        runs the daemon had to SIGKILL (the action could not record those)."""
-        spec = jobkinds.REGISTRY[job.kind]
-        killed = exc is not None and not exc.unwound  # SIGKILLed: it could not record
-        if target is None or (spec.records_runs and not killed):
-            return
-        with contextlib.suppress(Exception):  # the catalog is an index: never stops the daemon
-            self.app.catalog.record_run(
-                job.kind,
-                target,
-                started,
-                datetime.now(UTC),
-                status,
-                error=shareable(exc) if exc else None,
-                backup_id=outcome.backup_id if outcome else None,
-                details={"job": job.name, **(_small(outcome.details) if outcome else {})},
-            )
+    @staticmethod
+    def _catalog_warning(text: str) -> None:
+        emit("catalog_warning", logging.WARNING, error=text)
 
     def _cancel_at(self) -> float | None:
         return self._stop_at
@@ -580,7 +439,7 @@ class Daemon:
         if self._stop_at is None:
             self._stop_at = time.monotonic() + self.grace
         self._stopping.set()
-        with contextlib.suppress(Exception):  # stopping: a scheduler already shut down is fine
+        with contextlib.suppress(SchedulerNotRunningError):  # stopped before it started
             self.scheduler.shutdown(wait=False)
         bound = self._stop_at + jobkinds.ABORT_GRACE + 5
         with self._idle:
@@ -619,10 +478,6 @@ def _jitter(job: Job) -> float:
     import random
 
     return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
-
-
-def _small(details: dict) -> dict:
-    return {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | None)}
 
 
 def _next_fire(aps) -> str | None:

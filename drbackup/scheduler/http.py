@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from drbackup.errors import UsageError
+from drbackup.times import parse_iso_time
 
 # 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
 # default; the container image sets DRBACKUP_LISTEN=0.0.0.0:9612 so the port is reachable there.
@@ -38,7 +39,14 @@ class Metrics:
     """Every series the daemon exports, in a registry of its own."""
 
     def __init__(self):
-        self.registry = r = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._run_series(self.registry)
+        self._drill_and_job_series(self.registry)
+        self._repository_series(self.registry)
+        self._wal_series(self.registry)
+        self._stream_series(self.registry)
+
+    def _run_series(self, r: CollectorRegistry) -> None:
         kt = ["kind", "target"]
         self.last_success = Gauge(
             "drbackup_last_success_timestamp_seconds",
@@ -65,6 +73,8 @@ class Metrics:
         self.failures = Counter(
             "drbackup_run_failures", "Failed action attempts (timeouts included)", kt, registry=r
         )
+
+    def _drill_and_job_series(self, r: CollectorRegistry) -> None:
         self.drill_passed = Gauge(
             "drbackup_drill_passed",
             "1 if the last drill passed, 0 if it failed",
@@ -86,12 +96,21 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def _repository_series(self, r: CollectorRegistry) -> None:
         self.repo_size = Gauge(
             "drbackup_repository_size_bytes", "Bytes stored in the repository", registry=r
         )
         self.repo_up = Gauge(
             "drbackup_repository_up", "1 if the last repository probe succeeded", registry=r
         )
+        self.schedules_loaded = Gauge(
+            "drbackup_schedules_loaded_timestamp_seconds",
+            "When schedules were last loaded",
+            registry=r,
+        )
+
+    def _wal_series(self, r: CollectorRegistry) -> None:
         self.wal_window = Gauge(
             "drbackup_wal_window_timestamp_seconds",
             "Restorable window of base backups and WAL: its oldest and newest second",
@@ -110,14 +129,8 @@ class Metrics:
             ["target"],
             registry=r,
         )
-        self._stream_metrics(r)
-        self.schedules_loaded = Gauge(
-            "drbackup_schedules_loaded_timestamp_seconds",
-            "When schedules were last loaded",
-            registry=r,
-        )
 
-    def _stream_metrics(self, r: CollectorRegistry) -> None:
+    def _stream_series(self, r: CollectorRegistry) -> None:
         self.stream_up = Gauge(
             "drbackup_wal_stream_up",
             "1 while this replica's pg_receivewal streams the target's WAL",
@@ -205,13 +218,11 @@ class Metrics:
         """The window, lag and gaps a wal-check run found (its details: WalStatus.to_dict)."""
         if kind != "wal-check" or "window" not in details:
             return
-        from datetime import datetime
-
         for edge in ("oldest", "newest"):
             value = details["window"].get(edge)
             if value:
                 self.wal_window.labels(target=target, edge=edge).set(
-                    datetime.fromisoformat(value).timestamp()
+                    parse_iso_time(value).timestamp()
                 )
         if details.get("lag_seconds") is not None:
             self.wal_lag.labels(target=target).set(details["lag_seconds"])

@@ -30,9 +30,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drbackup.errors import CheckFailedError, ConfigError, DrbackupError, UsageError
+
+if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
+    from drbackup.drill.record import DrillReport
+    from drbackup.scheduler.schedule import Job
 
 # Imported once by the fork server: each worker starts with them loaded.
 PRELOAD = [
@@ -57,6 +62,7 @@ class Outcome:
     source_bytes: int | None = None
     stored_bytes: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the action's AppContext.warnings
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def check_available(kinds) -> None:
 
 
 @register("backup", "drbackup.actions.backup_postgres", records_runs=True)
-def run_backup(app, job, target: str) -> Outcome:
+def run_backup(app: AppContext, job: Job, target: str) -> Outcome:
     """The kinds the target's ``backup_kinds`` names: logical (pg_dump), physical (a base
     backup), in that order; the outcome is the last one's."""
     kinds = getattr(app.config.target(target), "backup_kinds", ["logical"])
@@ -129,7 +135,7 @@ def run_backup(app, job, target: str) -> Outcome:
 
 
 @register("wal-check", "drbackup.actions.wal_check", records_runs=True)
-def run_wal_check(app, job, target: str) -> Outcome:
+def run_wal_check(app: AppContext, job: Job, target: str) -> Outcome:
     """The WAL archive's continuity, window and lag: /metrics shows them; a gap fails."""
     from drbackup.actions.wal_check import check_wal
 
@@ -143,29 +149,29 @@ def run_wal_check(app, job, target: str) -> Outcome:
 
 
 @register("snapshot", "drbackup.actions.snapshot_minio", records_runs=True)
-def run_snapshot(app, job, target: str) -> Outcome:
+def run_snapshot(app: AppContext, job: Job, target: str) -> Outcome:
     from drbackup.actions.snapshot_minio import snapshot_target
 
     return _manifest_outcome(snapshot_target(app, target))
 
 
 @register("drill", "drbackup.actions.drill", records_runs=True)
-def run_drill(app, job, target: str) -> Outcome:
+def run_drill(app: AppContext, job: Job, target: str) -> Outcome:
     from drbackup.actions.drill import plan_for, run_drill
     from drbackup.drill.report import failure_summary
 
     plan = plan_for(app, job.spec.args().get("plan"), (target,))
     result = run_drill(app, plan)
-    outcome = drill_outcome(result.report, target)
+    outcome = drill_outcome(result.record, target)
     if result.failed:
-        error = CheckFailedError(failure_summary(result.report))
+        error = CheckFailedError(failure_summary(result.record))
         error.details = outcome.details  # the verdict still reaches the metrics
         raise error
     return outcome
 
 
 @register("prune", "drbackup.actions.prune", per_target=False, records_runs=True)
-def run_prune(app, job, target: None) -> Outcome:
+def run_prune(app: AppContext, job: Job, target: None) -> Outcome:
     from drbackup.actions.prune import prune_targets
 
     names = None if job.spec.targets == "all" else list(job.targets)
@@ -181,11 +187,11 @@ def run_prune(app, job, target: None) -> Outcome:
         for key, value in result.counts().items():
             if isinstance(value, int):
                 counts[key] = counts.get(key, 0) + value
-    return Outcome(details=counts)
+    return Outcome(details=counts, warnings=list(report.warnings))  # the catalog's, links
 
 
 @register("verify", "drbackup.actions.repository")
-def run_verify(app, job, target: str) -> Outcome:
+def run_verify(app: AppContext, job: Job, target: str) -> Outcome:
     from drbackup.actions.repository import verify_backup
 
     refs = app.repository().list_refs(target)
@@ -199,9 +205,9 @@ def run_verify(app, job, target: str) -> Outcome:
     )
 
 
-@register("report", "drbackup.report.health", per_target=False)
-def run_report(app, job, target: None) -> Outcome:
-    from drbackup.report.health import report_and_notify
+@register("report", "drbackup.actions.report", per_target=False)
+def run_report(app: AppContext, job: Job, target: None) -> Outcome:
+    from drbackup.actions.report import report_and_notify
 
     args = job.spec.args()
     report = report_and_notify(
@@ -222,20 +228,19 @@ def _manifest_outcome(manifest) -> Outcome:
     )
 
 
-def drill_outcome(report: dict, target: str) -> Outcome:
+def drill_outcome(report: DrillReport, target: str) -> Outcome:
     """Pass/fail and restore seconds of ``target`` in a drill report."""
-    from drbackup.drill.history import history_entries
-
-    entry = next((e for e in history_entries(report) if e["target"] == target), None)
-    if entry is None:
-        return Outcome(details={"drill_id": report.get("drill_id"), "passed": False})
+    drilled = report.target(target)
+    if drilled is None:
+        return Outcome(details={"drill_id": report.drill_id, "passed": False})
+    status = drilled.status or report.status
     details = {
-        "drill_id": entry["drill_id"],
-        "passed": entry["status"] != "fail",
-        "drill_status": entry["status"],
-        "rto_seconds": entry["total_s"],
+        "drill_id": report.drill_id,
+        "passed": status != "fail",
+        "drill_status": status,
+        "rto_seconds": drilled.timings.total_s if drilled.timings else None,
     }
-    return Outcome(backup_id=entry["backup_id"], details=details)
+    return Outcome(backup_id=drilled.backup_id, details=details)
 
 
 # -- the worker process -------------------------------------------------------------------
@@ -259,6 +264,7 @@ class ActionError(DrbackupError):
         self.unwound = True  # the action ran its own error handling (recorded its run)
         self.traceback: str | None = None
         self.details: dict = {}  # what the action found before failing (a drill's verdict)
+        self.warnings: list[str] = []  # the action's AppContext.warnings (a catalog write)
 
 
 class ActionTimeout(ActionError):
@@ -300,6 +306,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
     app = AppContext(config)
     try:
         outcome = adapter(app, job, target)
+        outcome.warnings = [*outcome.warnings, *app.warnings]
         conn.send(("ok", outcome))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records it
         info = {
@@ -307,6 +314,7 @@ def _child_main(conn, alive, config, job, target, adapter) -> None:
             "message": getattr(exc, "message", None) or str(exc) or type(exc).__name__,
             "hint": getattr(exc, "hint", None),
             "redacted": getattr(exc, "redacted", None),  # what the catalog and chat get
+            "warnings": app.warnings,
         }
         if not isinstance(exc, DrbackupError | Cancelled):
             info["traceback"] = traceback.format_exc(limit=8)
@@ -407,6 +415,7 @@ def _result(message) -> Outcome:
     )
     error.traceback = payload.get("traceback")
     error.details = payload.get("details") or {}
+    error.warnings = payload.get("warnings") or []
     raise error
 
 
@@ -418,16 +427,21 @@ class InlineRunner:
 
         app = AppContext(config)
         try:
-            return REGISTRY[job.kind].adapter(app, job, target)
+            outcome = REGISTRY[job.kind].adapter(app, job, target)
         except DrbackupError as exc:
-            raise ActionError(
+            error = ActionError(
                 exc.message, kind=type(exc).__name__, hint=exc.hint, redacted=exc.redacted
-            ) from exc
+            )
+            error.warnings = app.warnings
+            raise error from exc
+        else:
+            outcome.warnings = [*outcome.warnings, *app.warnings]
+            return outcome
         finally:
             _close_catalog(app)
 
 
-def _close_catalog(app) -> None:
+def _close_catalog(app: AppContext) -> None:
     catalog = app.__dict__.get("catalog")  # only if the action opened it
     if catalog is not None:
         with contextlib.suppress(Exception):  # closing at exit: nothing to report

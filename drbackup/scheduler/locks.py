@@ -1,6 +1,7 @@
 """Never two runs of one job or of one target at once, in one daemon or across replicas.
 
-Three mechanisms, each for one race:
+Four mechanisms, each for one race (the rows and the SQL are the catalog's,
+``catalog/jobs.py``; this module decides with its verbs):
 
 * **Claims** (:meth:`Coordinator.claim`): a job run is a row in the catalog's ``runs``
   table (``kind='job'``, ``target=<job name>``, ``started_at=<scheduled fire time>``).  A
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -38,21 +38,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
-
-from drbackup.catalog.models import RUN_FAILED, RUN_RUNNING, RunRow
+from drbackup.catalog.jobs import JOB_RUN_KIND as JOB_RUN_KIND  # where tests and tools find it
+from drbackup.catalog.jobs import JobRuns, LockTimeout, SessionLocks
 from drbackup.errors import ConfigError, LockedError
 
-JOB_RUN_KIND = "job"  # runs rows that record scheduled job runs (target = the job's name)
-
-
-def lock_key(*parts: str) -> int:
-    """A signed 64-bit advisory lock key for ``parts`` (stable across processes and hosts)."""
-    digest = hashlib.sha256("\0".join(("drbackup", *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+if TYPE_CHECKING:
+    from drbackup.catalog import Catalog
 
 
 class LocalLocks:
@@ -68,103 +61,40 @@ class LocalLocks:
 
 
 class Coordinator:
-    """Claims, target locks and liveness over the catalog's database."""
+    """Claims, target locks and liveness over the catalog (its verbs: ``catalog/jobs.py``)."""
 
-    def __init__(self, catalog, replica: str):
-        self.catalog = catalog
+    def __init__(self, catalog: Catalog, replica: str):
+        self.runs = JobRuns(catalog)
         self.replica = replica
-        self.shared = catalog.engine.dialect.name == "postgresql"
-        self._claim_lock = threading.Lock()
+        self.shared = self.runs.shared
         self.targets = LocalLocks()
-
-    # --- claims ------------------------------------------------------------------------
 
     def claim(self, job: str, fire_time: datetime, details: dict) -> int | None:
         """Record the run of ``job`` for ``fire_time`` unless one exists; its id, or None."""
         fire = fire_time.astimezone(UTC).replace(microsecond=0)
-        guard = contextlib.nullcontext() if self.shared else self._claim_lock
-        with guard, Session(self.catalog.engine) as session, session.begin():
-            if self.shared:
-                key = lock_key("claim", job, fire.isoformat())
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-            taken = session.scalar(
-                select(RunRow.id).where(
-                    RunRow.kind == JOB_RUN_KIND, RunRow.target == job, RunRow.started_at == fire
-                )
-            )
-            if taken is not None:
-                return None
-            row = RunRow(
-                kind=JOB_RUN_KIND,
-                target=job,
-                started_at=fire,
-                status=RUN_RUNNING,
-                details={**details, "replica": self.replica},
-            )
-            session.add(row)
-            session.flush()
-            return row.id
+        return self.runs.claim(job, fire, {**details, "replica": self.replica})
 
     def last_fire(self, job: str) -> datetime | None:
         """The scheduled time of the latest recorded run of ``job`` (any status), or None."""
-        with Session(self.catalog.engine) as session:
-            query = select(func.max(RunRow.started_at)).where(
-                RunRow.kind == JOB_RUN_KIND, RunRow.target == job
-            )
-            value = session.scalar(query)
-        if value is not None and value.tzinfo is None:  # max() bypasses the type on SQLite
-            value = value.replace(tzinfo=UTC)
-        return value
-
-    # --- holding a run -------------------------------------------------------------------
+        return self.runs.last_fire(job)
 
     @contextlib.contextmanager
     def hold_run(self, run_id: int) -> Iterator[HeldRun]:
         """Hold the liveness lock of ``run_id`` (PostgreSQL) for the block."""
-        if not self.shared:
-            yield HeldRun(self, None)
-            return
-        conn = self.catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key("run", str(run_id))})
-            yield HeldRun(self, conn)
-        finally:
-            with contextlib.suppress(
-                Exception
-            ):  # a broken connection: the server releases its locks
-                conn.execute(text("SELECT pg_advisory_unlock_all()"))
-            conn.close()
-
-    # --- recovery ------------------------------------------------------------------------
+        with self.runs.hold(run_id) as session:
+            yield HeldRun(self, session)
 
     def recover_abandoned(self) -> list[int]:
         """Mark ``running`` job rows whose daemon is gone as failed; their ids."""
-        rows = self.catalog.runs(kind=JOB_RUN_KIND, status=RUN_RUNNING)
-        abandoned = [row.id for row in rows if not self._alive(row.id)]
-        for run_id in abandoned:
-            self.catalog.finish_run(
-                run_id, RUN_FAILED, error="abandoned: the daemon running it stopped"
-            )
-        return abandoned
-
-    def _alive(self, run_id: int) -> bool:
-        if not self.shared:
-            return False
-        key = lock_key("run", str(run_id))
-        with self.catalog.engine.connect() as conn:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.rollback()
-        return not got
+        return self.runs.abandon_dead()
 
 
 class HeldRun:
     """A claimed run being executed: takes target locks for its action runs."""
 
-    def __init__(self, coordinator: Coordinator, conn):
+    def __init__(self, coordinator: Coordinator, session: SessionLocks | None):
         self._coord = coordinator
-        self._conn = conn
+        self._session = session
 
     @contextlib.contextmanager
     def target(self, name: str, timeout: float) -> Iterator[None]:
@@ -177,32 +107,18 @@ class HeldRun:
         if not local.acquire(timeout=max(timeout, 0.001)):
             raise _busy(name)
         try:
-            if self._conn is not None:
-                self._lock_shared(name, deadline)
+            if self._session is not None:
+                try:
+                    self._session.lock_target(name, deadline)
+                except LockTimeout:
+                    raise _busy(name) from None
             try:
                 yield
             finally:
-                if self._conn is not None:
-                    key = lock_key("target", name)
-                    with contextlib.suppress(
-                        Exception
-                    ):  # a broken connection: the server releases its locks
-                        self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                if self._session is not None:
+                    self._session.unlock_target(name)
         finally:
             local.release()
-
-    def _lock_shared(self, name: str, deadline: float) -> None:
-        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        try:
-            self._conn.execute(text(f"SET lock_timeout = {remaining_ms}"))
-            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key("target", name)})
-        except (OperationalError, DBAPIError) as exc:
-            if "lock timeout" in str(exc).lower() or "lock_timeout" in str(exc).lower():
-                raise _busy(name) from None
-            raise
-        finally:
-            with contextlib.suppress(Exception):  # a broken connection is closed next
-                self._conn.execute(text("RESET lock_timeout"))
 
 
 def _busy(name: str) -> LockedError:
@@ -227,13 +143,11 @@ class CatalogLock:
         self._fd: int | None = None
 
     @classmethod
-    def for_catalog(cls, engine) -> CatalogLock | None:
-        """The lock for ``engine``'s SQLite file; None for PostgreSQL (replicas coordinate
+    def for_catalog(cls, catalog: Catalog) -> CatalogLock | None:
+        """The lock for the catalog's SQLite file; None for PostgreSQL (replicas coordinate
         with advisory locks) and for an in-memory SQLite database."""
-        url = engine.url
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return cls(url.database)
+        database = catalog.sqlite_file
+        return cls(database) if database is not None else None
 
     def acquire(self) -> None:
         """Take the lock or raise LockedError naming its holder; ConfigError if the lock

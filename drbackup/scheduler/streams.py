@@ -5,8 +5,8 @@ those whose ``backup_kinds`` include physical).
 
 Never two for one target.  On a PostgreSQL catalog a replica streams a target only while it
 holds the session advisory lock ``lock_key("wal-stream", <target>)`` on a catalog connection
-of its own (scheduler/locks.py for the other locks); the other replicas try again every
-``CLAIM_RETRY`` seconds and take over once the holder's session ends (its daemon stopped,
+of its own (``catalog.jobs.StreamClaim``); the other replicas try again every ``CLAIM_RETRY``
+seconds and take over once the holder's session ends (its daemon stopped,
 died, or lost the catalog).  The holder checks that connection every ``CLAIM_CHECK``
 seconds and stops streaming when it is gone, before another replica can start.  On SQLite
 (one daemon per catalog, ``CatalogLock``) the claim is this process's.  Beneath that, each
@@ -18,16 +18,13 @@ and releases the claims.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import text
-
+from drbackup.catalog.jobs import StreamClaim
 from drbackup.errors import DrbackupError
-from drbackup.scheduler.locks import lock_key
 
 CLAIM_RETRY = 5.0
 CLAIM_CHECK = 5.0
@@ -37,51 +34,6 @@ FAILED_RETRY = 30.0
 def streaming_targets(config) -> list[str]:
     """The postgres targets whose WAL the daemon streams."""
     return [name for name, cfg in config.postgres.items() if cfg.streams_wal]
-
-
-class StreamClaim:
-    """The right to stream one target (see the module docstring)."""
-
-    def __init__(self, engine, target: str):
-        self.engine, self.target = engine, target
-        self.shared = engine.dialect.name == "postgresql"
-        self._conn = None
-
-    def acquire(self) -> bool:
-        """Take it if free; False if another replica holds it.  Raises what the catalog
-        raises when unreachable."""
-        if not self.shared:
-            return True
-        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            key = lock_key("wal-stream", self.target)
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        except Exception:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
-
-    def alive(self) -> bool:
-        """True while the claim's session is alive (always on SQLite)."""
-        if self._conn is None:
-            return not self.shared
-        try:
-            self._conn.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - any failure means the lock may be gone
-            return False
-        return True
-
-    def release(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):  # a lost session has released its locks
-                conn.execute(text("SELECT pg_advisory_unlock_all()"))
-            with contextlib.suppress(Exception):  # the connection may be gone already
-                conn.close()
 
 
 class WalStreams:
@@ -113,7 +65,7 @@ class WalStreams:
     def _serve(self, target: str) -> None:
         waiting = False
         while not self._stop.is_set():
-            claim = StreamClaim(self.app.catalog.engine, target)
+            claim = StreamClaim(self.app.catalog, target)
             try:
                 held = claim.acquire()
             except Exception as exc:  # noqa: BLE001 - the catalog is down: try again later

@@ -284,8 +284,64 @@ def test_an_ephemeral_cluster_older_than_the_backup_is_refused_before_it_starts(
     assert result.code == 2
     assert result.error_lines[-2:] == [
         "drbackup: error: the ephemeral drill cluster would be PostgreSQL 9, older than the "
-        f"backup's server (PostgreSQL {major})",
-        f"hint: install postgresql-{major} (or newer; apt.postgresql.org has every major), "
-        "set DRBACKUP_PG_BIN to its bin directory, or drill on a server (scratch.server)",
+        f"backup's server (PostgreSQL {major}): install postgresql-{major}",
+        "hint: apt.postgresql.org carries every major; or set DRBACKUP_PG_BIN to its bin "
+        "directory, or drill on a server (scratch.server)",
     ]
     assert not base.exists()  # nothing was created
+
+
+def test_into_major_restores_into_exactly_that_major_or_is_refused(
+    local_repo_config, pg_db, run_cli, tmp_path
+):
+    """On the host's own major an upgrade rehearsal is a plain drill, recorded as a
+    rehearsal; a major not installed, an older one, or a scratch server of another major is
+    refused (exit 2) before anything is restored.  Into a newer major: tests/image."""
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    assert run_cli("backup", "postgres", "app").code == 0
+    major = pg_db.cluster.server_version_num // 10000
+    base = Path(tempfile.mkdtemp(prefix="drb-drill-"))  # short: the socket path
+    base.chmod(0o755)
+    plan = tmp_path / "same.yaml"
+    plan.write_text(
+        f"targets: [app]\nscratch: {{ephemeral: true, base_dir: {base}}}\n"
+        f"into_major: {major}\nreport: {{output: {tmp_path / 'r.json'}}}\n"
+    )
+    try:
+        result = run_cli("drill", "run", plan)
+    finally:
+        leftovers = list(base.iterdir())
+        shutil.rmtree(base, ignore_errors=True)
+    assert result.code == 0, result.stderr
+    assert leftovers == []
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["postgresql"] == {
+        "backup_major": major, "restored_major": major, "upgrade": False, "rehearsal": True,
+    }  # fmt: skip
+    assert "upgrade rehearsal" not in result.stdout  # nothing was upgraded
+
+    missing = run_cli("drill", "run", "--target", "app", "--ephemeral", "--into-major", "99")
+    assert missing.code == 2
+    assert missing.error_lines[-2].startswith(
+        "drbackup: error: the PostgreSQL 99 server is not installed (installed: "
+    )
+    assert missing.error_lines[-2].endswith("): install postgresql-99")
+    older = run_cli(
+        "drill", "run", "--target", "app", "--ephemeral", "--into-major", str(major - 1)
+    )
+    assert older.code == 2
+    assert older.error_lines[-2] == (
+        f"drbackup: error: cannot drill a backup of PostgreSQL {major} into PostgreSQL "
+        f"{major - 1}: a restore goes into the same or a newer major"
+    )
+    server = tmp_path / "server.yaml"
+    server.write_text(
+        f"targets: [app]\nscratch: {{server: '{pg_db.cluster.dsn()}'}}\ninto_major: {major + 2}\n"
+    )
+    elsewhere = run_cli("drill", "run", server)
+    assert elsewhere.code == 2
+    assert elsewhere.error_lines[-2] == (
+        f"drbackup: error: scratch server {pg_db.cluster.dsn()} is PostgreSQL {major}, and the "
+        f"drill restores into PostgreSQL {major + 2} (into_major)"
+    )
+    assert scratch_databases(pg_db.cluster) == []

@@ -448,9 +448,11 @@ def test_pg_dump_older_than_the_server_is_refused(
     result = run_cli("backup", "postgres", "app")
     assert result.code == 2  # the machine lacks the right client: a configuration error
     assert result.error_lines == [
-        f"drbackup: error: pg_dump 9.6 is older than the server (PostgreSQL {major})",
-        f"hint: install postgresql-client-{major} (or newer; apt.postgresql.org has every "
-        "major), or set DRBACKUP_PG_CLIENT_BIN to the directory holding it",
+        f"drbackup: error: pg_dump 9.6 is older than the server (PostgreSQL {major}): "
+        f"install postgresql-client-{major}",
+        "hint: a newer pg_dump works with every older server (apt.postgresql.org carries "
+        "every major); or set the target's pg_bin_dir (or DRBACKUP_PG_CLIENT_BIN) to a "
+        f"directory holding pg_dump {major} or newer",
     ]
     assert run_cli("list", "--json").json() == []
 

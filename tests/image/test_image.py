@@ -21,16 +21,11 @@ import yaml
 
 from tests.e2e.conftest import wait_for
 from tests.fixtures.s3server import free_port
-from tests.image.podman import IMAGE, IMAGE_UID, Workspace, build_image, podman, run_in_image
+from tests.image.podman import IMAGE, IMAGE_UID, Workspace, podman, run_in_image
 from tests.integration.test_daemon import TableLock
 
-pytestmark = pytest.mark.image
+pytestmark = [pytest.mark.image, pytest.mark.pg17]  # the image's pg_dump and drill cluster
 PASSPHRASE = "image test passphrase: correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    return build_image()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from drbackup.report import notify
+from drbackup import notify
 from drbackup.report.health import BackupFact, RepositoryFacts, TargetFacts, build_report
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

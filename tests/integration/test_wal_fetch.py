@@ -10,7 +10,7 @@ import pytest
 from drbackup.actions import wal_take
 from drbackup.actions.wal_fetch import Fetcher, default_fetch_spool
 from drbackup.actions.wal_spool import Spool, poll_until
-from drbackup.repository.wal import WalArchive
+from drbackup.repository.wal import WalArchive, parse_cluster_name
 from tests.fixtures.walarchive import switch_wal, wait_archived
 
 
@@ -122,3 +122,25 @@ def test_a_file_taken_is_not_fetched_again_until_it_is_asked_for_anew(archived, 
     assert fetcher.log.fetched.count(names[0]) == 1
     serving(lambda: take(names[0]))  # asked for again (recovery may re-read): served
     assert fetcher.log.fetched.count(names[0]) == 2
+
+
+def test_wal_of_another_major_never_reaches_the_server(archived):
+    """restore_command runs in the data directory: its PG_VERSION says which major asks."""
+    home, names, data = archived
+    major, _sysid = parse_cluster_name(WalArchive(home.app().repository(), "app").current_cluster())
+    data_dir = home.root / "newer"
+    (data_dir / "pg_wal").mkdir(parents=True)
+    (data_dir / "PG_VERSION").write_text(f"{major + 2}\n")
+    for path in (data_dir, data_dir / "pg_wal", data_dir / "PG_VERSION"):
+        os.chown(path, *_owner(home.root))
+    args = ("wal-fetch", "--target", "app", names[0], "pg_wal/RECOVERYXLOG")
+    result = home.run(*args, cwd=data_dir)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"drbackup: error: WAL file {names[0]} of target app is PostgreSQL {major} WAL and the "
+        f"server recovering is PostgreSQL {major + 2}; refusing it"
+    )
+    assert not (data_dir / "pg_wal" / "RECOVERYXLOG").exists()
+    (data_dir / "PG_VERSION").write_text(f"{major}\n")  # a server of the WAL's own major
+    assert home.run(*args, cwd=data_dir).returncode == 0
+    assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == data[names[0]]

@@ -30,25 +30,43 @@ def parse_tool_version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2) or 0)
 
 
-def find_client_bin_dir(
-    server_version_num: int | None, configured: str | Path | None = None
-) -> Path:
-    """The directory of pg_dump/pg_restore to use: configured, else ``$DRBACKUP_PG_CLIENT_BIN``,
-    else the newest installed.
+PG_LIB = Path("/usr/lib/postgresql")  # Debian and Ubuntu: <major>/bin per installed major
 
-    Debian installs each major under /usr/lib/postgresql/N/bin; the newest works with every
-    older server, so it is preferred over the one on PATH.
+
+def major_of_bin_dir(bin_dir: Path) -> int | None:
+    """The major of a Debian ``/usr/lib/postgresql/<major>/bin`` directory (its name says
+    it: nothing is run), None for any other directory."""
+    name = Path(bin_dir).parent.name
+    return int(name) if Path(bin_dir).name == "bin" and name.isdigit() else None
+
+
+def installed_bin_dirs(tool: str, root: Path = PG_LIB) -> dict[int, Path]:
+    """Debian's ``<root>/<major>/bin`` directories holding ``tool``, by major, oldest first."""
+    found = {}
+    for bin_dir in root.glob("*/bin"):
+        major = major_of_bin_dir(bin_dir)
+        if major is not None and os.access(bin_dir / tool, os.X_OK):
+            found[major] = bin_dir
+    return dict(sorted(found.items()))
+
+
+def find_client_bin_dir(
+    server_version_num: int | None, configured: str | Path | None = None, root: Path = PG_LIB
+) -> Path:
+    """The directory of pg_dump/pg_restore to use: configured (a target's ``pg_bin_dir``),
+    else ``$DRBACKUP_PG_CLIENT_BIN``, else the newest installed, else the one on PATH.
+
+    Debian installs each major under /usr/lib/postgresql/N/bin; the newest dumps and
+    restores every older server, so it is preferred over the one on PATH whatever the
+    server's major (``versions.require_client_for_server`` then checks it is new enough).
     """
     if configured:
         return Path(configured)
     if os.environ.get(CLIENT_BIN_ENV):
         return Path(os.environ[CLIENT_BIN_ENV])
-    candidates = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_dump").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    if candidates:
-        return candidates[-1]
+    installed = installed_bin_dirs("pg_dump", root)
+    if installed:
+        return installed[max(installed)]
     found = shutil.which("pg_dump")
     if not found:
         raise SourceError(

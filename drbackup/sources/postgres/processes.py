@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from drbackup.codec.pipeline import widen_pipe
 from drbackup.errors import SourceError
-from drbackup.sources.postgres.commands import parse_tool_version
+from drbackup.sources.postgres.commands import major_of_bin_dir, parse_tool_version
 from drbackup.sources.postgres.environment import child_environ, mask_dsn
 
 DEVNULL = subprocess.DEVNULL
@@ -161,3 +161,8 @@ def tool_version(bin_dir: Path, tool: str) -> tuple[int, int]:
     if result.returncode != 0:
         raise SourceError(f"cannot run {path}: exit {result.returncode}")
     return parse_tool_version(result.stdout)
+
+
+def tool_major(bin_dir: Path, tool: str) -> int:
+    """The major of ``bin_dir/tool``: from a Debian directory's name, else by running it."""
+    return major_of_bin_dir(bin_dir) or tool_version(bin_dir, tool)[0]

@@ -121,6 +121,26 @@ def test_rto_by_phase_against_the_objective():
     assert failed.status == "fail" and failed.summary.startswith("not met: the restore failed")
 
 
+def test_rto_of_a_restore_without_pg_restore_phases_names_restore_and_verification():
+    timings = {"restore_s": 4.0, "verification_s": 1.5}  # a bucket drill's
+    over = check_rto(timings, timedelta(milliseconds=1), restored=True)
+    assert (over.status, over.summary) == (
+        "fail",
+        "restore and verification took 5.5s, over the objective of 1ms "
+        "(restore 4.0s, verification 1.5s)",
+    )
+    assert over.evidence == {
+        "restore_s": 4.0,
+        "verification_s": 1.5,
+        "total_s": 5.5,
+        "objective_s": 0.001,
+    }
+    ok = check_rto(timings, timedelta(minutes=15), restored=True)
+    assert ok.summary == "5.5s, 1% of the objective of 15m (restore 4.0s, verification 1.5s)"
+    failed = check_rto(timings, timedelta(minutes=15), restored=False)
+    assert failed.summary == "not met: the restore failed after 5.5s (objective 15m)"
+
+
 def test_rpo_uses_the_newest_backup():
     now = datetime(2026, 11, 23, 12, tzinfo=UTC)
     fresh = check_rpo(

@@ -130,7 +130,7 @@ colour: blue
         "at 'assertions[1].expect': expected a scalar or a list of rows, not a mapping",
         "at 'report.fmt': unknown key (known keys: format, output)",
         "at 'colour': unknown key (known keys: name, targets, backup, scratch, rto, checks, "
-        "assertions, amcheck, report, keep, hash_during_restore, references)",
+        "assertions, amcheck, report, keep, hash_during_restore, references, into_major)",
         "at 'targets[1]': unknown target 'ap' (did you mean 'app'?); known targets: app, "
         "billing, media",
     ]

@@ -1,7 +1,7 @@
 """Notifications: a generic webhook (JSON, Slack-compatible ``text``) and SMTP email.
 
-Used for health reports (``drbackup report --notify``, the daemon's report jobs) and for
-failed daemon jobs.  Every destination is tried; failures are collected and raised as one
+Used for health reports (``drbackup report --notify``, the daemon's report jobs: both
+through ``actions/report.py``) and for failed daemon jobs.  Every destination is tried; failures are collected and raised as one
 :class:`NotifyError` at the end, so a broken webhook never silences the email.
 
 Configuration (``notifications:`` in the config file)::
@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 from drbackup import __version__
 from drbackup.errors import ConfigError, DrbackupError
+from drbackup.report.health import HealthReport
+from drbackup.report.render import render_text, report_dict
 
 
 class NotifyError(DrbackupError):
@@ -143,10 +145,8 @@ def send(destinations: list, message: Message) -> None:
 # -- messages -----------------------------------------------------------------------------
 
 
-def report_message(report) -> Message:
+def report_message(report: HealthReport) -> Message:
     """The health report as a message: the worst findings in the subject, all in the text."""
-    from drbackup.report.render import render_text, report_dict
-
     problems = [t for t in report.targets if t.status.name != "OK"]
     names = ", ".join(t.facts.name for t in problems[:5]) or "all targets"
     subject = f"{report.status.name}: {names}" if problems else f"OK: {names}"
@@ -167,7 +167,7 @@ def failure_message(job: str, kind: str, error: str, when: datetime | None = Non
     )
 
 
-def send_report(destinations: list, report) -> None:
+def send_report(destinations: list, report: HealthReport) -> None:
     send(destinations, report_message(report))
 
 
