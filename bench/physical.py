@@ -265,7 +265,8 @@ def report(args, results, order, wal, repo, size, machine, started) -> list[list
     print(render_table(headers, rows) + "\n")
     for name in ("pgbr_restore", "drb_restore"):
         print(f"{LABELS[name]}: " + "; ".join(_phases(name, m) for m in results[name].runs))
-    print("\nrepository: " + ", ".join(f"{k} {fmt_size(v)}" for k, v in repo.items()))
+    print(f"\nrepository ({args.repeat} base backups each, the WAL of the run): "
+          + ", ".join(f"{k} {fmt_size(v)}" for k, v in repo.items()))  # fmt: skip
     print("WAL: " + "; ".join(f"{k}: {v}" for k, v in wal.items()) + "\n")
     verdict = verdicts(results, order, wal)
     headers = ["target", "value: best/best; beside: median (min-max)", "goal", "result"]
