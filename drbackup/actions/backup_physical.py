@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
-from drbackup.actions.runs import recorded_run
+from drbackup.actions.runs import recorded_backup
 from drbackup.errors import LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.repository.wal import WalArchive, cluster_name
@@ -36,11 +36,7 @@ MANIFEST_TYPE = "pg-backup-manifest"
 def backup_physical(app: AppContext, name: str, *, progress=None) -> Manifest:
     """Take a base backup of target ``name``; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
-    with recorded_run(app.index, "backup", name) as run:
-        manifest = _backup(app, target, progress)
-        run.backup_id = manifest.backup_id
-    app.index.record_backup(app.repository(), manifest)
-    return manifest
+    return recorded_backup(app, name, lambda: _backup(app, target, progress))
 
 
 def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from drbackup.actions.runs import recorded_run
+from drbackup.actions.runs import recorded_backup
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import DrbackupError, LockedError
 from drbackup.repository.manifest import Manifest
@@ -92,11 +92,7 @@ def backup_targets(
 def backup_target(app: AppContext, name: str, *, progress=None) -> Manifest:
     """Back up one target into the repository; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
-    with recorded_run(app.index, "backup", name) as run:
-        manifest = _backup(app, target, progress)
-        run.backup_id = manifest.backup_id
-    app.index.record_backup(app.repository(), manifest)
-    return manifest
+    return recorded_backup(app, name, lambda: _backup(app, target, progress))
 
 
 def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:

@@ -206,7 +206,12 @@ def _write_output(plan: DrillPlan, output: str | None, result: DrillResult) -> N
         template, drill_id=report.drill_id, plan=plan.name, when=report.started_at
     )
     fmt = format_for_path(path, None if output else plan.report.format)
-    result.output = write_report_file(result.report, path, fmt)
+    text = None
+    if fmt == "html":
+        from drbackup.report.html import render_drill_report  # jinja2: only when asked
+
+        text = render_drill_report(result.report, fmt)
+    result.output = write_report_file(result.report, path, fmt, text=text)
 
 
 # -- history, verification, cleanup ---------------------------------------------------------------

@@ -60,12 +60,22 @@ def report_and_notify(
     destinations = notifications.destinations_from_config(app.config, required=require_destinations)
     report = gather_report(app, targets)
     if output:
-        write_atomic(output, render(report, fmt))
+        write_atomic(output, render_report(app, report, fmt))
     elif show is not None:
-        show(render(report, fmt))
+        show(render_report(app, report, fmt))
     if destinations and (notify == "always" or (notify == "problems" and report.exit_code)):
         notifications.send_report(destinations, report)
     return report
+
+
+def render_report(app: AppContext, report: HealthReport, fmt: str) -> str:
+    """``report`` in ``fmt``: ``report/render.py``'s formats, or ``html``: the status page as
+    one file, which also reads the catalog's history and each target's last drill report."""
+    if fmt != "html":
+        return render(report, fmt)
+    from drbackup.report.status import html_report  # jinja2: only when asked
+
+    return html_report(app, report)
 
 
 def notify_failure(config: Config, job: str, kind: str, error: str) -> None:
@@ -229,6 +239,7 @@ def _read_runs(catalog, fact: TargetFacts, now: datetime) -> None:
         return
     try:
         runs = catalog.runs(since=now - FAILED_RUNS_WINDOW, target=fact.name)
+        fact.run_totals = catalog.count_runs(fact.name)
     except DrbackupError:
         fact.failed_runs = None
         return

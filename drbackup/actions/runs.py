@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from drbackup.errors import DrbackupError, LockedError, shareable
 
 if TYPE_CHECKING:
+    from drbackup.actions.context import AppContext
     from drbackup.catalog import Catalog
     from drbackup.repository.manifest import Manifest
     from drbackup.repository.repo import Repository
@@ -139,3 +140,13 @@ def recorded_run(
         raise
     if record:
         index.record_run(run, RUN_FAILED if run.problem else RUN_OK, run.problem)
+
+
+def recorded_backup(app: AppContext, target: str, take: Callable[[], Manifest]) -> Manifest:
+    """Take a backup of ``target`` with ``take`` as a recorded ``backup`` run, and index the
+    backup it made (a logical dump and a base backup are recorded alike)."""
+    with recorded_run(app.index, "backup", target) as run:
+        manifest = take()
+        run.backup_id = manifest.backup_id
+    app.index.record_backup(app.repository(), manifest)
+    return manifest

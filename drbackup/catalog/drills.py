@@ -7,13 +7,19 @@ catalog can answer without decrypting anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from drbackup.catalog.engine import first_line
 from drbackup.catalog.models import Base, UTCDateTime
+from drbackup.errors import DrbackupError
 
 if TYPE_CHECKING:
     from drbackup.catalog.index import Catalog
@@ -82,3 +88,61 @@ def list_drills(catalog: Catalog, target: str | None = None) -> list[dict]:
             }
             for r in session.scalars(query)
         ]
+
+
+@dataclass(frozen=True)
+class DrillSummary:
+    """One target's result in one drill, without the report (for metrics and status pages)."""
+
+    drill_id: str
+    target: str
+    started_at: datetime
+    status: str  # pass, warn, fail
+    total_s: float | None  # restore + verification: the measured recovery time
+    rto_s: float | None  # the objective the drill measured against
+    backup_id: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "fail"
+
+
+def drill_summaries(catalog, target: str | None = None) -> list[DrillSummary]:
+    """Every recorded drill result (of ``target``), oldest first; the reports are not read.
+
+    Raises DrbackupError when the catalog cannot be read.
+    """
+    columns = (
+        DrillRow.drill_id,
+        DrillRow.target,
+        DrillRow.started_at,
+        DrillRow.status,
+        DrillRow.total_s,
+        DrillRow.rto_s,
+        DrillRow.backup_id,
+    )
+    query = select(*columns).order_by(DrillRow.started_at, DrillRow.id)
+    if target is not None:
+        query = query.where(DrillRow.target == target)
+    with _reading(catalog) as session:
+        return [DrillSummary(*row) for row in session.execute(query)]
+
+
+def drill_report(catalog, drill_id: str) -> dict | None:
+    """The whole report of drill ``drill_id`` as recorded, or None.  Raises DrbackupError."""
+    query = select(DrillRow.report).where(DrillRow.drill_id == drill_id).limit(1)
+    with _reading(catalog) as session:
+        return session.scalars(query).first()
+
+
+@contextmanager
+def _reading(catalog) -> Iterator[Session]:
+    """A session whose database errors are DrbackupError (the readers' callers are the
+    daemon's threads and pages: one line, not a traceback)."""
+    try:
+        with Session(catalog.engine) as session:
+            yield session
+    except SQLAlchemyError as exc:
+        raise DrbackupError(
+            f"catalog {catalog.url}: {first_line(exc)}", hint="check the catalog database"
+        ) from exc

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -346,6 +346,17 @@ class Catalog:
         query = query.filter_by(**{k: v for k, v in filters.items() if v is not None})
         with self._transaction() as session:
             return [RunRecord.from_row(row) for row in session.scalars(query)]
+
+    def count_runs(self, target: str | None = None) -> dict[str, int]:
+        """How many runs (of ``target``) ended in each status, ever: counters for metrics.
+
+        The daemon's job rows are left out: they summarise the same runs.
+        """
+        query = select(RunRow.status, func.count()).where(RunRow.kind != "job")
+        if target is not None:
+            query = query.where(RunRow.target == target)
+        with self._transaction() as session:
+            return dict(session.execute(query.group_by(RunRow.status)).all())
 
 
 # --- rows -----------------------------------------------------------------------------------

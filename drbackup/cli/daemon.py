@@ -1,4 +1,4 @@
-"""``drbackup daemon [--schedules DIR] [--listen HOST:PORT] [--once JOB]``."""
+"""``drbackup daemon [--schedules DIR] [--listen HOST:PORT] [--no-status-page] [--once JOB]``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,16 @@ from drbackup.scheduler.http import DEFAULT_LISTEN, LISTEN_ENV
     default=DEFAULT_LISTEN,
     show_default=True,
     metavar="HOST:PORT",
-    help="Address of /healthz, /readyz and /metrics; 'off' disables it, port 0 picks one. "
-    "Env DRBACKUP_LISTEN (the container image sets 0.0.0.0:9612).",
+    help="Address of /healthz, /readyz, /metrics and the status page; 'off' disables it, "
+    "port 0 picks one. Env DRBACKUP_LISTEN (the container image sets 0.0.0.0:9612).",
+)
+@click.option(
+    "--status-page/--no-status-page",
+    envvar="DRBACKUP_STATUS_PAGE",
+    default=True,
+    show_default=True,
+    help="Serve the read-only status page at / (targets, findings, drill checks and "
+    "their evidence) beside the probes and metrics. Env DRBACKUP_STATUS_PAGE.",
 )
 @click.option(
     "--once",
@@ -42,7 +50,15 @@ from drbackup.scheduler.http import DEFAULT_LISTEN, LISTEN_ENV
 )
 @click.option("--check", is_flag=True, help="Validate the schedules and exit.")
 @click.pass_obj
-def daemon(state, schedules_dir: str, listen: str, once: str | None, grace: float, check: bool):
+def daemon(
+    state,
+    schedules_dir: str,
+    listen: str,
+    status_page: bool,
+    once: str | None,
+    grace: float,
+    check: bool,
+):
     """Run scheduled backups, snapshots, drills, prunes and reports.
 
     Logs are JSON lines on stderr. SIGTERM stops gracefully, SIGHUP reloads the
@@ -52,7 +68,9 @@ def daemon(state, schedules_dir: str, listen: str, once: str | None, grace: floa
     from drbackup.scheduler.logs import setup_logging
 
     listen_at = None if once or check or listen.lower() in ("off", "none", "") else listen
-    service = Daemon(state.app.config, schedules_dir, listen=listen_at, grace=grace)
+    service = Daemon(
+        state.app.config, schedules_dir, listen=listen_at, grace=grace, status_page=status_page
+    )
     if check:
         schedule = service.load()
         for job in schedule.jobs:

@@ -41,12 +41,14 @@ def drill() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
+    type=click.Choice(["text", "json", "markdown", "html"]),
     default="text",
     show_default=True,
-    help="What to print on stdout.",
+    help="What to print on stdout (html: the drill's page, one self-contained file).",
 )
-@click.option("-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown).")
+@click.option(
+    "-o", "--output", metavar="FILE", help="Write the signed report (.md: markdown, .html: html)."
+)
 @click.pass_obj
 def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
@@ -67,7 +69,12 @@ def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, outpu
     result = actions.run_drill(
         app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
     )
-    click.echo(render(result.report, fmt))
+    if fmt == "html":
+        from drbackup.report.html import render_drill_report  # jinja2: only when asked
+
+        click.echo(render_drill_report(result.report, fmt))
+    else:
+        click.echo(render(result.report, fmt))
     for line in result.kept:
         click.echo(line, err=True)
     if result.kept:

@@ -1,4 +1,4 @@
-"""``drbackup report [--format text|json|markdown|prometheus] [-o FILE] [--notify]``."""
+"""``drbackup report [--format text|json|markdown|prometheus|nagios|html] [-o FILE] [--notify]``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ REPORT_EPILOG = (
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown", "prometheus"]),
+    type=click.Choice(["text", "json", "markdown", "prometheus", "nagios", "html"]),
     default="text",
     show_default=True,
-    help="prometheus: for node-exporter's textfile collector.",
+    help="prometheus: for node-exporter's textfile collector; nagios: a monitoring "
+    "plugin's state line and perfdata; html: the status page as one self-contained file.",
 )
 @click.option(
     "-o",

@@ -213,8 +213,9 @@ class ReferenceCheck(_Section):
 
 
 class ReportPlan(_Section):
-    format: Literal["json", "markdown"] | None = None
-    """Format of the output file; default from its extension (.md: markdown, else json)."""
+    format: Literal["json", "markdown", "html"] | None = None
+    """Format of the output file; default from its extension (.md: markdown, .html: html,
+    else json)."""
     output: str | None = None
     """File to write the signed report to; {drill_id}, {date} and {plan} are replaced."""
 

@@ -33,6 +33,9 @@ from drbackup.errors import UsageError
 Report = DrillReport | Mapping[str, Any]  # the record, or its JSON form
 _FENCE = "```json " + REPORT_FORMAT
 _FENCE_RE = re.compile(r"^```json " + REPORT_FORMAT + r"\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_HTML_BLOCK_RE = re.compile(  # report/templates/drill.html's data block
+    r'<script type="application/json" id="' + REPORT_FORMAT + r'">(.*?)</script>', re.DOTALL
+)
 
 
 def build_report(
@@ -205,7 +208,7 @@ def render_json(report: Report) -> str:
 
 
 def render(report: Report, fmt: str) -> str:
-    """``text``, ``json`` or ``markdown``."""
+    """``text``, ``json`` or ``markdown`` (``html`` is drawn by report/html.py, a layer up)."""
     return {"text": render_text, "json": render_json, "markdown": render_markdown}[fmt](report)
 
 
@@ -213,10 +216,14 @@ def render(report: Report, fmt: str) -> str:
 
 
 def format_for_path(path: str | Path, configured: str | None = None) -> str:
-    """The file format: as configured, else markdown for ``.md``/``.markdown``, else json."""
+    """The file format: as configured, else markdown for ``.md``/``.markdown``, html for
+    ``.html``/``.htm``, else json."""
     if configured:
         return configured
-    return "markdown" if Path(path).suffix.lower() in (".md", ".markdown") else "json"
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    return "markdown" if suffix in (".md", ".markdown") else "json"
 
 
 def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: datetime) -> Path:
@@ -233,15 +240,17 @@ def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: 
     return Path(text).expanduser()
 
 
-def write_report_file(report: Report, path: Path, fmt: str) -> Path:
-    """Write atomically (temp file, fsync, rename); returns the path."""
-    text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
+def write_report_file(report: Report, path: Path, fmt: str, *, text: str | None = None) -> Path:
+    """Write ``report`` in ``fmt`` atomically (temp file, fsync, rename); returns the path.
+    ``text``: the report already rendered (the html form is drawn above this layer)."""
+    if text is None:
+        text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
     files.write_atomic(path, text, mode=0o600)
     return path
 
 
 def read_report_file(path: str | Path) -> dict:
-    """The report in a JSON file, or embedded in a Markdown one; raises UsageError."""
+    """The report in a JSON file, or embedded in a Markdown or HTML one; raises UsageError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -249,10 +258,10 @@ def read_report_file(path: str | Path) -> dict:
             f"cannot read report {path}: {getattr(exc, 'strerror', None) or exc}"
         ) from None
     if not text.lstrip().startswith("{"):
-        blocks = _FENCE_RE.findall(text)
+        blocks = _FENCE_RE.findall(text) or _HTML_BLOCK_RE.findall(text)
         if not blocks:
             raise UsageError(
-                f"{path}: no drill report found (neither json nor a drbackup markdown report)"
+                f"{path}: no drill report found (neither json nor a drbackup markdown or html report)"
             )
         text = blocks[-1]
     try:

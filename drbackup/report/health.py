@@ -65,6 +65,11 @@ def worst(statuses) -> Status:
     return max(statuses, key=_RANK.__getitem__, default=Status.OK)
 
 
+def severity(status: Status) -> int:
+    """0 OK, 1 WARNING, 2 UNKNOWN, 3 CRITICAL: higher is worse (unlike the exit code)."""
+    return _RANK[status]
+
+
 @dataclass(frozen=True)
 class Finding:
     status: Status
@@ -127,6 +132,7 @@ class TargetFacts:
     failed_runs: list[str] | None = field(default_factory=list)  # "kind at time: error"
     interrupted_runs: list[str] = field(default_factory=list)  # "kind at time: why"
     refused_runs: list[str] = field(default_factory=list)  # "kind at time: the lock's holder"
+    run_totals: dict[str, int] | None = None  # runs ever recorded, by status (None: unknown)
     wal: WalFacts | None = None
     wal_error: str | None = None  # the WAL archive could not be read
 

@@ -12,17 +12,21 @@ from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from drbackup import files
-from drbackup.report.health import HealthReport, Status, TargetHealth, human_age
+from drbackup.report.health import HealthReport, Status, TargetHealth, human_age, severity
 from drbackup.units import human_size
 
-FORMATS = ("text", "json", "markdown", "prometheus")
+FORMATS = ("text", "json", "markdown", "prometheus", "nagios", "html")
 
 
 def render(report: HealthReport, fmt: str) -> str:
     """The report in ``fmt`` (one of :data:`FORMATS`), ending with a newline."""
+    if fmt == "nagios":
+        from drbackup.report.nagios import render_nagios
+
+        return render_nagios(report)
     return {
         "text": render_text,
         "json": render_json,
@@ -253,10 +257,10 @@ class _Collector:
     def collect(self):
         r = self.report
         yield _gauge(
-            "report_status",
-            "Report status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+            "report_severity",
+            "Report status, higher is worse: 0 OK, 1 WARNING, 2 UNKNOWN, 3 CRITICAL",
             [],
-            [([], r.exit_code)],
+            [([], severity(r.status))],
         )
         yield _gauge(
             "generated_timestamp_seconds",
@@ -280,6 +284,7 @@ class _Collector:
         for name, help_text, value_of in _TARGET_SERIES:
             samples = [([t.facts.name], v) for t in r.targets if (v := value_of(t, r)) is not None]
             yield _gauge(name, help_text, ["target"], samples)
+        yield _runs_counter(r)
 
 
 def _gauge(name: str, help_text: str, labels: list[str], samples) -> GaugeMetricFamily:
@@ -289,14 +294,49 @@ def _gauge(name: str, help_text: str, labels: list[str], samples) -> GaugeMetric
     return family
 
 
+def _runs_counter(r: HealthReport) -> CounterMetricFamily:
+    """Runs the catalog recorded per target and final status, ever (a counter: use
+    ``increase()``); no samples when the catalog could not be read."""
+    from drbackup.catalog.models import RUN_FINISHED
+
+    family = CounterMetricFamily(
+        "drbackup_health_runs",
+        "Runs recorded in the catalog by final status (ok, failed, interrupted, refused)",
+        labels=["target", "status"],
+    )
+    for t in r.targets:
+        totals = t.facts.run_totals
+        if totals is None or not r.repository.readable:
+            continue
+        for status in RUN_FINISHED:
+            family.add_metric([t.facts.name, status], float(totals.get(status, 0)))
+    return family
+
+
 def _last_drill(t: TargetHealth):
     return t.facts.drills[-1] if t.facts.drills else None
 
 
+def _last_pass(t: TargetHealth):
+    return next((d for d in reversed(t.facts.drills) if d.passed), None)
+
+
 _TARGET_SERIES = [
-    ("status", "Target status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", lambda t, r: int(t.status)),
-    ("rpo_seconds", "Recovery point objective", lambda t, r: t.facts.rpo.total_seconds()),
-    ("rto_seconds", "Recovery time objective", lambda t, r: t.facts.rto.total_seconds()),
+    (
+        "severity",
+        "Target status, higher is worse: 0 OK, 1 WARNING, 2 UNKNOWN, 3 CRITICAL",
+        lambda t, r: severity(t.status),
+    ),
+    (
+        "rpo_objective_seconds",
+        "Recovery point objective (config rpo)",
+        lambda t, r: t.facts.rpo.total_seconds(),
+    ),
+    (
+        "rto_objective_seconds",
+        "Recovery time objective (config rto)",
+        lambda t, r: t.facts.rto.total_seconds(),
+    ),
     (
         "last_backup_timestamp_seconds",
         "Recovery point of the newest good backup",
@@ -327,23 +367,20 @@ _TARGET_SERIES = [
         lambda t, r: d.started_at.timestamp() if (d := _last_drill(t)) else None,
     ),
     (
+        "last_drill_pass_timestamp_seconds",
+        "Start of the last passing drill",
+        lambda t, r: d.started_at.timestamp() if (d := _last_pass(t)) else None,
+    ),
+    (
         "last_drill_passed",
         "1 if the last drill passed, 0 if it failed",
         lambda t, r: (1 if d.passed else 0) if (d := _last_drill(t)) else None,
     ),
     (
-        "last_drill_restore_seconds",
-        "Restore and verification time of the last drill",
+        "last_drill_measured_rto_seconds",
+        "Restore and verification time measured by the last drill (objective: "
+        "drbackup_health_rto_objective_seconds)",
         lambda t, r: d.restore_s if (d := _last_drill(t)) else None,
-    ),
-    (
-        "failed_runs_24h",
-        "Failed runs in the last 24 hours",
-        lambda t, r: (
-            len(t.facts.failed_runs)
-            if t.facts.failed_runs is not None and r.repository.readable
-            else None
-        ),
     ),
 ]
 

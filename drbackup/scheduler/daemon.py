@@ -17,10 +17,8 @@ gets none: it starts at its next fire time.
 Signals.  SIGTERM/SIGINT: stop firing, let in-flight runs finish within ``grace`` seconds,
 then cancel them (SIGTERM to the worker, SIGKILL :data:`jobs.ABORT_GRACE` later) and record
 them failed; a cancelled backup leaves no manifest.  SIGHUP: reload the schedules (a broken
-file is logged and the old schedules stay).
-
-WAL streaming (scheduler/streams.py) runs beside the schedule for every target whose WAL is
-streamed, from start until the in-flight runs are done at stop.
+file is logged and the old schedules stay).  WAL streaming (scheduler/streams.py) runs
+beside the schedule, from start until the in-flight runs are done at stop.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from drbackup.scheduler.attempts import TargetRuns
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
+from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 from drbackup.scheduler.streams import WalStreams
 
@@ -72,6 +71,7 @@ class Daemon:
         runner=None,
         replica: str | None = None,
         probe_interval: float = 30.0,
+        status_page: bool = True,
     ):
         self.config = config
         self.app = AppContext(config)
@@ -81,13 +81,13 @@ class Daemon:
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.runner = runner
         self.metrics = Metrics()
+        self.pages = StatusPages(self.app) if status_page else None
         self.schedule: Schedule | None = None
         self.http: HttpEndpoint | None = None
-        self.probe = RepositoryProbe(
-            self._check_repository, self._repository_size, self.metrics, interval=probe_interval
-        )
+        probe = (self._check_repository, self._repository_size, self.metrics)
+        self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
-        self.streams: WalStreams | None = None  # WAL streaming (scheduler/streams.py)
+        self.streams = WalStreams(self.app, self.metrics, emit)  # its threads: start()
         self.index = CatalogIndex(lambda: self.app.catalog, self._catalog_warning)
         self.targets: TargetRuns | None = None  # with the runner (_make_runner)
         self._catalog_lock: CatalogLock | None = None
@@ -159,12 +159,12 @@ class Daemon:
         self._seed_metrics()
         self.probe.start()
         if self.listen:
-            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness)
+            pages = self.pages.get if self.pages is not None else None
+            self.http = HttpEndpoint(self.listen, self.metrics, self.readiness, pages)
             self.http.start()
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
-        self.streams = WalStreams(self.app, self.metrics, emit)
         self.streams.start()
         self.scheduler.start()
         self._update_next_fires()
@@ -180,6 +180,10 @@ class Daemon:
                 continue
             aps = self.scheduler.add_job(
                 self._fire, trigger=job.trigger(), args=[job.name], id=job.name, name=job.name
+            )
+            per_target = jobkinds.REGISTRY[job.kind].per_target
+            self.metrics.declare_job(
+                job.name, job.kind, list(job.targets) if per_target else ["(all)"]
             )
             emit(
                 "job_scheduled",
@@ -230,7 +234,11 @@ class Daemon:
             lock.release()
 
     def _seed_metrics(self) -> None:
-        """Last success times survive restarts: read them back from the catalog."""
+        """Last success times and drill results survive restarts: read them back from the
+        catalog; the objectives come from the config."""
+        self.metrics.set_objectives(self.config)
+        with contextlib.suppress(DrbackupError):
+            self._refresh_drills()
         try:
             since = datetime.now(UTC) - timedelta(days=400)
             runs = self.app.catalog.runs(since=since, status=RUN_OK)
@@ -240,8 +248,14 @@ class Daemon:
             if run.kind in SEED_KINDS and run.target and run.finished_at:
                 labels = {"kind": run.kind, "target": run.target}
                 self.metrics.last_success.labels(**labels).set(run.finished_at.timestamp())
-                self.metrics.record_drill(run.kind, run.target, run.details or {})
                 self.metrics.record_wal(run.kind, run.target, run.details or {})
+
+    def _refresh_drills(self) -> None:
+        """Every drill's result from the catalog: those run from the command line (or by
+        another replica) reach the metrics too.  Raises DrbackupError."""
+        from drbackup.catalog.drills import drill_summaries
+
+        self.metrics.record_drills(drill_summaries(self.app.catalog))
 
     # --- running -----------------------------------------------------------------------
 
@@ -333,6 +347,8 @@ class Daemon:
             error=error,
         )
         self.probe.refresh_size()
+        if self.pages is not None:
+            self.pages.invalidate()
         if status == RUN_FAILED:
             self._notify_failure(job, error or "failed")
         return status
@@ -446,8 +462,7 @@ class Daemon:
             self._idle.wait_for(
                 lambda: self._inflight == 0, timeout=max(0, bound - time.monotonic())
             )
-        if self.streams is not None:
-            self.streams.stop()  # streamed until now: WAL kept flowing while runs finished
+        self.streams.stop()  # streamed until now: WAL kept flowing while runs finished
         self.probe.stop()
         if self.http:
             self.http.stop()

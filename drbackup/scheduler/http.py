@@ -1,9 +1,12 @@
-"""The daemon's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus).
+"""The daemon's HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus) and the
+status pages.
 
 * ``/healthz``: 200 while the process serves requests (liveness).
 * ``/readyz``: 200 when schedules are loaded and the repository answered a probe within
   the probe TTL; 503 with the reason otherwise (readiness).
 * ``/metrics``: the :class:`Metrics` registry in the Prometheus text format.
+* ``/`` and ``/drills/<target>/<drill id>``: the status page and drill pages
+  (``scheduler/pages.py``), HTML under a policy that lets them load nothing.
 
 The server is the standard library's ``ThreadingHTTPServer`` in a daemon thread.
 """
@@ -15,6 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -22,10 +26,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    disable_created_metrics,
     generate_latest,
 )
 
 from drbackup.errors import UsageError
+from drbackup.scheduler.stream_metrics import StreamSeries
 from drbackup.times import parse_iso_time
 
 # 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
@@ -35,11 +41,14 @@ DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 LISTEN_ENV = "DRBACKUP_LISTEN"
 
 
-class Metrics:
+class Metrics(StreamSeries):
     """Every series the daemon exports, in a registry of its own."""
 
     def __init__(self):
+        disable_created_metrics()  # no drbackup_*_created beside each counter (process-wide)
         self.registry = CollectorRegistry()
+        self._drill_at: dict[str, float] = {}  # start of the drill each target's series show
+        self._pass_at: dict[str, float] = {}  # start of each target's newest passing drill
         self._run_series(self.registry)
         self._drill_and_job_series(self.registry)
         self._repository_series(self.registry)
@@ -77,13 +86,38 @@ class Metrics:
     def _drill_and_job_series(self, r: CollectorRegistry) -> None:
         self.drill_passed = Gauge(
             "drbackup_drill_passed",
-            "1 if the last drill passed, 0 if it failed",
+            "1 if the target's last drill passed (warnings allowed), 0 if it failed",
             ["target"],
             registry=r,
         )
-        self.drill_rto = Gauge(
-            "drbackup_drill_rto_seconds",
-            "Restore time measured by the last drill",
+        self.drill_measured_rto = Gauge(
+            "drbackup_drill_measured_rto_seconds",
+            "Restore and verification time measured by the target's last drill "
+            "(its objective: drbackup_rto_objective_seconds)",
+            ["target"],
+            registry=r,
+        )
+        self.drill_last = Gauge(
+            "drbackup_drill_last_timestamp_seconds",
+            "Start of the target's last drill (unix time)",
+            ["target"],
+            registry=r,
+        )
+        self.drill_last_pass = Gauge(
+            "drbackup_drill_last_pass_timestamp_seconds",
+            "Start of the target's last passing drill (unix time)",
+            ["target"],
+            registry=r,
+        )
+        self.rto_objective = Gauge(
+            "drbackup_rto_objective_seconds",
+            "Recovery time objective of the target (config rto)",
+            ["target"],
+            registry=r,
+        )
+        self.rpo_objective = Gauge(
+            "drbackup_rpo_objective_seconds",
+            "Recovery point objective of the target (config rpo)",
             ["target"],
             registry=r,
         )
@@ -130,78 +164,6 @@ class Metrics:
             registry=r,
         )
 
-    def _stream_series(self, r: CollectorRegistry) -> None:
-        self.stream_up = Gauge(
-            "drbackup_wal_stream_up",
-            "1 while this replica's pg_receivewal streams the target's WAL",
-            ["target"],
-            registry=r,
-        )
-        self.stream_restarts = Counter(
-            "drbackup_wal_stream_restarts", "pg_receivewal restarts", ["target"], registry=r
-        )
-        self.stream_upload = Gauge(
-            "drbackup_wal_stream_last_upload_timestamp_seconds",
-            "When the streamer last stored a WAL file (a segment or a partial)",
-            ["target"],
-            registry=r,
-        )
-        self.stream_spool = Gauge(
-            "drbackup_wal_stream_spool_bytes",
-            "Complete segments waiting in the spool for upload",
-            ["target"],
-            registry=r,
-        )
-        st = ["target", "slot"]
-        self.slot_retained = Gauge(
-            "drbackup_wal_slot_retained_bytes",
-            "WAL the replication slot keeps on the server",
-            st,
-            registry=r,
-        )
-        self.slot_max_retained = Gauge(
-            "drbackup_wal_slot_max_retained_bytes",
-            "The target's wal.slot_max_retained: more retained WAL is a warning",
-            st,
-            registry=r,
-        )
-        self.slot_active = Gauge(
-            "drbackup_wal_slot_active",
-            "1 if a client streams from the replication slot, 0 if nobody does",
-            st,
-            registry=r,
-        )
-        self._restarts_seen: dict[str, int] = {}
-
-    def record_stream(self, status) -> None:
-        """A streamer's state (actions.wal_stream.StreamStatus)."""
-        target = status.target
-        self.stream_up.labels(target=target).set(1 if status.running else 0)
-        delta = status.restarts - self._restarts_seen.get(target, 0)
-        if delta > 0:
-            self.stream_restarts.labels(target=target).inc(delta)
-        self._restarts_seen[target] = status.restarts
-        if status.last_upload is not None:
-            self.stream_upload.labels(target=target).set(status.last_upload)
-        self.stream_spool.labels(target=target).set(status.spool_bytes)
-        self.slot_max_retained.labels(target=target, slot=status.slot).set(status.slot_max_retained)
-        if status.slot_state is not None:
-            self.record_slot(target, status.slot_state.to_dict())
-
-    def record_stream_idle(self, target: str) -> None:
-        """This replica does not stream ``target`` (now)."""
-        self.stream_up.labels(target=target).set(0)
-        self._restarts_seen.pop(target, None)
-
-    def record_slot(self, target: str, slot: dict) -> None:
-        """A replication slot's state (sources.postgres.slots.SlotState.to_dict)."""
-        if not slot.get("exists"):
-            return
-        labels = {"target": target, "slot": slot["name"]}
-        self.slot_active.labels(**labels).set(1 if slot.get("active") else 0)
-        if slot.get("retained_bytes") is not None:
-            self.slot_retained.labels(**labels).set(slot["retained_bytes"])
-
     def record_success(self, kind: str, target: str, duration: float, outcome, at: float) -> None:
         labels = {"kind": kind, "target": target}
         self.last_success.labels(**labels).set(at)
@@ -233,11 +195,73 @@ class Metrics:
             self.record_slot(target, details["slot"])
 
     def record_drill(self, kind: str, target: str, details: dict) -> None:
+        """The verdict of a drill job (its details: ``jobs.drill_outcome``)."""
         if kind != "drill" or "passed" not in details:
             return
-        self.drill_passed.labels(target=target).set(1 if details["passed"] else 0)
-        if details.get("rto_seconds") is not None:
-            self.drill_rto.labels(target=target).set(float(details["rto_seconds"]))
+        started = details.get("started_at")
+        self.set_drill(
+            target,
+            datetime.fromisoformat(started).timestamp() if started else time.time(),
+            passed=bool(details["passed"]),
+            measured_s=details.get("rto_seconds"),
+        )
+
+    def set_drill(
+        self, target: str, started: float, *, passed: bool, measured_s: float | None
+    ) -> None:
+        """Show a drill's result, unless the series already show a later drill of ``target``
+        (drills reach the metrics from the daemon's jobs and from the catalog).  A drill
+        without a measured time (its restore failed) removes the measured series."""
+        if started < self._drill_at.get(target, float("-inf")):
+            return
+        self._drill_at[target] = started
+        self.drill_passed.labels(target=target).set(1 if passed else 0)
+        self.drill_last.labels(target=target).set(started)
+        if passed:
+            self._passed_at(target, started)
+        if measured_s is not None:
+            self.drill_measured_rto.labels(target=target).set(float(measured_s))
+        else:
+            with contextlib.suppress(KeyError):
+                self.drill_measured_rto.remove(target)
+
+    def _passed_at(self, target: str, started: float) -> None:
+        newest = max(started, self._pass_at.get(target, started))
+        self._pass_at[target] = newest
+        self.drill_last_pass.labels(target=target).set(newest)
+
+    def record_drills(self, summaries) -> None:
+        """Drill results recorded in the catalog (``catalog.drills.DrillSummary``, oldest
+        first), drills run from the command line included: each target's newest is shown,
+        and the start of its newest passing one."""
+        for summary in summaries:
+            if summary.passed:
+                self._passed_at(summary.target, summary.started_at.timestamp())
+        newest = {s.target: s for s in summaries}
+        for target, summary in newest.items():
+            self.set_drill(
+                target,
+                summary.started_at.timestamp(),
+                passed=summary.passed,
+                measured_s=summary.total_s,
+            )
+
+    def set_objectives(self, config) -> None:
+        """Every configured target's rto and rpo."""
+        for name in config.targets:
+            target = config.target(name)
+            self.rto_objective.labels(target=name).set(target.rto.total_seconds())
+            self.rpo_objective.labels(target=name).set(target.rpo.total_seconds())
+
+    def declare_job(self, job_name: str, kind: str, targets: list[str]) -> None:
+        """Create a scheduled job's counters at 0, so that their first increase shows in
+        ``increase()`` (a series born at 1 hides it)."""
+        for status in ("ok", "failed", "skipped"):
+            self.job_runs.labels(job=job_name, status=status)
+        for target in targets:
+            self.failures.labels(kind=kind, target=target)
+            for status in ("ok", "failed", "refused"):
+                self.runs.labels(kind=kind, target=target, status=status)
 
     def record_refusal(self, kind: str, target: str) -> None:
         """A run declined because another held the target's lock: counted, not a failure."""
@@ -258,7 +282,8 @@ class RepositoryProbe:
     """Checks the repository every ``interval`` seconds in a thread; sizes it less often.
 
     ``check()`` raises if unreachable; ``size()`` returns the bytes stored.  ``fresh()`` is
-    true when the last successful check is younger than ``ttl`` seconds.
+    true when the last successful check is younger than ``ttl`` seconds.  ``on_tick()``
+    runs after each probe (the daemon reads drill results from the catalog there).
     """
 
     def __init__(
@@ -269,8 +294,10 @@ class RepositoryProbe:
         *,
         interval: float = 30.0,
         size_interval: float = 600.0,
+        on_tick: Callable[[], None] | None = None,
     ):
         self._check, self._size, self._metrics = check, size, metrics
+        self._on_tick = on_tick
         self.interval, self.size_interval = interval, size_interval
         self.ttl = 2 * interval + 5
         self.last_ok: float | None = None
@@ -311,16 +338,26 @@ class RepositoryProbe:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.probe()
+            if self._on_tick is not None:
+                with contextlib.suppress(Exception):  # the metrics keep their last values
+                    self._on_tick()
             self._kick.wait(self.interval)
             self._kick.clear()
 
 
 class HttpEndpoint:
-    """``/healthz``, ``/readyz``, ``/metrics`` on ``host:port`` in a daemon thread."""
+    """``/healthz``, ``/readyz``, ``/metrics`` and the ``pages`` (a callable from a path to
+    a response with ``status`` and ``body``, or None) on ``host:port`` in a daemon thread."""
 
-    def __init__(self, listen: str, metrics: Metrics, readiness: Callable[[], str | None]):
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        readiness: Callable[[], str | None],
+        pages: Callable[[str], object | None] | None = None,
+    ):
         host, port = parse_listen(listen)
-        handler = _handler(metrics, readiness)
+        handler = _handler(metrics, readiness, pages)
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -356,7 +393,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _handler(metrics: Metrics, readiness: Callable[[], str | None]):
+HTML_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _handler(metrics: Metrics, readiness: Callable[[], str | None], pages=None):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
@@ -371,13 +417,32 @@ def _handler(metrics: Metrics, readiness: Callable[[], str | None]):
                     self._send(503, body, "application/json")
             elif path == "/metrics":
                 self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif pages is not None and (page := self._page(path)) is not None:
+                self._send_html(page.status, page.body)
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+        def _page(self, path: str):
+            try:
+                return pages(path)
+            except Exception as exc:  # noqa: BLE001 - a page's bug must not end the thread
+                from drbackup.scheduler.pages import Response, error_page
+
+                detail = f"{type(exc).__name__}: {exc}"
+                return Response(500, error_page("the page failed", detail))
+
+        def _send_html(self, code: int, body: bytes) -> None:
+            from drbackup.report.html import http_policy
+
+            headers = {**HTML_HEADERS, "Content-Security-Policy": http_policy()}
+            self._send(code, body, headers.pop("Content-Type"), headers)
+
+        def _send(self, code: int, body: bytes, content_type: str, headers=None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

@@ -239,6 +239,7 @@ def drill_outcome(report: DrillReport, target: str) -> Outcome:
         "passed": status != "fail",
         "drill_status": status,
         "rto_seconds": drilled.timings.total_s if drilled.timings else None,
+        "started_at": report.started_at.isoformat(),
     }
     return Outcome(backup_id=drilled.backup_id, details=details)
 

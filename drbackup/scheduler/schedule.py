@@ -37,7 +37,7 @@ from drbackup.config.types import config_error, parse_duration
 from drbackup.errors import ConfigError
 
 KINDS = ("backup", "snapshot", "drill", "prune", "verify", "report", "wal-check")
-REPORT_FORMATS = ("text", "json", "markdown", "prometheus")
+REPORT_FORMATS = ("text", "json", "markdown", "prometheus", "nagios", "html")
 # Which targets `targets: all` means, and which a kind accepts: (postgres, minio).
 KIND_TARGETS = {
     "backup": ("postgres",),
@@ -249,7 +249,7 @@ class VerifyJob(JobSpec):
 
 class ReportJob(JobSpec):
     kind: Literal["report"]
-    format: Literal["text", "json", "markdown", "prometheus"] = "prometheus"
+    format: Literal["text", "json", "markdown", "prometheus", "nagios", "html"] = "prometheus"
     output: str | None = None
     """File written atomically (e.g. a node-exporter textfile); unset: not written."""
     notify: Literal["never", "problems", "always"] = "problems"

@@ -47,7 +47,8 @@ class WalStreams:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
+    def start(self) -> WalStreams:
+        """Start a thread per streaming target (claim, then stream); returns self."""
         for target in self.targets:
             self.metrics.record_stream_idle(target)
             thread = threading.Thread(
@@ -55,6 +56,7 @@ class WalStreams:
             )
             thread.start()
             self._threads.append(thread)
+        return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every streamer (pg_receivewal stopped, its output uploaded)."""

@@ -93,7 +93,7 @@ def test_unknown_when_the_s3_endpoint_is_down(local_repo_config, run_cli):
     samples = {
         s.name: s.value for f in text_string_to_metric_families(prom.stdout) for s in f.samples
     }
-    assert (prom.code, samples["drbackup_health_report_status"]) == (3, 3)
+    assert (prom.code, samples["drbackup_health_report_severity"]) == (3, 2)  # UNKNOWN: 2 of 3
     assert samples["drbackup_health_repository_up"] == 0
 
 
@@ -102,7 +102,7 @@ def test_output_file_and_help(local_repo_config, run_cli, tmp_path):
     result = run_cli("report", "--format", "prometheus", "-o", out)
     assert (result.code, result.stdout) == (2, "")
     names = {f.name for f in text_string_to_metric_families(out.read_text())}
-    assert {"drbackup_health_status", "drbackup_health_restore_points"} <= names
+    assert {"drbackup_health_severity", "drbackup_health_restore_points"} <= names
     helptext = run_cli("report", "--help").stdout
     assert "Exit codes (nagios convention; unlike other commands):" in helptext
     for line in ("0  OK", "1  WARNING", "2  CRITICAL", "3  UNKNOWN"):

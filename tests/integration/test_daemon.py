@@ -236,13 +236,14 @@ def test_jobs_run_on_schedule_and_metrics_show_them(setting, daemons, tmp_path, 
         assert metrics[key] > time.time() - 120, key
     assert metrics[("drbackup_last_stored_bytes", ("kind", "backup"), ("target", "app"))] > 0
     assert metrics[("drbackup_drill_passed", ("target", "app"))] == 1
-    assert metrics[("drbackup_drill_rto_seconds", ("target", "app"))] > 0
+    assert metrics[("drbackup_drill_measured_rto_seconds", ("target", "app"))] > 0
+    assert metrics[("drbackup_rto_objective_seconds", ("target", "app"))] == 3600
     assert metrics[("drbackup_repository_up",)] == 1
     assert metrics[("drbackup_job_runs_total", ("job", "backups"), ("status", "ok"))] >= 1
 
     # The report job wrote a textfile that the node exporter can read.
     names = {f.name for f in text_string_to_metric_families(prom.read_text())}
-    assert "drbackup_health_report_status" in names
+    assert "drbackup_health_report_severity" in names
 
     # SIGHUP reloads; a broken file keeps the old schedules.
     (schedules / "jobs.yaml").write_text("jobs: {only: {kind: report, cron: '0 0 1 1 *'}}\n")
@@ -494,4 +495,4 @@ def test_a_failed_drill_fails_the_job_and_sets_the_metrics(tmp_path, monkeypatch
     assert row.error == "app: drill 1 failed (1 of 9 checks): app tables: rows differ"
     text = daemon.metrics.render().decode()
     assert 'drbackup_drill_passed{target="app"} 0.0' in text
-    assert 'drbackup_drill_rto_seconds{target="app"} 12.5' in text
+    assert 'drbackup_drill_measured_rto_seconds{target="app"} 12.5' in text

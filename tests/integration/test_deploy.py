@@ -19,6 +19,7 @@ import yaml
 from drbackup.config import load_config
 from drbackup.drill.plan import load_plan
 from drbackup.scheduler.daemon import Daemon
+from tests.fixtures.prometheus import convention_problems, expression_problems, series
 from tests.integration.test_daemon import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,29 +196,60 @@ def test_systemd_units_verify(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported_metrics(tmp_path_factory) -> set[str]:
-    """Every sample name a real ``drbackup daemon`` can export, from its /metrics."""
+def scraped(tmp_path_factory) -> str:
+    """A real ``drbackup daemon``'s /metrics, with a history in its catalog (a backup, a
+    snapshot, a drill) and scheduled jobs, so that every series it can export has samples."""
     tmp = tmp_path_factory.mktemp("metrics")
     config = tmp / "drbackup.yaml"
+    catalog_url = f"sqlite:///{tmp}/c"
+    targets = {
+        "postgres": {"app": {"dsn": "postgresql://x@127.0.0.1:1/app", "databases": ["app"]}},
+        "minio": {"media": {"endpoint": "http://127.0.0.1:1", "buckets": ["media"]}},
+    }
     config.write_text(
-        yaml.safe_dump({"repository": {"url": str(tmp / "repo")}, "catalog": f"sqlite:///{tmp}/c"})
+        yaml.safe_dump(
+            {"repository": {"url": str(tmp / "repo")}, "catalog": catalog_url, **targets}
+        )
     )
+    seed_catalog(catalog_url)
     schedules = tmp / "schedules"
     schedules.mkdir()
-    (schedules / "jobs.yaml").write_text('jobs: {report: {kind: report, cron: "0 0 1 1 *"}}\n')
+    (schedules / "jobs.yaml").write_text(
+        "jobs:\n"
+        '  report: {kind: report, cron: "0 0 1 1 *"}\n'
+        '  nightly: {kind: backup, cron: "0 0 1 1 *"}\n'
+        '  buckets: {kind: snapshot, cron: "0 0 1 1 *"}\n'
+    )
     daemon = DaemonProcess(config, schedules)
     try:
         status, text = daemon.get("/metrics")
     finally:
         daemon.stop()
     assert status == 200
-    names = set()
-    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
-        if kind == "counter":  # "# TYPE x_total counter": samples x_total and x_created
-            base = name.removesuffix("_total")
-            names |= {f"{base}_total", f"{base}_created"}
-        else:
-            names.add(name)
+    return text
+
+
+def seed_catalog(url: str) -> None:
+    """What earlier runs leave in a catalog: a backup, a snapshot, a drill from the CLI."""
+    from datetime import UTC, datetime, timedelta
+
+    from drbackup.catalog import Catalog
+    from drbackup.catalog.drills import record_drill
+    from tests.integration.test_daemon_metrics import drill_report
+
+    now = datetime.now(UTC)
+    with Catalog.open(url) as catalog:
+        for kind, target in (("backup", "app"), ("snapshot", "media")):
+            catalog.record_run(kind, target, now - timedelta(minutes=5), now, "ok")
+        record_drill(catalog, drill_report("pass", now - timedelta(days=1), 42.0))
+
+
+@pytest.fixture(scope="module")
+def exported_metrics(scraped) -> set[str]:
+    """Every sample name the daemon declares (some have samples only after jobs ran)."""
+    names = {
+        f"{f.name}_total" if f.type == "counter" else f.name for f in families_of(scraped).values()
+    }
     assert "drbackup_last_success_timestamp_seconds" in names
     return names
 
@@ -232,27 +264,76 @@ def metrics_in(expr: str) -> set[str]:
     return set(re.findall(r"\bdrbackup_[a-z0-9_]+\b", expr))
 
 
-def test_alerts_use_only_metrics_the_daemon_exports(exported_metrics):
+def test_alerts_use_only_metrics_the_daemon_exports(exported_metrics, scraped):
     rules = alert_rules()
     names = {r["alert"] for r in rules}
     assert {"DrbackupBackupOlderThanRPO", "DrbackupDrillFailed", "DrbackupDrillStale"} <= names
     assert {"DrbackupRepositoryUnreachable", "DrbackupSnapshotCaptureLagging"} <= names
+    assert {"DrbackupDrillOverRTO"} <= names
     for rule in rules:
         used = metrics_in(rule["expr"])
         assert used, rule["alert"]  # no rule on something the daemon does not say
         assert used <= exported_metrics, (rule["alert"], used - exported_metrics)
+        # every selector, label matcher and grouping selects real series of that /metrics
+        assert expression_problems(rule["expr"], series(scraped)) == [], rule["alert"]
     operator = k8s_documents()["prometheusrule.yaml"]
     assert operator["spec"] == yaml.safe_load(ALERTS.read_text())  # the same alerts
 
 
-def test_the_dashboard_uses_only_metrics_the_daemon_exports(exported_metrics):
+def test_the_dashboard_uses_only_metrics_the_daemon_exports(exported_metrics, scraped):
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 10
     for expr in exprs:
         used = metrics_in(expr)
         assert used and used <= exported_metrics, (expr, used - exported_metrics)
+        if used <= set(series(scraped)):  # with samples here: its labels are checked too
+            assert expression_problems(expr, series(scraped)) == [], expr
 
 
-def test_a_rule_on_a_metric_the_daemon_lacks_is_caught(exported_metrics):
+def test_a_rule_on_a_metric_the_daemon_lacks_is_caught(exported_metrics, scraped):
     assert not metrics_in("drbackup_wal_lag_seconds > 60") <= exported_metrics
+    exported = series(scraped)
+    assert expression_problems('drbackup_runs_total{kind="bakup"}', exported) == [
+        'drbackup_runs_total{kind="bakup"}: matches no series'
+    ]
+    assert expression_problems("max by (job) (drbackup_drill_passed)", exported) == [
+        "by/on (job): no series of the expression has it"
+    ]
+    assert expression_problems("drbackup_drill_rto_seconds > 3600", exported) == [
+        "drbackup_drill_rto_seconds: no such series"
+    ]
+
+
+def test_the_daemon_metrics_follow_the_prometheus_conventions(scraped):
+    """Names, types and units, read back with prometheus_client's parser."""
+    assert convention_problems(scraped) == []
+    found = families_of(scraped)
+    assert found["drbackup_runs"].type == "counter"  # failed runs: a counter, not a 24h gauge
+    assert found["drbackup_drill_measured_rto_seconds"].type == "gauge"
+    assert found["drbackup_rto_objective_seconds"].type == "gauge"
+    assert not [name for name in series(scraped) if name.endswith("_created")]
+    # the measured time and the objective are separate series of one target
+    assert series(scraped)["drbackup_drill_measured_rto_seconds"] == [{"target": "app"}]
+    assert {"target": "app"} in series(scraped)["drbackup_rto_objective_seconds"]
+
+
+def test_the_convention_check_catches_what_it_is_for():
+    bad = (
+        "# HELP drbackup_failed_runs_24h failed runs\n# TYPE drbackup_failed_runs_24h gauge\n"
+        "drbackup_failed_runs_24h 1\n"
+        "# HELP drbackup_restore_ms restore\n# TYPE drbackup_restore_ms gauge\n"
+        "drbackup_restore_ms 1\n"
+        "# HELP drbackup_x_total x\n# TYPE drbackup_x_total counter\ndrbackup_x_total 1\n"
+        "drbackup_x_created 1.7e9\n"
+    )
+    problems = convention_problems(bad)
+    assert any("time window" in p for p in problems if p.startswith("drbackup_failed_runs_24h"))
+    assert any("base unit" in p for p in problems if p.startswith("drbackup_restore_ms"))
+    assert any("counter or histogram part" in p for p in problems if "_x_created" in p)
+
+
+def families_of(text: str) -> dict:
+    from tests.fixtures.prometheus import families
+
+    return families(text)

@@ -267,24 +267,50 @@ def test_prometheus_textfile_parses_back():
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    assert samples[("drbackup_health_report_status", ())] == 2
+    # severities rank higher-is-worse: 0 OK, 1 WARNING, 2 UNKNOWN, 3 CRITICAL
+    assert samples[("drbackup_health_report_severity", ())] == 3
     assert samples[("drbackup_health_repository_up", ())] == 1
     assert samples[("drbackup_health_repository_size_bytes", ())] == 123456
-    assert samples[("drbackup_health_status", (("target", "crm"),))] == 2
+    assert samples[("drbackup_health_severity", (("target", "crm"),))] == 3
+    assert samples[("drbackup_health_severity", (("target", "app"),))] == 0
     assert samples[("drbackup_health_last_backup_age_seconds", (("target", "app"),))] == 7200
     assert samples[("drbackup_health_restore_points", (("target", "app"),))] == 7
     assert samples[("drbackup_health_last_drill_passed", (("target", "crm"),))] == 0
-    assert samples[("drbackup_health_rpo_seconds", (("target", "app"),))] == 86400
+    assert samples[("drbackup_health_rpo_objective_seconds", (("target", "app"),))] == 86400
+    assert samples[("drbackup_health_rto_objective_seconds", (("target", "app"),))] == 3600
+    # measured and objective are separate series; a drill without a time has no measurement
+    assert samples[("drbackup_health_last_drill_measured_rto_seconds", (("target", "app"),))] == 60
+    assert ("drbackup_health_last_drill_measured_rto_seconds", (("target", "crm"),)) not in samples
+    last_pass = ("drbackup_health_last_drill_pass_timestamp_seconds", (("target", "app"),))
+    assert samples[last_pass] == (NOW - timedelta(days=3)).timestamp()
+
+
+def test_prometheus_runs_are_a_counter_per_status_without_created_series():
+    facts = healthy(run_totals={"ok": 12, "failed": 2})
+    text = render(
+        build_report(REPO, [facts, healthy(name="crm", run_totals=None)], NOW), "prometheus"
+    )
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "drbackup_health_runs"
+    ]
+    assert family.type == "counter"
+    assert {(s.name, s.labels["status"]): s.value for s in family.samples} == {
+        ("drbackup_health_runs_total", "ok"): 12,
+        ("drbackup_health_runs_total", "failed"): 2,
+        ("drbackup_health_runs_total", "interrupted"): 0,
+        ("drbackup_health_runs_total", "refused"): 0,
+    }  # crm's catalog was unreadable: no samples rather than zeros
+    assert "_created" not in text and "24h" not in text
 
 
 def test_prometheus_of_an_unreachable_repository():
     report = build_report(RepositoryFacts("/mnt/gone", False, "missing"), [healthy()], NOW)
     names = {f.name for f in text_string_to_metric_families(render(report, "prometheus"))}
-    assert "drbackup_health_report_status" in names and "drbackup_health_repository_up" in names
+    assert "drbackup_health_report_severity" in names and "drbackup_health_repository_up" in names
     samples = {
         s.name: s.value
         for f in text_string_to_metric_families(render(report, "prometheus"))
         for s in f.samples
     }
-    assert samples["drbackup_health_report_status"] == 3
+    assert samples["drbackup_health_report_severity"] == 2  # UNKNOWN ranks below CRITICAL
     assert samples["drbackup_health_repository_up"] == 0
