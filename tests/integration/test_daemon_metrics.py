@@ -12,21 +12,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from drbackup.catalog import Catalog
 from drbackup.catalog.drills import record_drill
 from drbackup.config import Config
+from drbackup.drill.record import DrillReport
 from drbackup.drill.report import build_report
 from drbackup.drill.scratch import new_drill_id
 from drbackup.scheduler.daemon import Daemon
 from tests.e2e.conftest import wait_for
 
 
-def drill_report(status: str, started: datetime, total_s: float | None) -> dict:
-    """A report as ``drill run`` builds it (one target, one check)."""
+def drill_report(status: str, started: datetime, total_s: float | None) -> DrillReport:
+    """A report as ``drill run`` builds it (one target, one check), typed as the catalog
+    takes it (drill/record.py)."""
     check = {"name": "tables", "target": "app", "database": "app", "status": status,
              "summary": "row counts differ" if status == "fail" else "match",
              "seconds": 0.2, "evidence": {}}  # fmt: skip
     timings = {} if total_s is None else {"total_s": total_s, "restore_s": total_s - 1}
     target = {"target": "app", "backup_id": "20261123T020000Z-aaaaaa", "selection": "latest",
               "timings": timings, "objectives": {"rto_s": 900.0}}  # fmt: skip
-    return build_report(
+    report = build_report(
         drill_id=new_drill_id(started),
         plan=None,
         started_at=started,
@@ -35,6 +37,7 @@ def drill_report(status: str, started: datetime, total_s: float | None) -> dict:
         targets=[target],
         checks=[check],
     )
+    return DrillReport.from_dict(report)
 
 
 @pytest.fixture
