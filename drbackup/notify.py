@@ -1,40 +1,48 @@
-"""Notifications: a generic webhook (JSON, Slack-compatible ``text``) and SMTP email.
+"""Notifications through Apprise: Slack, Microsoft Teams, Discord, PagerDuty, ntfy, email,
+generic JSON webhooks and the ~100 other services Apprise knows.
 
 Used for health reports (``drbackup report --notify``, the daemon's report jobs: both
-through ``actions/report.py``) and for failed daemon jobs.  Every destination is tried; failures are collected and raised as one
-:class:`NotifyError` at the end, so a broken webhook never silences the email.
+through ``actions/report.py``) and for failed daemon jobs.  Every destination is tried;
+failures are collected and raised as one :class:`NotifyError` at the end, so a broken
+webhook never silences the email.  Messages are written for people (``report/message.py``):
+no fixed-width tables; Apprise renders them for each service.
 
-Configuration (``notifications:`` in the config file)::
+Configuration (``notifications:`` in the config file, docs/daemon.md)::
 
     notifications:
-      webhook: {url_file: /run/secrets/webhook-url, timeout: 10s}   # the url is a secret
-      email:
-        host: smtp.example.com
-        port: 587
-        starttls: true
-        username: drbackup
-        password_file: /run/secrets/smtp-password
-        sender: drbackup@example.com
-        to: [oncall@example.com]
-      on_failure: true          # the daemon notifies each failed job
+      urls_file: /run/secrets/apprise-urls   # Apprise URLs, one per line (they carry tokens)
+      on_failure: true                       # the daemon notifies each failed job
+
+The settings of earlier versions keep working: ``webhook`` becomes the Apprise URL of the
+service it points at (Slack, Discord, ... recognised by their address) or a generic JSON
+webhook whose message is in ``text`` (Slack-compatible); ``email`` becomes a ``mailto://``
+URL (:func:`webhook_url`, :func:`email_url`).
 """
 
 from __future__ import annotations
 
-import json
-import smtplib
-import ssl
-import urllib.error
-import urllib.request
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+import apprise
 
 from drbackup import __version__
 from drbackup.errors import ConfigError, DrbackupError
 from drbackup.report.health import HealthReport
-from drbackup.report.render import render_text, report_dict
+from drbackup.report.message import report_body, report_subject
+
+_TYPES = {
+    "OK": apprise.NotifyType.SUCCESS,
+    "WARNING": apprise.NotifyType.WARNING,
+    "CRITICAL": apprise.NotifyType.FAILURE,
+    "UNKNOWN": apprise.NotifyType.FAILURE,
+    "FAILED": apprise.NotifyType.FAILURE,
+}
+# Apprise's per-service extras that would make every message link to images on the internet
+# and ntfy's Markdown rendering on (the messages are Markdown)
+_QUIET = {"slack": {"footer": "no", "image": "no"}, "ntfy": {"image": "no", "format": "markdown"}}
 
 
 class NotifyError(DrbackupError):
@@ -42,99 +50,34 @@ class NotifyError(DrbackupError):
 
 
 @dataclass(frozen=True)
-class Webhook:
-    url: str = field(repr=False)  # Slack-style urls carry a token
-    timeout: float = 10.0
+class Destination:
+    """One Apprise URL (a secret: it carries tokens) and how errors name it."""
+
+    url: str = field(repr=False)
+    title_prefix: str = ""  # the email subject prefix of the old ``email`` settings
 
     @property
     def name(self) -> str:
         parts = urlsplit(self.url)
-        return f"webhook {parts.scheme}://{parts.hostname}"
-
-
-@dataclass(frozen=True)
-class Email:
-    host: str
-    sender: str
-    recipients: tuple[str, ...]
-    port: int = 25
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    starttls: bool = False
-    ssl: bool = False
-    timeout: float = 10.0
-    subject_prefix: str = "[drbackup]"
-
-    @property
-    def name(self) -> str:
-        return f"email via {self.host}:{self.port}"
+        return f"{parts.scheme}://{parts.hostname or ''}"
 
 
 @dataclass(frozen=True)
 class Message:
-    """What every destination sends: a subject, a text, and JSON details for webhooks."""
+    """What every destination sends: a subject, a Markdown text, a status
+    (OK, WARNING, CRITICAL, UNKNOWN, FAILED) that picks the message's colour and icon."""
 
     subject: str
     text: str
-    details: dict = field(default_factory=dict)
+    status: str = "FAILED"
 
 
 # -- sending ------------------------------------------------------------------------------
 
 
-def send_webhook(hook: Webhook, message: Message) -> None:
-    """POST ``{"text": ..., "subject": ..., **details}`` as JSON; raises NotifyError."""
-    body = json.dumps(
-        {
-            "text": f"{message.subject}\n{message.text}",
-            "subject": message.subject,
-            **message.details,
-        },
-        default=str,
-    ).encode()
-    request = urllib.request.Request(
-        hook.url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"drbackup/{__version__}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=hook.timeout) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        raise NotifyError(f"{hook.name} answered {exc.code} {exc.reason}".lower()) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise NotifyError(f"{hook.name} unreachable: {reason}".lower()) from None
-
-
-def send_email(mail: Email, message: Message) -> None:
-    """Send ``message`` as a plain-text email; raises NotifyError."""
-    msg = EmailMessage()
-    msg["Subject"] = f"{mail.subject_prefix} {message.subject}".strip()
-    msg["From"] = mail.sender
-    msg["To"] = ", ".join(mail.recipients)
-    msg.set_content(message.text)
-    try:
-        smtp_class = smtplib.SMTP_SSL if mail.ssl else smtplib.SMTP
-        with smtp_class(mail.host, mail.port, timeout=mail.timeout) as smtp:
-            if mail.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if mail.username:
-                smtp.login(mail.username, mail.password or "")
-            smtp.send_message(msg)
-    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-        raise NotifyError(f"{mail.name} failed: {_first_line(exc)}") from None
-
-
-def send(destinations: list, message: Message) -> None:
+def send(destinations: list[Destination], message: Message) -> None:
     """Send to every destination; raise one NotifyError naming each that failed."""
-    problems = []
-    for dest in destinations:
-        try:
-            (send_webhook if isinstance(dest, Webhook) else send_email)(dest, message)
-        except NotifyError as exc:
-            problems.append(exc.message)
+    problems = [p for p in (_send_one(d, message) for d in destinations) if p]
     if problems:
         raise NotifyError(
             "notification failed: " + "; ".join(problems),
@@ -142,19 +85,41 @@ def send(destinations: list, message: Message) -> None:
         )
 
 
+def _send_one(destination: Destination, message: Message) -> str | None:
+    """None when ``destination`` took the message, else why not (one line, no token)."""
+    service = apprise.Apprise(asset=apprise.AppriseAsset(app_id="drbackup", app_desc="drbackup"))
+    if not service.add(_quiet(destination.url)):
+        return f"{destination.name}: not a notification url apprise {apprise.__version__} knows"
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as logs:
+        sent = service.notify(
+            title=f"{destination.title_prefix} {message.subject}".strip(),
+            body=message.text,
+            body_format=apprise.NotifyFormat.MARKDOWN,
+            notify_type=_TYPES.get(message.status, apprise.NotifyType.INFO),
+        )
+        said = logs.getvalue().strip().splitlines()
+    if sent:
+        return None
+    return f"{destination.name} failed: " + (said[-1] if said else "no reason given").lower()
+
+
+def _quiet(url: str) -> str:
+    """``url`` with the service's decorations off (footer, images), unless it sets them."""
+    parts = urlsplit(url)
+    extras = _QUIET.get(parts.scheme.rstrip("s"), {})
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    added = {k: v for k, v in extras.items() if k not in query}
+    if not added:
+        return url
+    return parts._replace(query=urlencode({**query, **added})).geturl()
+
+
 # -- messages -----------------------------------------------------------------------------
 
 
 def report_message(report: HealthReport) -> Message:
-    """The health report as a message: the worst findings in the subject, all in the text."""
-    problems = [t for t in report.targets if t.status.name != "OK"]
-    names = ", ".join(t.facts.name for t in problems[:5]) or "all targets"
-    subject = f"{report.status.name}: {names}" if problems else f"OK: {names}"
-    return Message(
-        subject=f"drbackup health {subject}",
-        text=render_text(report),
-        details={"status": report.status.name, "report": report_dict(report)},
-    )
+    """The health report as a message: the targets with problems in the subject."""
+    return Message(report_subject(report), report_body(report), report.status.name)
 
 
 def failure_message(job: str, kind: str, error: str, when: datetime | None = None) -> Message:
@@ -162,35 +127,37 @@ def failure_message(job: str, kind: str, error: str, when: datetime | None = Non
     when = when or datetime.now(UTC)
     return Message(
         subject=f"drbackup job {job} failed",
-        text=f"job {job} ({kind}) failed at {when:%Y-%m-%d %H:%M:%S}Z: {error}",
-        details={"status": "FAILED", "job": job, "kind": kind, "error": error},
+        text=f"**FAILED**: job **{job}** ({kind}) at {when:%Y-%m-%d %H:%M:%S}Z\n\n{error}",
+        status="FAILED",
     )
 
 
-def send_report(destinations: list, report: HealthReport) -> None:
+def send_report(destinations: list[Destination], report: HealthReport) -> None:
     send(destinations, report_message(report))
 
 
 # -- configuration ------------------------------------------------------------------------
 
 
-def destinations_from_config(config, *, required: bool = False) -> list:
-    """Webhook and Email destinations from ``config.notifications``; [] when none.
+def destinations_from_config(config, *, required: bool = False) -> list[Destination]:
+    """The destinations of ``config.notifications``: its Apprise URLs, then the old
+    ``webhook`` and ``email`` settings as URLs; [] when none.
 
     Raises ConfigError when ``required`` and nothing is configured.
     """
     section = getattr(config, "notifications", None)
-    found = []
+    found = [Destination(url) for url in _urls(getattr(section, "urls", None))]
     hook = getattr(section, "webhook", None) if section else None
     if hook is not None and _reveal(getattr(hook, "url", None)):
-        found.append(Webhook(_reveal(hook.url), _seconds(getattr(hook, "timeout", 10.0))))
+        found.append(Destination(webhook_url(_reveal(hook.url), _seconds(hook.timeout))))
     mail = getattr(section, "email", None) if section else None
     if mail is not None:
-        found.append(_email(mail))
+        found.append(Destination(email_url(mail), getattr(mail, "subject_prefix", "")))
     if required and not found:
         raise ConfigError(
             "no notification destinations configured",
-            hint="add 'notifications:' with a webhook or email to the config (docs/daemon.md)",
+            hint="add 'notifications:' with urls_file (Apprise URLs), a webhook or email to the "
+            "config (docs/daemon.md)",
         )
     return found
 
@@ -201,20 +168,55 @@ def notify_failures(config) -> bool:
     return bool(section) and bool(getattr(section, "on_failure", True))
 
 
-def _email(mail) -> Email:
+def webhook_url(url: str, timeout: float = 10.0) -> str:
+    """The Apprise URL of an old ``webhook``: the service's own when Apprise recognises the
+    address (``https://hooks.slack.com/services/...``, Discord, ...), else a JSON webhook
+    (``json://``, ``jsons://`` for https) that puts the message in ``text`` as before."""
+    if _native(url):
+        return url
+    parts = urlsplit(url)
+    params = {f"-{k}": v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    params |= {":message": "text", "cto": f"{timeout:g}", "rto": f"{timeout:g}"}
+    params["+User-Agent"] = f"drbackup/{__version__}"
+    scheme = "jsons" if parts.scheme == "https" else "json"
+    return parts._replace(scheme=scheme, query=urlencode(params)).geturl()
+
+
+def _native(url: str) -> bool:
+    """Whether Apprise recognises ``url`` as a service's own address (quietly: Apprise
+    logs an error for every address it does not recognise)."""
+    log = logging.getLogger("apprise")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        return apprise.Apprise.instantiate(url, suppress_exceptions=True) is not None
+    finally:
+        log.setLevel(level)
+
+
+def email_url(mail) -> str:
+    """The ``mailto://`` URL of the old ``email`` settings (host, port, tls, login, from, to)."""
+    secure = bool(getattr(mail, "ssl", False) or getattr(mail, "starttls", False))
+    mode = "ssl" if getattr(mail, "ssl", False) else "starttls" if secure else "insecure"
+    username, password = getattr(mail, "username", None), _reveal(getattr(mail, "password", None))
+    login = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     recipients = getattr(mail, "to", None) or getattr(mail, "recipients", ())
-    return Email(
-        host=mail.host,
-        sender=getattr(mail, "sender", None) or getattr(mail, "from_", None),
-        recipients=tuple(recipients),
-        port=getattr(mail, "port", 25),
-        username=getattr(mail, "username", None),
-        password=_reveal(getattr(mail, "password", None)),
-        starttls=bool(getattr(mail, "starttls", False)),
-        ssl=bool(getattr(mail, "ssl", False)),
-        timeout=_seconds(getattr(mail, "timeout", 10.0)),
-        subject_prefix=getattr(mail, "subject_prefix", "[drbackup]"),
-    )
+    params = {
+        "smtp": mail.host,
+        "from": getattr(mail, "sender", None) or getattr(mail, "from_", None),
+        "to": ",".join(recipients),
+        "mode": mode,
+    }
+    port = getattr(mail, "port", 25)
+    scheme = "mailtos" if secure else "mailto"
+    return f"{scheme}://{login}{mail.host}:{port}?{urlencode(params)}"
+
+
+def _urls(value) -> list[str]:
+    """Apprise URLs from ``notifications.urls`` (a secret): one per line; a URL has no
+    spaces, so what follows one (``# Slack``) and ``#`` lines are comments."""
+    lines = (_reveal(value) or "").splitlines()
+    return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _reveal(value) -> str | None:
@@ -225,8 +227,3 @@ def _reveal(value) -> str | None:
 
 def _seconds(value) -> float:
     return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).lower()

@@ -24,6 +24,7 @@ It raises for what prevents a drill (no backup, an unreachable scratch server, b
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +38,13 @@ from drbackup.drill.history import history_entries, rto_trend
 from drbackup.drill.plan import DrillPlan, default_plan, load_plan
 from drbackup.drill.record import DrillReport, TargetReport
 from drbackup.drill.report import (
+    ReportVerification,
     expand_output_path,
     format_for_path,
     write_report_file,
+)
+from drbackup.drill.report import (
+    verify_report_file as verify_file,
 )
 from drbackup.drill.scratch import (
     ScratchServer,
@@ -49,7 +54,14 @@ from drbackup.drill.scratch import (
     unmarked_clusters,
 )
 from drbackup.drill.scratches import Scratches
-from drbackup.drill.signing import load_signing_key, sign_report
+from drbackup.drill.signing import (
+    fingerprint,
+    load_signing_key,
+    public_bytes,
+    public_pem,
+    sign_report,
+    trusted_keys,
+)
 from drbackup.errors import (
     DrbackupError,
     UsageError,
@@ -59,6 +71,8 @@ from drbackup.sources.postgres.commands import mask_dsn
 from drbackup.sources.postgres.connection import dsn_for_database
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from drbackup.actions.context import AppContext
     from drbackup.catalog import Catalog
     from drbackup.repository.repo import Repository
@@ -151,18 +165,24 @@ def run_drill(
         targets=targets,
         checks=results,
     )
-    result = _signed(app, report, kept)
+    key = _signing_key(app)
+    result = _signed(report, key, kept)
     _store(app, repo, result)
-    _write_output(plan, output, result)
+    _write_output(plan, output, result, key)
     return result
 
 
-def _signed(app: AppContext, report: DrillReport, kept: list[str]) -> DrillResult:
-    """The result of ``report``, signed with drill.signing_key_file when there is one."""
-    document = report.to_dict()
+def _signing_key(app: AppContext) -> Ed25519PrivateKey | None:
+    """drill.signing_key_file's key, or None; raises ConfigError."""
     key_file = app.config.drill.signing_key_file
-    if key_file:
-        document = sign_report(document, load_signing_key(key_file))
+    return load_signing_key(key_file) if key_file else None
+
+
+def _signed(report: DrillReport, key: Ed25519PrivateKey | None, kept: list[str]) -> DrillResult:
+    """The result of ``report``, signed with ``key`` when there is one."""
+    document = report.to_dict()
+    if key is not None:
+        document = sign_report(document, key)
     return DrillResult(DrillReport.from_dict(document), document, kept=kept)
 
 
@@ -197,7 +217,10 @@ def _record_in_catalog(catalog: Catalog, report: DrillReport) -> None:
         )
 
 
-def _write_output(plan: DrillPlan, output: str | None, result: DrillResult) -> None:
+def _write_output(
+    plan: DrillPlan, output: str | None, result: DrillResult, key: Ed25519PrivateKey | None
+) -> None:
+    """Write the report file (and, signed, its detached signature ``FILE.sig``)."""
     template = output or plan.report.output
     if not template:
         return
@@ -211,7 +234,7 @@ def _write_output(plan: DrillPlan, output: str | None, result: DrillResult) -> N
         from drbackup.report.html import render_drill_report  # jinja2: only when asked
 
         text = render_drill_report(result.report, fmt)
-    result.output = write_report_file(result.report, path, fmt, text=text)
+    result.output = write_report_file(result.report, path, fmt, key, text=text)
 
 
 # -- history, verification, cleanup ---------------------------------------------------------------
@@ -298,15 +321,35 @@ def _scratch_servers(app: AppContext, plan: DrillPlan | None) -> list[tuple[str,
     return list(servers.items())
 
 
-def public_key_of(app: AppContext) -> str:
-    """The base64 public key of ``drill.signing_key_file``; raises UsageError without one."""
-    import base64
-
-    from drbackup.drill.signing import public_bytes
-
+def public_key_of(app: AppContext, form: str = "base64") -> str:
+    """The public key of ``drill.signing_key_file`` as ``base64`` (32 bytes), ``pem``
+    (what openssl reads) or ``fingerprint``; raises UsageError without one."""
     path = app.config.drill.signing_key_file
     if not path:
         raise UsageError(
             "no drill.signing_key_file in the config", hint="drbackup key generate FILE"
         )
-    return base64.b64encode(public_bytes(load_signing_key(path))).decode()
+    public = public_bytes(load_signing_key(path))
+    if form == "pem":
+        return public_pem(public).rstrip("\n")
+    if form == "fingerprint":
+        return fingerprint(public)
+    return base64.b64encode(public).decode()
+
+
+def verify_report_file(
+    app: AppContext | None,
+    path: str,
+    public_keys: tuple[str, ...] = (),
+    key_file: str | None = None,
+    signature: str | None = None,
+) -> ReportVerification:
+    """Verify a report file with the keys given, else the configured ones (the signing
+    key's and ``drill.trusted_keys``, those it replaced).  Raises CheckFailedError naming
+    what failed, UsageError when there is no key or the file cannot be read."""
+    configured, earlier = None, ()
+    if app is not None and not (public_keys or key_file):
+        configured = app.config.drill.signing_key_file
+        earlier = app.config.drill.trusted_keys
+    ring = trusted_keys(public_keys, key_file, configured, earlier)
+    return verify_file(path, ring, signature)

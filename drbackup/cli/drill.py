@@ -12,10 +12,8 @@ from drbackup.drill.record import DrillReport
 from drbackup.drill.report import (
     failure_details,
     failure_summary,
-    read_report_file,
     render,
 )
-from drbackup.drill.signing import trusted_key, verify_report
 from drbackup.errors import CheckFailedError
 
 
@@ -89,28 +87,48 @@ def run(state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, outpu
 
 @drill.command("verify-report")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--public-key", metavar="B64", help="The signer's public key (base64).")
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="KEY",
+    help="A trusted public key: base64, or a file of keys (PEM or base64 lines). Repeatable.",
+)
 @click.option(
     "--key-file",
     type=click.Path(exists=True, dir_okay=False),
     help="The signing key file (its public half is used).",
 )
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False),
+    help="The detached signature (default: FILE.sig).",
+)
 @click.pass_obj
-def verify_report_cmd(state, file, public_key, key_file) -> None:
-    """Check the Ed25519 signature of a drill report (JSON or Markdown).
+def verify_report_cmd(state, file, public_keys, key_file, signature) -> None:
+    """Check that drill report FILE (Markdown, JSON, HTML) is exactly what was signed.
 
-    Without --public-key or --key-file, the config's drill.signing_key_file is used.
-    Exit 0 when the signature is valid, 3 when the report is unsigned or was changed.
+    Every byte of FILE is checked against its detached signature FILE.sig, and the signed
+    record inside it against its own; a JSON record without .sig (as stored in the
+    repository) is checked on its record alone.  The key is looked up by the fingerprint
+    the report names among the trusted keys: --public-key and --key-file, or the config's
+    drill.signing_key_file and drill.trusted_keys (keys it replaced).
+    Exit 0 when authentic, 3 when unsigned, signed by an untrusted key, or changed.
     """
-    report = read_report_file(file)
-    configured = None
-    if not (public_key or key_file):
-        configured = state.app.config.drill.signing_key_file
-    verified = verify_report(report, trusted_key(public_key, key_file, configured))
-    record = DrillReport.from_dict(report)  # the signed JSON is verified; now read it
+    app = state.app if not (public_keys or key_file) else None
+    checked = actions.verify_report_file(app, file, public_keys, key_file, signature)
+    click.echo(_verified_line(file, checked))
+
+
+def _verified_line(file: str, checked) -> str:
+    key = f"ed25519 key {checked.key.key_id}"
+    covered = "every byte and its record" if checked.document else "its record (no .sig)"
+    if checked.report is None:
+        return f"ok: {file} is authentic ({key}; every byte)"
+    record = DrillReport.from_dict(checked.report)  # the signed JSON is verified; now read it
     counts = record.counts
-    click.echo(
-        f"ok: drill {record.drill_id} report is authentic (ed25519 key {verified.key_id}); "
+    return (
+        f"ok: drill {record.drill_id} report is authentic ({key}; {covered}); "
         f"status {record.status}: {counts['pass']} passed, {counts['warn']} warned, "
         f"{counts['fail']} failed"
     )
@@ -189,10 +207,12 @@ def cleanup(state, plan, kept) -> None:
 
 
 @drill.command("public-key")
+@click.option("--pem", "form", flag_value="pem", help="As PEM, for openssl (signer.pem).")
+@click.option("--fingerprint", "form", flag_value="fingerprint", help="Its fingerprint only.")
 @click.pass_obj
-def public_key(state) -> None:
-    """Print the public key of drill.signing_key_file, for auditors."""
-    click.echo(actions.public_key_of(state.app))
+def public_key(state, form) -> None:
+    """Print the public key of drill.signing_key_file (base64), for auditors."""
+    click.echo(actions.public_key_of(state.app, form or "base64"))
 
 
 COMMANDS = [drill]

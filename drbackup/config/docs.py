@@ -64,6 +64,7 @@ no targets). An empty file means the defaults. Unknown keys are errors.
 | `DRBACKUP_HOME` | directory of the default repository and catalog |
 | `DRBACKUP_PASSPHRASE` | sets `repository.encryption.passphrase` |
 | `DRBACKUP_KEY_FILE` | sets `repository.encryption.key_file` |
+| `DRBACKUP_OPERATOR` | who signs drill reports (the report's `signer.operator`; default the login name) |
 | `AWS_ENDPOINT_URL`, `AWS_REGION` | fill `repository.s3.endpoint_url` / `region` when unset |
 | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | the s3 credentials, \
 unless the file sets `access_key_id_file` or `secret_access_key_file` |

@@ -5,6 +5,8 @@ them (a field's docstring is its description).  Secret fields are never set from
 file: they come from their ``*_file`` key (read at validation) or the environment.
 """
 
+import base64
+import binascii
 import difflib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -359,6 +361,23 @@ class MinioTarget(Section):
 class DrillSettings(Section):
     signing_key_file: ReadableFile | None = None
     """Private key that signs drill reports."""
+    trusted_keys: list[str] = []
+    """Public keys (base64, as 'drill public-key' printed them) of signing keys this one
+    replaced: reports they signed still verify after a key rotation."""
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _ed25519_public_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            try:
+                raw = base64.b64decode(key.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                template = "'{key}' is not an ed25519 public key (32 bytes, base64)"
+                raise config_error("public_key", template, key=key[:60])
+        return value
+
     scratch_dsn: ScratchDsn | None = None
     """Server for scratch restores; unset means a private local cluster (docs/drills.md)."""
     scratch_on_source_server: bool = False
@@ -399,12 +418,19 @@ class EmailSettings(Section):
 
 
 class NotificationSettings(Section):
+    urls_file: SecretFile | None = None
+    """File of Apprise URLs, one per line ('#' comments): slack://, msteams://, ntfy://,
+    discord://, pagerduty://, mailto://, json:// ... (docs/daemon.md); they carry tokens."""
+    urls: EnvSecret = None
     webhook: WebhookSettings | None = None
-    """A generic JSON webhook (Slack-compatible 'text' field)."""
+    """A webhook URL: a service Apprise recognises by its address (Slack, Discord, ...), else
+    JSON with the message in 'text' (earlier versions' setting; urls_file says more)."""
     email: EmailSettings | None = None
-    """SMTP email."""
+    """SMTP email, sent as Apprise's mailto:// (earlier versions' setting)."""
     on_failure: bool = True
     """The daemon notifies each failed job."""
+
+    secret_files: ClassVar[dict[str, str]] = {"urls": "urls_file"}
 
 
 Target = PostgresTarget | MinioTarget

@@ -215,6 +215,26 @@ class Signature:
 
 
 @dataclass
+class Signer:
+    """Who signed the report, with which key, where and when (part of what is signed)."""
+
+    key_fingerprint: str  # ed25519:<sha256 hex of the raw public key>
+    operator: str
+    host: str
+    signed_at: str  # ISO 8601, as written
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signer:
+        known, extra = _known(cls, data)
+        return cls(**known, extra=extra)
+
+
+@dataclass
 class DrillReport:
     """One drill: its targets and checks, its status (the worst check's) and times."""
 
@@ -231,6 +251,7 @@ class DrillReport:
     targets: list[TargetReport]
     checks: list[CheckResult]
     signature: Signature | None = None
+    signer: Signer | None = None
     format: str = REPORT_FORMAT
     version: int = REPORT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -300,9 +321,10 @@ class DrillReport:
             "counts": self.counts,
             "targets": [t.to_dict() for t in self.targets],
             "checks": [c.to_dict() for c in self.checks],
+            "signer": self.signer.to_dict() if self.signer else None,
             "signature": self.signature.to_dict() if self.signature else None,
         }
-        return {**_without_none(data, "signature"), **self.extra}
+        return {**_without_none(data, "signer", "signature"), **self.extra}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DrillReport:
@@ -328,6 +350,7 @@ class DrillReport:
             "targets": [TargetReport.from_dict(t) for t in known["targets"]],
             "checks": [CheckResult.from_dict(c) for c in known.get("checks", [])],
             "signature": _maybe(Signature.from_dict, known.get("signature")),
+            "signer": _maybe(Signer.from_dict, known.get("signer")),
         }
         return cls(**{**_lenient(), **known, **parts}, extra=extra)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drbackup import files
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult, format_seconds
+from drbackup.drill.documents import read_document, signature_path, verify_document, write_signed
 from drbackup.drill.record import (
     REPORT_FORMAT,
     REPORT_VERSION,  # noqa: F401 - the schema version, named where the format is
@@ -27,6 +30,7 @@ from drbackup.drill.record import (
     TargetReport,
     as_report,
 )
+from drbackup.drill.signing import KeyRing, Verified, verify_report
 from drbackup.drill.upgrade import describe_majors
 from drbackup.errors import UsageError
 
@@ -159,10 +163,15 @@ def _target_lines(target: TargetReport) -> list[str]:
 
 
 def _signature_line(report: DrillReport) -> str:
-    sig = report.signature
+    sig, signer = report.signature, report.signer
     if not sig:
         return "report not signed (no drill.signing_key_file)"
-    return f"signed with ed25519 key {sig.key_id} (public key {sig.public_key})"
+    if not signer:  # signed before reports named their signer
+        return f"signed with ed25519 key {sig.key_id} (public key {sig.public_key})"
+    return (
+        f"signed with ed25519 key {signer.key_fingerprint} by {signer.operator} on "
+        f"{signer.host} at {signer.signed_at} (public key {sig.public_key})"
+    )
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -196,9 +205,16 @@ def render_markdown(report: Report) -> str:
             f"{c.status.upper()} | {_cell(c.summary)} | {c.seconds:.2f} |"
             for c in record.checks_of(target.target)
         ]
-    verify = "Verify with `drbackup drill verify-report THIS_FILE --public-key KEY`."
-    out += ["", "## Signed report", "", verify, "", _FENCE, render_json(report), "```", ""]
-    return "\n".join(out)
+    out += ["", "## Signed report", "", *_VERIFY_MARKDOWN, "", _FENCE, render_json(report)]
+    return "\n".join([*out, "```", ""])
+
+
+_VERIFY_MARKDOWN = [
+    "Every byte of this file is signed: the detached signature is THIS_FILE.sig.",
+    "Verify with `drbackup drill verify-report THIS_FILE --public-key signer.pem`, or with",
+    "OpenSSL 3 alone: `openssl pkeyutl -verify -pubin -inkey signer.pem -rawin -in THIS_FILE",
+    "-sigfile THIS_FILE.sig` (signer.pem: `drbackup drill public-key --pem`; docs/drills.md).",
+]
 
 
 def render_json(report: Report) -> str:
@@ -240,13 +256,21 @@ def expand_output_path(template: str, *, drill_id: str, plan: str | None, when: 
     return Path(text).expanduser()
 
 
-def write_report_file(report: Report, path: Path, fmt: str, *, text: str | None = None) -> Path:
-    """Write ``report`` in ``fmt`` atomically (temp file, fsync, rename); returns the path.
-    ``text``: the report already rendered (the html form is drawn above this layer)."""
+def write_report_file(
+    report: Report,
+    path: Path,
+    fmt: str,
+    key: Ed25519PrivateKey | None = None,
+    *,
+    text: str | None = None,
+) -> Path:
+    """Write ``report`` in ``fmt`` atomically (temp file, fsync, rename) and, with ``key``,
+    the detached signature of its exact bytes to ``path.sig``; returns the path.
+    ``text``: the report already rendered (the html form is drawn above this layer).
+    Raises OSError."""
     if text is None:
         text = render_markdown(report) if fmt == "markdown" else render_json(report) + "\n"
-    files.write_atomic(path, text, mode=0o600)
-    return path
+    return write_signed(path, text.encode("utf-8"), key)
 
 
 def read_report_file(path: str | Path) -> dict:
@@ -257,6 +281,11 @@ def read_report_file(path: str | Path) -> dict:
         raise UsageError(
             f"cannot read report {path}: {getattr(exc, 'strerror', None) or exc}"
         ) from None
+    return parse_report_text(text, path)
+
+
+def parse_report_text(text: str, path: str | Path) -> dict:
+    """The report of a JSON or Markdown document's text; raises UsageError."""
     if not text.lstrip().startswith("{"):
         blocks = _FENCE_RE.findall(text) or _HTML_BLOCK_RE.findall(text)
         if not blocks:
@@ -271,3 +300,56 @@ def read_report_file(path: str | Path) -> dict:
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise UsageError(f"{path}: not a drbackup drill report")
     return report
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportVerification:
+    """What ``drill verify-report`` proved: every byte of the file (``document``; None for
+    a JSON file without ``.sig``) and the signed record inside it (``record``; None for a
+    form that carries none)."""
+
+    report: dict | None
+    document: Verified | None
+    record: Verified | None
+
+    @property
+    def key(self) -> Verified:
+        return self.document or self.record
+
+
+def verify_report_file(
+    path: str | Path, ring: KeyRing, signature: str | Path | None = None
+) -> ReportVerification:
+    """Verify a report file: the detached signature over its bytes, then the signed record
+    it carries.  A JSON report without ``.sig`` (as stored in the repository) is accepted
+    on its record's signature alone: its content is covered, its layout is not.  Any other
+    form needs its ``.sig``: its readable text is covered by nothing else.
+
+    Raises CheckFailedError naming what failed, UsageError for what cannot be read.
+    """
+    path = Path(path)
+    if signature is None and not signature_path(path).exists() and _is_json(path):
+        report = read_report_file(path)
+        return ReportVerification(report, None, verify_report(report, ring))
+    data, sig = read_document(path, signature)
+    document = verify_document(path.name, data, sig, ring)
+    text = data.decode("utf-8", errors="replace")
+    if not text.lstrip().startswith("{") and not _carries_record(text):
+        return ReportVerification(None, document, None)  # a form without the record
+    report = parse_report_text(text, path)
+    return ReportVerification(report, document, verify_report(report, ring))
+
+
+def _carries_record(text: str) -> bool:
+    return bool(_FENCE_RE.search(text) or _HTML_BLOCK_RE.search(text))
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(64).lstrip().startswith(b"{")
+    except OSError:
+        return False

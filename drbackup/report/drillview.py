@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult
-from drbackup.drill.record import DrillReport, TargetReport, Timings, as_report
+from drbackup.drill.record import DrillReport, Signer, TargetReport, Timings, as_report
 
 EVIDENCE_CHARS = 20_000  # per evidence item shown; the signed report keeps all of it
 PHASES = (  # Timings field, label; their sum (with the rest of the restore) is total_s
@@ -74,6 +74,7 @@ class DrillPageView:
     repository_id: str | None
     signature_key: str | None  # the signer's key id; None: unsigned
     public_key: str | None
+    signer: Signer | None  # fingerprint, operator, host, time (reports since issue 20)
     targets: tuple[DrillTargetView, ...]
 
     @property
@@ -99,6 +100,7 @@ def build_drill_view(report: DrillReport | Mapping[str, Any]) -> DrillPageView:
         repository_id=report.repository.get("id"),
         signature_key=signature.key_id if signature else None,
         public_key=signature.public_key if signature else None,
+        signer=report.signer if signature else None,
         targets=tuple(_target(t, report.checks_of(t.target)) for t in report.targets),
     )
 

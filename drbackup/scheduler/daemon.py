@@ -44,6 +44,7 @@ from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
 from drbackup.scheduler.attempts import TargetRuns
+from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
 from drbackup.scheduler.locks import CatalogLock, Coordinator, LocalLocks
 from drbackup.scheduler.logs import emit
@@ -312,9 +313,10 @@ class Daemon:
             scheduled_at=scheduled.isoformat(),
             reason=reason,
         )
+        beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
-            if job.jitter and self._stopping.wait(_jitter(job)):
+            if job.jitter and self._stopping.wait(job.jitter_delay()):
                 results["(job)"] = {
                     "status": "failed",
                     "error": "abandoned: the daemon is stopping",
@@ -346,6 +348,8 @@ class Daemon:
             duration_s=round(duration, 3),
             error=error,
         )
+        event, said = (FAILURE, error) if status == RUN_FAILED else (SUCCESS, "ok")
+        beat(job.heartbeat, event, job.name, f"run {run_id} of job {job.name}: {said}")
         self.probe.refresh_size()
         if self.pages is not None:
             self.pages.invalidate()
@@ -487,12 +491,6 @@ class Daemon:
         if status == "skipped":
             raise LockedError(f"job '{name}' is already running")
         return status
-
-
-def _jitter(job: Job) -> float:
-    import random
-
-    return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security
 
 
 def _next_fire(aps) -> str | None:

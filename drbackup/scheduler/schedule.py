@@ -11,6 +11,7 @@ A schedule file holds ``jobs:``, a mapping of job name to job (see docs/daemon.m
         jitter: 10m             # random delay, 0 to this (seconds or a duration)
         timeout: 2h             # bound of one action run (one target, one attempt)
         retry: {attempts: 3, backoff: 5m}
+        heartbeat: https://hc-ping.com/UUID   # pinged at /start, on success, at /fail
 
 Every problem of every file is reported at once in one :class:`ConfigError`, each line naming
 the file, the job and the field.  Cron expressions are parsed by APScheduler's
@@ -21,20 +22,32 @@ numbers weekdays from Monday (0) where crontab numbers them from Sunday (0 and 7
 from __future__ import annotations
 
 import difflib
+import random
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drbackup.config.load import _UniqueKeyLoader
-from drbackup.config.types import config_error, parse_duration
+from drbackup.config.types import config_error, parse_duration, read_secret_file
 from drbackup.errors import ConfigError
+from drbackup.scheduler.heartbeat import Heartbeat
 
 KINDS = ("backup", "snapshot", "drill", "prune", "verify", "report", "wal-check")
 REPORT_FORMATS = ("text", "json", "markdown", "prometheus", "nagios", "html")
@@ -176,6 +189,33 @@ class RetryPolicy(_Model):
         return min(seconds, self.max_backoff.total_seconds())
 
 
+class HeartbeatSpec(_Model):
+    """A healthchecks.io-style ping URL (scheduler/heartbeat.py); the URL names the check,
+    so it may come from a file (a mounted secret)."""
+
+    url: SecretStr | None = None
+    url_file: Path | None = None
+    timeout: Seconds = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> HeartbeatSpec:
+        if (self.url is None) == (self.url_file is None):
+            raise config_error("heartbeat", "give the heartbeat either url or url_file")
+        if self.url_file is not None:
+            self.url = read_secret_file(self.url_file.expanduser())
+        if urlsplit(self.url.get_secret_value()).scheme not in ("http", "https"):
+            raise config_error("heartbeat", "the heartbeat url must start with http:// or https://")
+        return self
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.url.get_secret_value(), self.timeout.total_seconds())
+
+
+def _url_shorthand(value: Any) -> Any:
+    """``heartbeat: URL`` is ``heartbeat: {url: URL}``."""
+    return {"url": value} if isinstance(value, str) else value
+
+
 class JobSpec(_Model):
     """What every job has; the kind-specific subclasses add their arguments."""
 
@@ -187,6 +227,7 @@ class JobSpec(_Model):
     timeout: Seconds = DEFAULT_TIMEOUT
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     enabled: bool = True
+    heartbeat: Annotated[HeartbeatSpec | None, BeforeValidator(_url_shorthand)] = None
 
     @field_validator("cron")
     @classmethod
@@ -294,9 +335,18 @@ class Job:
     def jitter(self) -> float:
         return self.spec.jitter.total_seconds()
 
+    def jitter_delay(self) -> float:
+        """A random wait in [0, jitter] seconds before a fire (spreads replicas' load)."""
+        return random.uniform(0, self.jitter)  # noqa: S311 - spreading load, not security
+
     @property
     def retry(self) -> RetryPolicy:
         return self.spec.retry
+
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        """Where the daemon pings at the start and end of each run of this job."""
+        return self.spec.heartbeat.heartbeat() if self.spec.heartbeat else None
 
     def trigger(self) -> CronTrigger:
         return build_trigger(self.spec.cron, self.spec.timezone)

@@ -3,10 +3,13 @@ and scratch cleanup after Ctrl-C, SIGTERM and SIGKILL."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -65,8 +68,10 @@ def test_drill_passes_and_its_signed_report_verifies(repo_config, pg_db, run_cli
     report_path.write_text(text.replace('"status": "warn"', '"status": "pass"', 1))
     bad = run_cli("drill", "verify-report", report_path, "--key-file", key_file)
     assert bad.code == 3
+    # issue 20: every byte is signed, so the edit is named against the detached signature
     assert bad.error_lines == [
-        "drbackup: error: bad signature: the report was changed after it was signed"
+        "drbackup: error: bad signature: the report was changed after it was signed "
+        "(drill.md: its bytes do not match its detached signature)"
     ]
 
     history = run_cli("drill", "history", "--json")
@@ -289,6 +294,95 @@ def test_an_ephemeral_cluster_older_than_the_backup_is_refused_before_it_starts(
         "directory, or drill on a server (scratch.server)",
     ]
     assert not base.exists()  # nothing was created
+
+
+def _openssl_verify(pem: Path, document: Path) -> subprocess.CompletedProcess:
+    argv = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem), "-rawin"]
+    argv += ["-in", str(document), "-sigfile", f"{document}.sig"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def test_an_auditor_verifies_every_byte_with_only_the_public_key(
+    local_repo_config, pg_db, run_cli, tmp_path, monkeypatch
+):
+    add_signing_key(local_repo_config)
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    assert run_cli("backup", "postgres", "app").code == 0
+    report = tmp_path / "drill.md"
+    monkeypatch.setenv("DRBACKUP_OPERATOR", "alice")
+    assert run_cli("drill", "run", "--target", "app", "-o", report).code == 0
+    pem = tmp_path / "signer.pem"
+    pem.write_text(run_cli("drill", "public-key", "--pem").stdout)
+    fingerprint = run_cli("drill", "public-key", "--fingerprint").stdout.strip()
+    text = report.read_text()
+    assert f"signed with ed25519 key {fingerprint} by alice on " in text
+    original = report.read_bytes()
+
+    # the auditor has the report, its .sig and the public key: no config, no repository
+    monkeypatch.setenv("DRBACKUP_CONFIG", str(tmp_path / "no-such-config.yaml"))
+    ok = run_cli("drill", "verify-report", report, "--public-key", pem)
+    assert ok.code == 0, ok.stderr
+    assert "report is authentic (ed25519 key " in ok.stdout and "every byte" in ok.stdout
+    assert _openssl_verify(pem, report).returncode == 0  # Debian's openssl, no drbackup
+
+    host_line = next(line for line in text.splitlines() if line.startswith("- Host: "))
+    table_row = next(line for line in text.splitlines() if line.startswith("| tables |"))
+    edits = [
+        text.replace(host_line, host_line.replace("- Host: ", "- Host: x"), 1),
+        text.replace(table_row, table_row.replace("| PASS |", "| FAIL |"), 1),
+        text.replace("**Status: PASS**", "**Status:  PASS**", 1),
+        text + " ",
+    ]
+    for edited in edits:
+        assert edited != text
+        report.write_text(edited)
+        bad = run_cli("drill", "verify-report", report, "--public-key", pem)
+        assert (bad.code, bad.error_lines) == (
+            3,
+            [
+                "drbackup: error: bad signature: the report was changed after it was signed "
+                "(drill.md: its bytes do not match its detached signature)"
+            ],
+        )
+        assert _openssl_verify(pem, report).returncode == 1
+    report.write_bytes(original)
+    Path(f"{report}.sig").unlink()
+    unsigned = run_cli("drill", "verify-report", report, "--public-key", pem)
+    assert unsigned.code == 3
+    assert unsigned.error_lines[0] == (
+        "drbackup: error: drill.md has no detached signature (drill.md.sig not found)"
+    )
+
+
+def test_after_a_key_rotation_old_reports_verify_with_the_configured_keys(
+    local_repo_config, pg_db, run_cli, tmp_path
+):
+    old_key = add_signing_key(local_repo_config)
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    assert run_cli("backup", "postgres", "app").code == 0
+    report = tmp_path / "old.json"
+    assert run_cli("drill", "run", "--target", "app", "-o", report).code == 0
+    old_public = run_cli("drill", "public-key").stdout.strip()
+    new_key = tmp_path / "new-signing.key"
+    new_key.write_text(keys.b64(os.urandom(32)) + "\n")
+    local_repo_config.data["drill"]["signing_key_file"] = str(new_key)
+    local_repo_config.write()
+    refused = run_cli("drill", "verify-report", report)
+    assert refused.code == 3
+    old_id = keys_id(old_public)
+    assert refused.error_lines[0].startswith(
+        f"drbackup: error: old.json was signed by key {old_id}, not by a trusted key ("
+    )
+    local_repo_config.data["drill"]["trusted_keys"] = [old_public]
+    local_repo_config.write()
+    ok = run_cli("drill", "verify-report", report)
+    assert ok.code == 0, ok.stderr
+    assert f"(ed25519 key {old_id}; every byte and its record)" in ok.stdout
+    assert old_key.exists()
+
+
+def keys_id(public_b64: str) -> str:
+    return hashlib.sha256(base64.b64decode(public_b64)).hexdigest()[:16]
 
 
 def test_into_major_restores_into_exactly_that_major_or_is_refused(

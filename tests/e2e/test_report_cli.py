@@ -114,7 +114,7 @@ def test_notify_without_destinations_is_a_config_error(local_repo_config, run_cl
     assert result.code == 2
     assert result.error_lines == [
         "drbackup: error: no notification destinations configured",
-        "hint: add 'notifications:' with a webhook or email to the config (docs/daemon.md)",
+        "hint: add 'notifications:' with urls_file (Apprise URLs), a webhook or email to the config (docs/daemon.md)",
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 import textwrap
@@ -496,3 +497,100 @@ def test_a_failed_drill_fails_the_job_and_sets_the_metrics(tmp_path, monkeypatch
     text = daemon.metrics.render().decode()
     assert 'drbackup_drill_passed{target="app"} 0.0' in text
     assert 'drbackup_drill_measured_rto_seconds{target="app"} 12.5' in text
+
+
+# -- heartbeats ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sink():
+    from tests.fixtures.httpsink import start_sink
+
+    sink, server = start_sink()
+    yield sink
+    server.shutdown()
+    server.server_close()
+
+
+def test_heartbeats_ping_at_start_success_and_failure(setting, daemons, tmp_path, sink):
+    # a second target whose server is not there: its backups fail (connection refused)
+    setting.data["postgres"]["gone"] = {
+        "dsn": "postgresql://backup@127.0.0.1:1/gone",
+        "databases": ["gone"],
+    }
+    setting.write()
+    secret = tmp_path / "hc-bad"
+    secret.write_text(f"{sink.url}/ping/bad-uuid\n")
+    schedules = write_schedule(
+        tmp_path / "schedules",
+        f"""
+        jobs:
+          good:
+            kind: backup
+            targets: [app]
+            cron: "*/3 * * * * *"
+            heartbeat: {sink.url}/ping/good-uuid
+          bad:
+            kind: backup
+            targets: [gone]
+            cron: "*/3 * * * * *"
+            heartbeat: {{url_file: {secret}, timeout: 5s}}
+        """,
+    )
+    daemon = daemons(setting.path, schedules)
+    daemon.wait_event("job_finished", job="good", status="ok", timeout=STARTUP + 30)
+    daemon.wait_event("job_finished", job="bad", status="failed", timeout=STARTUP + 30)
+
+    def pings_of(job: str) -> list[str]:
+        return [r.path for r in sink.requests if r.path.startswith(f"/ping/{job}-uuid")]
+
+    wait_for(lambda: len(pings_of("good")) >= 2 and len(pings_of("bad")) >= 2, 30, "pings")
+    assert daemon.stop() == 0
+    good, bad = pings_of("good"), pings_of("bad")
+    # every run: /start first, then its outcome; runs do not overlap
+    assert good[:2] == ["/ping/good-uuid/start", "/ping/good-uuid"]
+    assert bad[:2] == ["/ping/bad-uuid/start", "/ping/bad-uuid/fail"]
+    assert all(r.method == "POST" for r in sink.requests)
+    failure = next(r for r in sink.requests if r.path == "/ping/bad-uuid/fail")
+    assert failure.text.startswith("run ") and "of job bad: gone: " in failure.text
+    success = next(r for r in sink.requests if r.path == "/ping/good-uuid")
+    assert success.text.endswith("of job good: ok")
+    assert daemon.count("heartbeat_failed") == 0
+
+
+def test_a_monitor_that_is_down_never_fails_the_job(tmp_path, monkeypatch, sink, caplog):
+    from drbackup.config import Config
+    from drbackup.scheduler.daemon import Daemon
+
+    monkeypatch.setenv("DRBACKUP_HOME", str(tmp_path))
+    config = Config.model_validate(
+        {
+            "catalog": f"sqlite:///{tmp_path / 'catalog.db'}",
+            "postgres": {"app": {"dsn": "postgresql://x@127.0.0.1:1/app", "databases": ["app"]}},
+        }
+    )
+    sink.status = 503
+    schedules = write_schedule(
+        tmp_path / "schedules",
+        "jobs:\n"
+        f"  up: {{kind: backup, cron: '0 1 * * *', heartbeat: '{sink.url}/p/T0KEN'}}\n"
+        "  down: {kind: backup, cron: '0 1 * * *', heartbeat: 'http://127.0.0.1:1/p/T0KEN'}\n",
+    )
+    daemon = Daemon(config, str(schedules), runner=FlakyRunner(failures=0))
+    caplog.set_level(logging.WARNING, logger="drbackup.daemon")
+    assert daemon.run_once("up") == "ok"
+    assert daemon.run_once("down") == "ok"
+    assert [r.path for r in sink.requests] == ["/p/T0KEN/start", "/p/T0KEN"]
+    failed = [r.fields for r in caplog.records if getattr(r, "event", "") == "heartbeat_failed"]
+    assert [(f["job"], f["ping"]) for f in failed] == [
+        ("up", "start"),
+        ("up", "success"),
+        ("down", "start"),
+        ("down", "success"),
+    ]
+    errors = [f["error"] for f in failed]
+    assert (
+        errors[0] == "heartbeat http://127.0.0.1 answered 503 service unavailable to the start ping"
+    )
+    assert errors[2].startswith("heartbeat http://127.0.0.1 unreachable for the start ping: ")
+    assert not any("T0KEN" in e for e in errors)

@@ -1,24 +1,26 @@
-"""Notifications against servers on loopback: a webhook (http.server) and SMTP (a stub)."""
+"""Notifications through Apprise against real servers on loopback: an HTTP sink that
+receives Slack, generic JSON (``json://``) and ntfy messages, and SMTP (a stub)."""
 
 from __future__ import annotations
 
 import email
-import json
 import socketserver
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
+from apprise.plugins.slack import NotifySlack
 
 from drbackup import notify
 from drbackup.report.health import BackupFact, RepositoryFacts, TargetFacts, build_report
+from tests.fixtures.httpsink import start_sink
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def critical_report():
-    facts = TargetFacts(
+    stale = TargetFacts(
         "app",
         "postgres",
         timedelta(hours=24),
@@ -26,59 +28,108 @@ def critical_report():
         restore_points=1,
         newest=BackupFact("20261121T000000Z-aaaaaa", NOW - timedelta(days=2)),
     )
-    return build_report(RepositoryFacts("/srv/repo", True, size=10), [facts], NOW)
+    fresh = TargetFacts(
+        "crm",
+        "postgres",
+        timedelta(hours=24),
+        timedelta(hours=1),
+        restore_points=3,
+        newest=BackupFact("20261123T090000Z-bbbbbb", NOW - timedelta(hours=3)),
+    )
+    return build_report(RepositoryFacts("/srv/repo", True, size=10), [fresh, stale], NOW)
 
 
-# -- a webhook receiver -------------------------------------------------------------------
+# -- an HTTP sink --------------------------------------------------------------------------
 
 
 @pytest.fixture
-def webhook():
-    received: list[dict] = []
-    status = {"code": 200}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append({"headers": dict(self.headers), "json": json.loads(body)})
-            self.send_response(status["code"])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN"
-    yield url, received, status
+def sink():
+    sink, server = start_sink()
+    yield sink
     server.shutdown()
     server.server_close()
 
 
-def test_webhook_posts_slack_compatible_json(webhook):
-    url, received, _ = webhook
-    notify.send([notify.Webhook(url)], notify.report_message(critical_report()))
-    (request,) = received
-    assert request["headers"]["Content-Type"] == "application/json"
-    payload = request["json"]
-    assert payload["text"].startswith("drbackup health CRITICAL: app\n")
-    assert "last backup is 2d old, older than the rpo 1d" in payload["text"]
-    assert payload["status"] == "CRITICAL" and payload["report"]["exit_code"] == 2
+def test_the_report_reaches_slack_json_and_ntfy_readable_in_each(sink, monkeypatch):
+    # Apprise's Slack plugin posts to hooks.slack.com: point that one constant at the sink.
+    monkeypatch.setattr(NotifySlack, "webhook_url", f"{sink.url}/services")
+    host = sink.url.removeprefix("http://")
+    destinations = [
+        notify.Destination("slack://T0KEN1/B0KEN2/S3CRET"),
+        notify.Destination(f"json://{host}/generic"),
+        notify.Destination(f"ntfy://{host}/drbackup-alerts"),
+    ]
+    notify.send(destinations, notify.report_message(critical_report()))
+    by_path = {r.path.split("/")[1]: r for r in sink.wait_for(3)}
+    slack, generic, ntfy = by_path["services"], by_path["generic"], by_path[""]
+    assert slack.path == "/services/T0KEN1/B0KEN2/S3CRET"
+    (attachment,) = slack.json()["attachments"]
+    assert attachment["title"] == "drbackup health CRITICAL: app, crm"
+    # Slack mrkdwn: Apprise turned the Markdown **bold** into *bold*
+    assert "- *app* CRITICAL: last backup is 2d old, older than the rpo 1d" in attachment["text"]
+    assert "footer" not in attachment  # no links to images on the internet
+    payload = generic.json()
+    assert payload["title"] == "drbackup health CRITICAL: app, crm"
+    assert payload["type"] == "failure"
+    lines = payload["message"].splitlines()
+    assert lines[0] == "**CRITICAL**: 2 of 2 targets need attention"  # Markdown as written
+    # worst first, one line per target with its findings in words, no fixed-width columns
+    assert lines[-2:] == [
+        "- **app** CRITICAL: last backup is 2d old, older than the rpo 1d; no passing drill on "
+        "record",
+        "- **crm** WARNING: no passing drill on record",
+    ]
+    assert ntfy.path == "/"
+    assert ntfy.json()["topic"] == "drbackup-alerts"
+    assert ntfy.json()["title"] == "drbackup health CRITICAL: app, crm"
+    assert "- **app** CRITICAL: last backup is 2d old" in ntfy.json()["message"]
+    assert ntfy.headers["X-Markdown"] == "yes"  # the ntfy app renders it
+    for request in (slack, generic, ntfy):
+        body = request.text
+        assert "TARGET" not in body and "AGE / RPO" not in body  # not the terminal table
 
 
-def test_webhook_errors_name_the_host_not_the_token(webhook):
-    url, _, status = webhook
-    status["code"] = 500
-    with pytest.raises(notify.NotifyError) as info:
-        notify.send([notify.Webhook(url)], notify.failure_message("nightly", "backup", "boom"))
-    assert info.value.message == (
-        "notification failed: webhook http://127.0.0.1 answered 500 internal server error"
+def test_an_old_webhook_setting_still_gets_the_message_in_text(sink):
+    config = SimpleNamespace(
+        notifications=SimpleNamespace(
+            webhook=SimpleNamespace(url=f"{sink.url}/hooks/T0KEN?channel=ops", timeout=3.0),
+            email=None,
+            on_failure=True,
+        )
     )
+    (destination,) = notify.destinations_from_config(config)
+    assert destination.url.startswith("json://127.0.0.1:")
+    notify.send([destination], notify.failure_message("nightly", "backup", "pg_dump failed"))
+    (request,) = sink.wait_for(1)
+    assert request.method == "POST" and request.path == "/hooks/T0KEN?channel=ops"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"].startswith("drbackup/")
+    payload = request.json()
+    assert payload["title"] == "drbackup job nightly failed"
+    assert payload["text"].startswith("**FAILED**: job **nightly** (backup) at ")
+    assert payload["text"].endswith("pg_dump failed")
+
+
+def test_a_native_service_address_becomes_that_service():
+    assert notify.webhook_url("https://hooks.slack.com/services/T0/B0/XX") == (
+        "https://hooks.slack.com/services/T0/B0/XX"
+    )
+    assert notify.webhook_url("https://example.com/hook").startswith("jsons://example.com/hook?")
+
+
+def test_errors_name_the_host_not_the_token(sink):
+    sink.status = 500
+    host = sink.url.removeprefix("http://")
+    with pytest.raises(notify.NotifyError) as info:
+        notify.send(
+            [notify.Destination(f"json://{host}/hooks/T0KEN")],
+            notify.failure_message("nightly", "backup", "boom"),
+        )
+    assert info.value.message.startswith("notification failed: json://127.0.0.1 failed: ")
+    assert "500" in info.value.message
     assert "T0KEN" not in info.value.message
+    with pytest.raises(notify.NotifyError, match="nope://x: not a notification url apprise"):
+        notify.send([notify.Destination("nope://x/T0KEN")], notify.failure_message("j", "b", "e"))
 
 
 # -- an SMTP stub -------------------------------------------------------------------------
@@ -143,53 +194,82 @@ def smtp():
     server.server_close()
 
 
-def test_email_sends_the_report(smtp):
-    mail = notify.Email(
+def _old_email(smtp, **overrides):
+    """The ``notifications.email`` settings of earlier versions."""
+    settings = dict(
         host="127.0.0.1",
         port=smtp.server_address[1],
         sender="drbackup@example.com",
-        recipients=("oncall@example.com", "dba@example.com"),
+        to=["oncall@example.com", "dba@example.com"],
         username="drbackup",
-        password="pw",
+        password="p@ss word",
+        starttls=False,
+        ssl=False,
+        subject_prefix="[drbackup]",
     )
+    return SimpleNamespace(**{**settings, **overrides})
+
+
+def test_old_email_settings_send_the_report_through_apprise(smtp):
+    config = SimpleNamespace(notifications=SimpleNamespace(email=_old_email(smtp), webhook=None))
+    (mail,) = notify.destinations_from_config(config)
+    assert mail.url.startswith("mailto://drbackup:p%40ss%20word@127.0.0.1:")
+    assert "p@ss" not in repr(mail)
     notify.send([mail], notify.report_message(critical_report()))
-    (envelope,) = smtp.messages
-    assert envelope["rcpt"] == ["oncall@example.com", "dba@example.com"]
+    recipients = sorted(r for envelope in smtp.messages for r in envelope["rcpt"])
+    assert set(recipients) == {"oncall@example.com", "dba@example.com"}
+    envelope = smtp.messages[0]
     assert envelope["auth"]  # AUTH PLAIN with the configured credentials
     message = email.message_from_bytes(envelope["data"])
-    assert message["Subject"] == "[drbackup] drbackup health CRITICAL: app"
-    assert message["To"] == "oncall@example.com, dba@example.com"
-    assert "last backup is 2d old" in message.get_payload()
+    assert message["Subject"] == "[drbackup] drbackup health CRITICAL: app, crm"
+    assert message["From"] == "drbackup@example.com"
+    plain = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+    assert "app CRITICAL: last backup is 2d old" in plain.get_payload(decode=True).decode()
+    html = next(p for p in message.walk() if p.get_content_type() == "text/html")
+    assert "<strong>app</strong> CRITICAL" in html.get_payload(decode=True).decode()
 
 
 def test_one_failing_destination_does_not_stop_the_others(smtp):
-    mail = notify.Email(
-        "127.0.0.1", "d@example.com", ("o@example.com",), port=smtp.server_address[1]
-    )
-    dead = notify.Webhook("http://127.0.0.1:1/hook", timeout=2)
+    mail = notify.Destination(notify.email_url(_old_email(smtp, username=None, to=["o@e.com"])))
+    dead = notify.Destination(notify.webhook_url("http://127.0.0.1:1/hook/T0KEN", timeout=2))
     with pytest.raises(notify.NotifyError) as info:
         notify.send([dead, mail], notify.failure_message("nightly", "backup", "pg_dump failed"))
-    assert info.value.message.startswith(
-        "notification failed: webhook http://127.0.0.1 unreachable"
-    )
+    assert info.value.message.startswith("notification failed: json://127.0.0.1 failed: ")
+    assert "T0KEN" not in info.value.message
     assert len(smtp.messages) == 1
 
 
-def test_destinations_from_config_shapes():
-    class Section:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
-
-    config = Section(
-        notifications=Section(
-            webhook=Section(url="https://hooks.example.com/x", timeout=timedelta(seconds=3)),
-            email=Section(host="smtp", port=587, sender="a@b", to=["c@d"], starttls=True),
+def test_destinations_from_config_shapes(tmp_path):
+    config = SimpleNamespace(
+        notifications=SimpleNamespace(
+            urls="# chat\nslack://T/B/C   # ops channel\n\nntfy://ntfy.example.com/alerts\n",
+            webhook=SimpleNamespace(
+                url="https://hooks.example.com/x", timeout=timedelta(seconds=3)
+            ),
+            email=SimpleNamespace(host="smtp", port=587, sender="a@b", to=["c@d"], starttls=True),
             on_failure=True,
         )
     )
-    hook, mail = notify.destinations_from_config(config)
-    assert (hook.url, hook.timeout) == ("https://hooks.example.com/x", 3.0)
-    assert (mail.host, mail.port, mail.recipients, mail.starttls) == ("smtp", 587, ("c@d",), True)
+    slack, ntfy, hook, mail = notify.destinations_from_config(config)
+    assert (slack.url, ntfy.url) == ("slack://T/B/C", "ntfy://ntfy.example.com/alerts")
+    assert hook.url.startswith("jsons://hooks.example.com/x?")
+    assert "cto=3&rto=3" in hook.url and "%3Amessage=text" in hook.url
+    assert mail.url == ("mailtos://smtp:587?smtp=smtp&from=a%40b&to=c%40d&mode=starttls")
     assert notify.notify_failures(config)
     with pytest.raises(Exception, match="no notification destinations configured"):
-        notify.destinations_from_config(Section(), required=True)
+        notify.destinations_from_config(SimpleNamespace(), required=True)
+
+
+def test_urls_file_in_the_config_file(tmp_path, sink):
+    from drbackup.config import Config
+
+    urls = tmp_path / "apprise-urls"
+    urls.write_text(f"# ops\njson://{sink.url.removeprefix('http://')}/from-config  # json\n")
+    config = Config.model_validate({"notifications": {"urls_file": str(urls)}})
+    assert "from-config" not in repr(config.notifications)  # a secret
+    (destination,) = notify.destinations_from_config(config, required=True)
+    notify.send([destination], notify.failure_message("nightly", "backup", "boom"))
+    (request,) = sink.wait_for(1)
+    assert (
+        request.path == "/from-config" and request.json()["title"] == "drbackup job nightly failed"
+    )

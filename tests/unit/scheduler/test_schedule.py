@@ -268,3 +268,60 @@ def test_every_kind_has_an_adapter():
     from drbackup.scheduler.schedule import KINDS
 
     assert set(jobs.REGISTRY) == set(KINDS)
+
+
+# -- heartbeats -----------------------------------------------------------------------------
+
+
+def test_a_heartbeat_url_or_file_per_job(tmp_path):
+    secret = tmp_path / "hc-url"
+    secret.write_text("https://hc.example.com/ping/0f9e-uuid\n")
+    write(
+        tmp_path / "s",
+        f"""
+        jobs:
+          nightly:
+            kind: backup
+            cron: "30 1 * * *"
+            heartbeat: https://hc.example.com/ping/abc?create=1
+          weekly:
+            kind: backup
+            cron: "0 3 * * 0"
+            heartbeat: {{url_file: {secret}, timeout: 3s}}
+          quiet:
+            kind: backup
+            cron: "0 4 * * *"
+        """,
+    )
+    nightly, weekly, quiet = load_schedules(tmp_path / "s", CONFIG).jobs
+    assert nightly.heartbeat.url_for("start") == "https://hc.example.com/ping/abc/start?create=1"
+    assert nightly.heartbeat.url_for("success") == "https://hc.example.com/ping/abc?create=1"
+    assert nightly.heartbeat.url_for("fail") == "https://hc.example.com/ping/abc/fail?create=1"
+    assert (weekly.heartbeat.url, weekly.heartbeat.timeout) == (
+        "https://hc.example.com/ping/0f9e-uuid",
+        3.0,
+    )
+    assert "0f9e" not in repr(weekly.heartbeat)  # the url names the check: a secret
+    assert quiet.heartbeat is None
+
+
+def test_a_heartbeat_needs_one_http_url(tmp_path):
+    write(
+        tmp_path,
+        """
+        jobs:
+          both:
+            kind: backup
+            cron: "30 1 * * *"
+            heartbeat: {url: "https://a.example/x", url_file: /nonexistent}
+          ftp:
+            kind: backup
+            cron: "30 1 * * *"
+            heartbeat: ftp://a.example/x
+        """,
+    )
+    lines = [line.removeprefix(f"{tmp_path}/") for line in errors_of(tmp_path)]
+    assert lines == [
+        "jobs.yaml: job 'both': at 'heartbeat': give the heartbeat either url or url_file",
+        "jobs.yaml: job 'ftp': at 'heartbeat': the heartbeat url must start with http:// or https://",
+    ]
