@@ -192,7 +192,7 @@ class Metrics(StreamSeries):
             len(details.get("gaps") or []) + len(details.get("breaks") or [])
         )
         if details.get("slot"):
-            self.record_slot(target, details["slot"])
+            self.record_slot(target, details["slot"], details.get("slot_max_retained"))
 
     def record_drill(self, kind: str, target: str, details: dict) -> None:
         """The verdict of a drill job (its details: ``jobs.drill_outcome``)."""

@@ -76,11 +76,14 @@ class StreamSeries:
         self.stream_up.labels(target=target).set(0)
         self._restarts_seen.pop(target, None)
 
-    def record_slot(self, target: str, slot: dict) -> None:
-        """A replication slot's state (sources.postgres.slots.SlotState.to_dict)."""
+    def record_slot(self, target: str, slot: dict, max_retained: int | None = None) -> None:
+        """A replication slot's state (sources.postgres.slots.SlotState.to_dict), and the
+        target's ``wal.slot_max_retained`` when given (a wal-check run's details carry it)."""
         if not slot.get("exists"):
             return
         labels = {"target": target, "slot": slot["name"]}
+        if max_retained is not None:
+            self.slot_max_retained.labels(**labels).set(max_retained)
         self.slot_active.labels(**labels).set(1 if slot.get("active") else 0)
         if slot.get("retained_bytes") is not None:
             self.slot_retained.labels(**labels).set(slot["retained_bytes"])

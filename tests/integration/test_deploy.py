@@ -253,7 +253,8 @@ def seed_catalog(url: str) -> None:
         record_drill(catalog, drill_report("pass", now - timedelta(days=1), 42.0))
         slot = {"name": "drbackup_pitr", "exists": True, "active": True, "retained_bytes": 1 << 24}
         window = {"oldest": (now - timedelta(days=1)).isoformat(), "newest": now.isoformat()}
-        details = {"window": window, "lag_seconds": 3.0, "gaps": [], "breaks": [], "slot": slot}
+        details = {"window": window, "lag_seconds": 3.0, "gaps": [], "breaks": [], "slot": slot,
+                   "slot_max_retained": 1 << 30}  # fmt: skip
         catalog.record_run("wal-check", "pitr", now, now, "ok", details=details)
 
 

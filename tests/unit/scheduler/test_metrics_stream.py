@@ -45,8 +45,10 @@ def test_a_streamer_reports_itself_and_its_slot():
 def test_a_wal_check_run_reports_the_slot_too():
     metrics = Metrics()
     slot = SlotState("drbackup_app", True, active=False, retained_bytes=7).to_dict()
-    metrics.record_wal("wal-check", "app", {"window": {}, "gaps": [], "breaks": [], "slot": slot})
+    details = {"window": {}, "gaps": [], "breaks": [], "slot": slot, "slot_max_retained": 9}
+    metrics.record_wal("wal-check", "app", details)
     got = samples(metrics)
     ts = (("slot", "drbackup_app"), ("target", "app"))
     assert got[("drbackup_wal_slot_active", ts)] == 0.0
     assert got[("drbackup_wal_slot_retained_bytes", ts)] == 7.0
+    assert got[("drbackup_wal_slot_max_retained_bytes", ts)] == 9.0
