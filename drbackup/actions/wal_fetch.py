@@ -172,8 +172,6 @@ class Fetcher:
         self.archive, self.cluster, self.spool = archive, cluster, spool
         self.ahead, self.jobs = ahead, max(1, min(jobs, ahead or 1))
         self.inflight: dict[str, Future] = {}
-        self.delivered: set[str] = set()  # fetched into the spool, not evicted by us
-        self.taken: dict[str, tuple] = {}  # name -> the request it was taken for
         self.segment_size: int | None = None
         self.log = FetchLog()
         self.stop = threading.Event()
@@ -182,17 +180,15 @@ class Fetcher:
         last_want, last_change = None, time.monotonic()
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="drbackup-fetch") as pool:
             while not self.stop.is_set():
-                request = self.spool.request()
-                want = request[0] if request is not None else None
+                want = self.spool.wanted()
                 if want != last_want:
                     last_want, last_change = want, time.monotonic()
                     if want:
                         with self.log.lock:
                             self.log.requested.append(want)
                 plan = self._plan(want) if want else []
-                self._note_taken(request)
                 self._evict(plan)
-                self._submit(pool, plan, request)
+                self._submit(pool, plan)
                 self._collect()
                 quiet = time.monotonic() - last_change
                 if idle is not None and not self.inflight and quiet > idle.total_seconds():
@@ -216,31 +212,22 @@ class Fetcher:
         ]
         return [want, *ahead]
 
-    def _note_taken(self, request: tuple | None) -> None:
-        """A file we delivered that left the spool was taken by the client, for the current
-        request: not fetched again unless the name is asked for anew (a new request)."""
-        for name in [n for n in self.delivered if not (self.spool.path / n).exists()]:
-            self.delivered.discard(name)
-            self.taken[name] = request
-
     def _evict(self, plan: list[str]) -> None:
         keep = set(plan) | set(self.inflight)
-        self.taken = {n: r for n, r in self.taken.items() if n in keep}
         for entry in self.spool.entries():
             base = (
                 entry.rsplit(".", 1)[0] if entry.endswith((".missing", ".error", ".log")) else entry
             )
             if entry.endswith(".log") or base in keep:
                 continue
-            self.delivered.discard(entry)
             with contextlib.suppress(FileNotFoundError):
                 (self.spool.path / entry).unlink()
 
-    def _submit(self, pool: ThreadPoolExecutor, plan: list[str], request=None) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, plan: list[str]) -> None:
         for name in plan:
             if len(self.inflight) >= self.jobs:
                 return
-            if name in self.inflight or (name in self.taken and self.taken[name] == request):
+            if name in self.inflight:
                 continue
             if not _archivable(name):  # answered missing by _plan; the client may have
                 continue  # taken that answer already: never fetch it
@@ -270,7 +257,6 @@ class Fetcher:
                     self.spool.mark(name, MISSING)
                 elif exc is None:
                     self.log.fetched.append(name)
-                    self.delivered.add(name)
                 else:
                     self._failed(name, exc)
 

@@ -111,20 +111,10 @@ class Spool:
         return [n for n in names if not n.startswith(".") and n not in ("lock", "want")]
 
     def wanted(self) -> str | None:
-        request = self.request()
-        return request[0] if request is not None else None
-
-    def request(self) -> tuple[str, tuple[int, int]] | None:
-        """The name in ``want`` and the identity of that request: every request writes
-        ``want`` anew (aside, then renamed: a new inode), so a second request for the same
-        name is told from the first."""
         try:
-            with (self.path / "want").open() as f:
-                st = os.fstat(f.fileno())
-                name = f.read().strip()
+            return (self.path / "want").read_text().strip() or None
         except FileNotFoundError:
             return None
-        return (name, (st.st_ino, st.st_mtime_ns)) if name else None
 
     # --- the background process's lock ------------------------------------------------------
 

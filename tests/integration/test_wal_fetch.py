@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
-from drbackup.actions import wal_take
-from drbackup.actions.wal_fetch import Fetcher, default_fetch_spool
-from drbackup.actions.wal_spool import Spool, poll_until
+from drbackup.actions.wal_fetch import default_fetch_spool
+from drbackup.actions.wal_spool import poll_until
 from drbackup.repository.wal import WalArchive, parse_cluster_name
 from tests.fixtures.walarchive import switch_wal, wait_archived
 
@@ -89,40 +87,6 @@ def test_a_spool_served_by_nobody_is_an_error_with_no_spawn(wal_home):
     )
     assert result.returncode == 1
     assert "no WAL fetcher serves" in result.stderr
-
-
-def test_a_file_taken_is_not_fetched_again_until_it_is_asked_for_anew(archived, tmp_path):
-    """The client takes the file it asked for; the fetcher must not decrypt it a second
-    time while that request stands (it did: twice the work of every restore's WAL), yet a
-    new request for the same name is served."""
-    home, names, data = archived
-    archive = WalArchive(home.app().repository(), "app")
-    spool = Spool(tmp_path / "spool").prepare()
-    fetcher = Fetcher(archive, archive.current_cluster(), spool, ahead=2)
-    dest = str(tmp_path / "RECOVERYXLOG")
-
-    def take(name):
-        wal_take.ask(str(spool.path), name)
-        poll_until(lambda: wal_take.answer(str(spool.path), name, dest), 30, name)
-        assert (tmp_path / "RECOVERYXLOG").read_bytes() == data[name]
-
-    def serving(steps):
-        fetcher.stop.clear()
-        thread = threading.Thread(target=fetcher.run, daemon=True)
-        thread.start()
-        try:
-            steps()
-        finally:
-            fetcher.stop.set()
-            thread.join()  # and every fetch in flight
-
-    ahead = lambda: all((spool.path / n).exists() for n in names[1:]) or None  # noqa: E731
-    serving(lambda: (take(names[0]), poll_until(ahead, 30, "the read-ahead")))
-    assert not (spool.path / names[0]).exists()  # not fetched again after it was taken
-    assert fetcher.log.fetched.count(names[0]) == 1
-    # asked for again (recovery may re-read): served, by a new fetch (none was left in the
-    # spool); the log may not show it yet, as the fetcher can stop before collecting it
-    serving(lambda: take(names[0]))
 
 
 def test_wal_of_another_major_never_reaches_the_server(archived):

@@ -21,13 +21,3 @@ def test_a_name_no_archive_holds_is_never_fetched_even_once_its_answer_was_taken
     with ThreadPoolExecutor(1) as pool:
         fetcher._submit(pool, ["00000001.history"])
     assert fetcher.inflight == {}
-
-
-def test_a_new_request_for_the_same_name_is_a_new_request(tmp_path):
-    spool = Spool(tmp_path).prepare()
-    spool.write("want", b"000000010000000000000007")
-    first = spool.request()
-    spool.write("want", b"000000010000000000000007")
-    second = spool.request()
-    assert first[0] == second[0] == "000000010000000000000007"
-    assert first[1] != second[1]
