@@ -60,6 +60,8 @@ class Measurement:
     stdout: bytes = b""
     stderr: bytes = b""
     server_cpu_s: float = 0.0  # CPU of the postgresql server meanwhile (see server_cpu)
+    tool_rss: int = 0  # bytes: peak summed RSS of the tree without ``exclude``d processes
+    tool_max_rss: int = 0  # bytes: peak RSS of the largest such process (sampled)
 
     def check(self, what: str) -> Measurement:
         """Return self, or raise RuntimeError with the tail of stderr if the command failed."""
@@ -103,15 +105,41 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def tool_rss(pid: int, exclude: frozenset[str]) -> tuple[int, int]:
+    """(summed RSS, largest RSS) in bytes of ``pid``'s tree without processes whose name is
+    in ``exclude`` (a restore's own postgresql server, say), now."""
+    total, largest, todo = 0, 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(_children(current))
+        if _comm(current) not in exclude:
+            rss = _rss(current)
+            total, largest = total + rss, max(largest, rss)
+    return total, largest
+
+
 class _TreeSampler(threading.Thread):
-    def __init__(self, pid: int, interval: float):
+    def __init__(self, pid: int, interval: float, exclude: frozenset[str] = frozenset()):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.exclude, self.tool_peak, self.tool_max = exclude, 0, 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
             self.peak = max(self.peak, tree_rss(self.pid))
+            if self.exclude:
+                total, largest = tool_rss(self.pid, self.exclude)
+                self.tool_peak = max(self.tool_peak, total)
+                self.tool_max = max(self.tool_max, largest)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -151,15 +179,17 @@ def run_measured(
     env: dict[str, str] | None = None,
     sample_interval: float = 0.05,
     postmaster_pid: int | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> Measurement:
     """Run ``argv`` as one child and measure it (see the module docstring).
 
     ``stdout`` is PIPE (captured), DEVNULL, or an open file.  stderr is always captured.
     With ``postmaster_pid``, also the CPU that server used meanwhile (``server_cpu_s``).
-    Never raises on a non-zero exit; see :meth:`Measurement.check`.
+    With ``exclude`` (process names), also the RSS of the tree without them (``tool_rss``,
+    ``tool_max_rss``).  Never raises on a non-zero exit; see :meth:`Measurement.check`.
     """
     server_before = server_cpu(postmaster_pid) if postmaster_pid else (0.0, 0)
-    m = _run_measured(argv, stdout, env, sample_interval)
+    m = _run_measured(argv, stdout, env, sample_interval, exclude)
     if postmaster_pid:
         deadline = time.monotonic() + 5
         while server_cpu(postmaster_pid)[1] > server_before[1] and time.monotonic() < deadline:
@@ -168,12 +198,12 @@ def run_measured(
     return m
 
 
-def _run_measured(argv, stdout, env, sample_interval) -> Measurement:
+def _run_measured(argv, stdout, env, sample_interval, exclude=frozenset()) -> Measurement:
     started = time.perf_counter()
     proc = subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, env=env
     )
-    sampler = _TreeSampler(proc.pid, sample_interval)
+    sampler = _TreeSampler(proc.pid, sample_interval, exclude)
     sampler.start()
     outputs: dict[str, list[bytes]] = {"out": [], "err": []}
     readers = [threading.Thread(target=_drain, args=(proc.stderr, outputs["err"]))]
@@ -199,6 +229,8 @@ def _run_measured(argv, stdout, env, sample_interval) -> Measurement:
         returncode=proc.returncode,
         stdout=b"".join(outputs["out"]),
         stderr=b"".join(outputs["err"]),
+        tool_rss=sampler.tool_peak,
+        tool_max_rss=sampler.tool_max,
     )
 
 

@@ -21,7 +21,7 @@ from drbackup.errors import LockedError, SourceError
 from drbackup.repository.manifest import Manifest
 from drbackup.repository.wal import WalArchive, cluster_name
 from drbackup.sources.postgres import physical
-from drbackup.sources.postgres.basebackup import BaseBackupStream
+from drbackup.sources.postgres.basebackup import MANIFEST_CHECKSUMS, BaseBackupStream
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.wal import format_lsn, segment_name, segno_of, segno_of_end
 
@@ -128,7 +128,7 @@ def _wait_for_wal(archive: WalArchive, cluster: str, positions, segment_size: in
                 "check that it succeeds (pg_stat_archiver); docs/pitr.md",
             )
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        delay = min(delay * 2, 0.25)
 
 
 def _meta(facts, stream: BaseBackupStream, cluster: str, label: str, stop_clock) -> dict:
@@ -154,5 +154,5 @@ def _meta(facts, stream: BaseBackupStream, cluster: str, label: str, stop_clock)
         "tablespaces": [
             {"oid": t.oid, "location": t.location} for t in p.tablespaces if t.oid is not None
         ],
-        "manifest_checksums": "SHA256",
+        "manifest_checksums": MANIFEST_CHECKSUMS,
     }

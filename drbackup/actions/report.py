@@ -231,6 +231,8 @@ def _read_wal(app: AppContext, repo, fact: TargetFacts) -> None:
         status.lag_error,
         status.base_backups,
         status.restorable,
+        status.slot.to_dict() if status.slot else None,
+        status.slot_max_retained,
     )
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drbackup.actions import wal_take
 from drbackup.actions.backup_physical import TAR_TYPE
 from drbackup.actions.pitr import BaseBackupChoice, choose_base_backup
 from drbackup.actions.verify_physical import missing_wal
@@ -295,10 +296,21 @@ def _standalone_command(target: str, cluster: str, config_path: str | None) -> s
     return shlex.join(argv) + " %f %p"
 
 
-def _hosted_command(target: str, cluster: str, spool: Path) -> str:
-    argv = [sys.executable, "-m", "drbackup", "wal-fetch", "--target", target]
-    argv += ["--cluster", cluster, "--spool", str(spool), "--no-spawn"]
-    return shlex.join(argv) + " %f %p"
+def _hosted_command(spool: Path) -> str:
+    """The restore_command of a server this process serves.
+
+    A file the fetcher has read ahead is already complete in the spool (written aside,
+    renamed): the shell records the request (``want``, aside then renamed, as the client
+    does) and moves the file, ~2 ms.  Otherwise the bare client of the spool waits for it
+    (actions/wal_take.py, standard library only: 25-90 ms a file for the interpreter, not
+    ~200 ms of imports), and reports a missing or damaged file.
+    """
+    s = shlex.quote(str(spool))
+    client = shlex.join([sys.executable, "-I", "-S", wal_take.__file__, str(spool)])
+    return (
+        f"echo %f > {s}/.want.tmp && mv -f {s}/.want.tmp {s}/want"
+        f" && mv -f {s}/%f %p 2>/dev/null || exec {client} %f %p"
+    )
 
 
 def _write_settings(restore: PhysicalRestore, restore_command: str) -> None:
@@ -356,7 +368,7 @@ def _recover(
         os.chown(restore.run_dir / "spool", *owner)
     spool = Spool(restore.run_dir / "spool").prepare()
     fetcher = Fetcher(archive, restore.choice.cluster, spool, ahead=ahead)
-    spool.acquire()  # this process serves the spool: wal-fetch --no-spawn takes from it
+    spool.acquire()  # this process serves the spool: restore_command takes from it
     thread = threading.Thread(target=fetcher.run, name="drbackup-wal-fetcher", daemon=True)
     thread.start()
     restore.server = RecoveryServer(
@@ -364,7 +376,7 @@ def _recover(
         restore.run_dir,
         superuser=restore.choice.manifest.meta.get("superuser", "postgres"),
         settings={
-            "restore_command": _hosted_command(restore.target, restore.choice.cluster, spool.path),
+            "restore_command": _hosted_command(spool.path),
             "hot_standby": "off",  # ready to accept connections means: recovered and promoted
         },
         detach=detach,

@@ -27,6 +27,7 @@ from drbackup.actions.pitr import physical_backups, read_timelines
 from drbackup.actions.runs import recorded_run
 from drbackup.errors import DrbackupError
 from drbackup.repository.wal import StoredWal, WalArchive
+from drbackup.sources.postgres.slots import SlotState
 from drbackup.sources.postgres.wal import (
     format_lsn,
     parse_lsn,
@@ -68,6 +69,8 @@ class WalStatus:
     lag_seconds: float | None = None  # None: the server was not asked
     lag_bytes: int | None = None
     lag_error: str | None = None
+    slot: SlotState | None = None  # the streaming slot (None: not asked, or not streaming)
+    slot_max_retained: int | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -96,6 +99,8 @@ class WalStatus:
             "lag_seconds": self.lag_seconds,
             "lag_bytes": self.lag_bytes,
             "lag_error": self.lag_error,
+            "slot": self.slot.to_dict() if self.slot else None,
+            "slot_max_retained": self.slot_max_retained,
         }
 
 
@@ -124,7 +129,8 @@ def _segments_by_timeline(files: list[StoredWal], size: int) -> dict[int, dict[i
         if stored.is_segment or stored.is_partial:
             name = parse_wal_file_name(stored.name)
             by_segno = found.setdefault(name.timeline, {})
-            if stored.is_segment or name.segno(size) not in by_segno:
+            held = by_segno.get(name.segno(size))
+            if held is None or stored.is_segment or (held.is_partial and stored.upto > held.upto):
                 by_segno[name.segno(size)] = stored
     return found
 
@@ -237,6 +243,7 @@ def measure_lag(
     try:
         with connect(cfg.dsn, cfg.password) as conn:
             state = archiver_state(conn)
+            _read_slot(app, target, conn, status)
     except DrbackupError as exc:  # e.g. a standby: its WAL position is not its own
         status.lag_error = exc.message
         return
@@ -250,6 +257,16 @@ def measure_lag(
     # about when it was archived (the server's clock), else when it reached storage.
     since = state.last_archived_time or status.newest_archived_at
     status.lag_seconds = max(0.0, (now - since).total_seconds()) if since else None
+
+
+def _read_slot(app: AppContext, target: str, conn, status: WalStatus) -> None:
+    """The streaming slot's state, for a target whose WAL is streamed or that has one."""
+    from drbackup.sources.postgres.slots import default_slot_name, read_slot
+
+    cfg = app.config.target(target)
+    slot = read_slot(conn, cfg.wal.slot or default_slot_name(target))
+    if slot.exists or cfg.streams_wal:
+        status.slot, status.slot_max_retained = slot, cfg.wal.slot_max_retained
 
 
 def check_wal(app: AppContext, target: str, *, server: bool = True) -> WalStatus:

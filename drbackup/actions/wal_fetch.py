@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drbackup.actions.wal_spool import ERROR, MISSING, Spool, poll_until, spawn_background
+from drbackup.actions.wal_take import FetchFailed, answer
 from drbackup.errors import DrbackupError, SourceError
 from drbackup.sources.postgres.wal import (
     PARTIAL,
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
 # from the spool (importing them would cost it most of a second per file).
 
 FETCHER_IDLE = timedelta(seconds=60)
-STALE_MISSING = 2.0  # seconds after which a read-ahead "missing" is checked again
 _POLL = 0.02
 
 
@@ -107,27 +105,16 @@ def _fetch(app: AppContext | None, request: FetchRequest, config_path: str | Non
     started: list[float] = []
 
     def outcome() -> bool | None:
-        if _take(spool, request.name, request.dest):
-            return True
-        status = spool.status(request.name)
-        if status is not None and not _stale(spool, request.name, status[0]):
-            spool.clear(request.name)
-            if status[0] == MISSING:
-                return False
-            message, _, hint = status[1].partition("\n")
-            raise SourceError(message, hint=hint or None)
-        if status is not None:  # an old read-ahead answer: ask again
-            spool.clear(request.name)
-        if not spool.is_served():
+        try:
+            got = answer(str(spool.path), request.name, str(request.dest))
+        except FetchFailed as exc:
+            raise SourceError(exc.message, hint=exc.hint) from None
+        if got is None and not spool.is_served():
             _start_fetcher(request, spool, started, config_path)
-        return None
+        return got
 
     timeout = settings.timeout.total_seconds() if settings is not None else 60.0
     return poll_until(outcome, timeout, f"WAL file {request.name} from the read-ahead fetcher")
-
-
-def _stale(spool: Spool, name: str, status: str) -> bool:
-    return status == MISSING and spool.status_age(name, status) > STALE_MISSING
 
 
 def _start_fetcher(request: FetchRequest, spool: Spool, started: list, config_path) -> None:
@@ -143,21 +130,6 @@ def _start_fetcher(request: FetchRequest, spool: Spool, started: list, config_pa
         args += ["--cluster", request.cluster]
     spawn_background(args, config_path, spool.path / "fetcher.log")
     started.append(time.monotonic())
-
-
-def _take(spool: Spool, name: str, dest: Path) -> bool:
-    """Move a fetched file from the spool to ``dest`` (rename, or copy across file systems)."""
-    source = spool.path / name
-    if not source.exists():
-        return False
-    try:
-        os.replace(source, dest)
-    except OSError:  # another file system: copy aside, rename
-        tmp = dest.with_name(f".{dest.name}.drbackup-tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-        source.unlink(missing_ok=True)
-    return True
 
 
 def _fetch_now(app: AppContext, request: FetchRequest) -> bool:
@@ -238,8 +210,10 @@ class Fetcher:
         """The wanted file, then (for a segment) the next ``ahead`` on its timeline."""
         try:
             name = parse_wal_file_name(want)
-        except SourceError:
-            return []
+        except SourceError:  # no archive has it (00000001.history, say): answer at once
+            if self.spool.status(want) is None:
+                self.spool.mark(want, MISSING)
+            return [want]  # kept (not evicted) until the client took the answer
         if name.kind != SEGMENT or self.segment_size is None:
             return [want]
         segno = name.segno(self.segment_size)
@@ -266,6 +240,8 @@ class Fetcher:
                 return
             if name in self.inflight:
                 continue
+            if not _archivable(name):  # answered missing by _plan; the client may have
+                continue  # taken that answer already: never fetch it
             status = self.spool.status(name)
             if status is not None and status[0] == MISSING:
                 return  # nothing beyond a missing file is fetched ahead
@@ -277,9 +253,9 @@ class Fetcher:
         from drbackup.actions.wal_files import fetch_wal_file
 
         fetched = fetch_wal_file(self.archive, self.cluster, name, dest, owner=self.spool.owner())
-        if fetched is not None and self.segment_size is None and len(name) == 24:
-            with dest.open("rb") as f:
-                self.segment_size = read_segment_header(f.read(1 << 16), name).segment_size
+        # read before the rename: the client may take the file the moment it appears
+        if fetched is not None and fetched.segment_size is not None:
+            self.segment_size = self.segment_size or fetched.segment_size
         return fetched
 
     def _collect(self) -> None:
@@ -305,6 +281,15 @@ class Fetcher:
         self.log.failed[name] = text.splitlines()[0]
         self.spool.mark(name, ERROR, text)
         self.spool.log("fetcher", f"{name}: {text.splitlines()[0]}")
+
+
+def _archivable(name: str) -> bool:
+    """True for a name an archive can hold (``00000001.history`` is not one)."""
+    try:
+        parse_wal_file_name(name)
+    except SourceError:
+        return False
+    return True
 
 
 def run_fetcher(

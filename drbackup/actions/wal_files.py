@@ -172,6 +172,7 @@ class Fetched:
     name: str
     stored: StoredWal
     size: int
+    segment_size: int | None = None  # from a segment's header (None: a history file)
 
 
 def fetch_wal_file(
@@ -198,12 +199,14 @@ def fetch_wal_file(
     with atomic_write(dest, mode=0o600, owner=owner) as out:
         size = archive.read(stored, out.write)
         out.flush()
+        segment_size = None
         if wal_name.kind in (SEGMENT, PARTIAL):
-            _check_fetched(Path(out.name), wal_name, cluster, stored)
-    return Fetched(name, stored, size)
+            segment_size = _check_fetched(Path(out.name), wal_name, cluster, stored)
+    return Fetched(name, stored, size, segment_size)
 
 
-def _check_fetched(path: Path, name: WalFileName, cluster: str, stored: StoredWal) -> None:
+def _check_fetched(path: Path, name: WalFileName, cluster: str, stored: StoredWal) -> int:
+    """Check the header of a fetched segment (IntegrityError); its segment size."""
     major, sysid = parse_cluster_name(cluster)
     with path.open("rb") as f:
         head = f.read(_HEAD)
@@ -219,3 +222,4 @@ def _check_fetched(path: Path, name: WalFileName, cluster: str, stored: StoredWa
         )
     except SourceError as exc:
         raise IntegrityError(exc.message) from None
+    return header.segment_size

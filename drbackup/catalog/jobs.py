@@ -153,3 +153,50 @@ class SessionLocks:
             self._conn.execute(
                 text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key("target", name)}
             )
+
+
+class StreamClaim:
+    """The right to stream one target's WAL (``scheduler/streams.py``): on a PostgreSQL
+    catalog, the session advisory lock ``lock_key("wal-stream", <target>)`` held on a
+    connection of its own; on SQLite (one daemon per catalog) always this process's."""
+
+    def __init__(self, catalog: Catalog, target: str):
+        self.engine, self.target = catalog.engine, target
+        self.shared = self.engine.dialect.name == "postgresql"
+        self._conn = None
+
+    def acquire(self) -> bool:
+        """Take it if free; False if another replica holds it.  Raises what the catalog
+        raises when unreachable."""
+        if not self.shared:
+            return True
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            key = lock_key("wal-stream", self.target)
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        except Exception:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def alive(self) -> bool:
+        """True while the claim's session is alive (always on SQLite)."""
+        if self._conn is None:
+            return not self.shared
+        try:
+            self._conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means the lock may be gone
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # a lost session has released its locks
+                conn.execute(text("SELECT pg_advisory_unlock_all()"))
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                conn.close()

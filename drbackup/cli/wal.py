@@ -182,6 +182,42 @@ def check(state, target: str, no_server: bool, as_json: bool) -> None:
         )
 
 
+@wal.command("stream")
+@click.argument("target")
+@click.pass_obj
+def stream(state, target: str) -> None:
+    """Stream TARGET's WAL into the repository until SIGINT or SIGTERM.
+
+    What the daemon does for every target whose WAL is streamed (wal.capture): runs
+    pg_receivewal through the target's replication slot (created if missing), uploads each
+    completed segment and, every wal.flush_interval, the segment being filled.  Events are
+    written to stderr, one per line.
+    """
+    import signal
+    import threading
+
+    from drbackup.actions.wal_stream import WalStreamer
+
+    state.app.config.target(target)
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        WalStreamer(state.app, target, on_event=_echo_event).run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _echo_event(event: str, level: int = 20, **fields) -> None:
+    from datetime import UTC, datetime
+
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    click.echo(f"{when} {event} {text}", err=True)
+
+
 def _echo_status(status) -> None:
     if status.cluster is None:
         click.echo(f"target {status.target} archives no WAL")

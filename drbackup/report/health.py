@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from drbackup.units import human_size
+
 DRILL_MAX_AGE = timedelta(days=35)
 RTO_WARN_FRACTION = 0.8
 FAILED_RUNS_WINDOW = timedelta(hours=24)
@@ -111,6 +113,8 @@ class WalFacts:
     lag_error: str | None = None
     base_backups: int = 0
     restorable: bool = True  # a base backup whose WAL is complete exists
+    slot: dict | None = None  # the streaming slot (sources.postgres.slots.SlotState.to_dict)
+    slot_max_retained: int | None = None
 
 
 @dataclass
@@ -296,6 +300,44 @@ def _wal_findings(facts: TargetFacts) -> list[Finding]:
         )
     elif wal.lag_error:
         findings.append(Finding(Status.WARNING, f"archive lag unknown: {wal.lag_error}"))
+    return findings + _slot_findings(wal)
+
+
+def _slot_findings(wal: WalFacts) -> list[Finding]:
+    """A streaming slot that is missing, lost, unused, or keeps too much WAL on the server."""
+    slot = wal.slot
+    if slot is None:
+        return []
+    name = slot["name"]
+    if not slot["exists"]:
+        return [
+            Finding(Status.WARNING, f"replication slot {name} does not exist: no WAL is streamed")
+        ]
+    if slot.get("wal_status") == "lost":
+        return [
+            Finding(
+                Status.CRITICAL,
+                f"replication slot {name} is lost: the server removed WAL it had not streamed",
+            )
+        ]
+    findings = []
+    retained = slot.get("retained_bytes") or 0
+    if wal.slot_max_retained is not None and retained > wal.slot_max_retained:
+        findings.append(
+            Finding(
+                Status.WARNING,
+                f"replication slot {name} retains {human_size(retained)} of WAL on the server "
+                f"(over {human_size(wal.slot_max_retained)}): its client lags or is gone",
+            )
+        )
+    if not slot.get("active"):
+        findings.append(
+            Finding(
+                Status.WARNING,
+                f"replication slot {name} is inactive: nothing streams from it, and the server "
+                f"keeps WAL from {slot.get('restart_lsn') or 'its start'} on",
+            )
+        )
     return findings
 
 

@@ -117,6 +117,8 @@ def _wal_dict(wal) -> dict | None:
         "archive_lag_bytes": wal.lag_bytes,
         "archive_lag_error": wal.lag_error,
         "base_backups": wal.base_backups,
+        "slot": wal.slot,
+        "slot_max_retained_bytes": wal.slot_max_retained,
     }
 
 
@@ -431,6 +433,11 @@ _TARGET_SERIES += [
         "wal_gaps",
         "Missing WAL segments and timeline breaks in the archive",
         lambda t, r: len(w.gaps) + len(w.breaks) if (w := t.facts.wal) else None,
+    ),
+    (
+        "wal_slot_retained_bytes",
+        "WAL the streaming replication slot keeps on the server",
+        lambda t, r: (w.slot or {}).get("retained_bytes") if (w := t.facts.wal) else None,
     ),
 ]
 

@@ -356,11 +356,13 @@ class WalArchive:
         self.repo.keyring.require(read=True)
         sha = hashlib.sha256()
         size = 0
-        with open_decoded(
-            self.storage, stored.key, lambda h: self.repo.keyring.data_key_for(h, stored.key)
+        with open_decoded(  # the reader hashes the plaintext into ``sha`` (once, in a thread)
+            self.storage,
+            stored.key,
+            lambda h: self.repo.keyring.data_key_for(h, stored.key),
+            plain_sha=sha,
         ) as reader:
             for block in reader:
-                sha.update(block)
                 size += len(block)
                 sink(block)
         if not hmac.compare_digest(self.tag(sha.hexdigest()), stored.tag):
@@ -369,6 +371,17 @@ class WalArchive:
 
     def delete(self, stored: StoredWal) -> None:
         self.storage.delete(stored.key)
+
+    def remove_partials(self, cluster: str, segment: str) -> int:
+        """Delete the stored ``.partial`` versions of ``segment`` once the complete segment
+        is stored (it holds all they hold); returns how many went.  Nothing goes while the
+        segment itself is not listed."""
+        if not any(s.is_segment for s in self.find(cluster, segment)):
+            return 0
+        partials = self.find(cluster, f"{segment}.partial")
+        for stored in partials:
+            self.storage.delete(stored.key)
+        return len(partials)
 
     def exists(self, stored: StoredWal) -> bool:
         try:

@@ -175,10 +175,3 @@ class TargetRuns:
 def small(details: dict[str, Any]) -> dict[str, Any]:
     """The scalar entries of ``details``: what a run row and a job's results keep."""
     return {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | None)}
-
-
-def jitter_delay(job) -> float:
-    """A random delay of 0 to ``job.jitter`` seconds before a job's runs (spreads load)."""
-    import random
-
-    return random.uniform(0, job.jitter)  # noqa: S311 - spreading load, not security

@@ -7,17 +7,15 @@ Flow of one fire (see docs/daemon.md)::
          target lock ─► attempts: worker process with timeout ─► metrics, logs, runs rows
       ─► finish the job's run row (ok / failed)
 
-Missed runs.  APScheduler keeps jobs in memory with ``coalesce=True``, ``max_instances=1``
-and no misfire limit, so a fire delayed while the process runs (a stall, a long job) runs
-once.  Across restarts the catalog is the memory: at start, a job whose latest scheduled
-fire time before now is later than its latest recorded run gets ONE catch-up run, keyed by
-that fire time (so replicas starting together still run it once).  A job that never ran
-gets none: it starts at its next fire time.
+Missed runs (docs/daemon.md): a fire delayed while the process runs runs once
+(``coalesce``); across restarts the catalog is the memory, and a job whose latest fire
+before now is later than its latest run gets ONE catch-up run, keyed by that fire time.
 
 Signals.  SIGTERM/SIGINT: stop firing, let in-flight runs finish within ``grace`` seconds,
 then cancel them (SIGTERM to the worker, SIGKILL :data:`jobs.ABORT_GRACE` later) and record
 them failed; a cancelled backup leaves no manifest.  SIGHUP: reload the schedules (a broken
-file is logged and the old schedules stay).
+file is logged and the old schedules stay).  WAL streaming (scheduler/streams.py) runs
+beside the schedule, from start until the in-flight runs are done at stop.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from drbackup.actions.runs import RUN_FAILED, RUN_OK, RUN_REFUSED, CatalogIndex
 from drbackup.config import Config
 from drbackup.errors import ConfigError, DrbackupError, LockedError, UsageError
 from drbackup.scheduler import jobs as jobkinds
-from drbackup.scheduler.attempts import TargetRuns, jitter_delay
+from drbackup.scheduler.attempts import TargetRuns
 from drbackup.scheduler.events import EventService
 from drbackup.scheduler.heartbeat import FAILURE, START, SUCCESS, beat
 from drbackup.scheduler.http import HttpEndpoint, Metrics, RepositoryProbe
@@ -51,12 +49,10 @@ from drbackup.scheduler.logs import emit
 from drbackup.scheduler.pages import StatusPages
 from drbackup.scheduler.schedule import Job, Schedule, load_schedules, previous_fire_time
 from drbackup.scheduler.source_heartbeat import install_heartbeats
+from drbackup.scheduler.streams import WalStreams
 
 _NOT_FAILED = (RUN_OK, RUN_REFUSED)  # run results that do not fail a job
 SEED_KINDS = ("backup", "snapshot", "drill", "prune", "verify", "wal-check")
-
-
-# -- the daemon ---------------------------------------------------------------------------
 
 
 class Daemon:
@@ -89,6 +85,7 @@ class Daemon:
         probe = (self._check_repository, self._repository_size, self.metrics)
         self.probe = RepositoryProbe(*probe, interval=probe_interval, on_tick=self._refresh_drills)
         self._coord: Coordinator | None = None
+        self.streams = WalStreams(self.app, self.metrics, emit)  # its threads: start()
         self.index = CatalogIndex(lambda: self.app.catalog, self._catalog_warning)
         self.targets: TargetRuns | None = None  # with the runner (_make_runner)
         self._catalog_lock: CatalogLock | None = None
@@ -167,6 +164,7 @@ class Daemon:
             emit("listening", address=self.http.address)
         self._install(self.schedule)
         self._catch_up(self.schedule)
+        self.streams.start()
         self.scheduler.start()
         self._update_next_fires()
         emit("started", replica=self.replica, jobs=len(self.schedule.jobs))
@@ -317,7 +315,7 @@ class Daemon:
         beat(job.heartbeat, START, job.name, f"run {run_id} of job {job.name} started ({reason})")
         results: dict[str, Any] = {}
         with self.coord.hold_run(run_id) as held:
-            if job.jitter and self._stopping.wait(jitter_delay(job)):
+            if job.jitter and self._stopping.wait(job.jitter_delay()):
                 results["(job)"] = {
                     "status": "failed",
                     "error": "abandoned: the daemon is stopping",
@@ -467,6 +465,7 @@ class Daemon:
             self._idle.wait_for(
                 lambda: self._inflight == 0, timeout=max(0, bound - time.monotonic())
             )
+        self.streams.stop()  # streamed until now: WAL kept flowing while runs finished
         self.probe.stop()
         if self.http:
             self.http.stop()

@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 
 from drbackup.errors import UsageError
+from drbackup.scheduler.stream_metrics import StreamSeries
 from drbackup.times import parse_iso_time
 
 # 9612: free in Prometheus' default port allocations (9187 is postgres_exporter's).  Loopback by
@@ -41,7 +42,7 @@ LISTEN_ENV = "DRBACKUP_LISTEN"
 MAX_EVENT_BODY = 1 << 20  # one S3 event message; MinIO sends one record per request
 
 
-class Metrics:
+class Metrics(StreamSeries):
     """Every series the daemon exports, in a registry of its own."""
 
     def __init__(self):
@@ -54,6 +55,7 @@ class Metrics:
         self._repository_series(self.registry)
         self._wal_series(self.registry)
         self._event_series(self.registry)
+        self._stream_series(self.registry)
 
     def _event_series(self, r: CollectorRegistry) -> None:
         self.events = Counter(
@@ -205,6 +207,8 @@ class Metrics:
         self.wal_gaps.labels(target=target).set(
             len(details.get("gaps") or []) + len(details.get("breaks") or [])
         )
+        if details.get("slot"):
+            self.record_slot(target, details["slot"], details.get("slot_max_retained"))
 
     def record_drill(self, kind: str, target: str, details: dict) -> None:
         """The verdict of a drill job (its details: ``jobs.drill_outcome``)."""

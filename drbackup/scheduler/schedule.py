@@ -22,6 +22,7 @@ numbers weekdays from Monday (0) where crontab numbers them from Sunday (0 and 7
 from __future__ import annotations
 
 import difflib
+import random
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -333,6 +334,10 @@ class Job:
     @property
     def jitter(self) -> float:
         return self.spec.jitter.total_seconds()
+
+    def jitter_delay(self) -> float:
+        """A random wait in [0, jitter] seconds before a fire (spreads replicas' load)."""
+        return random.uniform(0, self.jitter)  # noqa: S311 - spreading load, not security
 
     @property
     def retry(self) -> RetryPolicy:

@@ -198,12 +198,20 @@ def test_systemd_units_verify(tmp_path):
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> str:
     """A real ``drbackup daemon``'s /metrics, with a history in its catalog (a backup, a
-    snapshot, a drill) and scheduled jobs, so that every series it can export has samples."""
+    snapshot, a drill, a WAL check) and scheduled jobs, and a target whose WAL it streams
+    (its server is down), so that every series it can export has samples."""
     tmp = tmp_path_factory.mktemp("metrics")
     config = tmp / "drbackup.yaml"
     catalog_url = f"sqlite:///{tmp}/c"
     targets = {
-        "postgres": {"app": {"dsn": "postgresql://x@127.0.0.1:1/app", "databases": ["app"]}},
+        "postgres": {
+            "app": {"dsn": "postgresql://x@127.0.0.1:1/app", "databases": ["app"]},
+            "pitr": {
+                "dsn": "postgresql://x@127.0.0.1:1/p",
+                "databases": "all",
+                "backup_kinds": ["physical"],
+            },
+        },
         "minio": {"media": {"endpoint": "http://127.0.0.1:1", "buckets": ["media"]}},
     }
     config.write_text(
@@ -230,7 +238,8 @@ def scraped(tmp_path_factory) -> str:
 
 
 def seed_catalog(url: str) -> None:
-    """What earlier runs leave in a catalog: a backup, a snapshot, a drill from the CLI."""
+    """What earlier runs leave in a catalog: a backup, a snapshot, a drill from the CLI, a
+    WAL check that saw the streaming slot."""
     from datetime import UTC, datetime, timedelta
 
     from drbackup.catalog import Catalog
@@ -242,6 +251,11 @@ def seed_catalog(url: str) -> None:
         for kind, target in (("backup", "app"), ("snapshot", "media")):
             catalog.record_run(kind, target, now - timedelta(minutes=5), now, "ok")
         record_drill(catalog, drill_report("pass", now - timedelta(days=1), 42.0))
+        slot = {"name": "drbackup_pitr", "exists": True, "active": True, "retained_bytes": 1 << 24}
+        window = {"oldest": (now - timedelta(days=1)).isoformat(), "newest": now.isoformat()}
+        details = {"window": window, "lag_seconds": 3.0, "gaps": [], "breaks": [], "slot": slot,
+                   "slot_max_retained": 1 << 30}  # fmt: skip
+        catalog.record_run("wal-check", "pitr", now, now, "ok", details=details)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ it, and its tar archives, read as streams (verified, or extracted into a data di
 
 A base backup is ``base.tar`` (the data directory), one ``<oid>.tar`` per tablespace (its
 directory's content) and ``backup_manifest``: a JSON document listing every file with its
-size and checksum (SHA-256 here), the WAL range the backup needs, and the SHA-256 of the
+size and checksum (CRC-32C since drbackup asks for it, SHA-256 in older backups; any of
+PostgreSQL's algorithms is checked), the WAL range the backup needs, and the SHA-256 of the
 manifest itself.  Paths in the manifest are relative to the data directory; a tablespace's
 files are under ``pg_tblspc/<oid>/``.
 """
@@ -20,13 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+import google_crc32c
+
 from drbackup.errors import IntegrityError, RestoreError
 from drbackup.sources.postgres.wal import parse_lsn
 
 _CHECKSUM_KEY = b'"Manifest-Checksum"'
 # written or removed by PostgreSQL and pg_basebackup after the manifest (as pg_verifybackup)
 NOT_IN_MANIFEST = {"backup_manifest", "postgresql.auto.conf", "standby.signal", "recovery.signal"}
+
+
+class _Crc32c:
+    """CRC-32C with hashlib's interface, in a backup_manifest's spelling: the 4 bytes of the
+    value in little-endian order (as the server's memcpy of it), as hex."""
+
+    def __init__(self):
+        self.value = 0
+
+    def update(self, data) -> None:
+        self.value = google_crc32c.extend(self.value, data)
+
+    def hexdigest(self) -> str:
+        return self.value.to_bytes(4, "little").hex()
+
+
 _HASHES = {
+    "CRC32C": _Crc32c,
     "SHA256": hashlib.sha256,
     "SHA224": hashlib.sha224,
     "SHA384": hashlib.sha384,

@@ -1,7 +1,8 @@
 """Every child process drbackup starts is started here.
 
-pg_dump, pg_dumpall, pg_restore, initdb, postgres, the ``--version`` probes, ``locale`` and
-``pg_config``, and drbackup's own background ``wal-push``/``wal-fetch`` helpers.  Their argv
+pg_dump, pg_dumpall, pg_restore, initdb, postgres, pg_receivewal (``receivewal.py``), the
+``--version`` probes, ``locale`` and ``pg_config``, and drbackup's own background
+``wal-push``/``wal-fetch`` helpers.  Their argv
 is built by pure functions (``commands.py``, ``cluster_argv.py``); this module only runs it:
 
 * with an explicit environment built by ``environment.py`` (``child_environ``, ``client_env``

@@ -98,3 +98,21 @@ def test_extraction_refuses_members_outside_the_directory(tmp_path):
     done = extract_archive("base.tar", _tar({"base/1/1": b"abc"}), tmp_path / "d")
     assert (tmp_path / "d" / "base/1/1").read_bytes() == b"abc" and done.files == 1
     assert oct((tmp_path / "d" / "base/1/1").stat().st_mode & 0o777) == "0o600"
+
+
+def test_crc32c_checksums_are_checked_in_the_servers_spelling():
+    """PostgreSQL 15 wrote "Checksum": "8a744722" (CRC32C) for a PG_VERSION of b"15\\n"."""
+    body = json.dumps(
+        {
+            "PostgreSQL-Backup-Manifest-Version": 1,
+            "Files": [
+                {"Path": p, "Size": 3, "Checksum-Algorithm": "CRC32C", "Checksum": "8a744722"}
+                for p in ("PG_VERSION", "other")
+            ],
+        }
+    )
+    head = body[:-1] + ",\n"
+    data = head + f'"Manifest-Checksum": "{hashlib.sha256(head.encode()).hexdigest()}"}}\n'
+    state = VerifyState(parse_backup_manifest(data.encode(), "b"))
+    state.check_archive("base.tar", _tar({"PG_VERSION": b"15\n", "other": b"16\n"}))
+    assert state.finish() == ["other: checksum mismatch (CRC32C)"]
