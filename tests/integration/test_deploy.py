@@ -166,6 +166,15 @@ def test_compose_file_is_valid_for_podman_compose_and_self_consistent(tmp_path):
     assert services["drbackup"]["command"][0] == "daemon"
     assert "--with-lock" in services["minio-setup"]["command"][0]  # the repository bucket
     assert "version enable local/media" in services["minio-setup"]["command"][0]
+    # bucket history: MinIO's webhook posts media's changes to the daemon's events endpoint,
+    # with the token the daemon's config reads (both from the secret events-token)
+    setup = services["minio-setup"]["command"][0]
+    assert "endpoint=http://drbackup:9612/events/media" in setup
+    assert "arn:minio:sqs::drbackup:webhook --event put,delete" in setup
+    assert "events-token" in services["minio-setup"]["secrets"]
+    assert "events-token" in services["drbackup"]["secrets"]
+    daemon_config = yaml.safe_load((ROOT / "deploy/compose/drbackup.yaml").read_text())
+    assert daemon_config["minio"]["media"]["events_token_file"] == "/run/secrets/events-token"
 
 
 # -- systemd ---------------------------------------------------------------------------------
