@@ -104,8 +104,13 @@ def verify_cluster(
     connections) gets one failed ``verification`` check naming it.
     """
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="drill-db") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="drill-db")
+    try:
         verified = list(pool.map(lambda item: _verify_one(*item, plan), databases))
+    finally:
+        # Not waiting: after Ctrl-C the drill stops the server at once, which ends the
+        # checks still running (with the pool's default, it would wait for them first).
+        pool.shutdown(wait=False, cancel_futures=True)
     return verified, time.monotonic() - started
 
 
