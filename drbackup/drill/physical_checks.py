@@ -14,16 +14,26 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from drbackup.drill import checks as c
-from drbackup.drill.amcheck import check_amcheck
 from drbackup.drill.assertions import check_assertion
 from drbackup.drill.checks import FAIL, PASS, WARN, CheckResult
-from drbackup.drill.runner import DatabaseUnderTest, Verification, verify_database
+from drbackup.drill.runner import (
+    DatabaseUnderTest,
+    Verification,
+    start_amcheck,
+    verify_database,
+)
 from drbackup.errors import DrbackupError
 from drbackup.sources.postgres import heartbeat
 from drbackup.sources.postgres.connection import connect
 from drbackup.sources.postgres.fingerprint import format_table_hash, take_inventory
+
+# Databases of a restored cluster verified at once.  Each uses up to three connections (the
+# fingerprint's, amcheck's, the foreign keys'): two databases keep a 2-core machine busy
+# without one database's checks starving the other's.
+VERIFY_JOBS = 2
 
 
 def check_recovery(outcome, error: DrbackupError | None, point) -> CheckResult:
@@ -59,13 +69,15 @@ def verify_restored(db: DatabaseUnderTest, plan, assertions) -> Verification:
 
     With the fingerprint of the backup whose LSN the drill restored to (``db.expected``):
     :func:`verify_database`, every check.  Without: foreign keys against the restored
-    inventory itself, sequences, assertions and amcheck.
+    inventory itself, sequences and assertions, with amcheck beside them on a connection
+    of its own.
     """
     if db.expected is not None:
         return verify_database(db, plan, assertions)
     started = time.monotonic()
     results = []
     with connect(db.dsn, db.password) as conn:
+        amcheck = start_amcheck(db, plan)
         if plan.runs("foreign_keys"):
             results.append(c.timed("foreign_keys", _foreign_keys, conn))
         if plan.runs("sequences"):
@@ -74,12 +86,42 @@ def verify_restored(db: DatabaseUnderTest, plan, assertions) -> Verification:
             for assertion in assertions:
                 name = f"assertion:{assertion.name}"
                 results.append(c.timed(name, check_assertion, conn, assertion))
-        if plan.runs("amcheck"):
-            heapallindexed = plan.amcheck.heapallindexed
-            results.append(c.timed("amcheck", check_amcheck, conn, heapallindexed=heapallindexed))
+        if amcheck is not None:
+            results += amcheck.results()
     for result in results:
         result.target, result.database = db.target, db.database
     return Verification(results, time.monotonic() - started)
+
+
+def verify_cluster(
+    databases: list[tuple[DatabaseUnderTest, list]], plan, jobs: int = VERIFY_JOBS
+) -> tuple[list[Verification], float]:
+    """Every database of a restored cluster through :func:`verify_restored`, ``jobs`` at a
+    time; ``databases`` are ``(database, its assertions)``.
+
+    Returns the verifications in the order of ``databases`` and the wall time of them all
+    (their own ``seconds`` overlap).  A database that cannot be verified (e.g. it refuses
+    connections) gets one failed ``verification`` check naming it.
+    """
+    started = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="drill-db")
+    try:
+        verified = list(pool.map(lambda item: _verify_one(*item, plan), databases))
+    finally:
+        # Not waiting: after Ctrl-C the drill stops the server at once, which ends the
+        # checks still running (with the pool's default, it would wait for them first).
+        pool.shutdown(wait=False, cancel_futures=True)
+    return verified, time.monotonic() - started
+
+
+def _verify_one(db: DatabaseUnderTest, assertions: list, plan) -> Verification:
+    try:
+        return verify_restored(db, plan, assertions)
+    except DrbackupError as exc:  # e.g. the restored database refuses connections
+        summary = f"could not verify {db.database}: {exc.message}"
+        failure = CheckResult("verification", FAIL, summary, {})
+        failure.target, failure.database = db.target, db.database
+        return Verification([failure], 0.0)
 
 
 def _foreign_keys(conn) -> CheckResult:

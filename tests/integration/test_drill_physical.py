@@ -34,7 +34,7 @@ from drbackup.actions.drill import drill_history, run_drill
 from drbackup.actions.drill_points import resolve_point
 from drbackup.actions.restore_physical import restore_physical
 from drbackup.actions.wal_check import analyze_archive
-from drbackup.drill.plan import DrillPlan, ScratchPlan
+from drbackup.drill.plan import AmcheckPlan, DrillPlan, ScratchPlan
 from drbackup.drill.points import PointChoice
 from drbackup.repository.wal import WalArchive
 from drbackup.scheduler.source_heartbeat import install_heartbeats
@@ -345,6 +345,38 @@ def test_referenced_rows_deleted_in_the_restore_fail_the_foreign_key_check(histo
     problems = failed(result)
     assert "pgbench_accounts_bid_fkey" in problems["foreign_keys"], problems
     assert "orphan rows" in problems["foreign_keys"]
+
+
+def test_an_orphan_and_an_inconsistent_index_in_one_restore_both_fail_for_it(history, base_dir):
+    """The foreign keys and amcheck run side by side (drill/beside.py): neither finding is
+    lost, and each names the database it was found in."""
+
+    def break_two_ways(dsn: str) -> None:
+        if dsn.endswith("dbname=postgres"):
+            _execute(
+                dsn,
+                "SET session_replication_role = replica; DELETE FROM pgbench_branches; "
+                "CREATE FUNCTION shifted(i integer) RETURNS integer IMMUTABLE "
+                "LANGUAGE plpgsql AS 'BEGIN RETURN i; END'; "
+                "CREATE INDEX marker_shifted ON marker (shifted(id)); "
+                "CREATE OR REPLACE FUNCTION shifted(i integer) RETURNS integer IMMUTABLE "
+                "LANGUAGE plpgsql AS 'BEGIN RETURN i + 1000000; END'",
+            )
+
+    result = drill(
+        history,
+        base_dir,
+        after_restore=break_two_ways,
+        point=PointChoice("latest"),
+        amcheck=AmcheckPlan(heapallindexed=True),
+    )
+    problems = failed(result)
+    assert "pgbench_accounts_bid_fkey" in problems["foreign_keys"], problems
+    assert "marker_shifted" in problems["amcheck"], problems
+    for name in ("foreign_keys", "amcheck"):
+        (check,) = [c for c in checks(result, name) if c.status == "fail"]
+        assert (check.target, check.database) == ("app", "postgres")
+    assert list(base_dir.iterdir()) == []
 
 
 def test_a_wal_segment_missing_inside_the_window_fails_recovery_naming_it(history, base_dir):

@@ -4,6 +4,7 @@ daemon's heartbeat jobs."""
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -108,3 +109,37 @@ def test_a_restores_own_wal_fetch_imports_no_client_library_config_or_repository
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_databases_verified_at_once_come_back_in_order_each_with_its_own_findings(monkeypatch):
+    from drbackup.drill import physical_checks
+    from drbackup.drill.checks import CheckResult
+    from drbackup.drill.runner import DatabaseUnderTest, Verification
+    from drbackup.errors import SourceError
+
+    started = []
+
+    def verify(db, plan, assertions):  # the first database is the slowest
+        started.append(db.database)
+        if db.database == "gone":
+            raise SourceError('database "gone" does not exist')
+        time.sleep({"slow": 0.3, "fast": 0.2}[db.database])
+        found = CheckResult("amcheck", "fail" if db.database == "slow" else "pass", "", {})
+        found.database = db.database
+        return Verification([found, *assertions], 0.1)
+
+    monkeypatch.setattr(physical_checks, "verify_restored", verify)
+    dbs = [
+        DatabaseUnderTest("app", name, name, f"dbname={name}", None, None)
+        for name in ("slow", "fast", "gone")
+    ]
+    verified, seconds = physical_checks.verify_cluster([(db, []) for db in dbs], None, jobs=2)
+    assert sorted(started) == ["fast", "gone", "slow"]
+    assert [[(r.database, r.name, r.status) for r in v.results] for v in verified] == [
+        [("slow", "amcheck", "fail")],
+        [("fast", "amcheck", "pass")],
+        [("gone", "verification", "fail")],
+    ]
+    assert verified[2].results[0].summary == 'could not verify gone: database "gone" does not exist'
+    assert verified[2].results[0].target == "app"
+    assert 0.3 <= seconds < 0.45  # two at a time: 0.3 s, where one after another takes 0.5
