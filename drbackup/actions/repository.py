@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, Progress
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
@@ -107,19 +108,38 @@ class VerifyResult:
     seconds: float
 
 
-def verify_backup(app: AppContext, backup_id: str, progress=None) -> VerifyResult:
-    """Re-read every object of a backup.  Raises CheckFailedError listing every problem."""
+def verify_backup(app: AppContext, backup_id: str, progress: Progress = SILENT) -> VerifyResult:
+    """Re-read every object of a backup.  Raises CheckFailedError listing every problem.
+    ``progress`` gets the plaintext bytes read (its total: the manifest's size); a damaged
+    backup ends its phase with the error."""
     repo = app.repository()
     ref: BackupRef = repo.resolve(backup_id)
     manifest = repo.load_manifest(ref)
     total = [0]
-
-    def tick(n: int) -> None:
-        total[0] += n
-        if progress:
-            progress(n)
-
     start = datetime.now(UTC)
+    label = f"verify {manifest.target}/{manifest.backup_id}"
+    with progress.phase(label, "read", manifest.size) as shown:
+
+        def tick(n: int) -> None:
+            total[0] += n
+            shown(n)
+
+        problems, kept = _find_problems(repo, manifest, tick)
+        seconds = (datetime.now(UTC) - start).total_seconds()
+        app.index(lambda cat: _mark_verified(cat, repo, manifest, not problems, kept))
+        if problems:
+            headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
+            error = damage_found(
+                headline, problems, hint="restore from another backup; 'drbackup list' shows them"
+            )
+            error.redacted = damage_found(headline, kept, hint="").message
+            raise error
+    return VerifyResult(manifest, problems, total[0], seconds)
+
+
+def _find_problems(repo, manifest: Manifest, tick) -> tuple[list[str], list[str]]:
+    """(every problem, what the catalog keeps of them): the repository's checks, then a
+    base backup's files against the server's manifest, or a snapshot's blobs."""
     problems = repo.verify(manifest, tick)
     if manifest.kind == "postgres-physical" and not problems:
         # the repository's checks passed: now every file against the server's manifest
@@ -133,17 +153,7 @@ def verify_backup(app: AppContext, backup_id: str, progress=None) -> VerifyResul
 
         problems = verify_snapshot_blobs(repo, manifest)
         kept = _per_bucket(problems)  # they name object keys (users' data): counts are kept
-    seconds = (datetime.now(UTC) - start).total_seconds()
-    app.index(lambda cat: _mark_verified(cat, repo, manifest, not problems, kept))
-    result = VerifyResult(manifest, problems, total[0], seconds)
-    if problems:
-        headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
-        error = damage_found(
-            headline, problems, hint="restore from another backup; 'drbackup list' shows them"
-        )
-        error.redacted = damage_found(headline, kept, hint="").message
-        raise error
-    return result
+    return problems, kept
 
 
 def _mark_verified(catalog: Catalog, repo, manifest: Manifest, ok: bool, problems: list[str]):

@@ -14,7 +14,7 @@ from drbackup.actions.repository import (
     storage_warnings,
     verify_backup,
 )
-from drbackup.cli.render import echo_json, echo_table, human_size, progress
+from drbackup.cli.render import echo_json, echo_table, human_size, reporter
 from drbackup.sources.buckets.versions import bucket_guarantees
 
 if TYPE_CHECKING:
@@ -151,8 +151,7 @@ def _shown(value) -> str:
 def verify(state, backup_id: str, as_json: bool) -> None:
     """Re-read every object of a backup: checksums, authentication, plaintext digests."""
     app = state.app
-    with progress(app.progress, None, "verifying") as tick:
-        result = verify_backup(app, backup_id, tick)
+    result = verify_backup(app, backup_id, reporter(app, as_json=as_json))
     m = result.manifest
     if as_json:
         echo_json(

@@ -6,7 +6,7 @@ import click
 
 from drbackup.actions.repository import backup_summary
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_targets
-from drbackup.cli.render import echo_json, go_quiet, human_size, progress, quiet_option
+from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option, reporter
 
 SKIPPED_SHOWN = 10  # keys named in the warning (the manifest keeps up to 100)
 EVENTS = (
@@ -56,8 +56,8 @@ def minio(
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     go_quiet(app, quiet, ("--json", as_json))
     options = SnapshotOptions(workers=workers, full=full)
-    with progress(app.progress and len(names) == 1, None, f"snapshot {names[0]}") as tick:
-        manifests = snapshot_targets(app, names, options=options, progress=tick)
+    shown = reporter(app, quiet=quiet, as_json=as_json)
+    manifests = snapshot_targets(app, names, options=options, progress=shown)
     for m in manifests:
         _warn_skipped(m)
     if as_json:
