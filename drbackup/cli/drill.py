@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from drbackup.actions import drill as actions
-from drbackup.cli.render import echo_json, echo_table
-from drbackup.drill.checks import format_seconds
+from drbackup.cli.render import echo_json, echo_table, go_quiet, quiet_option
+from drbackup.drill.checks import WARN, format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
 from drbackup.drill.points import point_from_option
 from drbackup.drill.record import DrillReport
@@ -59,9 +59,10 @@ def drill() -> None:
     metavar="POINT",
     help="Physical drills: latest, random, fingerprint, an ISO 8601 time or an LSN.",
 )
+@quiet_option
 @click.pass_obj
 def run(
-    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point
+    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point, quiet
 ) -> None:
     """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
 
@@ -78,10 +79,22 @@ def run(
     if ephemeral:
         overrides["scratch"] = ScratchPlan(ephemeral=True)
     app = state.app
+    go_quiet(app, quiet, ("--format " + fmt, fmt != "text"))
     chosen = actions.plan_for(app, plan, tuple(targets), **overrides)
-    result = actions.run_drill(
-        app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
-    )
+    notify = None if quiet else (lambda line: click.echo(line, err=True))
+    result = actions.run_drill(app, chosen, output=output, notify=notify)
+    if quiet:
+        _warn_warned(result.record)
+    else:
+        _echo_outcome(result, fmt)
+    if result.failed:
+        raise CheckFailedError(
+            failure_details(result.record), redacted=failure_summary(result.record)
+        )
+
+
+def _echo_outcome(result, fmt: str) -> None:
+    """The report on stdout; kept scratch and the report file on stderr."""
     if fmt == "html":
         from drbackup.report.html import render_drill_report  # jinja2: only when asked
 
@@ -94,10 +107,14 @@ def run(
         click.echo("remove kept scratch with: drbackup drill cleanup --kept", err=True)
     if result.output:
         click.echo(f"report written to {result.output}", err=True)
-    if result.failed:
-        raise CheckFailedError(
-            failure_details(result.record), redacted=failure_summary(result.record)
-        )
+
+
+def _warn_warned(record) -> None:
+    """``--quiet``: a drill that passed with warnings says which checks warned, on stderr."""
+    warned = [c for c in record.checks if c.status == WARN]
+    if warned:
+        names = "; ".join(f"{c.name}: {c.summary}" for c in warned)
+        click.echo(f"drbackup: warning: drill {record.drill_id}: {names}", err=True)
 
 
 @drill.command("verify-report")

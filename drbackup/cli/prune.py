@@ -1,11 +1,11 @@
-"""``drbackup prune [--target T ...] [--dry-run] [--json]``."""
+"""``drbackup prune [--target T ...] [--dry-run] [--json | --quiet]``."""
 
 from __future__ import annotations
 
 import click
 
 from drbackup.actions.prune import PruneReport, TargetPrune, prune_targets
-from drbackup.cli.render import echo_json, human_size
+from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option
 
 
 @click.command("prune")
@@ -14,17 +14,20 @@ from drbackup.cli.render import echo_json, human_size
 )
 @click.option("--dry-run", is_flag=True, help="Show what would go and why the rest stays.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
+@quiet_option
 @click.pass_obj
-def prune(state, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+def prune(state, targets: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Remove backups the targets' retention policies expire, and unfinished backups' data.
 
     Each survivor is listed with the rules that keep it (docs/retention.md).
     """
+    go_quiet(state.app, quiet, ("--json", as_json), ("--dry-run", dry_run))
     report = prune_targets(state.app, list(targets), dry_run=dry_run)
     if as_json:
         echo_json(report.to_dict())
     else:
-        _render(report)
+        if not quiet:
+            _render(report)
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
     report.raise_for_errors()
