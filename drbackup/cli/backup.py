@@ -9,6 +9,7 @@ import click
 from drbackup.actions.backup_postgres import backup_targets
 from drbackup.actions.repository import backup_summary
 from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option, reporter
+from drbackup.cli.targets import chosen_targets
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -49,7 +50,7 @@ def postgres(
     """pg_dump each database of TARGET(s), with globals and an integrity fingerprint; or,
     with --physical, a base backup of each TARGET's server (docs/pitr.md)."""
     app = state.app
-    names = list(app.config.postgres) if all_targets else list(targets)
+    names = chosen_targets(targets, all_targets, (), list(app.config.postgres))
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     for name in names:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from drbackup.actions import drill as actions
 from drbackup.cli.render import echo_json, echo_table, go_quiet, quiet_option
+from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 from drbackup.drill.checks import WARN, format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
 from drbackup.drill.points import point_from_option
@@ -24,10 +27,9 @@ def drill() -> None:
 
 
 @drill.command("run")
-@click.argument("plan", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--target", "targets", multiple=True, help="Postgres or minio target to drill (repeatable)."
-)
+@click.argument("names", nargs=-1, metavar="[PLAN] [TARGET]...")
+@all_option("postgres and minio target (with a PLAN: every target of the plan)")
+@old_target_option("--target")
 @click.option("--backup", "backup_id", metavar="ID", help="Restore this backup (id or prefix).")
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
@@ -62,9 +64,11 @@ def drill() -> None:
 @quiet_option
 @click.pass_obj
 def run(
-    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point, quiet
-) -> None:
-    """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
+    state, names, all_targets, old_targets, backup_id, keep, ephemeral, into_major, fmt, output,
+    kind, point, quiet,
+) -> None:  # fmt: skip
+    """Run the drill PLAN (a drills/*.yaml file), or a default drill of TARGET(s); with
+    both, the plan for those of its targets only.
 
     A minio target is drilled by restoring its snapshot into scratch buckets.  With
     --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
@@ -80,6 +84,9 @@ def run(
         overrides["scratch"] = ScratchPlan(ephemeral=True)
     app = state.app
     go_quiet(app, quiet, ("--format " + fmt, fmt != "text"))
+    plan, names = split_plan(names)
+    every = [] if plan else [*app.config.postgres, *app.config.minio]
+    targets = chosen_targets(names, all_targets, old_targets, every)
     chosen = actions.plan_for(app, plan, tuple(targets), **overrides)
     notify = None if quiet else (lambda line: click.echo(line, err=True))
     result = actions.run_drill(app, chosen, output=output, notify=notify)
@@ -91,6 +98,14 @@ def run(
         raise CheckFailedError(
             failure_details(result.record), redacted=failure_summary(result.record)
         )
+
+
+def split_plan(names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """(PLAN, TARGETs) of ``drill run``'s arguments: the first is a plan when it is a path
+    (ends in .yaml or .yml, or has a directory); target names are neither."""
+    if names and (names[0].endswith((".yaml", ".yml")) or os.sep in names[0]):
+        return names[0], names[1:]
+    return None, names
 
 
 def _echo_outcome(result, fmt: str) -> None:

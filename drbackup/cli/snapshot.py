@@ -7,6 +7,7 @@ import click
 from drbackup.actions.repository import backup_summary
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_targets
 from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option, reporter
+from drbackup.cli.targets import chosen_targets
 
 SKIPPED_SHOWN = 10  # keys named in the warning (the manifest keeps up to 100)
 EVENTS = (
@@ -51,7 +52,7 @@ def minio(
 ) -> None:
     """Snapshot the buckets of TARGET(s): only new or changed objects are read."""
     app = state.app
-    names = list(app.config.minio) if all_targets else list(targets)
+    names = chosen_targets(targets, all_targets, (), list(app.config.minio))
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     go_quiet(app, quiet, ("--json", as_json))

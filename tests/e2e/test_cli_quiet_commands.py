@@ -25,7 +25,7 @@ def test_quiet_is_refused_beside_output_it_would_hide(local_repo_config, run_cli
         ("verify", "x", "-q", "--json"): "--quiet and --json exclude each other",
         ("prune", "-q", "--json"): "--quiet and --json exclude each other",
         ("prune", "-q", "--dry-run"): "--quiet and --dry-run exclude each other",
-        ("drill", "run", "--target", "app", "-q", "--format", "json"): (
+        ("drill", "run", "app", "-q", "--format", "json"): (
             "--quiet and --format json exclude each other"
         ),
     }
@@ -42,7 +42,7 @@ def test_a_quiet_drill_says_only_which_check_warned(local_repo_config, pg_db, ru
     add_signing_key(local_repo_config)
     load_awkward(pg_db)
     assert run_cli("backup", "postgres", "app", "-q").code == 0
-    drilled = run_cli("drill", "run", "--target", "app", "--quiet")
+    drilled = run_cli("drill", "run", "app", "--quiet")
     assert (drilled.code, drilled.stdout) == (0, ""), drilled.stderr
     (line,) = drilled.error_lines
     assert line.startswith("drbackup: warning: drill ")
