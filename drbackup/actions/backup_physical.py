@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
-from drbackup.actions.progress import SILENT, Progress, previous_size
+from drbackup.actions.progress import SILENT, Progress, Total, estimate_beside, previous_size
 from drbackup.actions.runs import recorded_backup
 from drbackup.errors import LockedError, SourceError
 from drbackup.repository.manifest import Manifest
@@ -70,12 +70,13 @@ def _backup(app: AppContext, target: PgTarget, progress: Progress) -> Manifest:
                 return writer.commit()
 
 
-def _expected_size(repo, control, name: str, progress: Progress) -> int | None:
+def _expected_size(repo, control, name: str, progress: Progress) -> Total:
     """What the base backup will weigh, for progress: the previous one's size, else the
     size of the server's databases."""
-    if progress is SILENT:
+    if not progress.wants_total:
         return None
-    return previous_size(repo, name, KIND, TAR_TYPE) or physical.cluster_size(control)
+    on_disk = physical.cluster_size(control)
+    return estimate_beside(lambda: previous_size(repo, name, KIND, TAR_TYPE), on_disk)
 
 
 def started_label() -> str:

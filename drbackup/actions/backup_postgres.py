@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from drbackup.actions.progress import SILENT, Progress, previous_size
+from drbackup.actions.progress import SILENT, Progress, Total, estimate_beside, previous_size
 from drbackup.actions.runs import recorded_backup
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import DrbackupError, LockedError
@@ -143,13 +143,13 @@ def _prefetch_catalog(after: Callable[[], None]) -> None:
     threading.Thread(target=load, name="drbackup-catalog-import", daemon=True).start()
 
 
-def _expected_size(repo, control, name: str, databases: list[str], progress) -> int | None:
+def _expected_size(repo, control, name: str, databases: list[str], progress) -> Total:
     """What the dumps will weigh, for progress: the previous dump's size, else the size of
     the databases on disk (indexes and free space included: an overestimate)."""
-    if progress is SILENT:
+    if not progress.wants_total:
         return None  # nobody looks: no manifest read, no query
-    previous = previous_size(repo, name, "postgres", "pg_dump")
-    return previous or dump.databases_size(control, databases)
+    on_disk = dump.databases_size(control, databases)
+    return estimate_beside(lambda: previous_size(repo, name, "postgres", "pg_dump"), on_disk)
 
 
 def _take_lock(control, name: str) -> None:

@@ -12,19 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from drbackup.threads import Background
+
 Tick = Callable[[int], None]  # bytes done since the last call
+
+
+Total = int | None | Callable[[], int | None]
 
 
 class Progress:
     """Where an action's phases go; this base class ignores them."""
 
+    wants_total = False  # whether a total is shown: an action skips finding one otherwise
+
     @contextmanager
     def phase(
-        self, label: str, verb: str, total: int | None = None, *, estimate: bool = False
+        self, label: str, verb: str, total: Total = None, *, estimate: bool = False
     ) -> Iterator[Tick]:
         """A step of ``label`` (``"backup app"``) that ``verb``\\s (``"dumped"``) bytes;
         yields the callback the step feeds with byte counts.  ``total``: the bytes it will
-        move (None: unknown); ``estimate``: that total is a guess."""
+        move (None: unknown), or a function that tells them, asked once bytes move (see
+        :func:`estimate_beside`); ``estimate``: that total is a guess."""
         yield _ignore
 
 
@@ -33,6 +41,20 @@ def _ignore(nbytes: int) -> None:
 
 
 SILENT = Progress()
+
+
+def estimate_beside(find: Callable[[], int | None], fallback: int | None) -> Callable[[], int]:
+    """A phase total that ``find`` works out in a background thread while the phase starts
+    (a manifest read waits for the key, which a backup stretches beside its first steps),
+    else ``fallback``.  An estimate that cannot be found (storage, key) leaves the fallback:
+    the backup's own path reports such errors."""
+    found = Background(find, "drbackup-estimate")
+
+    def total() -> int | None:
+        found.join()
+        return (None if found.failed else found.result()) or fallback
+
+    return total
 
 
 def previous_size(repo, target: str, kind: str, item_type: str) -> int | None:

@@ -98,6 +98,10 @@ class Reporter(Progress):
         self._lock = threading.Lock()
         self._drawing = False
 
+    @property
+    def wants_total(self) -> bool:
+        return self.mode == "bar"  # a line says bytes and rate only
+
     @contextmanager
     def phase(self, label, verb, total=None, *, estimate=False):
         if self.mode == "off":
@@ -135,6 +139,9 @@ class Reporter(Progress):
 
             def tick(nbytes: int) -> None:
                 with self._lock:
+                    if count.late is not None:  # a total found beside the work: now it is
+                        count.total, count.late = count.late(), None
+                        bar.length, bar.show_percent = count.total or None, bool(count.total)
                     count.add(nbytes)
                     pending[0] += nbytes
                     if time.monotonic() - last[0] >= self.REDRAW_S:
@@ -152,8 +159,11 @@ def _no_tick(nbytes: int) -> None:
 class _Count:
     """The bytes of one phase, and how they read: ``1.2 GiB of ~3.4 GiB, 86.0 MiB/s``."""
 
-    def __init__(self, total: int | None, estimate: bool):
-        self.total, self.estimate = total, estimate
+    def __init__(self, total, estimate: bool):
+        # a function: asked at the first bytes (actions/progress.py, estimate_beside)
+        self.late = total if callable(total) else None
+        self.total = None if callable(total) else total
+        self.estimate = estimate
         self.done = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()  # workers of a bucket restore add at once

@@ -98,3 +98,32 @@ def test_a_counting_reader_ticks_what_it_reads():
     assert len(reader.read(1000)) + len(reader.read()) == 2500
     assert reader.read(10) == b""
     assert seen == [1000, 1500]
+
+
+def test_a_total_found_beside_the_work_is_asked_at_the_first_bytes(monkeypatch):
+    asked = []
+
+    def total() -> int:
+        asked.append(True)
+        return 4 * MiB
+
+    term = Terminal()
+    assert Reporter("bar", term).wants_total and not Reporter("lines").wants_total
+    with Reporter("bar", term).phase("backup app", "dumped", total, estimate=True) as tick:
+        assert asked == []
+        tick(MiB)
+        tick(MiB)
+    assert asked == [True]
+    assert "2.0 MiB of ~4.0 MiB" in term.getvalue() and "50%" in term.getvalue()
+
+
+def test_an_estimate_that_cannot_be_found_leaves_the_fallback():
+    from drbackup.actions.progress import estimate_beside
+    from drbackup.errors import StorageError
+
+    def unreachable() -> int:
+        raise StorageError("cannot list the repository")
+
+    assert estimate_beside(unreachable, 123)() == 123
+    assert estimate_beside(lambda: None, 123)() == 123
+    assert estimate_beside(lambda: 456, 123)() == 456
