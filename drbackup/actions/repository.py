@@ -110,15 +110,16 @@ class VerifyResult:
 
 def verify_backup(app: AppContext, backup_id: str, progress: Progress = SILENT) -> VerifyResult:
     """Re-read every object of a backup.  Raises CheckFailedError listing every problem.
-    ``progress`` gets the plaintext bytes read (its total: the manifest's size); a damaged
-    backup ends its phase with the error."""
+    ``progress`` gets the plaintext bytes read (its total: the manifest's items, and a
+    base backup's archives read again or a snapshot's objects); a damaged backup ends its
+    phase with the error."""
     repo = app.repository()
     ref: BackupRef = repo.resolve(backup_id)
     manifest = repo.load_manifest(ref)
     total = [0]
     start = datetime.now(UTC)
     label = f"verify {manifest.target}/{manifest.backup_id}"
-    with progress.phase(label, "read", manifest.size) as shown:
+    with progress.phase(label, "read", _bytes_to_read(manifest)) as shown:
 
         def tick(n: int) -> None:
             total[0] += n
@@ -145,15 +146,29 @@ def _find_problems(repo, manifest: Manifest, tick) -> tuple[list[str], list[str]
         # the repository's checks passed: now every file against the server's manifest
         from drbackup.actions.verify_physical import verify_base_backup
 
-        problems = verify_base_backup(repo, manifest)
+        problems = verify_base_backup(repo, manifest, tick)
     kept = problems
     if manifest.kind in ("bucket", EVENTS_KIND) and not problems:
         # A snapshot's items are its indexes; the objects' content lives in shared blobs.
         from drbackup.actions.restore_minio import verify_snapshot_blobs
 
-        problems = verify_snapshot_blobs(repo, manifest)
+        problems = verify_snapshot_blobs(repo, manifest, tick=tick)
         kept = _per_bucket(problems)  # they name object keys (users' data): counts are kept
     return problems, kept
+
+
+def _bytes_to_read(manifest: Manifest) -> int:
+    """What verifying reads when the backup is intact: every item, then a base backup's
+    archives once more (file by file) or a snapshot's objects (the bytes its indexes count;
+    a versioned bucket's older versions come on top)."""
+    extra = 0
+    if manifest.kind == "postgres-physical":
+        from drbackup.actions.backup_physical import TAR_TYPE
+
+        extra = sum(i.size for i in manifest.items if i.type == TAR_TYPE)
+    elif manifest.kind in ("bucket", EVENTS_KIND):
+        extra = sum(i.meta.get("bytes", 0) for i in manifest.items)
+    return manifest.size + extra
 
 
 def _mark_verified(catalog: Catalog, repo, manifest: Manifest, ok: bool, problems: list[str]):

@@ -251,12 +251,12 @@ def _failure_hint(summary: RestoreSummary) -> str:
     )
 
 
-def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list[str]:
+def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8, tick=None) -> list[str]:
     """Read every blob a snapshot references and check it against its index entries.
 
     Returns one line per problem (naming the bucket and object key), empty when every
     object's content is intact: what ``verify`` should add for a bucket snapshot, whose
-    manifest items cover only the indexes.
+    manifest items cover only the indexes.  ``tick`` gets each object's size once read.
     """
     repo.keyring.require(read=True)
     problems: list[str] = []
@@ -273,15 +273,19 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
 
     for bucket in snapshot_buckets(manifest):
         with open_index(repo.open_item, manifest, bucket) as entries:
-            for _, problem in ordered_map(check, entries, workers=workers):
+            for entry, problem in ordered_map(check, entries, workers=workers):
                 if problem:
                     problems.append(f"{bucket}: {problem}")
+                elif tick:
+                    tick(entry.size)
     for bucket in history_buckets(manifest):  # the versions of a versioned bucket's history
         with open_history(repo.open_item, manifest, bucket) as lines:
             versions = (v.entry for v in lines if v.entry is not None)
-            for _, problem in ordered_map(check, versions, workers=workers):
+            for entry, problem in ordered_map(check, versions, workers=workers):
                 if problem:
                     problems.append(f"{bucket} (history): {problem}")
+                elif tick:
+                    tick(entry.size)
     return problems
 
 

@@ -124,3 +124,12 @@ def test_a_snapshot_and_a_bucket_restore_print_a_line_each(setup, run_cli):  # n
     code, out, terminal = on_a_terminal("restore", "minio", "files", "--into-bucket", "again")
     assert code == 0 and out.startswith("using "), terminal
     assert f"{objects} B of {objects} B, " in terminal
+
+    # verify reads the snapshot's index, then every object it names
+    snapshot_id = snap.stdout.split()[1].split("/")[1]
+    index_size = run_cli("show", snapshot_id, "--json").json()["size"]
+    verified = run_cli("verify", snapshot_id)
+    assert verified.code == 0, verified.stderr
+    (line,) = verified.error_lines
+    read = re.escape(human_size(index_size + objects))
+    assert phase_line(f"verify files/{snapshot_id}", "read", read).fullmatch(line)

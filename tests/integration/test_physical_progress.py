@@ -37,5 +37,12 @@ def test_a_base_backup_and_its_restore_print_a_line_each(wal_home, archiving_clu
     (line,) = restored.stderr.splitlines()
     assert line_of("restore app", "extracted", tars).fullmatch(line)
 
+    # verify reads every item, then the archives once more, file by file
+    size = json.loads(shown.stdout)["size"]
+    verified = wal_home.run("verify", backup_id, as_server_user=False)
+    assert verified.returncode == 0, verified.stderr
+    (line,) = verified.stderr.splitlines()
+    assert line_of(f"verify app/{backup_id}", "read", size + tars).fullmatch(line)
+
     quiet = wal_home.run("backup", "postgres", "app", "--physical", "-q", as_server_user=False)
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
