@@ -21,7 +21,7 @@ def backup() -> None:
 
 
 @backup.command("postgres")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @click.option("--all", "all_targets", is_flag=True, help="Every target under postgres:.")
 @click.option(
     "--parallel",

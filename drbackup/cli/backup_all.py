@@ -10,7 +10,7 @@ from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 
 
 @backup.command("all")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @all_option("postgres and minio target (the default)")
 @old_target_option("--targets", comma_separated=True)
 @click.option(

@@ -10,7 +10,7 @@ from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 
 
 @click.command("prune")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @all_option("target (the default)")
 @old_target_option("-t", "--target")
 @click.option("--dry-run", is_flag=True, help="Show what would go and why the rest stays.")

@@ -31,7 +31,7 @@ REPORT_EPILOG = (
     metavar="FILE",
     help="Write the report to FILE atomically instead of stdout.",
 )
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @all_option("target (the default)")
 @old_target_option("--target")
 @click.option(

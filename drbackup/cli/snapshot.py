@@ -23,7 +23,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("minio")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @click.option("--all", "all_targets", is_flag=True, help="Every target under minio:.")
 @click.option(
     "--full",
