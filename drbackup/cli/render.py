@@ -157,7 +157,11 @@ def _no_tick(nbytes: int) -> None:
 
 
 class _Count:
-    """The bytes of one phase, and how they read: ``1.2 GiB of ~3.4 GiB, 86.0 MiB/s``."""
+    """The bytes of one phase, and how they read: ``1.2 GiB of ~3.4 GiB, 86.0 MiB/s``.
+
+    Its time runs from the start to the last bytes: what follows them inside the phase
+    (pg_restore building indexes after reading the archive, a manifest's upload) is not
+    the phase's bytes' time."""
 
     def __init__(self, total, estimate: bool):
         # a function: asked at the first bytes (actions/progress.py, estimate_beside)
@@ -166,14 +170,19 @@ class _Count:
         self.estimate = estimate
         self.done = 0
         self.started = time.monotonic()
+        self.last: float | None = None  # when the last bytes came
         self._lock = threading.Lock()  # workers of a bucket restore add at once
 
     def add(self, nbytes: int) -> None:
         with self._lock:
             self.done += nbytes
+            self.last = time.monotonic()
+
+    def elapsed(self) -> float:
+        return (self.last if self.last is not None else time.monotonic()) - self.started
 
     def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.started, 1e-3)
+        return self.done / max(self.elapsed(), 1e-3)
 
     def shown(self) -> str:
         of = ""
@@ -182,8 +191,8 @@ class _Count:
         return f"{human_size(self.done)}{of}, {human_size(int(self.rate()))}/s"
 
     def summary(self) -> str:
-        elapsed = time.monotonic() - self.started
-        return f"{human_size(self.done)} in {elapsed:.1f} s ({human_size(int(self.rate()))}/s)"
+        rate = human_size(int(self.rate()))
+        return f"{human_size(self.done)} in {self.elapsed():.1f} s ({rate}/s)"
 
 
 def reporter(app, *, quiet: bool = False, as_json: bool = False, parallel=False) -> Reporter:
