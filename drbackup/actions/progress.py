@@ -35,6 +35,11 @@ class Progress:
         :func:`estimate_beside`); ``estimate``: that total is a guess."""
         yield _ignore
 
+    def note(self, label: str, text: str) -> None:
+        """What the open phase of ``label`` does now that moves no bytes (pg_restore
+        building indexes after it read the archive), for a terminal to show beside its bar;
+        its time is the command's summary's."""
+
 
 def _ignore(nbytes: int) -> None:
     return None

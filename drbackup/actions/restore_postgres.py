@@ -134,8 +134,8 @@ def restore_postgres(
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
         argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
         tolerated = partial(_harmless_errors, bin_dir, state.server_version)
-        with progress.phase(f"restore {target}", "read", item.size) as tick:
-            run = job.load(argv, jobs, spool_dir, tolerated, tick)
+        with _Shown(progress, f"restore {target}", item.size, jobs) as shown:
+            run = job.load(argv, jobs, spool_dir, tolerated, shown)
         result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
         result.created, result.removed = job.created, removed
         job.finish(result)
@@ -243,6 +243,33 @@ class _Plan:
     keep_old: bool
 
 
+class _Shown:
+    """A restore's progress: the archive read from the repository (the phase), and a note
+    of what pg_restore does once it reads nothing more (post-data; with --jobs, all of its
+    work on the spooled copy)."""
+
+    def __init__(self, progress: Progress, label: str, size: int, jobs: int):
+        self.progress, self.label, self.jobs = progress, label, jobs
+        self._phase = progress.phase(label, "read", size)
+
+    def __enter__(self) -> _Shown:
+        self.tick = self._phase.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._phase.__exit__(*exc)  # a failed restore ends the phase without its line
+
+    def on_phase(self, name: str) -> None:
+        """pg_restore's phases (sources/postgres/restore.py), in the calling thread."""
+        jobs = f"pg_restore --jobs {self.jobs}"
+        if name == "post_data":
+            self.progress.note(self.label, "building indexes and constraints (post-data)")
+        elif self.jobs > 1 and name == "pre_data":
+            self.progress.note(self.label, f"{jobs}: creating the schema (pre-data)")
+        elif self.jobs > 1 and name == "data":
+            self.progress.note(self.label, f"{jobs}: loading data")
+
+
 class _Job:
     """One restore's database work: prepare, load, then finish (swap, unmark) or undo."""
 
@@ -282,19 +309,20 @@ class _Job:
         with connect(self.dsn, self.password):  # pg_restore connects like this: fail here
             pass
 
-    def load(self, argv: list[str], jobs: int, spool_dir, tolerated, tick) -> RestoreRun:
+    def load(self, argv: list[str], jobs: int, spool_dir, tolerated, shown) -> RestoreRun:
         name = self.plan.state.name
         try:
             with self.repo.open_item(self.item) as reader:
                 return run_pg_restore(
                     argv,
                     client_env(self.password, self.dsn),
-                    CountingReader(reader, tick),
+                    CountingReader(reader, shown.tick),
                     spool_dir=spool_dir,
                     what=f"restore of {self.item.name} into {name}",
                     alongside=self.prepare,
                     failed_hint=self._failed_hint(),
                     tolerated=tolerated,
+                    on_phase=shown.on_phase,
                 )
         except BaseException as exc:
             if isinstance(exc, DrbackupError):

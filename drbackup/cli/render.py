@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -88,6 +89,7 @@ class Reporter(Progress):
     14.2 s (86.0 MiB/s)``), for logs and pipes; ``"off"`` prints nothing (--quiet, --json).
     Phases run in parallel (``backup --all``) share one terminal: the first draws its bar,
     the others print their line.  A phase that fails prints nothing: the error says it.
+    A note (what a phase does that moves no bytes) shows beside its bar on a terminal.
     """
 
     REDRAW_S = 0.1  # a bar is redrawn at most this often (reads come in 1 MiB blocks)
@@ -97,6 +99,7 @@ class Reporter(Progress):
         self.file = file if file is not None else sys.stderr
         self._lock = threading.Lock()
         self._drawing = False
+        self._bars: dict[str, tuple[_Count, Callable[[], None]]] = {}  # label: count, redraw
 
     @property
     def wants_total(self) -> bool:
@@ -124,6 +127,15 @@ class Reporter(Progress):
         if not draw:
             click.echo(f"{label}: {verb} {count.summary()}", file=self.file)
 
+    def note(self, label, text):
+        """Beside the bar of ``label``, if one is drawn; a line per phase says no more (the
+        command's summary has the time of what the note names)."""
+        with self._lock:
+            if label in self._bars:
+                count, redraw = self._bars[label]
+                count.note = text
+                redraw()
+
     @contextmanager
     def _bar(self, label: str, count: _Count):
         with click.progressbar(
@@ -137,19 +149,32 @@ class Reporter(Progress):
         ) as bar:
             pending, last = [0], [0.0]
 
+            def redraw() -> None:  # under self._lock
+                if pending[0]:
+                    bar.update(pending[0])
+                else:
+                    bar.render_progress()
+                pending[0], last[0] = 0, time.monotonic()
+
             def tick(nbytes: int) -> None:
                 with self._lock:
+                    if label not in self._bars:
+                        return  # read after the phase ended (a stream's last bytes)
                     if count.late is not None:  # a total found beside the work: now it is
                         count.total, count.late = count.late(), None
                         bar.length, bar.show_percent = count.total or None, bool(count.total)
                     count.add(nbytes)
                     pending[0] += nbytes
                     if time.monotonic() - last[0] >= self.REDRAW_S:
-                        bar.update(pending[0])
-                        pending[0], last[0] = 0, time.monotonic()
+                        redraw()
 
-            yield tick
-            bar.update(pending[0])
+            self._bars[label] = (count, redraw)
+            try:
+                yield tick
+            finally:
+                with self._lock:
+                    del self._bars[label]
+                    redraw()
 
 
 def _no_tick(nbytes: int) -> None:
@@ -171,6 +196,7 @@ class _Count:
         self.done = 0
         self.started = time.monotonic()
         self.last: float | None = None  # when the last bytes came
+        self.note = ""  # what the phase does now that moves no bytes (Reporter.note)
         self._lock = threading.Lock()  # workers of a bucket restore add at once
 
     def add(self, nbytes: int) -> None:
@@ -188,7 +214,8 @@ class _Count:
         of = ""
         if self.total:
             of = f" of {'~' if self.estimate else ''}{human_size(self.total)}"
-        return f"{human_size(self.done)}{of}, {human_size(int(self.rate()))}/s"
+        note = f"; {self.note}" if self.note else ""
+        return f"{human_size(self.done)}{of}, {human_size(int(self.rate()))}/s{note}"
 
     def summary(self) -> str:
         rate = human_size(int(self.rate()))

@@ -27,7 +27,7 @@ def phase_line(label: str, verb: str, size: str = SIZE) -> re.Pattern:
 @pytest.fixture
 def table(pg_db):
     pg_db.execute(
-        "CREATE TABLE t (n integer, s text);"
+        "CREATE TABLE t (n integer PRIMARY KEY, s text);"
         "INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 20000) i"
     )
     return pg_db
@@ -50,7 +50,7 @@ def test_a_backup_restore_and_verify_print_a_line_per_phase_on_stderr(
         restored = run_cli("restore", "postgres", "app", "--into", into, "--create")
         assert restored.code == 0, restored.stderr
         assert restored.stdout.startswith("using ") and "\nrestored " in restored.stdout
-        (line,) = restored.error_lines
+        (line,) = restored.error_lines  # post-data's time is in the summary, on stdout
         assert phase_line("restore app", "read", re.escape(human_size(dump_size))).fullmatch(line)
         with psycopg.connect(into) as conn:
             assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20000
@@ -101,6 +101,7 @@ def test_on_a_terminal_a_restore_draws_its_bytes_against_the_dump_size(
         assert out.startswith("using ")
         total = human_size(dump_size)
         assert f"{total} of {total}, " in terminal and "100%" in terminal
+        assert "/s; building indexes and constraints (post-data)" in terminal  # the primary key
         assert not phase_line("restore app", "read").search(terminal)  # a bar, not the line
     finally:
         table.cluster.drop_database(psycopg.conninfo.conninfo_to_dict(into)["dbname"])
@@ -133,3 +134,29 @@ def test_a_snapshot_and_a_bucket_restore_print_a_line_each(setup, run_cli):  # n
     (line,) = verified.error_lines
     read = re.escape(human_size(index_size + objects))
     assert phase_line(f"verify files/{snapshot_id}", "read", read).fullmatch(line)
+
+
+def test_a_spooled_restore_notes_pg_restore_s_phases_beside_its_bar(
+    local_repo_config, table, run_cli
+):
+    made = run_cli("backup", "postgres", "app", "--json").json()
+    dump_size = next(i["size"] for i in made["items"] if i["type"] == "pg_dump")
+    dsn = table.cluster.dsn
+    logged, shown = (dsn(f"e2e_progress_{uuid.uuid4().hex[:10]}") for _ in range(2))
+    try:
+        restored = run_cli("restore", "postgres", "app", "--into", logged, "--create", "-j", "2")
+        assert restored.code == 0, restored.stderr
+        (line,) = restored.error_lines
+        assert phase_line("restore app", "read", re.escape(human_size(dump_size))).fullmatch(line)
+        args = ("restore", "postgres", "app", "--into", shown, "--create", "-j", "2")
+        code, out, terminal = on_a_terminal(*args)
+        assert code == 0 and out.startswith("using "), terminal
+        for note in (
+            "pg_restore --jobs 2: creating the schema (pre-data)",
+            "pg_restore --jobs 2: loading data",
+            "building indexes and constraints (post-data)",
+        ):
+            assert f"/s; {note}" in terminal, note
+    finally:
+        for into in (logged, shown):
+            table.cluster.drop_database(psycopg.conninfo.conninfo_to_dict(into)["dbname"])

@@ -128,3 +128,36 @@ def test_an_estimate_that_cannot_be_found_leaves_the_fallback():
     assert estimate_beside(unreachable, 123)() == 123
     assert estimate_beside(lambda: None, 123)() == 123
     assert estimate_beside(lambda: 456, 123)() == 456
+
+
+def test_a_note_shows_beside_the_bar_and_nowhere_else():
+    term, log = Terminal(), io.StringIO()
+    with Reporter("bar", term).phase("restore app", "read", 10) as tick:
+        tick(10)
+        Reporter("bar", term).note("restore app", "elsewhere")  # another reporter: no bar
+        report = Reporter("lines", log)
+        with report.phase("restore other", "read") as other:
+            other(1)
+            report.note("restore other", "building indexes and constraints (post-data)")
+    assert "elsewhere" not in term.getvalue()
+    assert log.getvalue().splitlines()[0].startswith("restore other: read 1 B in ")
+    assert "post-data" not in log.getvalue()  # the summary line has its time
+    term = Terminal()
+    report = Reporter("bar", term)
+    with report.phase("restore app", "read", 10) as tick:
+        tick(10)
+        before = term.getvalue()
+        report.note("restore app", "building indexes and constraints (post-data)")
+        redrawn = term.getvalue()[len(before) :]  # drawn at once, not at the next bytes
+    last = [s for s in screens(redrawn) if s][-1]
+    assert last.startswith("restore app") and "100%" in last and "10 B of 10 B, " in last
+    assert last.endswith("/s; building indexes and constraints (post-data)")
+
+
+def test_bytes_read_after_a_bar_ended_are_ignored():
+    term = Terminal()
+    with Reporter("bar", term).phase("restore app", "read", 10) as tick:
+        tick(10)
+    drawn = term.getvalue()
+    tick(5)  # a stream's last bytes, read after pg_restore moved on
+    assert term.getvalue() == drawn
