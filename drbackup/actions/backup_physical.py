@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from drbackup.actions.backup_postgres import PgTarget
+from drbackup.actions.progress import SILENT, Progress, Total, estimate_beside, previous_size
 from drbackup.actions.runs import recorded_backup
 from drbackup.errors import LockedError, SourceError
 from drbackup.repository.manifest import Manifest
@@ -33,13 +34,13 @@ TAR_TYPE = "pg-base-tar"
 MANIFEST_TYPE = "pg-backup-manifest"
 
 
-def backup_physical(app: AppContext, name: str, *, progress=None) -> Manifest:
+def backup_physical(app: AppContext, name: str, *, progress: Progress = SILENT) -> Manifest:
     """Take a base backup of target ``name``; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
     return recorded_backup(app, name, lambda: _backup(app, target, progress))
 
 
-def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress: Progress) -> Manifest:
     repo = app.repository(background_key=True)
     repo.keyring.require(write=True)
     wait = app.config.target(target.name).wal.backup_wait.total_seconds()
@@ -50,12 +51,15 @@ def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
                 hint="wait for it to finish; physical backups of one target never overlap",
             )
         facts = physical.server_facts(control)
+        expected = _expected_size(repo, control, target.name, progress)
         label = f"drbackup {target.name} {started_label()}"
         with BaseBackupStream(target.dsn, target.password, label) as stream:
             archive = WalArchive(repo, target.name)
             cluster = _cluster_of(archive, facts, stream.system_identifier)
             with repo.new_backup(target.name, KIND) as writer:
-                _store_archives(writer, stream, progress)
+                phase = progress.phase(f"backup {target.name}", "copied", expected, estimate=True)
+                with phase as tick:
+                    _store_archives(writer, stream, tick)
                 stop_clock = physical.server_clock(control)
                 next_xid = physical.next_xid(control)
                 positions = stream.positions
@@ -64,6 +68,15 @@ def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
                 writer.meta.update(_meta(facts, stream, cluster, label, stop_clock))
                 writer.meta["next_xid"] = str(next_xid)
                 return writer.commit()
+
+
+def _expected_size(repo, control, name: str, progress: Progress) -> Total:
+    """What the base backup will weigh, for progress: the previous one's size, else the
+    size of the server's databases."""
+    if not progress.wants_total:
+        return None
+    on_disk = physical.cluster_size(control)
+    return estimate_beside(lambda: previous_size(repo, name, KIND, TAR_TYPE), on_disk)
 
 
 def started_label() -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, Progress, Total, estimate_beside, previous_size
 from drbackup.actions.runs import recorded_backup
 from drbackup.codec.pipeline import iter_blocks_threaded
 from drbackup.errors import DrbackupError, LockedError
@@ -67,16 +68,17 @@ class PgTarget:
 
 
 def backup_targets(
-    app: AppContext, names: list[str], *, max_parallel: int = 2, progress=None
+    app: AppContext, names: list[str], *, max_parallel: int = 2, progress: Progress = SILENT
 ) -> list[Manifest]:
     """Back up several targets, at most ``max_parallel`` at once; fail if any failed.
 
     Every target runs to its end; the error raised lists every target that failed.
+    ``progress`` gets a phase per target (several at once when they run in parallel).
     """
     if len(names) == 1:
         return [backup_target(app, names[0], progress=progress)]
     with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-        futures = {n: pool.submit(backup_target, app, n) for n in names}
+        futures = {n: pool.submit(backup_target, app, n, progress=progress) for n in names}
     failures = [(n, f.exception()) for n, f in futures.items() if f.exception()]
     if failures:
         first = failures[0][1]
@@ -89,13 +91,13 @@ def backup_targets(
     return [futures[n].result() for n in names]
 
 
-def backup_target(app: AppContext, name: str, *, progress=None) -> Manifest:
+def backup_target(app: AppContext, name: str, *, progress: Progress = SILENT) -> Manifest:
     """Back up one target into the repository; record the run in the catalog."""
     target = PgTarget.from_config(name, app.config.target(name))
     return recorded_backup(app, name, lambda: _backup(app, target, progress))
 
 
-def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
+def _backup(app: AppContext, target: PgTarget, progress: Progress) -> Manifest:
     # The passphrase is stretched in a helper thread while the source is checked and
     # pg_dump starts; a wrong one stops the backup before the fingerprint or any write.
     repo = app.repository(background_key=True)
@@ -108,10 +110,12 @@ def _backup(app: AppContext, target: PgTarget, progress) -> Manifest:
         dump_version = tool_version(bin_dir, "pg_dump")
         versions.require_client_for_server("pg_dump", dump_version, server_num)
         databases = _databases(control, target)
-        with repo.new_backup(target.name, "postgres") as writer:
+        expected = _expected_size(repo, control, target.name, databases, progress)
+        phase = progress.phase(f"backup {target.name}", "dumped", expected, estimate=True)
+        with repo.new_backup(target.name, "postgres") as writer, phase as tick:
             points = []
             for db in databases:
-                item = _dump_database(writer, target, db, bin_dir, progress)
+                item = _dump_database(writer, target, db, bin_dir, tick)
                 points.append(item.meta["recovery_point"])
             _dump_globals(writer, target, bin_dir)
             writer.recovery_point = parse_iso_time(min(points)) if points else datetime.now(UTC)
@@ -137,6 +141,15 @@ def _prefetch_catalog(after: Callable[[], None]) -> None:
             importlib.import_module("drbackup.catalog")
 
     threading.Thread(target=load, name="drbackup-catalog-import", daemon=True).start()
+
+
+def _expected_size(repo, control, name: str, databases: list[str], progress) -> Total:
+    """What the dumps will weigh, for progress: the previous dump's size, else the size of
+    the databases on disk (indexes and free space included: an overestimate)."""
+    if not progress.wants_total:
+        return None  # nobody looks: no manifest read, no query
+    on_disk = dump.databases_size(control, databases)
+    return estimate_beside(lambda: previous_size(repo, name, "postgres", "pg_dump"), on_disk)
 
 
 def _take_lock(control, name: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, Progress
 from drbackup.errors import CheckFailedError, IntegrityError
 from drbackup.repository.manifest import BackupRef, Manifest
 from drbackup.repository.repo import Repository
@@ -107,43 +108,67 @@ class VerifyResult:
     seconds: float
 
 
-def verify_backup(app: AppContext, backup_id: str, progress=None) -> VerifyResult:
-    """Re-read every object of a backup.  Raises CheckFailedError listing every problem."""
+def verify_backup(app: AppContext, backup_id: str, progress: Progress = SILENT) -> VerifyResult:
+    """Re-read every object of a backup.  Raises CheckFailedError listing every problem.
+    ``progress`` gets the plaintext bytes read (its total: the manifest's items, and a
+    base backup's archives read again or a snapshot's objects); a damaged backup ends its
+    phase with the error."""
     repo = app.repository()
     ref: BackupRef = repo.resolve(backup_id)
     manifest = repo.load_manifest(ref)
     total = [0]
-
-    def tick(n: int) -> None:
-        total[0] += n
-        if progress:
-            progress(n)
-
     start = datetime.now(UTC)
+    label = f"verify {manifest.target}/{manifest.backup_id}"
+    with progress.phase(label, "read", _bytes_to_read(manifest)) as shown:
+
+        def tick(n: int) -> None:
+            total[0] += n
+            shown(n)
+
+        problems, kept = _find_problems(repo, manifest, tick)
+        seconds = (datetime.now(UTC) - start).total_seconds()
+        app.index(lambda cat: _mark_verified(cat, repo, manifest, not problems, kept))
+        if problems:
+            headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
+            error = damage_found(
+                headline, problems, hint="restore from another backup; 'drbackup list' shows them"
+            )
+            error.redacted = damage_found(headline, kept, hint="").message
+            raise error
+    return VerifyResult(manifest, problems, total[0], seconds)
+
+
+def _find_problems(repo, manifest: Manifest, tick) -> tuple[list[str], list[str]]:
+    """(every problem, what the catalog keeps of them): the repository's checks, then a
+    base backup's files against the server's manifest, or a snapshot's blobs."""
     problems = repo.verify(manifest, tick)
     if manifest.kind == "postgres-physical" and not problems:
         # the repository's checks passed: now every file against the server's manifest
         from drbackup.actions.verify_physical import verify_base_backup
 
-        problems = verify_base_backup(repo, manifest)
+        problems = verify_base_backup(repo, manifest, tick)
     kept = problems
     if manifest.kind in ("bucket", EVENTS_KIND) and not problems:
         # A snapshot's items are its indexes; the objects' content lives in shared blobs.
         from drbackup.actions.restore_minio import verify_snapshot_blobs
 
-        problems = verify_snapshot_blobs(repo, manifest)
+        problems = verify_snapshot_blobs(repo, manifest, tick=tick)
         kept = _per_bucket(problems)  # they name object keys (users' data): counts are kept
-    seconds = (datetime.now(UTC) - start).total_seconds()
-    app.index(lambda cat: _mark_verified(cat, repo, manifest, not problems, kept))
-    result = VerifyResult(manifest, problems, total[0], seconds)
-    if problems:
-        headline = f"backup {ref.target}/{ref.backup_id} is damaged: {len(problems)} problem(s)"
-        error = damage_found(
-            headline, problems, hint="restore from another backup; 'drbackup list' shows them"
-        )
-        error.redacted = damage_found(headline, kept, hint="").message
-        raise error
-    return result
+    return problems, kept
+
+
+def _bytes_to_read(manifest: Manifest) -> int:
+    """What verifying reads when the backup is intact: every item, then a base backup's
+    archives once more (file by file) or a snapshot's objects (the bytes its indexes count;
+    a versioned bucket's older versions come on top)."""
+    extra = 0
+    if manifest.kind == "postgres-physical":
+        from drbackup.actions.backup_physical import TAR_TYPE
+
+        extra = sum(i.size for i in manifest.items if i.type == TAR_TYPE)
+    elif manifest.kind in ("bucket", EVENTS_KIND):
+        extra = sum(i.meta.get("bytes", 0) for i in manifest.items)
+    return manifest.size + extra
 
 
 def _mark_verified(catalog: Catalog, repo, manifest: Manifest, ok: bool, problems: list[str]):

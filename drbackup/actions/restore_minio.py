@@ -10,11 +10,12 @@ is the target's own server unless ``into_target`` names another configured minio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, Progress
 from drbackup.actions.restore_history import HistoryPlan, open_state, plan_history
 from drbackup.actions.selection import Selection, select_backup
 from drbackup.actions.snapshot_minio import minio_target
@@ -22,7 +23,13 @@ from drbackup.drill.bucket import BucketDrillResult, run_bucket_drill
 from drbackup.errors import DrbackupError, RestoreError, StorageUnreachableError, UsageError
 from drbackup.repository.manifest import Manifest
 from drbackup.sources.buckets.client import BucketClient
-from drbackup.sources.buckets.index import IndexEntry, open_index, snapshot_buckets
+from drbackup.sources.buckets.index import (
+    INDEX_ITEM_TYPE,
+    IndexEntry,
+    index_item_name,
+    open_index,
+    snapshot_buckets,
+)
 from drbackup.sources.buckets.pool import ordered_map
 from drbackup.sources.buckets.restore import RestoreSummary, VerifyingReader, restore_entries
 from drbackup.sources.buckets.versions import history_buckets, open_history
@@ -137,7 +144,7 @@ def restore_minio(
     force: bool = False,
     into_target: str | None = None,
     workers: int = 8,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> MinioRestoreResult:
     """Restore one bucket of a snapshot into ``into_bucket``.
 
@@ -160,16 +167,23 @@ def restore_minio(
         if not exists:
             client.make_bucket(into_bucket)
             result.created_bucket = True
-        summary = restore_entries(
-            client,
-            into_bucket,
-            selected,
-            lambda e: repo.open_blob(e.blob),
-            workers=workers,
-            progress=progress,
-        )
+        total = None if prefix or history else _bucket_bytes(selection.manifest, source)
+        with progress.phase(f"restore {target}", "restored", total) as tick:
+            summary = restore_entries(
+                client,
+                into_bucket,
+                selected,
+                lambda e: repo.open_blob(e.blob),
+                workers=workers,
+                progress=tick,
+            )
+            _raise_failed(summary, into_bucket)  # inside: a failed phase prints no line
     result.objects, result.bytes = summary.objects, summary.bytes
     result.elapsed_s = time.monotonic() - started
+    return result
+
+
+def _raise_failed(summary: RestoreSummary, into_bucket: str) -> None:
     if summary.failed:
         total = summary.objects + summary.failed
         raise RestoreError(
@@ -177,7 +191,14 @@ def restore_minio(
             hint=_failure_hint(summary),
             redacted=f"{summary.failed} of {total} objects failed to restore into {into_bucket}",
         )
-    return result
+
+
+def _bucket_bytes(manifest: Manifest, bucket: str) -> int | None:
+    """The bytes of ``bucket``'s objects in a snapshot, as its index item records them."""
+    for item in manifest.items:
+        if item.type == INDEX_ITEM_TYPE and item.name == index_item_name(bucket):
+            return item.meta.get("bytes")
+    return None
 
 
 def _choose(repo, target, snapshot_id, point_in_time, bucket):
@@ -230,12 +251,12 @@ def _failure_hint(summary: RestoreSummary) -> str:
     )
 
 
-def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list[str]:
+def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8, tick=None) -> list[str]:
     """Read every blob a snapshot references and check it against its index entries.
 
     Returns one line per problem (naming the bucket and object key), empty when every
     object's content is intact: what ``verify`` should add for a bucket snapshot, whose
-    manifest items cover only the indexes.
+    manifest items cover only the indexes.  ``tick`` gets each object's size once read.
     """
     repo.keyring.require(read=True)
     problems: list[str] = []
@@ -252,15 +273,19 @@ def verify_snapshot_blobs(repo, manifest: Manifest, *, workers: int = 8) -> list
 
     for bucket in snapshot_buckets(manifest):
         with open_index(repo.open_item, manifest, bucket) as entries:
-            for _, problem in ordered_map(check, entries, workers=workers):
+            for entry, problem in ordered_map(check, entries, workers=workers):
                 if problem:
                     problems.append(f"{bucket}: {problem}")
+                elif tick:
+                    tick(entry.size)
     for bucket in history_buckets(manifest):  # the versions of a versioned bucket's history
         with open_history(repo.open_item, manifest, bucket) as lines:
             versions = (v.entry for v in lines if v.entry is not None)
-            for _, problem in ordered_map(check, versions, workers=workers):
+            for entry, problem in ordered_map(check, versions, workers=workers):
                 if problem:
                     problems.append(f"{bucket} (history): {problem}")
+                elif tick:
+                    tick(entry.size)
     return problems
 
 

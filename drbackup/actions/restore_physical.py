@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from drbackup.actions import wal_take
 from drbackup.actions.backup_physical import TAR_TYPE
 from drbackup.actions.pitr import BaseBackupChoice, choose_base_backup
+from drbackup.actions.progress import SILENT, CountingReader, Progress
 from drbackup.actions.verify_physical import missing_wal
 from drbackup.actions.wal_fetch import Fetcher, FetchLog
 from drbackup.actions.wal_push import read_settings
@@ -149,7 +150,7 @@ def restore_physical(
     detach: bool = False,
     config_path: str | None = None,
     timeout: float | None = None,
-    progress=None,
+    progress: Progress = SILENT,
     run_parent: Path | None = None,
 ) -> PhysicalRestore:
     """Restore ``target`` into ``into_dir`` to ``point`` (see the module docstring).
@@ -241,21 +242,22 @@ def _owner() -> tuple[int, int] | None:
     return (run_as.uid, run_as.gid) if run_as else None
 
 
-def _extract(repo, restore: PhysicalRestore, progress) -> None:
+def _extract(repo, restore: PhysicalRestore, progress: Progress) -> None:
     started = time.monotonic()
     owner = _owner()
     if owner is not None:
         os.chown(restore.data_dir, *owner)
-    for item in restore.choice.manifest.items:
-        if item.type != TAR_TYPE:
-            continue
-        root = restore.data_dir
-        if item.name != "base.tar":
-            root = _tablespace_dir(restore, item.name.removesuffix(".tar"), owner)
-        with repo.open_item(item) as reader:
-            done = extract_archive(item.name, reader, root, chown=owner, progress=progress)
-        restore.files += done.files
-        restore.bytes += done.bytes
+    archives = [i for i in restore.choice.manifest.items if i.type == TAR_TYPE]
+    total = sum(i.size for i in archives)
+    with progress.phase(f"restore {restore.target}", "extracted", total) as tick:
+        for item in archives:
+            root = restore.data_dir
+            if item.name != "base.tar":
+                root = _tablespace_dir(restore, item.name.removesuffix(".tar"), owner)
+            with repo.open_item(item) as reader:
+                done = extract_archive(item.name, CountingReader(reader, tick), root, chown=owner)
+            restore.files += done.files
+            restore.bytes += done.bytes
     _link_tablespaces(restore, owner)
     restore.phases["fetch_extract_s"] = time.monotonic() - started
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, CountingReader, Progress
 from drbackup.actions.selection import Selection, parse_time, select_backup  # noqa: F401
 from drbackup.errors import (
     DrbackupError,
@@ -95,6 +97,7 @@ def restore_postgres(
     no_owner: bool = False,
     password: str | None = None,
     spool_dir: str | None = None,
+    progress: Progress = SILENT,
 ) -> RestoreResult:
     """Restore one database of a backup into the database named by ``into``.
 
@@ -104,7 +107,8 @@ def restore_postgres(
     marked, globals applied) while the archive is spooled; pg_restore starts once both are
     done.  ``force`` over a non-empty database restores into a new database and swaps it in
     only after pg_restore succeeded (see the module docstring); ``keep_old`` keeps the
-    previous one under a generated name.
+    previous one under a generated name.  ``progress`` gets the archive's bytes as they
+    are read from the repository (its total: the dump's size in the manifest).
     """
     dbname = database_of(into)
     if not dbname:
@@ -129,9 +133,9 @@ def restore_postgres(
         marker = start_marker(dbname, f"{selection.manifest.target}/{selection.manifest.backup_id}")
         job = _Job(repo, item, globals_item, server, plan, marker, password, force)
         argv = job.argv(bin_dir, jobs=jobs, no_owner=no_owner)
-        run = job.load(
-            argv, jobs, spool_dir, lambda: _harmless_errors(bin_dir, state.server_version)
-        )
+        tolerated = partial(_harmless_errors, bin_dir, state.server_version)
+        with _Shown(progress, f"restore {target}", item.size, jobs) as shown:
+            run = job.load(argv, jobs, spool_dir, tolerated, shown)
         result = RestoreResult(selection, item.name, commands.mask_dsn(into), run, job.globals)
         result.created, result.removed = job.created, removed
         job.finish(result)
@@ -239,6 +243,33 @@ class _Plan:
     keep_old: bool
 
 
+class _Shown:
+    """A restore's progress: the archive read from the repository (the phase), and a note
+    of what pg_restore does once it reads nothing more (post-data; with --jobs, all of its
+    work on the spooled copy)."""
+
+    def __init__(self, progress: Progress, label: str, size: int, jobs: int):
+        self.progress, self.label, self.jobs = progress, label, jobs
+        self._phase = progress.phase(label, "read", size)
+
+    def __enter__(self) -> _Shown:
+        self.tick = self._phase.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._phase.__exit__(*exc)  # a failed restore ends the phase without its line
+
+    def on_phase(self, name: str) -> None:
+        """pg_restore's phases (sources/postgres/restore.py), in the calling thread."""
+        jobs = f"pg_restore --jobs {self.jobs}"
+        if name == "post_data":
+            self.progress.note(self.label, "building indexes and constraints (post-data)")
+        elif self.jobs > 1 and name == "pre_data":
+            self.progress.note(self.label, f"{jobs}: creating the schema (pre-data)")
+        elif self.jobs > 1 and name == "data":
+            self.progress.note(self.label, f"{jobs}: loading data")
+
+
 class _Job:
     """One restore's database work: prepare, load, then finish (swap, unmark) or undo."""
 
@@ -278,19 +309,20 @@ class _Job:
         with connect(self.dsn, self.password):  # pg_restore connects like this: fail here
             pass
 
-    def load(self, argv: list[str], jobs: int, spool_dir, tolerated) -> RestoreRun:
+    def load(self, argv: list[str], jobs: int, spool_dir, tolerated, shown) -> RestoreRun:
         name = self.plan.state.name
         try:
             with self.repo.open_item(self.item) as reader:
                 return run_pg_restore(
                     argv,
                     client_env(self.password, self.dsn),
-                    reader,
+                    CountingReader(reader, shown.tick),
                     spool_dir=spool_dir,
                     what=f"restore of {self.item.name} into {name}",
                     alongside=self.prepare,
                     failed_hint=self._failed_hint(),
                     tolerated=tolerated,
+                    on_phase=shown.on_phase,
                 )
         except BaseException as exc:
             if isinstance(exc, DrbackupError):

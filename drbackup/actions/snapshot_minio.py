@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import TYPE_CHECKING
 
+from drbackup.actions.progress import SILENT, Progress
 from drbackup.actions.runs import recorded_run
 from drbackup.actions.snapshot_versions import (
     HistoryCapture,
@@ -308,7 +309,7 @@ def take_snapshot(
     include: list[str] = (),
     exclude: list[str] = (),
     options: SnapshotOptions | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> Manifest:
     """Snapshot ``buckets`` into ``repo`` as one backup of ``target``; return its manifest.
 
@@ -334,26 +335,37 @@ def take_snapshot(
             oracle = repo.blob_oracle(opts.oracle_limit)
             cancel = threading.Event()
             stats = {}
-            for bucket in buckets:
-                job = BucketSnapshot(repo, writer, client, bucket, oracle, opts, cancel)
-                history = capture_history(job, writer, last, previous, include, exclude)
-                job.known = history.latest if history else {}
-                with open_index(repo.open_item, previous, bucket) as prev_entries:
-                    listing = list_selected(client, bucket, include, exclude)
-                    blocks = encode_entries(job.entries(listing, prev_entries, progress))
-                    item = _interruptible(
-                        lambda b=bucket, blocks=blocks: writer.add_stream(
-                            index_item_name(b), INDEX_ITEM_TYPE, blocks, {"bucket": b}
-                        ),
-                        cancel,
-                    )
-                item.meta.update(objects=job.stats.objects, bytes=job.stats.bytes)
-                stats[bucket] = job.stats
-                job.stats.history = history.stats.to_meta() if history else None
+            # Only objects that changed are read: a total is known for a full read alone.
+            total = last.meta.get("bytes") if last is not None and previous is None else None
+            with progress.phase(f"snapshot {target}", "read", total, estimate=True) as tick:
+                for bucket in buckets:
+                    job = BucketSnapshot(repo, writer, client, bucket, oracle, opts, cancel)
+                    selected = (include, exclude)
+                    stats[bucket] = _snapshot_bucket(job, writer, (last, previous), selected, tick)
             writer.recovery_point = datetime.now(UTC)  # every object was read before this
             writer.meta.update(_snapshot_meta(client, stats, include, exclude, previous, opts))
             lock.check(max_age=0)
             return writer.commit()
+
+
+def _snapshot_bucket(job: BucketSnapshot, writer, before, selected, tick) -> BucketStats:
+    """Index one bucket (its history first, for a versioned one); its statistics.
+    ``before``: the last snapshot and the one compared with; ``selected``: include, exclude."""
+    (last, previous), (include, exclude) = before, selected
+    history = capture_history(job, writer, last, previous, include, exclude)
+    job.known = history.latest if history else {}
+    with open_index(job.repo.open_item, previous, job.bucket) as prev_entries:
+        listing = list_selected(job.client, job.bucket, include, exclude)
+        blocks = encode_entries(job.entries(listing, prev_entries, tick))
+        item = _interruptible(
+            lambda b=job.bucket, blocks=blocks: writer.add_stream(
+                index_item_name(b), INDEX_ITEM_TYPE, blocks, {"bucket": b}
+            ),
+            job.cancel,
+        )
+    item.meta.update(objects=job.stats.objects, bytes=job.stats.bytes)
+    job.stats.history = history.stats.to_meta() if history else None
+    return job.stats
 
 
 def capture_history(job: BucketSnapshot, writer, last, previous, include, exclude):
@@ -429,7 +441,11 @@ def minio_target(app: AppContext, name: str):
 
 
 def snapshot_target(
-    app: AppContext, name: str, *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext,
+    name: str,
+    *,
+    options: SnapshotOptions | None = None,
+    progress: Progress = SILENT,
 ) -> Manifest:
     """Snapshot one configured target; record the run in the catalog (best effort)."""
     cfg = minio_target(app, name)
@@ -452,7 +468,11 @@ def snapshot_target(
 
 
 def snapshot_targets(
-    app: AppContext, names: list[str], *, options: SnapshotOptions | None = None, progress=None
+    app: AppContext,
+    names: list[str],
+    *,
+    options: SnapshotOptions | None = None,
+    progress: Progress = SILENT,
 ) -> list[Manifest]:
     """Snapshot each target in turn; every target runs, the error lists those that failed."""
     for name in names:

@@ -8,7 +8,8 @@ import click
 
 from drbackup.actions.backup_postgres import backup_targets
 from drbackup.actions.repository import backup_summary
-from drbackup.cli.render import echo_json, go_quiet, human_size, progress, quiet_option
+from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option, reporter
+from drbackup.cli.targets import chosen_targets
 
 if TYPE_CHECKING:
     from drbackup.actions.context import AppContext
@@ -20,7 +21,7 @@ def backup() -> None:
 
 
 @backup.command("postgres")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @click.option("--all", "all_targets", is_flag=True, help="Every target under postgres:.")
 @click.option(
     "--parallel",
@@ -49,7 +50,7 @@ def postgres(
     """pg_dump each database of TARGET(s), with globals and an integrity fingerprint; or,
     with --physical, a base backup of each TARGET's server (docs/pitr.md)."""
     app = state.app
-    names = list(app.config.postgres) if all_targets else list(targets)
+    names = chosen_targets(targets, all_targets, (), list(app.config.postgres))
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     for name in names:
@@ -58,8 +59,8 @@ def postgres(
     if physical:
         _physical(app, names, as_json, quiet)
         return
-    with progress(app.progress and len(names) == 1, None, f"backup {names[0]}") as tick:
-        manifests = backup_targets(app, names, max_parallel=parallel, progress=tick)
+    shown = reporter(app, quiet=quiet, as_json=as_json, parallel=len(names) > 1)
+    manifests = backup_targets(app, names, max_parallel=parallel, progress=shown)
     if as_json:
         echo_json(
             [backup_summary(m) for m in manifests]
@@ -81,10 +82,8 @@ def postgres(
 def _physical(app: AppContext, names: list[str], as_json: bool, quiet: bool) -> None:
     from drbackup.actions.backup_physical import backup_physical
 
-    manifests = []
-    for name in names:
-        with progress(app.progress, None, f"base backup {name}") as tick:
-            manifests.append(backup_physical(app, name, progress=tick))
+    shown = reporter(app, quiet=quiet, as_json=as_json)
+    manifests = [backup_physical(app, name, progress=shown) for name in names]
     if as_json:
         records = [backup_summary(m) for m in manifests]
         echo_json(records if len(records) > 1 else records[0])

@@ -1,4 +1,4 @@
-"""``drbackup backup all [--targets A,B]`` and ``drbackup recovery-points [--json]``."""
+"""``drbackup backup all [TARGET...]`` and ``drbackup recovery-points [--json]``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import click
 
 from drbackup.cli.backup import backup
 from drbackup.cli.render import echo_json, echo_table
+from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 
 
 @backup.command("all")
-@click.option(
-    "--targets",
-    "target_list",
-    metavar="A,B",
-    help="Only these targets (comma-separated); default: every postgres and minio target.",
-)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@all_option("postgres and minio target (the default)")
+@old_target_option("--targets", comma_separated=True)
 @click.option(
     "--parallel",
     default=2,
@@ -24,14 +22,17 @@ from drbackup.cli.render import echo_json, echo_table
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the recovery point as JSON.")
 @click.pass_obj
-def backup_all_command(state, target_list: str | None, parallel: int, as_json: bool) -> None:
-    """Back up the databases, then snapshot the buckets, and record one recovery point."""
+def backup_all_command(
+    state, targets: tuple[str, ...], all_targets: bool, old_targets, parallel: int, as_json: bool
+) -> None:
+    """Back up the databases, then snapshot the buckets of TARGET(s) (default: every
+    target), and record one recovery point."""
     # Imported here: the bucket client it pulls in (~0.3 s) would delay every
     # `backup postgres`, which loads this module to attach `backup all`.
     from drbackup.actions.recovery_point import backup_all, select_members
 
     app = state.app
-    names = [n.strip() for n in (target_list or "").split(",") if n.strip()]
+    names = chosen_targets(targets, all_targets, old_targets)
     members = select_members(app.config, names or None)
     doc = backup_all(app, members, max_parallel=parallel)
     if as_json:

@@ -1,4 +1,4 @@
-"""``drbackup drill-bucket TARGET [--snapshot ID] [--json]``: an alias of ``drill run --target``.
+"""``drbackup drill-bucket TARGET [--snapshot ID] [--json]``: an alias of ``drill run TARGET``.
 
 It runs the same drill (``actions.drill.run_drill`` with the default plan of one minio
 target), so the signed report is stored and recorded like any drill's; only the printed
@@ -31,7 +31,7 @@ MARKS = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
 def drill_bucket_command(state, target: str, snapshot_id, workers: int, as_json: bool) -> None:
     """Restore a bucket snapshot into a scratch bucket and verify every object.
 
-    Same as 'drbackup drill run --target TARGET'.  Exit code 3 when a check fails.
+    Same as 'drbackup drill run TARGET'.  Exit code 3 when a check fails.
     The scratch bucket (drbackup-drill-...) is removed.
     """
     app = state.app

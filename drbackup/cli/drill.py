@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from drbackup.actions import drill as actions
-from drbackup.cli.render import echo_json, echo_table
-from drbackup.drill.checks import format_seconds
+from drbackup.cli.render import echo_json, echo_table, go_quiet, quiet_option
+from drbackup.cli.targets import all_option, chosen_targets, old_target_option
+from drbackup.drill.checks import WARN, format_seconds
 from drbackup.drill.plan import BackupChoice, ScratchPlan
 from drbackup.drill.points import point_from_option
 from drbackup.drill.record import DrillReport
@@ -24,10 +27,9 @@ def drill() -> None:
 
 
 @drill.command("run")
-@click.argument("plan", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--target", "targets", multiple=True, help="Postgres or minio target to drill (repeatable)."
-)
+@click.argument("names", nargs=-1, metavar="[PLAN] [TARGET]...")
+@all_option("postgres and minio target (with a PLAN: every target of the plan)")
+@old_target_option("--target")
 @click.option("--backup", "backup_id", metavar="ID", help="Restore this backup (id or prefix).")
 @click.option("--keep", is_flag=True, default=None, help="Keep the scratch for inspection.")
 @click.option("--ephemeral", is_flag=True, help="Restore into a private local cluster (initdb).")
@@ -59,11 +61,14 @@ def drill() -> None:
     metavar="POINT",
     help="Physical drills: latest, random, fingerprint, an ISO 8601 time or an LSN.",
 )
+@quiet_option
 @click.pass_obj
 def run(
-    state, plan, targets, backup_id, keep, ephemeral, into_major, fmt, output, kind, point
-) -> None:
-    """Run the drill PLAN (drills/*.yaml), or a default drill of --target.
+    state, names, all_targets, old_targets, backup_id, keep, ephemeral, into_major, fmt, output,
+    kind, point, quiet,
+) -> None:  # fmt: skip
+    """Run the drill PLAN (a drills/*.yaml file), or a default drill of TARGET(s); with
+    both, the plan for those of its targets only.
 
     A minio target is drilled by restoring its snapshot into scratch buckets.  With
     --into-major N a postgres target is restored into PostgreSQL N: an upgrade rehearsal,
@@ -78,10 +83,33 @@ def run(
     if ephemeral:
         overrides["scratch"] = ScratchPlan(ephemeral=True)
     app = state.app
+    go_quiet(app, quiet, ("--format " + fmt, fmt != "text"))
+    plan, names = split_plan(names)
+    every = [] if plan else [*app.config.postgres, *app.config.minio]
+    targets = chosen_targets(names, all_targets, old_targets, every)
     chosen = actions.plan_for(app, plan, tuple(targets), **overrides)
-    result = actions.run_drill(
-        app, chosen, output=output, notify=lambda line: click.echo(line, err=True)
-    )
+    notify = None if quiet else (lambda line: click.echo(line, err=True))
+    result = actions.run_drill(app, chosen, output=output, notify=notify)
+    if quiet:
+        _warn_warned(result.record)
+    else:
+        _echo_outcome(result, fmt)
+    if result.failed:
+        raise CheckFailedError(
+            failure_details(result.record), redacted=failure_summary(result.record)
+        )
+
+
+def split_plan(names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """(PLAN, TARGETs) of ``drill run``'s arguments: the first is a plan when it is a path
+    (ends in .yaml or .yml, or has a directory); target names are neither."""
+    if names and (names[0].endswith((".yaml", ".yml")) or os.sep in names[0]):
+        return names[0], names[1:]
+    return None, names
+
+
+def _echo_outcome(result, fmt: str) -> None:
+    """The report on stdout; kept scratch and the report file on stderr."""
     if fmt == "html":
         from drbackup.report.html import render_drill_report  # jinja2: only when asked
 
@@ -94,10 +122,14 @@ def run(
         click.echo("remove kept scratch with: drbackup drill cleanup --kept", err=True)
     if result.output:
         click.echo(f"report written to {result.output}", err=True)
-    if result.failed:
-        raise CheckFailedError(
-            failure_details(result.record), redacted=failure_summary(result.record)
-        )
+
+
+def _warn_warned(record) -> None:
+    """``--quiet``: a drill that passed with warnings says which checks warned, on stderr."""
+    warned = [c for c in record.checks if c.status == WARN]
+    if warned:
+        names = "; ".join(f"{c.name}: {c.summary}" for c in warned)
+        click.echo(f"drbackup: warning: drill {record.drill_id}: {names}", err=True)
 
 
 @drill.command("verify-report")

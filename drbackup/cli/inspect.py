@@ -14,7 +14,14 @@ from drbackup.actions.repository import (
     storage_warnings,
     verify_backup,
 )
-from drbackup.cli.render import echo_json, echo_table, human_size, progress
+from drbackup.cli.render import (
+    echo_json,
+    echo_table,
+    go_quiet,
+    human_size,
+    quiet_option,
+    reporter,
+)
 from drbackup.sources.buckets.versions import bucket_guarantees
 
 if TYPE_CHECKING:
@@ -147,12 +154,13 @@ def _shown(value) -> str:
 @click.command("verify")
 @click.argument("backup_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 @click.pass_obj
-def verify(state, backup_id: str, as_json: bool) -> None:
+def verify(state, backup_id: str, as_json: bool, quiet: bool) -> None:
     """Re-read every object of a backup: checksums, authentication, plaintext digests."""
     app = state.app
-    with progress(app.progress, None, "verifying") as tick:
-        result = verify_backup(app, backup_id, tick)
+    go_quiet(app, quiet, ("--json", as_json))
+    result = verify_backup(app, backup_id, reporter(app, quiet=quiet, as_json=as_json))
     m = result.manifest
     if as_json:
         echo_json(
@@ -164,6 +172,8 @@ def verify(state, backup_id: str, as_json: bool) -> None:
                 "seconds": round(result.seconds, 3),
             }
         )
+        return
+    if quiet:
         return
     objects = sum(len(i.objects) for i in m.items)
     click.echo(

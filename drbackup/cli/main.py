@@ -18,6 +18,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 from drbackup import __version__
+from drbackup.cli.targets import pop_notes
 from drbackup.errors import EXIT_CODE_TABLE, EXIT_INTERRUPTED, EXIT_USAGE, DrbackupError
 
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODE_TABLE)
@@ -139,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code from the table (the console script exits with it)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    ran = False  # the command ran to its end (its exit code may still say a status)
     try:
         # Without standalone mode, click returns ctx.exit(code)'s code instead of raising
         # Exit: `report` exits with its nagios status this way.
         result = cli.main(args=argv, prog_name="drbackup", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
+        code, ran = (result if isinstance(result, int) else 0), True
     except click.exceptions.Exit as exc:
-        code = exc.exit_code
+        code, ran = exc.exit_code, True
     except click.ClickException as exc:
         code = _show_click_error(exc)
     except click.exceptions.Abort:
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"drbackup: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug and report the traceback", err=True)
         code = 1
+    for note in pop_notes():  # deprecated spellings: after the output of a run that worked
+        if ran:
+            click.echo(note, err=True)
     return code
 
 

@@ -1,30 +1,36 @@
-"""``drbackup prune [--target T ...] [--dry-run] [--json]``."""
+"""``drbackup prune [TARGET...] [--dry-run] [--json | --quiet]``."""
 
 from __future__ import annotations
 
 import click
 
 from drbackup.actions.prune import PruneReport, TargetPrune, prune_targets
-from drbackup.cli.render import echo_json, human_size
+from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option
+from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 
 
 @click.command("prune")
-@click.option(
-    "-t", "--target", "targets", multiple=True, help="Only this target (repeatable); default: all."
-)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@all_option("target (the default)")
+@old_target_option("-t", "--target")
 @click.option("--dry-run", is_flag=True, help="Show what would go and why the rest stays.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
+@quiet_option
 @click.pass_obj
-def prune(state, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
-    """Remove backups the targets' retention policies expire, and unfinished backups' data.
+def prune(state, targets, all_targets, old_targets, dry_run, as_json, quiet) -> None:
+    """Remove backups the retention policies of TARGET(s) (default: every target) expire,
+    and unfinished backups' data.
 
     Each survivor is listed with the rules that keep it (docs/retention.md).
     """
-    report = prune_targets(state.app, list(targets), dry_run=dry_run)
+    names = chosen_targets(targets, all_targets, old_targets)
+    go_quiet(state.app, quiet, ("--json", as_json), ("--dry-run", dry_run))
+    report = prune_targets(state.app, names, dry_run=dry_run)
     if as_json:
         echo_json(report.to_dict())
     else:
-        _render(report)
+        if not quiet:
+            _render(report)
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
     report.raise_for_errors()

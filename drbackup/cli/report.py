@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 from drbackup.report.health import Status
 
 REPORT_EPILOG = (
@@ -30,13 +31,9 @@ REPORT_EPILOG = (
     metavar="FILE",
     help="Write the report to FILE atomically instead of stdout.",
 )
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    metavar="NAME",
-    help="Only these targets (repeatable); default every target.",
-)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@all_option("target (the default)")
+@old_target_option("--target")
 @click.option(
     "--notify",
     type=click.Choice(["never", "problems", "always"]),
@@ -46,8 +43,9 @@ REPORT_EPILOG = (
     help="Send the report to 'notifications:' destinations (bare --notify: always).",
 )
 @click.pass_context
-def report(ctx: click.Context, fmt: str, output: str | None, targets, notify: str | None):
-    """Health of every target: backup age vs RPO, drills, restore points, failed runs.
+def report(ctx: click.Context, fmt, output, targets, all_targets, old_targets, notify):
+    """Health of TARGET(s) (default: every target): backup age vs RPO, drills, restore
+    points, failed runs.
 
     OK, WARNING (no passing drill in 35 days, failed runs in 24h), CRITICAL (backup
     older than the RPO, failed last drill), UNKNOWN (repository unreachable). The exit
@@ -55,9 +53,10 @@ def report(ctx: click.Context, fmt: str, output: str | None, targets, notify: st
     """
     from drbackup.actions.report import report_and_notify
 
+    names = chosen_targets(targets, all_targets, old_targets)
     result = report_and_notify(
         ctx.obj.app,
-        targets=list(targets) or None,
+        targets=names or None,
         fmt=fmt,
         output=output,
         notify=notify,

@@ -15,6 +15,7 @@ from drbackup.cli.render import (
     go_quiet,
     human_size,
     quiet_option,
+    reporter,
     selection_json,
     user_time,
 )
@@ -221,6 +222,7 @@ def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions)
         no_owner=opts.no_owner,
         password=password,
         spool_dir=opts.spool_dir,
+        progress=reporter(app, quiet=opts.quiet, as_json=opts.as_json),
     )
     if opts.as_json:
         echo_json(_dump_json(result))

@@ -8,8 +8,8 @@ from drbackup.cli.render import (
     echo_json,
     go_quiet,
     human_size,
-    progress,
     quiet_option,
+    reporter,
     selection_json,
     user_time,
 )
@@ -87,21 +87,20 @@ def minio(
     if snapshot_id and pit:
         raise click.UsageError("give either --snapshot or --point-in-time, not both")
     go_quiet(app, quiet, ("--json", as_json), ("--dry-run", dry_run))
-    with progress(app.progress and not dry_run, None, f"restore {target}") as tick:
-        result = restore_minio(
-            app,
-            target,
-            into_bucket=into_bucket,
-            snapshot_id=snapshot_id,
-            point_in_time=user_time(pit) if pit else None,
-            bucket=bucket,
-            prefix=prefix,
-            dry_run=dry_run,
-            force=force,
-            into_target=into_target,
-            workers=workers,
-            progress=tick,
-        )
+    result = restore_minio(
+        app,
+        target,
+        into_bucket=into_bucket,
+        snapshot_id=snapshot_id,
+        point_in_time=user_time(pit) if pit else None,
+        bucket=bucket,
+        prefix=prefix,
+        dry_run=dry_run,
+        force=force,
+        into_target=into_target,
+        workers=workers,
+        progress=reporter(app, quiet=quiet, as_json=as_json),
+    )
     if as_json:
         echo_json(_result_json(result))
         return

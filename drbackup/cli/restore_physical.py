@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from drbackup.cli.render import echo_json, human_size, progress, user_time
+from drbackup.cli.render import echo_json, human_size, reporter, user_time
 from drbackup.errors import UsageError
 
 
@@ -37,18 +37,17 @@ def run(state, target, into_dir, point, *, backup_id, start, as_json, quiet=Fals
     from drbackup.actions.restore_physical import restore_physical
 
     app = state.app
-    with progress(app.progress, None, f"restore {target}") as tick:
-        restore = restore_physical(
-            app,
-            target,
-            into_dir,
-            point,
-            start=start,
-            backup_id=backup_id,
-            detach=True,
-            config_path=state.config_path,
-            progress=tick,
-        )
+    restore = restore_physical(
+        app,
+        target,
+        into_dir,
+        point,
+        start=start,
+        backup_id=backup_id,
+        detach=True,
+        config_path=state.config_path,
+        progress=reporter(app, quiet=quiet, as_json=as_json),
+    )
     if as_json:
         echo_json(_record(restore))
         return

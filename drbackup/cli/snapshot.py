@@ -6,7 +6,8 @@ import click
 
 from drbackup.actions.repository import backup_summary
 from drbackup.actions.snapshot_minio import SnapshotOptions, snapshot_targets
-from drbackup.cli.render import echo_json, go_quiet, human_size, progress, quiet_option
+from drbackup.cli.render import echo_json, go_quiet, human_size, quiet_option, reporter
+from drbackup.cli.targets import chosen_targets
 
 SKIPPED_SHOWN = 10  # keys named in the warning (the manifest keeps up to 100)
 EVENTS = (
@@ -22,7 +23,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("minio")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @click.option("--all", "all_targets", is_flag=True, help="Every target under minio:.")
 @click.option(
     "--full",
@@ -51,13 +52,13 @@ def minio(
 ) -> None:
     """Snapshot the buckets of TARGET(s): only new or changed objects are read."""
     app = state.app
-    names = list(app.config.minio) if all_targets else list(targets)
+    names = chosen_targets(targets, all_targets, (), list(app.config.minio))
     if not names:
         raise click.UsageError("name a target (see 'drbackup config check') or use --all")
     go_quiet(app, quiet, ("--json", as_json))
     options = SnapshotOptions(workers=workers, full=full)
-    with progress(app.progress and len(names) == 1, None, f"snapshot {names[0]}") as tick:
-        manifests = snapshot_targets(app, names, options=options, progress=tick)
+    shown = reporter(app, quiet=quiet, as_json=as_json)
+    manifests = snapshot_targets(app, names, options=options, progress=shown)
     for m in manifests:
         _warn_skipped(m)
     if as_json:

@@ -53,6 +53,16 @@ def list_databases(control: psycopg.Connection) -> list[str]:
     return [r[0] for r in control.execute(_DATABASES_SQL).fetchall()]
 
 
+def databases_size(control: psycopg.Connection, names: list[str]) -> int:
+    """The size on disk of the databases ``names`` together (``pg_database_size``)."""
+    row = control.execute(
+        "SELECT coalesce(sum(pg_database_size(datname)), 0)::bigint FROM pg_database "
+        "WHERE datname = ANY(%s) AND has_database_privilege(oid, 'CONNECT')",
+        (names,),
+    ).fetchone()
+    return int(row[0])
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A snapshot exported for pg_dump, and what the backup records of it."""

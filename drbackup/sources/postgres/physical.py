@@ -47,6 +47,16 @@ def server_facts(conn: psycopg.Connection) -> ServerFacts:
     return ServerFacts(*row)
 
 
+def cluster_size(conn: psycopg.Connection) -> int:
+    """The size on disk of the server's databases (about what a base backup reads); those
+    this role may not connect to are left out (pg_database_size would refuse them)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database "
+        "WHERE has_database_privilege(oid, 'CONNECT')"
+    )
+    return int(row.fetchone()[0])
+
+
 def server_clock(conn: psycopg.Connection) -> datetime:
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 

@@ -52,13 +52,16 @@ class PhaseClock:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     tail: list[str] = field(default_factory=list)
+    on_phase: Callable[[str], None] | None = None  # told "data" and "post_data" as they begin
 
     def feed(self, line: str) -> None:
         now = time.monotonic()
         if self.data_at is None and _DATA_RE.search(line):
             self.data_at = now
+            self.tell("data")
         elif self.data_at is not None and self.post_at is None and _POST_RE.search(line):
             self.post_at = now
+            self.tell("post_data")
         m = _ERROR_RE.match(line)
         if m:
             self.error_count += 1
@@ -70,6 +73,11 @@ class PhaseClock:
         ):
             self.errors[-1] += " | " + line.strip()
         self.tail = (self.tail + [line])[-10:]
+
+    def tell(self, phase: str) -> None:
+        """Pass ``phase`` on to ``on_phase`` (a restore's progress)."""
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
     def phases(self) -> dict[str, float]:
         end = self.end or time.monotonic()
@@ -96,6 +104,7 @@ def run_pg_restore(
     alongside: Callable[[], None] | None = None,
     failed_hint: str = INCOMPLETE_HINT,
     tolerated: Callable[[], frozenset[str]] = frozenset,
+    on_phase: Callable[[str], None] | None = None,
 ) -> RestoreRun:
     """Restore the archive read from ``reader`` with ``argv`` (stdin, or spooled if it ends
     with the placeholder ``{archive}``).
@@ -105,7 +114,9 @@ def run_pg_restore(
     the archive is spooled; if it fails, the spool stops and is removed and its exception is
     raised (it wins over a failed spool: without the overlap the spool would not have
     started).  A streamed restore runs it first.  ``tolerated``: exact error messages that
-    do not fail the restore (see the module docstring).
+    do not fail the restore (see the module docstring).  ``on_phase`` is told, in the
+    calling thread, when pg_restore starts (``"pre_data"``; with a spool, once it is
+    written), loads data (``"data"``) and builds indexes and constraints (``"post_data"``).
 
     Raises :class:`RestoreError` quoting pg_restore's errors (its hint: ``failed_hint``,
     what the target database is now), :class:`IntegrityError` if the stream fails
@@ -113,13 +124,14 @@ def run_pg_restore(
     """
     if argv and argv[-1] == "{archive}":
         return _restore_spooled(
-            argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated
+            argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated, on_phase
         )
     if alongside is not None:
         alongside()
     started = time.monotonic()
-    clock = PhaseClock()
+    clock = PhaseClock(on_phase=on_phase)
     proc = _spawn(argv, env, stdin=processes.PIPE)
+    clock.tell("pre_data")
     widen_pipe(proc.stdin.fileno())
     feeder = _Feeder(reader, proc)
     feeder.start()
@@ -134,7 +146,7 @@ def run_pg_restore(
 
 
 def _restore_spooled(
-    argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated
+    argv, env, reader, spool_dir, what, alongside, failed_hint, tolerated, on_phase
 ) -> RestoreRun:
     # Parallel pg_restore needs a seekable archive: spool the decrypted stream to a file
     # (disk = archive size; memory stays bounded).  Removed however the restore ends.
@@ -161,8 +173,9 @@ def _restore_spooled(
             helper.result()
         offsets.patch(archive)
         fetch = time.monotonic() - started
-        clock = PhaseClock()
+        clock = PhaseClock(on_phase=on_phase)
         proc = _spawn(argv[:-1] + [str(archive)], env, stdin=processes.DEVNULL)
+        clock.tell("pre_data")
         _collect(proc, clock)
         code = proc.wait()
         clock.end = time.monotonic()
