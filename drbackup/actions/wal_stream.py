@@ -19,7 +19,8 @@ position the server no longer has is dropped for the slot's, and the gap is logg
 ``wal check`` names it).  The spool is bounded: completed segments are removed once stored,
 and while more than ``stream_spool_max`` of them wait (the repository is down)
 pg_receivewal is stopped; the slot keeps the WAL on the server meanwhile.  So the spool
-holds at most ``stream_spool_max`` + one segment being written + one snapshot.
+holds at most ``stream_spool_max`` + what arrives within one look (``POLL``; a burst of
+segment switches can land several) + one segment being written + one snapshot.
 
 One streamer per spool (an flock on ``<spool>/stream/lock``); the daemon adds one per target
 across replicas (scheduler/streams.py); the slot itself admits one client.

@@ -215,6 +215,14 @@ def test_the_spool_is_bounded_while_the_repository_is_down_and_drains_after(stre
         for first in range(1, 7):
             insert_markers(source, first * 100, first * 100 + 9)
             source.execute("SELECT pg_switch_wal()")
+            # paced: the streamer reacts once per POLL, and a burst of switches on a loaded
+            # machine lands several segments within one look (the bound is per look)
+            stream.wait_for(
+                lambda n=first: (
+                    streamer.status.spool_bytes >= n * (16 << 20) or streamer.receiver_pid is None
+                ),
+                f"the streamer to see segment {first} or to stop pg_receivewal",
+            )
         stream.wait_for(lambda: "wal_stream_paused" in stream.names(), "the pause")
         assert "wal_stream_upload_failed" in stream.names()
         stream.wait_for(lambda: streamer.receiver_pid is None, "pg_receivewal to stop")
