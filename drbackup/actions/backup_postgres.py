@@ -83,6 +83,10 @@ def backup_targets(
     if failures:
         first = failures[0][1]
         lines = "; ".join(f"{n}: {e}" for n, e in failures)
+        done = [f.result() for f in futures.values() if not f.exception()]
+        stored = [f"{m.target}/{m.backup_id}" for m in done]
+        if stored:  # the others are in the repository: say which, for the script that retries
+            lines += f" (stored: {', '.join(stored)})"
         if isinstance(first, DrbackupError):
             raise type(first)(
                 f"{len(failures)} of {len(names)} backups failed: {lines}", hint=first.hint

@@ -114,7 +114,8 @@ def plan_for(
         return plan.with_overrides(**overrides)
     if not targets:
         raise UsageError(
-            "give a drill plan or --target", hint="e.g. drbackup drill run --target app"
+            "give a drill plan, target names or --all",
+            hint="e.g. drbackup drill run app, or drbackup drill run drills/monthly.yaml",
         )
     return default_plan(list(targets), app.config, **overrides)
 

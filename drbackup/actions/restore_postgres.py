@@ -25,6 +25,7 @@ from drbackup.actions.selection import Selection, parse_time, select_backup  # n
 from drbackup.errors import (
     DrbackupError,
     IntegrityError,
+    ObjectNotFoundError,
     RestoreError,
     SourceError,
     StorageError,
@@ -340,17 +341,25 @@ class _Job:
 
     def _add_hint(self, exc: DrbackupError, *, streamed: bool) -> None:
         """Say what the target is now: unchanged (swap), or incomplete when pg_restore was
-        loading a stream that stopped part-way."""
+        loading a stream that stopped part-way; and, when the backup itself is damaged (an
+        object failed authentication or is missing), that another backup is the way on."""
+        damaged = isinstance(exc, IntegrityError | ObjectNotFoundError)
+        notes = []
         if self.plan.swap:
-            if self._unchanged() in (exc.hint or ""):
-                return
-            note = self._unchanged()
+            if self._unchanged() not in (exc.hint or ""):
+                notes.append(self._unchanged())
         elif self.started and streamed and isinstance(exc, StorageError | IntegrityError):
+            again = "an older backup (--backup ID)" if damaged else "again"
             name = self.plan.state.name
-            note = f"the target database {name} is incomplete: restore again with --force"
-        else:
-            return
-        exc.hint = f"{note}; {exc.hint}" if exc.hint else note
+            notes.append(f"the target database {name} is incomplete: restore {again} with --force")
+        if damaged:
+            backup_id = self.marker.backup.split("/", 1)[-1]
+            notes.append(
+                f"backup {self.marker.backup} is damaged: 'drbackup verify {backup_id}' names "
+                "what, 'drbackup list' shows the others"
+            )
+        if notes:
+            exc.hint = "; ".join([*notes, exc.hint] if exc.hint else notes)
 
     def undo(self, exc: BaseException) -> None:
         """After a failure: drop the new database of a swap (the target was never touched).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from drbackup.cli.backup import backup
-from drbackup.cli.render import echo_json, echo_table
+from drbackup.cli.render import echo_json, echo_table, go_quiet, quiet_option
 from drbackup.cli.targets import all_option, chosen_targets, old_target_option
 
 
@@ -21,9 +21,16 @@ from drbackup.cli.targets import all_option, chosen_targets, old_target_option
     help="Database targets backed up at once.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the recovery point as JSON.")
+@quiet_option
 @click.pass_obj
 def backup_all_command(
-    state, targets: tuple[str, ...], all_targets: bool, old_targets, parallel: int, as_json: bool
+    state,
+    targets: tuple[str, ...],
+    all_targets: bool,
+    old_targets,
+    parallel: int,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Back up the databases, then snapshot the buckets of TARGET(s) (default: every
     target), and record one recovery point."""
@@ -33,10 +40,13 @@ def backup_all_command(
 
     app = state.app
     names = chosen_targets(targets, all_targets, old_targets)
+    go_quiet(app, quiet, ("--json", as_json))
     members = select_members(app.config, names or None)
     doc = backup_all(app, members, max_parallel=parallel)
     if as_json:
         echo_json(doc)
+        return
+    if quiet:
         return
     click.echo(f"recovery point {doc['id']} complete: {len(doc['members'])} member(s)")
     for m in doc["members"]:

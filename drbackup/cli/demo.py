@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -26,11 +29,22 @@ def demo(directory: str, keep_server: bool) -> None:
         click.echo(f"drbackup: warning: {warning}", err=True)
     config_path, backup_id = done.config_path, done.backup_id
     click.echo("\nexplore the repository (the throwaway server is gone; the backups stay):")
-    click.echo(f"  .venv/bin/drbackup -c {config_path} list")
-    click.echo(f"  .venv/bin/drbackup -c {config_path} show {backup_id}")
-    click.echo(f"  .venv/bin/drbackup -c {config_path} verify {backup_id}")
-    click.echo(f"  .venv/bin/drbackup -c {config_path} drill history")
-    click.echo(f"  .venv/bin/drbackup -c {config_path} report")
+    program = f"{_program()} -c {config_path}"
+    for command in ("list", f"show {backup_id}", f"verify {backup_id}", "drill history", "report"):
+        click.echo(f"  {program} {command}")
+
+
+def _program() -> str:
+    """How to run this drbackup again from here: ``drbackup`` when PATH finds this one,
+    else its path (relative below the current directory: ``.venv/bin/drbackup``)."""
+    invoked = Path(sys.argv[0]).absolute()
+    if invoked.name != "drbackup":
+        return "drbackup"  # python -m drbackup, a test runner: no better name
+    found = shutil.which("drbackup")
+    if found and Path(found).absolute() == invoked:
+        return "drbackup"
+    relative = os.path.relpath(invoked)
+    return relative if not relative.startswith("..") else str(invoked)
 
 
 COMMANDS = [demo]

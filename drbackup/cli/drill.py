@@ -212,7 +212,7 @@ def _verified_line(file: str, checked) -> str:
 
 
 @drill.command("history")
-@click.option("--target", help="Only this target.")
+@click.option("-t", "--target", help="Only this target.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

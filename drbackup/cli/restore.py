@@ -229,6 +229,8 @@ def _restore_dump(app: AppContext, target: str, into: str, opts: RestoreOptions)
         return
     if not opts.quiet:
         _print_dump(app, target, point, result)
+    elif result.kept_old:  # a database left on the server for the user to drop: always said
+        click.echo(f"drbackup: note: the previous database is kept as {result.kept_old}", err=True)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
 

@@ -45,14 +45,15 @@ def chosen_targets(
     old: tuple[str, ...],
     every: list[str] | None = None,
 ) -> list[str]:
-    """The targets named (arguments, then the old option's), or ``every`` for ``--all``.
+    """The targets named (arguments, then the old option's; each once), or ``every`` for
+    ``--all``.
 
     Raises UsageError when names and ``--all`` are both given.  Names nobody gave and no
     ``--all`` give ``[]``: the command decides (every target, or an error).
     """
+    given = list(dict.fromkeys([*names, *old]))  # a name given twice is one target
     if old:
-        _note_old_spelling(old)
-    given = [*names, *old]
+        _note_old_spelling(given)
     if all_targets and given:
         raise UsageError(
             "give target names or --all, not both", hint="drop the names to take every target"
@@ -60,14 +61,14 @@ def chosen_targets(
     return list(every or []) if all_targets else given
 
 
-def _note_old_spelling(old: tuple[str, ...]) -> None:
+def _note_old_spelling(given: list[str]) -> None:
     ctx = click.get_current_context()
     spelled = next(
         ("/".join(p.opts) for p in ctx.command.params if p.name == "old_targets"), "--target"
     )
     _NOTES.append(
         f"drbackup: note: {spelled} is deprecated: name targets as arguments, "
-        f"'{ctx.command_path} {' '.join(old)}' (or --all for every target)"
+        f"'{ctx.command_path} {' '.join(given)}' (or --all for every target)"
     )
 
 

@@ -41,6 +41,8 @@ def test_report_and_backup_all_take_names_as_arguments(two_targets, run_cli):
     assert (old.code, [t["target"] for t in old.json()["targets"]]) == (new.code, ["app"])
     assert old.error_lines[-1] == NOTE.format(flag="--target", path="drbackup report app")
 
+    quiet = run_cli("backup", "all", "other", "--quiet")
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")
     made = run_cli("backup", "all", "other", "--json")
     assert made.code == 0, made.stderr
     assert [m["target"] for m in made.json()["members"]] == ["other"]
@@ -72,3 +74,25 @@ def test_help_shows_the_arguments_not_the_old_options(capsys):
         assert "--all" in usage, command
         assert "--target" not in usage and "-t," not in usage, command
         assert "TARGET" in usage or "[TARGETS]" in usage, command
+
+
+def test_mixed_spellings_note_every_name_and_a_name_given_twice_is_one_target(two_targets, run_cli):
+    mixed = run_cli("prune", "other", "-t", "app", "--dry-run")
+    assert mixed.code == 0, mixed.stderr
+    assert "target other:" in mixed.stdout and "target app:" in mixed.stdout
+    assert mixed.error_lines[-1] == NOTE.format(flag="-t/--target", path="drbackup prune other app")
+    twice = run_cli("backup", "postgres", "app", "app", "--json")
+    assert twice.code == 0, twice.stderr  # not "another backup of target app is running"
+    assert twice.json()["target"] == "app"  # one record: one backup
+
+
+def test_a_partly_failed_backup_names_the_backups_it_stored(two_targets, pg_db, run_cli):
+    two_targets.data["postgres"]["other"]["databases"] = ["no_such_database"]
+    two_targets.write()
+    run = run_cli("backup", "postgres", "app", "other")
+    assert run.code != 0
+    error = next(line for line in run.error_lines if line.startswith("drbackup: error:"))
+    assert error.startswith("drbackup: error: 1 of 2 backups failed: other: "), error
+    stored = error.split("(stored: ")[1].rstrip(")")
+    listed = run_cli("list", "--target", "app", "--json").json()
+    assert stored == f"app/{listed[-1]['backup_id']}"

@@ -129,8 +129,8 @@ def test_a_failing_drill_exits_3_naming_the_cause(local_repo_config, pg_db, run_
 
 def test_usage_errors(local_repo_config, run_cli, tmp_path):
     assert run_cli("drill", "run").error_lines == [
-        "drbackup: error: give a drill plan or --target",
-        "hint: e.g. drbackup drill run --target app",
+        "drbackup: error: give a drill plan, target names or --all",
+        "hint: e.g. drbackup drill run app, or drbackup drill run drills/monthly.yaml",
     ]
     none = run_cli("drill", "run", "--target", "app")
     assert none.code == 2

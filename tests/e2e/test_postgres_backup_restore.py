@@ -561,5 +561,7 @@ def test_damaged_object_fails_verify_and_restore(local_repo_config, pg_db, run_c
     assert "failed authentication" in restored.error_lines[0]
     # streamed: pg_restore loaded what came before the damage; the operator is told
     assert restored.error_lines[-1] == (
-        f"hint: the target database {name} is incomplete: restore again with --force"
+        f"hint: the target database {name} is incomplete: restore an older backup "
+        f"(--backup ID) with --force; backup app/{backup_id} is damaged: "
+        f"'drbackup verify {backup_id}' names what, 'drbackup list' shows the others"
     )
