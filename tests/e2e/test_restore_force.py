@@ -198,6 +198,13 @@ def test_keep_old_keeps_the_previous_database_and_says_its_name(
     assert again.code == 0, again.stderr
     assert "removed" not in again.stdout
     assert ours(pg_cluster, name) == [old]
+
+    # --quiet says nothing on success but where it kept a database the user must drop.
+    quiet = restore(run_cli, into, "--force", "--keep-old", "--quiet")
+    assert (quiet.code, quiet.stdout) == (0, ""), quiet.stderr
+    (note,) = quiet.error_lines
+    kept_quietly = note.removeprefix("drbackup: note: the previous database is kept as ")
+    assert set(ours(pg_cluster, name)) == {old, kept_quietly}
     assert scalar(pg_cluster.dsn(old), "SELECT count(*) FROM orders") == 1000
 
     usage = restore(run_cli, into, "--keep-old")
