@@ -62,7 +62,13 @@ def _connect_error(dsn: str, exc: Exception) -> SourceError:
             hint="check the target's password_file or PGPASSWORD",
         )
     if "does not exist" in text:
-        return SourceError(f"cannot connect to {where}: {text.split('FATAL:')[-1].strip()}")
+        reason = text.split("FATAL:")[-1].strip()
+        what = "role" if reason.startswith("role ") else "database"
+        return SourceError(
+            f"cannot connect to {where}: {reason}",
+            hint=f"check the {what} named by the dsn (or the target's databases:); "
+            "'drbackup config check' shows what drbackup reads",
+        )
     return SourceUnreachableError(
         f"cannot connect to {where}: {_last_reason(text)}",
         hint="check that the server is running and the dsn's host and port",
