@@ -126,14 +126,47 @@ def _show_click_error(exc: click.ClickException) -> int:
     if isinstance(exc, NoArgsIsHelpError):  # `drbackup` or a group alone: its help
         exc.show()
         return EXIT_USAGE
+    if isinstance(exc, click.NoSuchOption):
+        _visible_suggestions(exc)
     text = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
     if text[:1].isupper() and text[1:2].islower():  # "Missing argument", not "S3 ..."
         text = text[:1].lower() + text[1:]
     click.echo(f"drbackup: error: {text.rstrip('.')}", err=True)
     if isinstance(exc, click.UsageError):
         path = exc.ctx.command_path if exc.ctx is not None else "drbackup"
-        click.echo(f"hint: see '{path} --help'", err=True)
+        click.echo(f"hint: {_usage_hint(exc, path)}", err=True)
     return EXIT_USAGE
+
+
+_GLOBAL_OPTIONS = {"-c", "--config", "--debug"}
+_TARGET_OPTIONS = {"-t", "--target", "--targets"}
+
+
+def _visible_suggestions(exc: click.NoSuchOption) -> None:
+    """ "Did you mean" only options ``--help`` shows (not the hidden old spellings)."""
+    if exc.ctx is None or not exc.possibilities:
+        return
+    if exc.option_name == "--json" and _has_format(exc):
+        exc.possibilities = []  # not "did you mean --point": the hint names --format json
+        return
+    hidden = {o for p in exc.ctx.command.params if getattr(p, "hidden", False) for o in p.opts}
+    exc.possibilities = [p for p in exc.possibilities if p not in hidden]
+
+
+def _has_format(exc: click.UsageError) -> bool:
+    params = exc.ctx.command.params if exc.ctx is not None else []
+    return any("--format" in getattr(p, "opts", ()) for p in params)
+
+
+def _usage_hint(exc: click.UsageError, path: str) -> str:
+    name = getattr(exc, "option_name", None)
+    if name in _GLOBAL_OPTIONS:
+        return f"{name} goes before the command: 'drbackup {name} ... {path.split(' ', 1)[-1]}'"
+    if name == "--json" and _has_format(exc):
+        return f"'{path}' writes JSON with --format json"
+    if name in _TARGET_OPTIONS:
+        return f"name targets as arguments: '{path} NAME...' (or --all), see '{path} --help'"
+    return f"see '{path} --help'"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,35 @@ from tests.e2e.conftest import cli_argv
             ["drbackup: error: no such option '--bogus'", "hint: see 'drbackup list --help'"],
         ),
         (
+            ("backup", "postgres", "-t", "app"),
+            [
+                "drbackup: error: no such option '-t'",
+                "hint: name targets as arguments: 'drbackup backup postgres NAME...' (or --all), "
+                "see 'drbackup backup postgres --help'",
+            ],
+        ),
+        (
+            ("report", "-c", "x.yaml"),
+            [
+                "drbackup: error: no such option '-c'",
+                "hint: -c goes before the command: 'drbackup -c ... report'",
+            ],
+        ),
+        (
+            ("drill", "run", "--json"),  # not "did you mean '--point'"
+            [
+                "drbackup: error: no such option '--json'",
+                "hint: 'drbackup drill run' writes JSON with --format json",
+            ],
+        ),
+        (
+            ("report", "--tar", "x"),  # the hidden --target is not suggested
+            [
+                "drbackup: error: no such option '--tar'. Did you mean '--all'?",
+                "hint: see 'drbackup report --help'",
+            ],
+        ),
+        (
             ("report", "--format", "xml"),
             [
                 "drbackup: error: invalid value for '--format': 'xml' is not one of 'text', "
