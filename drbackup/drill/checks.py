@@ -31,6 +31,7 @@ from drbackup.sources.postgres.fingerprint import (
     orphan_query,
     sequence_checks,
 )
+from drbackup.units import human_size
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 STATUSES = (PASS, WARN, FAIL)
@@ -136,7 +137,8 @@ def check_restore(outcome: RestoreOutcome) -> CheckResult:
         return CheckResult(
             "restore",
             PASS,
-            f"restored {run.bytes} archive bytes in {run.elapsed_s:.1f}s with 0 pg_restore errors",
+            f"restored {human_size(run.bytes)} of archive in {run.elapsed_s:.1f}s with 0 "
+            "pg_restore errors",
             {"bytes": run.bytes, "phases_s": {k: round(v, 3) for k, v in run.phases.items()}},
             outcome.seconds,
         )

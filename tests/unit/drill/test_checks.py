@@ -39,7 +39,7 @@ def table(rows: int, digest: str = "0" * 32, kind: str = "table") -> dict:
 def test_restore_pass_and_each_failure_cause():
     run = RestoreRun({"pre_data": 0.1, "data": 1.0, "post_data": 0.4}, 0.2, 1234, 1.5)
     assert check_restore(RestoreOutcome(run=run, seconds=1.6)).summary == (
-        "restored 1234 archive bytes in 1.5s with 0 pg_restore errors"
+        "restored 1.2 KiB of archive in 1.5s with 0 pg_restore errors"
     )
     trap = RestoreError(
         "restore of app into x failed: pg_restore reported 1 error(s)\n"
