@@ -154,10 +154,11 @@ class Reporter(Progress):
             with self._lock:
                 if label not in self._bars:
                     return  # read after the phase ended (a stream's last bytes)
-                if count.late is not None:  # a total found beside the work: now it is
+                found = count.late is not None  # a total found beside the work: now it is
+                if found:
                     count.total, count.late = count.late(), None
                 count.add(nbytes)
-                if time.monotonic() - last[0] >= self.REDRAW_S:
+                if found or time.monotonic() - last[0] >= self.REDRAW_S:
                     redraw()
 
         with self._lock:

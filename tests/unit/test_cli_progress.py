@@ -123,6 +123,7 @@ def test_a_total_found_beside_the_work_is_asked_at_the_first_bytes(monkeypatch):
     with Reporter("bar", term).phase("backup app", "dumped", total, estimate=True) as tick:
         assert asked == []
         tick(MiB)
+        assert "1.0 MiB of ~4.0 MiB" in term.getvalue()  # drawn when found
         clock[0] += 1.0  # a bar redraws at most every Reporter.REDRAW_S
         tick(MiB)
     assert asked == [True]
