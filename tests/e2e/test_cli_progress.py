@@ -5,14 +5,20 @@ the bytes against the total."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import re
+import struct
+import subprocess
+import termios
 import uuid
 
 import psycopg
 import pytest
 
 from drbackup.units import human_size
-from tests.e2e.test_cli_quiet import on_a_terminal
+from tests.e2e.conftest import cli_argv
 from tests.e2e.test_minio_cli import setup  # noqa: F401 - the bucket fixture
 
 SIZE = r"\d+(\.\d)? (B|KiB|MiB|GiB)"
@@ -22,6 +28,36 @@ RATE = rf"\({SIZE}/s\)"
 def phase_line(label: str, verb: str, size: str = SIZE) -> re.Pattern:
     """``backup app: dumped 1.2 MiB in 0.3 s (4.0 MiB/s)``; ``size`` exact when given."""
     return re.compile(rf"{re.escape(label)}: {verb} {size} in \d+\.\d s {RATE}")
+
+
+def on_a_terminal(*args: str, columns: int = 200) -> tuple[int, str, str]:
+    """Run the console script with stderr on a pseudo-terminal ``columns`` wide (wide
+    enough by default for a bar with every part and a note in full)."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        proc = subprocess.run(
+            cli_argv(*args), stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=120
+        )
+    finally:
+        os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")
+
+
+def screens(terminal: str) -> list[str]:
+    """The lines a terminal showed, each redraw apart (after a carriage return)."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", terminal)
+    return [s for s in re.split(r"[\r\n]", plain) if s.strip()]
 
 
 @pytest.fixture
@@ -102,7 +138,8 @@ def test_on_a_terminal_a_restore_draws_its_bytes_against_the_dump_size(
         total = human_size(dump_size)
         assert f"{total} of {total}, " in terminal and "100%" in terminal
         assert "/s; building indexes and constraints (post-data)" in terminal  # the primary key
-        assert not phase_line("restore app", "read").search(terminal)  # a bar, not the line
+        # the bar ends as the line a log has: the real size, no note
+        assert phase_line("restore app", "read", re.escape(total)).fullmatch(screens(terminal)[-1])
     finally:
         table.cluster.drop_database(psycopg.conninfo.conninfo_to_dict(into)["dbname"])
     code, out, terminal = on_a_terminal("backup", "postgres", "app")
@@ -124,7 +161,8 @@ def test_a_snapshot_and_a_bucket_restore_print_a_line_each(setup, run_cli):  # n
 
     code, out, terminal = on_a_terminal("restore", "minio", "files", "--into-bucket", "again")
     assert code == 0 and out.startswith("using "), terminal
-    assert f"{objects} B of {objects} B, " in terminal
+    assert f" of {objects} B, " in terminal  # the bar, then the line in its place
+    assert phase_line("restore files", "restored", f"{objects} B").fullmatch(screens(terminal)[-1])
 
     # verify reads the snapshot's index, then every object it names
     snapshot_id = snap.stdout.split()[1].split("/")[1]
@@ -160,3 +198,27 @@ def test_a_spooled_restore_notes_pg_restore_s_phases_beside_its_bar(
     finally:
         for into in (logged, shown):
             table.cluster.drop_database(psycopg.conninfo.conninfo_to_dict(into)["dbname"])
+
+
+def test_at_80_columns_no_line_drawn_is_wider_than_79(local_repo_config, table, run_cli):
+    made = run_cli("backup", "postgres", "app", "--json").json()
+    dump_size = human_size(next(i["size"] for i in made["items"] if i["type"] == "pg_dump"))
+    into = table.cluster.dsn(f"e2e_progress_{uuid.uuid4().hex[:10]}")
+    try:
+        code, out, terminal = on_a_terminal(
+            "restore", "postgres", "app", "--into", into, "--create", columns=80
+        )
+        assert code == 0, terminal
+        drawn = screens(terminal)
+        assert max(len(s) for s in drawn) <= 79, max(drawn, key=len)
+        # beside the note, the rate and the percentage gave way
+        noted = f"restore app  {dump_size} of {dump_size}; building indexes and constraints"
+        assert any(s.startswith(noted) for s in drawn), drawn
+        assert phase_line("restore app", "read", re.escape(dump_size)).fullmatch(drawn[-1])
+    finally:
+        table.cluster.drop_database(psycopg.conninfo.conninfo_to_dict(into)["dbname"])
+    code, out, terminal = on_a_terminal("verify", made["backup_id"], columns=80)
+    assert code == 0 and out.startswith(f"backup app/{made['backup_id']} ok: "), terminal
+    drawn = screens(terminal)
+    assert max(len(s) for s in drawn) <= 79, max(drawn, key=len)
+    assert phase_line(f"verify app/{made['backup_id']}", "read").fullmatch(drawn[-1])

@@ -22,6 +22,13 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.fixture(autouse=True)
+def wide(monkeypatch):
+    """A terminal wide enough for every bar below (a test that fits one narrower says so);
+    a Terminal has no size of its own: $COLUMNS is what a bar fits into."""
+    monkeypatch.setenv("COLUMNS", "120")
+
+
 def screens(text: str) -> list[str]:
     """The successive states of a redrawn line (click draws each after a carriage return)."""
     return [s.strip() for s in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text))]
@@ -57,9 +64,10 @@ def test_an_estimated_total_is_marked_and_a_bar_without_one_shows_no_percentage(
         clock[0] += 2.0
         t(3 * MiB)
     assert "1.5 GiB of ~3.0 GiB, 768.0 MiB/s" in estimated.getvalue()
-    shown = [s for s in screens(unknown.getvalue()) if s][-1]
+    *_, shown, ended = [s for s in screens(unknown.getvalue()) if s]
     assert shown.startswith("snapshot files") and shown.endswith("3.0 MiB, 1.5 MiB/s")
     assert "%" not in shown
+    assert ended == "snapshot files: read 3.0 MiB in 2.0 s (1.5 MiB/s)"  # the bar's place
 
 
 def test_without_a_terminal_each_phase_prints_one_line_at_its_end(monkeypatch):
@@ -102,6 +110,8 @@ def test_a_counting_reader_ticks_what_it_reads():
 
 
 def test_a_total_found_beside_the_work_is_asked_at_the_first_bytes(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     asked = []
 
     def total() -> int:
@@ -113,6 +123,8 @@ def test_a_total_found_beside_the_work_is_asked_at_the_first_bytes(monkeypatch):
     with Reporter("bar", term).phase("backup app", "dumped", total, estimate=True) as tick:
         assert asked == []
         tick(MiB)
+        assert "1.0 MiB of ~4.0 MiB" in term.getvalue()  # drawn when found
+        clock[0] += 1.0  # a bar redraws at most every Reporter.REDRAW_S
         tick(MiB)
     assert asked == [True]
     assert "2.0 MiB of ~4.0 MiB" in term.getvalue() and "50%" in term.getvalue()
@@ -161,3 +173,112 @@ def test_bytes_read_after_a_bar_ended_are_ignored():
     drawn = term.getvalue()
     tick(5)  # a stream's last bytes, read after pg_restore moved on
     assert term.getvalue() == drawn
+
+
+def replay(monkeypatch, columns: int) -> Terminal:
+    """The phases of the outside-in review, drawn on a terminal ``columns`` wide: a verify
+    (a long label), a restore noting post-data, a backup whose estimate was too high, one
+    whose data grew, a snapshot without a total; 20 ticks each, 0.5 s apart."""
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("COLUMNS", str(columns))
+    term = Terminal()
+    report = Reporter("bar", term)
+    post_data = "building indexes and constraints (post-data)"
+    for label, verb, total, estimate, size, note in [
+        ("verify app/20261123T010004Z-5d1e2f", "read", 2 << 30, False, 2 << 30, ""),
+        ("restore app", "read", 1 << 30, False, 1 << 30, post_data),
+        ("backup app", "dumped", 334 * MiB, True, 222 * MiB, ""),
+        ("backup app", "dumped", 222 * MiB, True, 310 * MiB, ""),
+        ("snapshot files", "read", None, False, 40 * MiB, ""),
+    ]:
+        with report.phase(label, verb, total, estimate=estimate) as tick:
+            for n in range(20):
+                clock[0] += 0.5
+                tick(size // 20 if n < 19 else size - 19 * (size // 20))
+            if note:
+                report.note(label, note)
+    return term
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_every_line_drawn_fits_the_terminal_less_a_column(monkeypatch, columns):
+    drawn = [s for s in screens(replay(monkeypatch, columns).getvalue()) if s]
+    assert len(drawn) > 5 * 20  # a redraw per tick, and each phase's last line
+    assert max(len(s) for s in drawn) <= columns - 1, max(drawn, key=len)
+    assert all(
+        s.startswith(("verify app/2", "restore app", "backup app", "snapshot files")) for s in drawn
+    )
+
+
+def test_at_80_columns_the_bar_and_then_the_label_give_way_to_what_is_said(monkeypatch):
+    drawn = [s for s in screens(replay(monkeypatch, 80).getvalue()) if s]
+    assert "verify app/20261123T0...   54%  00:00:04  1.1 GiB of 2.0 GiB, 204.8 MiB/s" in drawn
+    assert "restore app  1.0 GiB of 1.0 GiB; building indexes and constraints (post-data)" in drawn
+    backup = [s for s in drawn if s.startswith("backup app  [")]
+    assert len(backup) == 2 * 20 + 2 and all(re.search(r"\] +\d+%  ", s) for s in backup)
+    assert "snapshot files  [" in drawn[-2]  # without a total, a mark comes and goes
+
+
+def test_at_40_columns_the_sizes_stay(monkeypatch):
+    drawn = [s for s in screens(replay(monkeypatch, 40).getvalue()) if s]
+    assert "verify app/20...  1.1 GiB of 2.0 GiB" in drawn
+    assert "verify app/2...: read 2.0 GiB in 10.0 s" in drawn
+    assert "restore app  1.0 GiB of 1.0 GiB" in drawn
+    assert "backup app  111.0 MiB of ~334.0 MiB" in drawn
+
+
+def test_a_finished_bar_is_replaced_by_the_real_size_time_and_rate(monkeypatch):
+    term = replay(monkeypatch, 80)
+    ended = [screens(s)[-1] for s in term.getvalue().split("\n") if s]
+    assert ended == [
+        "verify app/20261123T010004Z-5d1e2f: read 2.0 GiB in 10.0 s (204.8 MiB/s)",
+        "restore app: read 1.0 GiB in 10.0 s (102.4 MiB/s)",  # no note: it is done
+        "backup app: dumped 222.0 MiB in 10.0 s (22.2 MiB/s)",  # not 66% of ~334.0 MiB
+        "backup app: dumped 310.0 MiB in 10.0 s (31.0 MiB/s)",  # not 100% of ~222.0 MiB
+        "snapshot files: read 40.0 MiB in 10.0 s (4.0 MiB/s)",
+    ]
+    assert term.getvalue().endswith("\x1b[?25h\n")  # the cursor is shown again
+
+
+def test_a_bar_fits_a_terminal_resized_while_it_runs(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    term = Terminal()
+    widths = (120, 120, 60, 60, 30, 100)
+    with Reporter("bar", term).phase("backup app", "dumped", 100 * MiB, estimate=True) as tick:
+        for columns in widths:
+            monkeypatch.setenv("COLUMNS", str(columns))
+            clock[0] += 1.0
+            tick(10 * MiB)
+    drawn = [s for s in screens(term.getvalue()) if s][1:]
+    assert [len(s) <= c - 1 for s, c in zip(drawn, widths, strict=False)] == [True] * 6
+    assert ["[" in s for s in drawn[:-1]] == [True, True, False, False, False, True]
+    assert drawn[-1] == "backup app: dumped 60.0 MiB in 6.0 s (10.0 MiB/s)"
+
+
+def test_a_failed_phase_erases_its_bar_for_the_error(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    term = Terminal()
+    with pytest.raises(RuntimeError), Reporter("bar", term).phase("restore app", "read", 10):
+        clock[0] += 1.0
+        raise RuntimeError("the error says it")
+    drawn = term.getvalue()
+    assert screens(drawn)[-1] == "" and "\n" not in drawn  # the error starts a clean line
+    assert "restore app:" not in drawn
+    assert drawn.rfind("\x1b[?25h") > drawn.rfind("\x1b[?25l")  # the cursor is back
+
+
+def test_a_line_fits_any_width():
+    from drbackup.cli.render import _Count, bar_line, fit
+
+    count = _Count(10 << 30, True)
+    count.add(3 << 30)
+    label = "verify app/20261123T010004Z-5d1e2f"
+    for columns in range(1, 200):
+        room = max(columns - 1, 1)
+        for note in ("", "pg_restore --jobs 4: creating the schema (pre-data)"):
+            count.note = note
+            assert len(bar_line(label, count, columns)) <= room
+        assert len(fit(label, ": ", ("read 1.0 GiB in 2.0 s (0.5 GiB/s)", "read 1"), room)) <= room
