@@ -169,9 +169,19 @@ def _usage_hint(exc: click.UsageError, path: str) -> str:
     return f"see '{path} --help'"
 
 
+def _not_an_ignored_rollback(record: logging.LogRecord) -> bool:
+    """psycopg logs "error ignored in rollback on <connection …>" when a transaction is
+    unwound by another exception (Ctrl-C, SIGTERM, a failed step): that exception is the one
+    the user is told about; the line would only land on the progress bar."""
+    return not str(record.msg).startswith("error ignored in rollback")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code from the table (the console script exits with it)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    psycopg_log = logging.getLogger("psycopg")
+    if _not_an_ignored_rollback not in psycopg_log.filters:
+        psycopg_log.addFilter(_not_an_ignored_rollback)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     ran = False  # the command ran to its end (its exit code may still say a status)
     try:
