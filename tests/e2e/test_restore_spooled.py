@@ -142,9 +142,12 @@ def test_jobs_2_damaged_object_fails_naming_it(
     result = restore(run_cli, into, "--create", "--jobs", "2", "--spool-dir", spool)
     assert result.code == 1
     assert result.stdout == ""
+    backup_id = manifest["backup_id"]
     assert result.error_lines == [
         f"drbackup: error: {obj['key']}: chunk 0 failed authentication "
-        "(corrupted, tampered, moved from another key, or wrong key)"
+        "(corrupted, tampered, moved from another key, or wrong key)",
+        f"hint: backup app/{backup_id} is damaged: 'drbackup verify {backup_id}' names what, "
+        "'drbackup list' shows the others",
     ]
     assert list(spool.iterdir()) == []
 
