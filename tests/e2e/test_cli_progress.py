@@ -5,21 +5,15 @@ the bytes against the total."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import re
-import struct
-import subprocess
-import termios
 import uuid
 
 import psycopg
 import pytest
 
 from drbackup.units import human_size
-from tests.e2e.conftest import cli_argv
 from tests.e2e.test_minio_cli import setup  # noqa: F401 - the bucket fixture
+from tests.fixtures.terminal import on_a_terminal
 
 SIZE = r"\d+(\.\d)? (B|KiB|MiB|GiB)"
 RATE = rf"\({SIZE}/s\)"
@@ -28,30 +22,6 @@ RATE = rf"\({SIZE}/s\)"
 def phase_line(label: str, verb: str, size: str = SIZE) -> re.Pattern:
     """``backup app: dumped 1.2 MiB in 0.3 s (4.0 MiB/s)``; ``size`` exact when given."""
     return re.compile(rf"{re.escape(label)}: {verb} {size} in \d+\.\d s {RATE}")
-
-
-def on_a_terminal(*args: str, columns: int = 200) -> tuple[int, str, str]:
-    """Run the console script with stderr on a pseudo-terminal ``columns`` wide (wide
-    enough by default for a bar with every part and a note in full)."""
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    try:
-        proc = subprocess.run(
-            cli_argv(*args), stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=120
-        )
-    finally:
-        os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # the terminal is closed and drained
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(primary)
-    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")
 
 
 def screens(terminal: str) -> list[str]:

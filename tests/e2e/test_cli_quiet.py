@@ -3,37 +3,12 @@ even a progress bar on a terminal; errors and warnings are still printed."""
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
 import uuid
 
 import psycopg
 
-from tests.e2e.conftest import cli_argv
 from tests.fixtures.s3server import free_port
-
-
-def on_a_terminal(*args: str) -> tuple[int, str, str]:
-    """Run the console script with stderr on a pseudo-terminal (progress bars draw there)."""
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.run(
-            cli_argv(*args), stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=120
-        )
-    finally:
-        os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # the terminal is closed and drained
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(primary)
-    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")
+from tests.fixtures.terminal import on_a_terminal
 
 
 def test_quiet_backup_and_restore_print_nothing_when_they_succeed(
