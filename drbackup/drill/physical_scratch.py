@@ -17,14 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drbackup.drill.scratch import (
-    MARKER_FILE,
-    _flock,
     _remove_cluster_dir,
-    _write_marker,
-    is_drill_id,
-    scratch_marker,
+    claim_scratch_directory,
 )
-from drbackup.errors import SourceError, UsageError
 
 
 @dataclass
@@ -48,19 +43,8 @@ class PhysicalScratch:
 
     def prepare(self) -> Path:
         """Lock, make and mark the directory; returns it.  SourceError if it exists."""
-        if not is_drill_id(self.drill_id):
-            raise UsageError(f"invalid drill id {self.drill_id!r}")
-        if not self.base_dir.exists():
-            self.base_dir.mkdir(parents=True)
-            self.base_dir.chmod(0o755)  # the server's user must traverse it when we are root
-        self._lock = _flock(self.base_dir / f"{self.drill_id}.lock", blocking=True)
-        try:
-            self.directory.mkdir()
-        except OSError as exc:
-            raise SourceError(f"cannot make scratch directory {self.directory}: {exc}") from None
-        self.directory.chmod(0o755)
+        self._lock = claim_scratch_directory(self.base_dir, self.drill_id, "scratch")
         self._made = True
-        _write_marker(self.directory / MARKER_FILE, scratch_marker(self.drill_id, self.drill_id))
         return self.directory
 
     def finish(self) -> None:

@@ -352,20 +352,8 @@ class EphemeralScratch:
     def start(self) -> EphemeralCluster:
         """Lock, make and mark the directory, initdb and start the cluster (tied to this
         process unless ``keep``).  Raises SourceError if the directory exists already."""
-        if not is_drill_id(self.drill_id):
-            raise UsageError(f"invalid drill id {self.drill_id!r}")
-        if not self.base_dir.exists():
-            self.base_dir.mkdir(parents=True)
-            self.base_dir.chmod(0o755)  # the server's user must traverse it when we are root
-        self._lock = _flock(self.base_dir / f"{self.drill_id}.lock", blocking=True)
-        try:
-            self.directory.mkdir()
-        except OSError as exc:
-            raise SourceError(
-                f"cannot make scratch cluster directory {self.directory}: {exc}"
-            ) from None
+        self._lock = claim_scratch_directory(self.base_dir, self.drill_id, "scratch cluster")
         self._made = True
-        _write_marker(self.directory / MARKER_FILE, scratch_marker(self.drill_id, self.drill_id))
         self.cluster = EphemeralCluster(
             self.directory, fast=True, detach=self.keep, bin_dir=self.bin_dir
         )
@@ -489,3 +477,23 @@ def remove_stale_clusters(base_dir: Path, *, include_kept: bool = False) -> list
                 with contextlib.suppress(OSError):
                     leftover.unlink()
     return removed
+
+
+def claim_scratch_directory(base_dir: Path, drill_id: str, what: str):
+    """Make ``base_dir/drill_id`` for a drill, locked and marked as its own; returns the
+    lock (held until the drill is done).  Raises SourceError if the directory exists (a
+    drill never takes over a directory it did not make), UsageError for a bad drill id."""
+    if not is_drill_id(drill_id):
+        raise UsageError(f"invalid drill id {drill_id!r}")
+    if not base_dir.exists():
+        base_dir.mkdir(parents=True)
+        base_dir.chmod(0o755)  # the server's user must traverse it when we are root
+    lock = _flock(base_dir / f"{drill_id}.lock", blocking=True)
+    directory = base_dir / drill_id
+    try:
+        directory.mkdir()
+    except OSError as exc:
+        raise SourceError(f"cannot make {what} directory {directory}: {exc}") from None
+    directory.chmod(0o755)  # the server's user reads below it when we are root
+    _write_marker(directory / MARKER_FILE, scratch_marker(drill_id, drill_id))
+    return lock
